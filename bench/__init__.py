@@ -1,0 +1,1 @@
+"""Benchmark harness: real uvicorn servers driven by a raw-asyncio load generator."""

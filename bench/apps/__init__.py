@@ -1,0 +1,1 @@
+"""ASGI apps that exist only to be benchmarked against the service."""

@@ -1,0 +1,84 @@
+"""Service settings, read from ``NOTIFY_*`` environment variables and an optional ``.env``.
+
+This module is the only code that reads the environment. Everything else receives a
+``Settings`` instance from the composition root (``service.main.create_app``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "SettingsError", "load_settings"]
+
+_ENV_PREFIX = "NOTIFY_"
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; each field is ``NOTIFY_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=_ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    log_path: Path = Field(
+        default=Path("log.txt"),
+        description="File the notification lines are appended to (relative to the working dir).",
+    )
+    query_log_path: Path | None = Field(
+        default=None,
+        description="File for 'found query' lines; unset means the same file as log_path.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address `python -m service` binds.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port `python -m service` binds.")
+    log_level: LogLevel = Field(default="info", description="Level of the service's own logs.")
+    max_message_length: int = Field(
+        default=1000, ge=1, description="Longest accepted `message`, in characters."
+    )
+    max_query_length: int = Field(
+        default=1000, ge=1, description="Longest accepted `q`, in characters."
+    )
+    queue_size: int = Field(
+        default=100_000, ge=1, description="Records a log writer may hold before it refuses more."
+    )
+    batch_size: int = Field(
+        default=4096, ge=1, description="Most records one write appends to the log."
+    )
+    shutdown_timeout: float = Field(
+        default=10.0, ge=0, description="Seconds shutdown waits for the writers to drain."
+    )
+
+    @property
+    def effective_query_log_path(self) -> Path:
+        """Where ``found query`` lines go."""
+        return self.query_log_path if self.query_log_path is not None else self.log_path
+
+
+class SettingsError(Exception):
+    """Settings could not be loaded; ``str()`` is one line naming the variable(s)."""
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"])
+        given = error.get("input")
+        problems.append(f"{_ENV_PREFIX}{field.upper()}={given!r}: {error['msg']}")
+    return "invalid setting " + "; ".join(problems)
+
+
+def load_settings() -> Settings:
+    """Read settings from the environment, raising ``SettingsError`` with one clear line."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None

@@ -1,0 +1,1 @@
+"""An async notification service: FastAPI's Background Tasks pattern, production-grade."""

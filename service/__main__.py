@@ -1,0 +1,21 @@
+"""``python -m service``: serve with uvicorn on the configured host and port."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from service.main import create_app, settings_or_exit
+
+
+def main() -> None:
+    settings = settings_or_exit()
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+    )
+
+
+if __name__ == "__main__":
+    main()

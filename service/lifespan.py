@@ -1,0 +1,98 @@
+"""Resources of one process: built by ``create_app``, opened and closed by the lifespan."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from config import Settings
+from service.services import NotificationService
+from service.sinks.file import FileSink, FileSinks
+
+__all__ = ["OneLineStartupErrors", "Runtime", "StartupError"]
+
+logger = logging.getLogger("service")
+
+
+class StartupError(Exception):
+    """The service cannot start; ``str()`` is the one line to show the operator."""
+
+
+class Runtime:
+    """Everything long-lived: the sinks and the services that write to them.
+
+    Built without I/O in ``create_app`` so routers can bind the services when they are built;
+    the files are opened when the lifespan starts and drained and closed when it ends.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.sinks = FileSinks(
+            functools.partial(
+                FileSink,
+                queue_size=settings.queue_size,
+                batch_size=settings.batch_size,
+                drain_timeout=settings.shutdown_timeout,
+            )
+        )
+        self.notifications = NotificationService(
+            notifications=self.sinks.for_path(settings.log_path),
+            queries=self.sinks.for_path(settings.effective_query_log_path),
+        )
+
+    @asynccontextmanager
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        for sink in self.sinks:
+            try:
+                await sink.start()
+            except OSError as exc:
+                await self.sinks.aclose()
+                reason = _reason(exc, sink.path)
+                raise StartupError(f"cannot open log file {sink.path}: {reason}") from None
+        paths = ", ".join(str(sink.path) for sink in self.sinks)
+        logger.info("writing notifications to %s", paths)
+        try:
+            yield
+        finally:
+            await self.sinks.aclose()
+
+
+class OneLineStartupErrors:
+    """ASGI middleware: a ``StartupError`` is reported to the server as its one line.
+
+    Starlette reports a failed startup with the whole traceback; for an operator error such
+    as an unwritable log path the line that names the path and the reason is all that helps.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_one_line(message: Message) -> None:
+            text = message.get("message", "")
+            if message["type"] == "lifespan.startup.failed" and text:
+                last = text.strip().splitlines()[-1]
+                prefix = f"{StartupError.__module__}.{StartupError.__qualname__}: "
+                if last.startswith(prefix):
+                    message = {**message, "message": last.removeprefix(prefix)}
+            await send(message)
+
+        await self.app(scope, receive, send_one_line)
+
+
+def _reason(exc: OSError, path: Path) -> str:
+    reason = exc.strerror or str(exc)
+    if exc.filename is not None and os.fspath(exc.filename) != os.fspath(path):
+        return f"{reason} ({exc.filename})"
+    return reason

@@ -1,0 +1,65 @@
+"""The composition root: ``create_app(settings)`` builds everything.
+
+``uvicorn service.main:app`` reads the settings from the environment when it first asks for
+``app``; importing this module does nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from fastapi import FastAPI
+
+from config import Settings, SettingsError, load_settings
+from service.lifespan import OneLineStartupErrors, Runtime
+from service.routers import health, notifications
+
+__all__ = ["create_app"]
+
+_LOG_FORMAT = "%(levelname)s:    %(name)s: %(message)s"
+
+
+def configure_logging(level: str) -> None:
+    """Give the service's logger a handler, in uvicorn's style, unless it has one."""
+    log = logging.getLogger("service")
+    log.setLevel("DEBUG" if level == "trace" else level.upper())
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+        log.addHandler(handler)
+        log.propagate = False
+
+
+def settings_or_exit() -> Settings:
+    """The environment's settings, or exit with one line naming the bad variable."""
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application: runtime, routers and lifespan. No I/O happens here."""
+    settings = settings if settings is not None else settings_or_exit()
+    configure_logging(settings.log_level)
+    runtime = Runtime(settings)
+    app = FastAPI(
+        title="Notification service",
+        summary="FastAPI's Background Tasks notification endpoint, production-grade.",
+        version="0.1.0",
+        lifespan=runtime.lifespan,
+    )
+    app.include_router(notifications.build_router(runtime.notifications, settings))
+    app.include_router(health.build_router(runtime.sinks))
+    app.add_middleware(OneLineStartupErrors)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `uvicorn service.main:app` looks `app` up: build it then, from the environment, once.
+    if name == "app":
+        app = create_app()
+        globals()["app"] = app
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,78 @@
+"""Records and their line formats: pure functions, no I/O.
+
+A record is what one accepted request asks us to log. It keeps the user's values as they were
+sent; the line format escapes them so that one record is always exactly one line (CWE-117).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = ["Entry", "Kind", "Record", "escape", "render_text"]
+
+Kind = Literal["notification", "query"]
+
+# Escapes that read better than their \xNN form. Every other character that is not printable
+# (str.isprintable: categories Cc, Cf, Cs, Co, Cn, Zl, Zp and Zs except the space) is written
+# as \xNN, \uNNNN or \UNNNNNNNN. That covers \n \r \v \f \x1c-\x1e \x85 \u2028 \u2029, every
+# other control character, and the bidi overrides that can make a line read differently.
+_SHORT_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(char: str) -> str:
+    short = _SHORT_ESCAPES.get(char)
+    if short is not None:
+        return short
+    if char.isprintable():
+        return char
+    code = ord(char)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def escape(value: str) -> str:
+    """Return ``value`` with the backslash and every non-printable character escaped.
+
+    The result holds no line separator of any kind, and ``escape`` is injective: two different
+    inputs never give the same output, because the backslash itself is escaped.
+    """
+    if value.isprintable() and "\\" not in value:  # the common case: nothing to do
+        return value
+    return "".join(map(_escape_char, value))
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One thing to log, with the user's values unescaped."""
+
+    kind: Kind
+    email: str | None = None
+    message: str | None = None
+    q: str | None = None
+    id: str = field(default_factory=_new_id)
+    accepted_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A record rendered as one finished line (ending in a newline), ready for a sink."""
+
+    record_id: str
+    line: str
+
+
+def render_text(record: Record) -> str:
+    """The guide's line format, escaped: ``notification for {email}: {message}``."""
+    if record.kind == "query":
+        return f"found query: {escape(record.q or '')}\n"
+    return f"notification for {escape(record.email or '')}: {escape(record.message or '')}\n"

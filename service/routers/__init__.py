@@ -1,0 +1,1 @@
+"""HTTP routers: parse, validate, schedule; no I/O."""

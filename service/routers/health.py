@@ -1,0 +1,37 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from service.schemas import Health, Readiness, SinkState
+from service.sinks.file import FileSinks
+
+__all__ = ["build_router"]
+
+
+def build_router(sinks: FileSinks) -> APIRouter:
+    router = APIRouter(tags=["health"])
+
+    @router.get("/healthz", response_model=Health, summary="The process is up")
+    async def healthz() -> Health:
+        return Health(status="ok")
+
+    @router.get(
+        "/readyz",
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "A writer cannot take lines."}},
+        summary="Every log writer is running and its file is open",
+    )
+    async def readyz() -> JSONResponse:
+        states = [sink.health() for sink in sinks]
+        reasons = [state.problem for state in states if state.problem is not None]
+        body = Readiness(
+            status="unavailable" if reasons else "ready",
+            reasons=reasons,
+            sinks=[SinkState.model_validate(state, from_attributes=True) for state in states],
+        )
+        return JSONResponse(body.model_dump(), status_code=503 if reasons else 200)
+
+    return router

@@ -1,0 +1,51 @@
+"""``POST /send-notification/{email}``: the guide's endpoint, validated and escaped."""
+
+# No ``from __future__ import annotations``: FastAPI evaluates these annotations, and some
+# refer to values of ``build_router`` (the configured limits).
+from typing import Annotated
+
+from fastapi import APIRouter, BackgroundTasks, Body, Depends, Response
+from pydantic import EmailStr, Field
+
+from config import Settings
+from service.deps import query_logger
+from service.schemas import (
+    ACKNOWLEDGEMENT,
+    DEFAULT_MESSAGE,
+    Acknowledgement,
+    NotificationBody,
+)
+from service.services import NotificationService
+
+__all__ = ["build_router"]
+
+
+def build_router(service: NotificationService, settings: Settings) -> APIRouter:
+    """The notification routes, bound to ``service`` and to the configured limits."""
+    router = APIRouter(tags=["notifications"])
+    log_query = query_logger(service, settings.max_query_length)
+
+    class LimitedNotificationBody(NotificationBody):
+        message: str = Field(
+            default=DEFAULT_MESSAGE,
+            max_length=settings.max_message_length,
+            description="The text to log.",
+        )
+
+    @router.post(
+        "/send-notification/{email}",
+        response_model=None,
+        responses={200: {"model": Acknowledgement, "description": "Accepted; logged next."}},
+        summary="Log a notification in the background",
+    )
+    async def send_notification(
+        email: EmailStr,
+        background_tasks: BackgroundTasks,
+        q: Annotated[str | None, Depends(log_query)],
+        body: Annotated[LimitedNotificationBody | None, Body()] = None,
+    ) -> Response:
+        message = body.message if body is not None else DEFAULT_MESSAGE
+        background_tasks.add_task(service.notify, email, message)
+        return Response(ACKNOWLEDGEMENT, media_type="application/json")
+
+    return router

@@ -1,0 +1,5 @@
+"""Business logic. Never imports FastAPI."""
+
+from service.services.notifications import NotificationService
+
+__all__ = ["NotificationService"]

@@ -1,0 +1,37 @@
+"""What happens to an accepted notification: build a record, render its line, hand it over."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from service.records import Entry, Record, render_text
+from service.sinks.base import Sink
+
+__all__ = ["NotificationService"]
+
+Renderer = Callable[[Record], str]
+
+
+class NotificationService:
+    """Turns requests into log lines on the notification and query sinks.
+
+    Its ``notify`` and ``log_query`` coroutines are what the router schedules as background
+    tasks: they only capture this long-lived object and plain values.
+    """
+
+    def __init__(self, notifications: Sink, queries: Sink, render: Renderer = render_text) -> None:
+        self._notifications = notifications
+        self._queries = queries
+        self._render = render
+
+    async def notify(self, email: str, message: str) -> None:
+        """Log ``notification for {email}: {message}``."""
+        record = Record("notification", email=email, message=message)
+        await self._submit(self._notifications, record)
+
+    async def log_query(self, q: str) -> None:
+        """Log ``found query: {q}``."""
+        await self._submit(self._queries, Record("query", q=q))
+
+    async def _submit(self, sink: Sink, record: Record) -> None:
+        await sink.submit(Entry(record.id, self._render(record)))

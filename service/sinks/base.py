@@ -1,0 +1,56 @@
+"""The small interface every sink implements, swapped whole (like httpx's transports)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from service.records import Entry
+
+__all__ = ["Sink", "SinkFull", "SinkHealth", "SinkUnavailable"]
+
+
+class SinkUnavailable(Exception):
+    """The sink cannot take the entry now; the request must not be acknowledged."""
+
+
+class SinkFull(SinkUnavailable):
+    """The sink's bounded buffer is full."""
+
+
+@dataclass(frozen=True, slots=True)
+class SinkHealth:
+    """What ``/readyz`` reports for one sink."""
+
+    name: str
+    running: bool
+    open: bool
+    queued: int
+    capacity: int
+    error: str | None = None
+
+    @property
+    def problem(self) -> str | None:
+        """Why the sink cannot take lines now, or ``None`` when it can."""
+        if self.error is not None:
+            return f"{self.name}: writes failing: {self.error}"
+        if not self.running:
+            return f"{self.name}: writer not running"
+        if not self.open:
+            return f"{self.name}: not open"
+        if self.queued >= self.capacity:
+            return f"{self.name}: buffer full ({self.queued} of {self.capacity} lines)"
+        return None
+
+
+class Sink(Protocol):
+    """Accepts finished lines; delivers them in order, eventually, exactly once."""
+
+    async def submit(self, entry: Entry) -> None:
+        """Take ``entry`` or raise ``SinkUnavailable``; never waits for the entry's write."""
+
+    async def aclose(self) -> None:
+        """Deliver what was accepted (within the sink's deadline) and release resources."""
+
+    def health(self) -> SinkHealth:
+        """The sink's current state."""
