@@ -26,6 +26,7 @@ class Settings(BaseSettings):
         env_prefix=_ENV_PREFIX,
         env_file=".env",
         env_file_encoding="utf-8",
+        env_ignore_empty=True,
         extra="ignore",
         frozen=True,
     )

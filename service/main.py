@@ -21,14 +21,18 @@ _LOG_FORMAT = "%(levelname)s:    %(name)s: %(message)s"
 
 
 def configure_logging(level: str) -> None:
-    """Give the service's logger a handler, in uvicorn's style, unless it has one."""
+    """Set the service logger's level; give it a handler when nothing would print it.
+
+    uvicorn configures only its own loggers, so under uvicorn the service adds a stderr
+    handler in uvicorn's style; where the root logger has handlers (an embedding app, pytest)
+    records propagate to them instead.
+    """
     log = logging.getLogger("service")
     log.setLevel("DEBUG" if level == "trace" else level.upper())
-    if not log.handlers:
+    if not log.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(_LOG_FORMAT))
         log.addHandler(handler)
-        log.propagate = False
 
 
 def settings_or_exit() -> Settings:

@@ -59,8 +59,7 @@ def _nonblocking_opener(path: str, flags: int) -> int:
 
 
 async def open_append(path: Path) -> AsyncFileIO:
-    """Open ``path`` for appending, unbuffered, creating missing parent directories."""
-    await aiofiles.os.makedirs(path.parent, exist_ok=True)
+    """Open ``path`` for appending, unbuffered."""
     return await aiofiles.open(path, "ab", buffering=0, opener=_nonblocking_opener)
 
 
@@ -108,7 +107,13 @@ class FileSink:
         self._writer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Open the file (raising ``OSError`` if it cannot be) and start the writer task."""
+        """Open the file (raising ``OSError`` if it cannot be) and start the writer task.
+
+        Missing parent directories are created here, once. Later reopens do not create them:
+        a directory removed at run time may be an unmounted volume, so the writer waits for it
+        (and ``/readyz`` says so) rather than writing somewhere nobody looks.
+        """
+        await aiofiles.os.makedirs(self.path.parent, exist_ok=True)
         self._handle = await open_append(self.path)
         self._writer = asyncio.create_task(self._run(), name=f"log writer for {self.path}")
 

@@ -1,0 +1,50 @@
+"""Fixtures that run the real app, through its lifespan, on real files under ``tmp_path``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from config import Settings
+from service.main import create_app
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    """Settings for a test: no ``.env``, the log under ``tmp_path`` unless overridden."""
+    values: dict[str, Any] = {"log_path": tmp_path / "log.txt", "shutdown_timeout": 2.0}
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """A client for the real app; leaving the block runs the shutdown (drain and close)."""
+    app = create_app(settings)
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with running(settings) as client:
+        yield client
+
+
+def read_lines(path: Path) -> list[str]:
+    """The log's lines, each without its newline; fails if the last line is unfinished."""
+    text = path.read_text(encoding="utf-8")
+    assert text == "" or text.endswith("\n"), "the log ends in the middle of a line"
+    return text.splitlines()

@@ -1,0 +1,151 @@
+"""The file sink: batching, and what it does when the file fails, moves or disappears."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.records import Entry
+from service.sinks.file import FileSink
+from tests.conftest import make_settings, read_lines, running
+
+
+async def wait_for_lines(path: Path, count: int, deadline: float = 5.0) -> None:
+    """Wait until ``path`` holds at least ``count`` lines."""
+    stop = time.monotonic() + deadline
+    while not path.exists() or path.read_bytes().count(b"\n") < count:
+        assert time.monotonic() < stop, f"{path} did not reach {count} lines"
+        await asyncio.sleep(0.01)
+
+
+async def wait_for_readiness(
+    client: httpx.AsyncClient, status: int, deadline: float = 5.0
+) -> dict[str, Any]:
+    """Poll ``/readyz`` until it answers ``status``; return its body."""
+    stop = time.monotonic() + deadline
+    while True:
+        response = await client.get("/readyz")
+        if response.status_code == status:
+            return response.json()  # type: ignore[no-any-return]
+        assert time.monotonic() < stop, f"/readyz stayed {response.status_code}: {response.text}"
+        await asyncio.sleep(0.02)
+
+
+def write_syscalls() -> int:
+    """This process's count of write system calls, from ``/proc/self/io``."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("syscw:"):
+            return int(line.split()[1])
+    raise AssertionError("no syscw in /proc/self/io")
+
+
+async def test_queued_lines_are_written_in_few_large_writes(tmp_path: Path) -> None:
+    """20,000 queued lines reach the file in order, in about one write per batch."""
+    sink = FileSink(tmp_path / "log.txt", queue_size=20_000, batch_size=1000)
+    await sink.start()
+    before = write_syscalls()
+    for i in range(20_000):
+        await sink.submit(Entry(str(i), f"line {i}\n"))
+    await sink.aclose()
+    writes = write_syscalls() - before
+    assert read_lines(tmp_path / "log.txt") == [f"line {i}" for i in range(20_000)]
+    assert writes <= 20_000 // 1000 + 5
+
+
+async def test_missing_parent_directories_are_created(tmp_path: Path) -> None:
+    """A log path whose directories do not exist yet is created at startup."""
+    settings = make_settings(tmp_path, log_path=tmp_path / "a" / "b" / "log.txt")
+    async with running(settings) as client:
+        await client.post("/send-notification/a@example.com")
+    assert read_lines(settings.log_path) == ["notification for a@example.com: some notification"]
+
+
+async def test_failing_writes_are_logged_once_and_requests_still_succeed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On ``/dev/full`` every request still gets 200, ``/readyz`` says why, one error is logged."""
+    settings = make_settings(tmp_path, log_path=Path("/dev/full"), shutdown_timeout=0.3)
+    async with running(settings) as client:
+        statuses = [
+            (await client.post(f"/send-notification/u{i}@example.com")).status_code
+            for i in range(30)
+        ]
+        body = await wait_for_readiness(client, 503)
+        more = [
+            (await client.post("/send-notification/late@example.com")).status_code for _ in range(5)
+        ]
+    assert statuses == [200] * 30
+    assert more == [200] * 5
+    assert body["status"] == "unavailable"
+    assert "No space left on device" in body["reasons"][0]
+    failures = [
+        record
+        for record in caplog.records
+        if record.levelno == logging.ERROR and "write failed" in record.getMessage()
+    ]
+    assert len(failures) == 1
+    assert "/dev/full" in failures[0].getMessage()
+    assert "Errno 28" in failures[0].getMessage()
+
+
+async def test_lines_wait_while_the_directory_is_gone_and_are_written_after(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The log's directory removed then recreated: the waiting lines land afterwards, in order."""
+    caplog.set_level(logging.INFO, logger="service")
+    log_dir = tmp_path / "logs"
+    settings = make_settings(tmp_path, log_path=log_dir / "log.txt")
+    async with running(settings) as client:
+        await client.post("/send-notification/before@example.com")
+        await wait_for_lines(settings.log_path, 1)
+        shutil.rmtree(log_dir)
+        for i in range(20):
+            assert (await client.post(f"/send-notification/w{i}@example.com")).status_code == 200
+        body = await wait_for_readiness(client, 503)
+        assert "No such file or directory" in body["reasons"][0]
+        log_dir.mkdir()
+        await wait_for_readiness(client, 200)
+    assert read_lines(settings.log_path) == [
+        f"notification for w{i}@example.com: some notification" for i in range(20)
+    ]
+    messages = [record.getMessage() for record in caplog.records]
+    assert sum("write failed" in message for message in messages) == 1
+    assert sum("writing again" in message for message in messages) == 1
+
+
+async def test_a_deleted_log_is_recreated_and_nothing_after_is_lost(tmp_path: Path) -> None:
+    """When the log file is deleted from outside, later lines go to a new file at the path."""
+    settings = make_settings(tmp_path)
+    async with running(settings) as client:
+        await client.post("/send-notification/first@example.com")
+        await wait_for_lines(settings.log_path, 1)
+        settings.log_path.unlink()
+        for i in range(50):
+            await client.post(f"/send-notification/after{i}@example.com")
+    assert read_lines(settings.log_path) == [
+        f"notification for after{i}@example.com: some notification" for i in range(50)
+    ]
+
+
+async def test_a_moved_log_is_reopened_and_nothing_is_lost(tmp_path: Path) -> None:
+    """After an outside rename (logrotate), lines go to a new file; none is lost or doubled."""
+    settings = make_settings(tmp_path)
+    moved = tmp_path / "log.txt.1"
+    async with running(settings) as client:
+        for i in range(10):
+            await client.post(f"/send-notification/a{i}@example.com")
+        await wait_for_lines(settings.log_path, 10)
+        settings.log_path.rename(moved)
+        for i in range(10, 60):
+            await client.post(f"/send-notification/a{i}@example.com")
+            await asyncio.sleep(0.002)
+    old, new = read_lines(moved), read_lines(settings.log_path)
+    assert old + new == [f"notification for a{i}@example.com: some notification" for i in range(60)]
+    assert len(new) >= 40  # the new file was picked up right after the move

@@ -1,0 +1,88 @@
+"""Settings: the environment, ``.env``, ``.env.example`` and clear errors."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from config import Settings, SettingsError, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_env_example_lists_exactly_the_settings() -> None:
+    """``.env.example`` names every Settings field, and nothing else."""
+    text = (ROOT / ".env.example").read_text()
+    named = set(re.findall(r"^(NOTIFY_[A-Z_]+)=", text, flags=re.MULTILINE))
+    expected = {f"NOTIFY_{name.upper()}" for name in Settings.model_fields}
+    assert named == expected
+
+
+def test_env_example_comments_every_setting() -> None:
+    """Every variable in ``.env.example`` has a comment line above it or its group."""
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    for number, line in enumerate(lines):
+        if line.startswith("NOTIFY_"):
+            above = lines[:number]
+            assert any(prior.startswith("# ") for prior in above[-3:]), line
+
+
+def test_env_example_values_are_valid() -> None:
+    """The example file loads as it is, and matches the defaults."""
+    assert Settings(_env_file=ROOT / ".env.example") == Settings(_env_file=None)
+
+
+def test_defaults_match_the_guide() -> None:
+    """By default the log is ``log.txt`` and queries go to the same file."""
+    settings = Settings(_env_file=None)
+    assert settings.log_path == Path("log.txt")
+    assert settings.query_log_path is None
+    assert settings.effective_query_log_path == Path("log.txt")
+
+
+def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``NOTIFY_*`` variables set the fields."""
+    monkeypatch.setenv("NOTIFY_LOG_PATH", str(tmp_path / "a.txt"))
+    monkeypatch.setenv("NOTIFY_QUERY_LOG_PATH", str(tmp_path / "q.txt"))
+    monkeypatch.setenv("NOTIFY_PORT", "9001")
+    monkeypatch.setenv("NOTIFY_BATCH_SIZE", "7")
+    settings = Settings(_env_file=None)
+    assert settings.log_path == tmp_path / "a.txt"
+    assert settings.effective_query_log_path == tmp_path / "q.txt"
+    assert (settings.port, settings.batch_size) == (9001, 7)
+
+
+def test_dotenv_file_is_read_and_environment_wins(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A ``.env`` file sets fields; a real environment variable overrides it."""
+    env_file = tmp_path / ".env"
+    env_file.write_text("NOTIFY_PORT=9100\nNOTIFY_QUEUE_SIZE=55\n")
+    monkeypatch.setenv("NOTIFY_PORT", "9200")
+    settings = Settings(_env_file=env_file)
+    assert (settings.port, settings.queue_size) == (9200, 55)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("NOTIFY_PORT", "abc"),
+        ("NOTIFY_PORT", "70000"),
+        ("NOTIFY_QUEUE_SIZE", "-1"),
+        ("NOTIFY_BATCH_SIZE", "0"),
+        ("NOTIFY_LOG_LEVEL", "loud"),
+        ("NOTIFY_SHUTDOWN_TIMEOUT", "soon"),
+    ],
+)
+def test_bad_value_is_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """A bad value raises ``SettingsError`` whose message is one line naming the variable."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"{variable}={value!r}" in message
