@@ -5,10 +5,11 @@
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Body, Depends, Response
-from pydantic import EmailStr, Field
+from pydantic import Field
 
 from config import Settings
 from service.deps import query_logger
+from service.emails import Email
 from service.schemas import (
     ACKNOWLEDGEMENT,
     DEFAULT_MESSAGE,
@@ -39,7 +40,7 @@ def build_router(service: NotificationService, settings: Settings) -> APIRouter:
         summary="Log a notification in the background",
     )
     async def send_notification(
-        email: EmailStr,
+        email: Email,
         background_tasks: BackgroundTasks,
         q: Annotated[str | None, Depends(log_query)],
         body: Annotated[LimitedNotificationBody | None, Body()] = None,
