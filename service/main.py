@@ -9,14 +9,17 @@ from __future__ import annotations
 import logging
 import sys
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 
 from config import Settings, SettingsError, load_settings
 from service.lifespan import OneLineStartupErrors, Runtime
 from service.routers import health, notifications
+from service.sinks import SinkUnavailable
 
 __all__ = ["create_app"]
 
+RETRY_AFTER_SECONDS = 1
 _LOG_FORMAT = "%(levelname)s:    %(name)s: %(message)s"
 
 
@@ -56,8 +59,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(notifications.build_router(runtime.notifications, settings))
     app.include_router(health.build_router(runtime.sinks))
+    app.add_exception_handler(SinkUnavailable, _unavailable)
     app.add_middleware(OneLineStartupErrors)
     return app
+
+
+async def _unavailable(request: Request, exc: Exception) -> Response:
+    """A sink that cannot take the request's lines: 503, retry shortly, nothing logged."""
+    return JSONResponse(
+        {"detail": f"not accepted: {exc}"},
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 def __getattr__(name: str) -> FastAPI:

@@ -52,6 +52,7 @@ async def test_queued_lines_are_written_in_few_large_writes(tmp_path: Path) -> N
     await sink.start()
     before = write_syscalls()
     for i in range(20_000):
+        sink.admit()
         await sink.submit(Entry(str(i), f"line {i}\n"))
     await sink.aclose()
     writes = write_syscalls() - before

@@ -14,6 +14,7 @@ from service.schemas import (
     ACKNOWLEDGEMENT,
     DEFAULT_MESSAGE,
     Acknowledgement,
+    ErrorBody,
     NotificationBody,
 )
 from service.services import NotificationService
@@ -36,7 +37,10 @@ def build_router(service: NotificationService, settings: Settings) -> APIRouter:
     @router.post(
         "/send-notification/{email}",
         response_model=None,
-        responses={200: {"model": Acknowledgement, "description": "Accepted; logged next."}},
+        responses={
+            200: {"model": Acknowledgement, "description": "Accepted; logged next."},
+            503: {"model": ErrorBody, "description": "The log cannot take more lines now."},
+        },
         summary="Log a notification in the background",
     )
     async def send_notification(
@@ -46,6 +50,7 @@ def build_router(service: NotificationService, settings: Settings) -> APIRouter:
         body: Annotated[LimitedNotificationBody | None, Body()] = None,
     ) -> Response:
         message = body.message if body is not None else DEFAULT_MESSAGE
+        service.admit(query=q is not None)  # SinkUnavailable -> 503, and no task runs
         background_tasks.add_task(service.notify, email, message)
         return Response(ACKNOWLEDGEMENT, media_type="application/json")
 

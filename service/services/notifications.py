@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from service.records import Entry, Record, render_text
-from service.sinks.base import Sink
+from service.sinks.base import Sink, SinkUnavailable
 
 __all__ = ["NotificationService"]
 
@@ -15,14 +15,25 @@ Renderer = Callable[[Record], str]
 class NotificationService:
     """Turns requests into log lines on the notification and query sinks.
 
-    Its ``notify`` and ``log_query`` coroutines are what the router schedules as background
-    tasks: they only capture this long-lived object and plain values.
+    The router calls ``admit`` while it handles the request, so a full or failing sink is
+    refused before the 200; ``notify`` and ``log_query`` are what it schedules as background
+    tasks, and they only capture this long-lived object and plain values.
     """
 
     def __init__(self, notifications: Sink, queries: Sink, render: Renderer = render_text) -> None:
         self._notifications = notifications
         self._queries = queries
         self._render = render
+
+    def admit(self, *, query: bool) -> None:
+        """Reserve room for one request's lines, or raise ``SinkUnavailable`` (nothing held)."""
+        self._notifications.admit()
+        if query:
+            try:
+                self._queries.admit()
+            except SinkUnavailable:
+                self._notifications.release()
+                raise
 
     async def notify(self, email: str, message: str) -> None:
         """Log ``notification for {email}: {message}``."""

@@ -44,10 +44,21 @@ class SinkHealth:
 
 
 class Sink(Protocol):
-    """Accepts finished lines; delivers them in order, eventually, exactly once."""
+    """Accepts finished lines; delivers them in order, eventually, exactly once.
+
+    Taking a line is two steps so that a request is refused *before* it is acknowledged:
+    ``admit`` reserves room (or raises ``SinkUnavailable``) while the request is handled, and
+    ``submit`` hands over the admitted line later, from the background task.
+    """
+
+    def admit(self) -> None:
+        """Reserve room for one line, or raise ``SinkUnavailable``; no I/O."""
+
+    def release(self) -> None:
+        """Give back a reservation that will not be used."""
 
     async def submit(self, entry: Entry) -> None:
-        """Take ``entry`` or raise ``SinkUnavailable``; never waits for the entry's write."""
+        """Hand over a line admitted earlier; never waits for the line to be written."""
 
     async def aclose(self) -> None:
         """Deliver what was accepted (within the sink's deadline) and release resources."""

@@ -96,14 +96,17 @@ class FileSink:
         self.path = path
         self._drain_timeout = drain_timeout
         self._handle: AsyncFileIO | None = None
-        self._queue: asyncio.Queue[Entry] = asyncio.Queue(queue_size)
+        # Admission (``admit``) bounds the queue, so the queue itself needs no maxsize.
+        self._queue: asyncio.Queue[Entry] = asyncio.Queue()
         self._capacity = queue_size
+        self._held = 0  # lines admitted and not yet written: reserved, queued or being written
         self._batch_size = batch_size
         self._retry = retry or RetryPolicy()
         self._error: str | None = None
         self._failing_since = 0.0
         self._abandon = asyncio.Event()
         self._unwritten = b""
+        self._writing = False
         self._writer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -117,14 +120,21 @@ class FileSink:
         self._handle = await open_append(self.path)
         self._writer = asyncio.create_task(self._run(), name=f"log writer for {self.path}")
 
-    async def submit(self, entry: Entry) -> None:
-        """Queue ``entry``; raise ``SinkFull`` if the buffer is full."""
-        try:
-            self._queue.put_nowait(entry)
-        except asyncio.QueueFull:
+    def admit(self) -> None:
+        """Reserve room for one line; raise ``SinkFull`` when ``queue_size`` lines are held."""
+        if self._held >= self._capacity:
             raise SinkFull(
                 f"the buffer of log file {self.path} is full ({self._capacity} lines waiting)"
-            ) from None
+            )
+        self._held += 1
+
+    def release(self) -> None:
+        """Give back one reservation."""
+        self._held -= 1
+
+    async def submit(self, entry: Entry) -> None:
+        """Queue an admitted ``entry`` for the writer."""
+        self._queue.put_nowait(entry)
 
     def health(self) -> SinkHealth:
         writer = self._writer
@@ -132,7 +142,7 @@ class FileSink:
             name=str(self.path),
             running=writer is not None and not writer.done(),
             open=self._handle is not None,
-            queued=self._queue.qsize(),
+            queued=self._held,
             capacity=self._capacity,
             error=self._error,
         )
@@ -146,8 +156,8 @@ class FileSink:
             self._abandon.set()
         writer = self._writer
         if writer is not None:
-            if not self._abandon.is_set():
-                writer.cancel()  # idle: the queue is empty and every batch was written
+            if not self._writing:
+                writer.cancel()  # waiting for a line: nothing is half-written
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
         await self._close_handle()
@@ -171,13 +181,19 @@ class FileSink:
                 except asyncio.QueueEmpty:
                     break
             data = "".join([entry.line for entry in batch]).encode()
+            self._writing = True
             try:
                 await self._write(data, len(batch))
             except _Abandoned:
                 return
+            else:
+                self._held -= len(batch)
             finally:
+                self._writing = False
                 for _ in batch:
                     queue.task_done()
+            if self._abandon.is_set():  # shutdown's deadline passed: leave the rest to aclose
+                return
 
     async def _write(self, data: bytes, lines: int) -> None:
         """Append ``data`` completely, retrying failures until it is written or abandoned."""

@@ -1,0 +1,1 @@
+"""Helpers shared by tests that run the service as a real process."""

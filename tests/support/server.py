@@ -1,0 +1,291 @@
+"""Run the service as a real process: start it, wait until it answers, always stop it.
+
+Each server runs in its own session (so its own process group) on ``127.0.0.1`` and a port
+that was free a moment before, with its working directory and ``NOTIFY_*`` settings chosen by
+the test and its stdout and stderr going to one file that the test can read at any time.
+Leaving ``running_server`` stops the server whatever happened: SIGTERM, a bounded wait, then
+SIGKILL to the whole process group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import httpx
+
+__all__ = [
+    "HOST",
+    "Exited",
+    "ServerExitedError",
+    "ServerNotReadyError",
+    "ServerProcess",
+    "free_port",
+    "http_client",
+    "run_until_exit",
+    "running_server",
+    "service_command",
+    "service_env",
+    "uvicorn_command",
+    "uvicorn_server",
+]
+
+HOST = "127.0.0.1"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+_POLL_S = 0.05
+
+
+class ServerExitedError(RuntimeError):
+    """The server process ended before it answered ``GET /healthz``."""
+
+
+class ServerNotReadyError(RuntimeError):
+    """The server did not answer ``GET /healthz`` with 200 before the deadline."""
+
+
+def free_port() -> int:
+    """A port that was free on ``HOST`` a moment ago (the kernel's pick for port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((HOST, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def service_env(settings: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The inherited environment without any ``NOTIFY_*`` variable, plus ``settings``.
+
+    The checkout is put first on ``PYTHONPATH`` so the process runs this tree's code, and
+    output is unbuffered so the output file is up to date while the server runs.
+    """
+    env = {key: value for key, value in os.environ.items() if not key.startswith("NOTIFY_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(settings or {})
+    return env
+
+
+def uvicorn_command(port: int) -> list[str]:
+    """``python -m uvicorn service.main:app`` on ``HOST`` and ``port``."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "service.main:app",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+    ]
+
+
+def service_command() -> list[str]:
+    """``python -m service``: host and port come from ``NOTIFY_HOST`` and ``NOTIFY_PORT``."""
+    return [sys.executable, "-m", "service"]
+
+
+def http_client(url: str, *, timeout: float = 10.0, connections: int = 16) -> httpx.AsyncClient:
+    """A client for ``url`` that ignores proxy settings and keeps ``connections`` open."""
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    return httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits, trust_env=False)
+
+
+def _read_output(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _open_output(path: Path) -> BinaryIO:
+    return path.open("wb")
+
+
+@dataclass
+class ServerProcess:
+    """A started server: its process, its base URL and the file holding its output."""
+
+    process: asyncio.subprocess.Process
+    url: str
+    output_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once the process has been reaped (``-N``: killed by signal N)."""
+        return self.process.returncode
+
+    def output(self) -> str:
+        """Everything the server has printed so far (stdout and stderr, interleaved)."""
+        return _read_output(self.output_path)
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to the server process alone (not its group)."""
+        self.process.send_signal(sig)
+
+    async def wait_for_output(self, text: str) -> None:
+        """Return once ``text`` is in the output (bound the wait with ``asyncio.timeout``)."""
+        while True:
+            if text in self.output():
+                return
+            await asyncio.sleep(_POLL_S)
+
+    async def wait_exit(self) -> int:
+        """The exit status, once the process has exited (bound it with ``asyncio.timeout``)."""
+        return await self.process.wait()
+
+
+async def _wait_ready(server: ServerProcess) -> None:
+    """Poll ``GET /healthz`` until it answers 200; the caller bounds the wait."""
+    async with http_client(server.url, timeout=1.0, connections=1) as client:
+        while True:
+            if server.returncode is not None:
+                raise ServerExitedError(
+                    f"server exited with {server.returncode} before it was ready; "
+                    f"its output:\n{server.output()}"
+                )
+            with contextlib.suppress(httpx.TransportError):
+                response = await client.get("/healthz")
+                if response.status_code == 200:
+                    return
+            await asyncio.sleep(_POLL_S)
+
+
+async def _stop(process: asyncio.subprocess.Process, grace: float) -> None:
+    """SIGTERM, wait up to ``grace`` s, then SIGKILL the process group; always reaps."""
+    try:
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await process.wait()
+    finally:
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+
+
+@contextlib.asynccontextmanager
+async def running_server(
+    command: Sequence[str],
+    *,
+    url: str,
+    cwd: Path,
+    env: Mapping[str, str],
+    output_path: Path,
+    ready_timeout: float = 20.0,
+    stop_timeout: float = 10.0,
+) -> AsyncIterator[ServerProcess]:
+    """Start ``command``, wait until ``{url}/healthz`` answers 200, yield; stop it on exit.
+
+    Raises ``ServerExitedError`` or ``ServerNotReadyError`` (with the server's output) if it
+    does not get ready. A test may signal the server and wait for it to exit itself; whatever
+    is still running when the block exits is stopped as ``_stop`` says.
+    """
+    with _open_output(output_path) as output:
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        server = ServerProcess(process=process, url=url, output_path=output_path)
+        try:
+            async with asyncio.timeout(ready_timeout):
+                await _wait_ready(server)
+        except TimeoutError:
+            raise ServerNotReadyError(
+                f"server at {url} not ready within {ready_timeout} s; "
+                f"its output:\n{server.output()}"
+            ) from None
+        yield server
+    finally:
+        await _stop(process, stop_timeout)
+
+
+@contextlib.asynccontextmanager
+async def uvicorn_server(
+    workdir: Path,
+    settings: Mapping[str, str] | None = None,
+    *,
+    output_name: str = "server-output.txt",
+    ready_timeout: float = 20.0,
+    stop_timeout: float = 10.0,
+) -> AsyncIterator[ServerProcess]:
+    """``python -m uvicorn service.main:app`` in ``workdir`` on a free port.
+
+    The log defaults to ``workdir/log.txt``; ``settings`` (``NOTIFY_*`` names) override it.
+    The output goes to ``workdir/output_name``.
+    """
+    port = free_port()
+    env = service_env({"NOTIFY_LOG_PATH": str(workdir / "log.txt"), **(settings or {})})
+    async with running_server(
+        uvicorn_command(port),
+        url=f"http://{HOST}:{port}",
+        cwd=workdir,
+        env=env,
+        output_path=workdir / output_name,
+        ready_timeout=ready_timeout,
+        stop_timeout=stop_timeout,
+    ) as server:
+        yield server
+
+
+@dataclass(frozen=True)
+class Exited:
+    """How a process that was expected to exit by itself ended."""
+
+    returncode: int
+    output: str
+
+
+def run_until_exit(
+    command: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    output_path: Path,
+    timeout: float,
+) -> Exited:
+    """Run ``command`` until it exits; past ``timeout`` s kill its group and raise.
+
+    Raises ``subprocess.TimeoutExpired`` (its ``output`` is what the process printed).
+    """
+    with _open_output(output_path) as output:
+        popen = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        returncode = popen.wait(timeout)
+    except subprocess.TimeoutExpired as exc:
+        exc.output = _read_output(output_path)
+        raise
+    finally:
+        if popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(popen.pid, signal.SIGKILL)
+            popen.wait()
+    return Exited(returncode=returncode, output=_read_output(output_path))

@@ -1,0 +1,65 @@
+"""A request is refused with 503 *before* it is acknowledged when its log cannot take it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from service.records import Entry
+from service.sinks.file import FileSink
+from tests.conftest import make_settings, read_lines, running
+from tests.test_file_sink import wait_for_lines, wait_for_readiness
+
+
+async def test_full_buffer_gets_503_with_retry_after(tmp_path: Path) -> None:
+    """With the buffer full, POST gets 503, ``Retry-After`` and a JSON error naming the cause."""
+    settings = make_settings(
+        tmp_path, log_path=Path("/dev/full"), queue_size=3, shutdown_timeout=0.2
+    )
+    async with running(settings) as client:
+        first = await client.post("/send-notification/a@example.com?q=x")  # 2 lines
+        second = await client.post("/send-notification/b@example.com")  # 1 line: full
+        refused = await client.post("/send-notification/c@example.com")
+        refused_with_query = await client.post("/send-notification/d@example.com?q=y")
+        ready = await wait_for_readiness(client, 503)
+    assert (first.status_code, second.status_code) == (200, 200)
+    for response in (refused, refused_with_query):
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        assert "buffer of log file /dev/full is full" in response.json()["detail"]
+    assert any("buffer full" in reason for reason in ready["reasons"])
+
+
+async def test_refused_query_line_releases_the_notification_reservation(tmp_path: Path) -> None:
+    """If only the query log is full, the request is refused and holds no room in the other."""
+    settings = make_settings(
+        tmp_path, query_log_path=Path("/dev/full"), queue_size=1, shutdown_timeout=0.2
+    )
+    async with running(settings) as client:
+        assert (await client.post("/send-notification/a@example.com?q=1")).status_code == 200
+        await wait_for_lines(settings.log_path, 1)
+        refused = await client.post("/send-notification/b@example.com?q=2")
+        accepted = await client.post("/send-notification/c@example.com")
+    assert refused.status_code == 503
+    assert accepted.status_code == 200
+    assert read_lines(settings.log_path) == [
+        "notification for a@example.com: some notification",
+        "notification for c@example.com: some notification",
+    ]
+
+
+async def test_shutdown_stops_at_its_deadline_even_while_writes_succeed(tmp_path: Path) -> None:
+    """A slow but working sink does not hold shutdown past the drain timeout."""
+    sink = FileSink(tmp_path / "log.txt", queue_size=100_000, batch_size=1, drain_timeout=0.05)
+    await sink.start()
+    for i in range(50_000):
+        sink.admit()
+        await sink.submit(Entry(str(i), f"line {i}\n"))
+    started = time.monotonic()
+    async with asyncio.timeout(5):
+        await sink.aclose()
+    assert time.monotonic() - started < 2
+    written = read_lines(tmp_path / "log.txt")
+    assert 0 < len(written) < 50_000
+    assert written == [f"line {i}" for i in range(len(written))]
