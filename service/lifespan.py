@@ -10,13 +10,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Send
 
 from config import Settings
 from service.services import NotificationService
 from service.sinks.file import FileSink, FileSinks
 
-__all__ = ["OneLineStartupErrors", "Runtime", "StartupError"]
+__all__ = ["Runtime", "StartupError", "one_line_startup_errors"]
 
 logger = logging.getLogger("service")
 
@@ -64,31 +64,23 @@ class Runtime:
             await self.sinks.aclose()
 
 
-class OneLineStartupErrors:
-    """ASGI middleware: a ``StartupError`` is reported to the server as its one line.
+def one_line_startup_errors(send: Send) -> Send:
+    """Wrap a lifespan ``send`` so that a ``StartupError`` is reported as its one line.
 
-    Starlette reports a failed startup with the whole traceback; for an operator error such
-    as an unwritable log path the line that names the path and the reason is all that helps.
+    Starlette reports a failed startup with the whole traceback; for an operator's error such
+    as an unwritable log path, the line naming the path and the reason is all that helps.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    async def send_one_line(message: Message) -> None:
+        text = message.get("message", "")
+        if message["type"] == "lifespan.startup.failed" and text:
+            last = text.strip().splitlines()[-1]
+            prefix = f"{StartupError.__module__}.{StartupError.__qualname__}: "
+            if last.startswith(prefix):
+                message = {**message, "message": last.removeprefix(prefix)}
+        await send(message)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "lifespan":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_one_line(message: Message) -> None:
-            text = message.get("message", "")
-            if message["type"] == "lifespan.startup.failed" and text:
-                last = text.strip().splitlines()[-1]
-                prefix = f"{StartupError.__module__}.{StartupError.__qualname__}: "
-                if last.startswith(prefix):
-                    message = {**message, "message": last.removeprefix(prefix)}
-            await send(message)
-
-        await self.app(scope, receive, send_one_line)
+    return send_one_line
 
 
 def _reason(exc: OSError, path: Path) -> str:

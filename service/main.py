@@ -11,9 +11,10 @@ import sys
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
 
 from config import Settings, SettingsError, load_settings
-from service.lifespan import OneLineStartupErrors, Runtime
+from service.lifespan import Runtime, one_line_startup_errors
 from service.routers import health, notifications
 from service.sinks import SinkUnavailable
 
@@ -46,21 +47,34 @@ def settings_or_exit() -> Settings:
         raise SystemExit(f"error: {exc}") from None
 
 
+class NotificationApp(FastAPI):
+    """FastAPI, with a failed startup reported in one line instead of a traceback."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            send = one_line_startup_errors(send)
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the application: runtime, routers and lifespan. No I/O happens here."""
+    """Build the application: runtime, routes and lifespan. No I/O happens here."""
     settings = settings if settings is not None else settings_or_exit()
     configure_logging(settings.log_level)
     runtime = Runtime(settings)
-    app = FastAPI(
+    routers = [
+        notifications.build_router(runtime.notifications, settings),
+        health.build_router(runtime.sinks),
+    ]
+    app = NotificationApp(
         title="Notification service",
         summary="FastAPI's Background Tasks notification endpoint, production-grade.",
         version="0.1.0",
         lifespan=runtime.lifespan,
+        # The routers' routes, flat: `include_router` nests a router that every request walks
+        # through (about 9 µs a request in FastAPI 0.165, measured in bench/).
+        routes=[route for router in routers for route in router.routes],
+        exception_handlers={SinkUnavailable: _unavailable},
     )
-    app.include_router(notifications.build_router(runtime.notifications, settings))
-    app.include_router(health.build_router(runtime.sinks))
-    app.add_exception_handler(SinkUnavailable, _unavailable)
-    app.add_middleware(OneLineStartupErrors)
     return app
 
 
