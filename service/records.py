@@ -51,7 +51,7 @@ def _new_id() -> str:
     return str(uuid.uuid4())
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs 2 µs more
 class Record:
     """One thing to log, with the user's values unescaped."""
 

@@ -4,11 +4,11 @@
 # refer to values of ``build_router`` (the configured limits).
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Body, Depends, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response
 from pydantic import Field
 
 from config import Settings
-from service.deps import query_logger
+from service.deps import BodyReader, query_logger
 from service.emails import Email
 from service.schemas import (
     ACKNOWLEDGEMENT,
@@ -34,9 +34,12 @@ def build_router(service: NotificationService, settings: Settings) -> APIRouter:
             description="The text to log.",
         )
 
+    body_reader = BodyReader(LimitedNotificationBody)
+
     @router.post(
         "/send-notification/{email}",
         response_model=None,
+        openapi_extra=body_reader.openapi,
         responses={
             200: {"model": Acknowledgement, "description": "Accepted; logged next."},
             503: {"model": ErrorBody, "description": "The log cannot take more lines now."},
@@ -47,9 +50,9 @@ def build_router(service: NotificationService, settings: Settings) -> APIRouter:
         email: Email,
         background_tasks: BackgroundTasks,
         q: Annotated[str | None, Depends(log_query)],
-        body: Annotated[LimitedNotificationBody | None, Body()] = None,
+        request: Request,
     ) -> Response:
-        message = body.message if body is not None else DEFAULT_MESSAGE
+        message = await body_reader.message(request)
         service.admit(query=q is not None)  # SinkUnavailable -> 503, and no task runs
         background_tasks.add_task(service.notify, email, message)
         return Response(ACKNOWLEDGEMENT, media_type="application/json")
