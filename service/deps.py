@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import BackgroundTasks, Query, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError, create_model
 from starlette.datastructures import Headers
 
 from service.schemas import DEFAULT_MESSAGE, NotificationBody
@@ -61,7 +61,12 @@ class BodyReader:
     as such, and undecodable bytes are a 422 ``json_invalid`` rather than a 400.
     """
 
-    def __init__(self, model: type[NotificationBody]) -> None:
+    def __init__(self, max_length: int) -> None:
+        model = create_model(
+            "NotificationBody",
+            __base__=NotificationBody,
+            message=(str, Field(DEFAULT_MESSAGE, max_length=max_length, description="The text.")),
+        )
         optional: Any = model | None
         self._adapter: TypeAdapter[NotificationBody | None] = TypeAdapter(optional)
         self.openapi: dict[str, Any] = {

@@ -1,22 +1,15 @@
 """``POST /send-notification/{email}``: the guide's endpoint, validated and escaped."""
 
-# No ``from __future__ import annotations``: FastAPI evaluates these annotations, and some
-# refer to values of ``build_router`` (the configured limits).
+# No ``from __future__ import annotations``: FastAPI evaluates these annotations, and one
+# refers to a value of ``build_router`` (the query dependency, bound to the service).
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response
-from pydantic import Field
 
 from config import Settings
 from service.deps import BodyReader, query_logger
 from service.emails import Email
-from service.schemas import (
-    ACKNOWLEDGEMENT,
-    DEFAULT_MESSAGE,
-    Acknowledgement,
-    ErrorBody,
-    NotificationBody,
-)
+from service.schemas import ACKNOWLEDGEMENT, Acknowledgement, ErrorBody
 from service.services import NotificationService
 
 __all__ = ["build_router"]
@@ -27,14 +20,7 @@ def build_router(service: NotificationService, settings: Settings) -> APIRouter:
     router = APIRouter(tags=["notifications"])
     log_query = query_logger(service, settings.max_query_length)
 
-    class LimitedNotificationBody(NotificationBody):
-        message: str = Field(
-            default=DEFAULT_MESSAGE,
-            max_length=settings.max_message_length,
-            description="The text to log.",
-        )
-
-    body_reader = BodyReader(LimitedNotificationBody)
+    body_reader = BodyReader(settings.max_message_length)
 
     @router.post(
         "/send-notification/{email}",

@@ -1,0 +1,32 @@
+"""Notification ids are valid, distinct UUID4s."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+
+from service.ids import new_id
+
+
+def test_ids_are_canonical_uuid4_strings() -> None:
+    """Each id parses as a version-4, RFC variant UUID and is in canonical form."""
+    for _ in range(2000):  # crosses several refills of the random pool
+        text = new_id()
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+        assert str(parsed) == text
+
+
+def test_ids_are_distinct_and_random_in_every_free_digit() -> None:
+    """100,000 ids are all different, and every free hex position takes all 16 values."""
+    ids = [new_id().replace("-", "") for _ in range(100_000)]
+    assert len(set(ids)) == len(ids)
+    for position in range(32):
+        digits = Counter(text[position] for text in ids)
+        if position == 12:
+            assert set(digits) == {"4"}
+        elif position == 16:
+            assert set(digits) == set("89ab")
+        else:
+            assert len(digits) == 16, position
