@@ -17,6 +17,8 @@ __all__ = ["Settings", "SettingsError", "load_settings"]
 _ENV_PREFIX = "NOTIFY_"
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+AckMode = Literal["background", "write"]
+FsyncMode = Literal["never", "batch", "interval"]
 
 
 class Settings(BaseSettings):
@@ -57,11 +59,43 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(
         default=10.0, ge=0, description="Seconds shutdown waits for the writers to drain."
     )
+    spool_path: Path | None = Field(
+        default=None,
+        description="Where lines not written by the shutdown deadline go (default: <log>.spool).",
+    )
+    ack: AckMode = Field(
+        default="background",
+        description="background: answer, then write (the guide); write: answer once written.",
+    )
+    fsync: FsyncMode = Field(
+        default="never", description="never, after every batch, or every fsync_interval seconds."
+    )
+    fsync_interval: float = Field(
+        default=1.0, gt=0, description="Seconds between fsyncs when fsync=interval."
+    )
+    retry_initial: float = Field(
+        default=0.05, gt=0, description="First delay, in seconds, before retrying a failed write."
+    )
+    retry_max: float = Field(
+        default=2.0, gt=0, description="Longest delay, in seconds, between write retries."
+    )
+    rotate_bytes: int = Field(
+        default=0, ge=0, description="Rotate a log at this size in bytes; 0 never rotates."
+    )
+    rotate_keep: int = Field(
+        default=5, ge=1, description="Rotated files kept: log.txt.1 (newest) to log.txt.N."
+    )
 
     @property
     def effective_query_log_path(self) -> Path:
         """Where ``found query`` lines go."""
         return self.query_log_path if self.query_log_path is not None else self.log_path
+
+    def spool_for(self, log_path: Path) -> Path:
+        """The spool of one log file: ``spool_path`` for the main log, else beside the log."""
+        if self.spool_path is not None and log_path == self.log_path:
+            return self.spool_path
+        return log_path.with_name(log_path.name + ".spool")
 
 
 class SettingsError(Exception):

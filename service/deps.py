@@ -22,8 +22,12 @@ __all__ = ["BodyReader", "QueryLogger", "query_logger"]
 QueryLogger = Callable[..., Awaitable[str | None]]
 
 
-def query_logger(service: NotificationService, max_length: int) -> QueryLogger:
-    """The guide's ``get_query``: log ``found query: {q}`` in a background task when given."""
+def query_logger(service: NotificationService, max_length: int, *, schedule: bool) -> QueryLogger:
+    """The guide's ``get_query``: log ``found query: {q}`` in a background task when given.
+
+    With ``schedule=False`` (``NOTIFY_ACK=write``) it only reads ``q``; the endpoint writes the
+    query line itself, before the notification and before answering.
+    """
 
     async def log_query(
         background_tasks: BackgroundTasks,
@@ -32,7 +36,7 @@ def query_logger(service: NotificationService, max_length: int) -> QueryLogger:
             Query(max_length=max_length, description="Logged as `found query: {q}`."),
         ] = None,
     ) -> str | None:
-        if q is not None:
+        if schedule and q is not None:
             background_tasks.add_task(service.log_query, q)
         return q
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -14,7 +13,7 @@ from starlette.types import Message, Send
 
 from config import Settings
 from service.services import NotificationService
-from service.sinks.file import FileSink, FileSinks
+from service.sinks.file import FileSink, FileSinkOptions, FileSinks, RetryPolicy
 
 __all__ = ["Runtime", "StartupError", "one_line_startup_errors"]
 
@@ -34,13 +33,19 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        options = FileSinkOptions(
+            queue_size=settings.queue_size,
+            batch_size=settings.batch_size,
+            drain_timeout=settings.shutdown_timeout,
+            retry=RetryPolicy(initial=settings.retry_initial, maximum=settings.retry_max),
+            fsync=settings.fsync,
+            fsync_interval=settings.fsync_interval,
+            rotate_bytes=settings.rotate_bytes,
+            rotate_keep=settings.rotate_keep,
+            refuse_while_failing=settings.ack == "write",
+        )
         self.sinks = FileSinks(
-            functools.partial(
-                FileSink,
-                queue_size=settings.queue_size,
-                batch_size=settings.batch_size,
-                drain_timeout=settings.shutdown_timeout,
-            )
+            lambda path: FileSink(path, options, spool_path=settings.spool_for(path))
         )
         self.notifications = NotificationService(
             notifications=self.sinks.for_path(settings.log_path),

@@ -6,6 +6,7 @@ sent; the line format escapes them so that one record is always exactly one line
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -62,10 +63,14 @@ class Record:
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """A record rendered as one finished line (ending in a newline), ready for a sink."""
+    """A record rendered as one finished line (ending in a newline), ready for a sink.
+
+    ``done``, when given, is resolved once the line is written (for ``NOTIFY_ACK=write``).
+    """
 
     record_id: str
     line: str
+    done: asyncio.Future[None] | None = None
 
 
 def render_text(record: Record) -> str:

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from service.records import Entry
-from service.sinks.file import FileSink
+from service.sinks.file import FileSink, FileSinkOptions
 from tests.conftest import make_settings, read_lines, running
 from tests.test_file_sink import wait_for_lines, wait_for_readiness
 
@@ -51,7 +51,9 @@ async def test_refused_query_line_releases_the_notification_reservation(tmp_path
 
 async def test_shutdown_stops_at_its_deadline_even_while_writes_succeed(tmp_path: Path) -> None:
     """A slow but working sink does not hold shutdown past the drain timeout."""
-    sink = FileSink(tmp_path / "log.txt", queue_size=100_000, batch_size=1, drain_timeout=0.05)
+    sink = FileSink(
+        tmp_path / "log.txt", FileSinkOptions(queue_size=100_000, batch_size=1, drain_timeout=0.05)
+    )
     await sink.start()
     for i in range(50_000):
         sink.admit()

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from service.records import Entry
-from service.sinks.file import FileSink
+from service.sinks.file import FileSink, FileSinkOptions
 from tests.conftest import make_settings, read_lines, running
 
 
@@ -48,7 +48,7 @@ def write_syscalls() -> int:
 
 async def test_queued_lines_are_written_in_few_large_writes(tmp_path: Path) -> None:
     """20,000 queued lines reach the file in order, in about one write per batch."""
-    sink = FileSink(tmp_path / "log.txt", queue_size=20_000, batch_size=1000)
+    sink = FileSink(tmp_path / "log.txt", FileSinkOptions(queue_size=20_000, batch_size=1000))
     await sink.start()
     before = write_syscalls()
     for i in range(20_000):

@@ -40,7 +40,7 @@ router = APIRouter()
         200: {"model": Acknowledgement, "description": "Accepted; logged next."},
         503: {"model": ErrorBody, "description": "The log cannot take more lines now."},
     },
-    summary="Log a notification in the background",
+    summary="Log a notification in the background (or before answering, with ack=write)",
     tags=["notifications"],
 )
 async def send_notification(

@@ -18,7 +18,8 @@ __all__ = ["build_router"]
 def build_router(service: NotificationService, settings: Settings) -> APIRouter:
     """The notification routes, bound to ``service`` and to the configured limits."""
     router = APIRouter(tags=["notifications"])
-    log_query = query_logger(service, settings.max_query_length)
+    in_background = settings.ack == "background"
+    log_query = query_logger(service, settings.max_query_length, schedule=in_background)
 
     body_reader = BodyReader(settings.max_message_length)
 
@@ -30,7 +31,7 @@ def build_router(service: NotificationService, settings: Settings) -> APIRouter:
             200: {"model": Acknowledgement, "description": "Accepted; logged next."},
             503: {"model": ErrorBody, "description": "The log cannot take more lines now."},
         },
-        summary="Log a notification in the background",
+        summary="Log a notification in the background (or before answering, with ack=write)",
     )
     async def send_notification(
         email: Email,
@@ -39,8 +40,11 @@ def build_router(service: NotificationService, settings: Settings) -> APIRouter:
         request: Request,
     ) -> Response:
         message = await body_reader.message(request)
-        service.admit(query=q is not None)  # SinkUnavailable -> 503, and no task runs
-        background_tasks.add_task(service.notify, email, message)
+        if in_background:
+            service.admit(query=q is not None)  # SinkUnavailable -> 503, and no task runs
+            background_tasks.add_task(service.notify, email, message)
+        else:
+            await service.notify_written(email, message, q)  # SinkUnavailable -> 503
         return Response(ACKNOWLEDGEMENT, media_type="application/json")
 
     return router

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from service.records import Entry, Record, render_text
@@ -44,5 +45,21 @@ class NotificationService:
         """Log ``found query: {q}``."""
         await self._submit(self._queries, Record("query", q=q))
 
-    async def _submit(self, sink: Sink, record: Record) -> None:
-        await sink.submit(Entry(record.id, self._render(record)))
+    async def notify_written(self, email: str, message: str, q: str | None) -> None:
+        """Admit, hand over and wait until written: the query line (if any), then the
+        notification. Raises ``SinkUnavailable`` when refused or not written by shutdown."""
+        self.admit(query=q is not None)
+        loop = asyncio.get_running_loop()
+        waits = []
+        if q is not None:
+            waits.append(loop.create_future())
+            await self._submit(self._queries, Record("query", q=q), waits[-1])
+        waits.append(loop.create_future())
+        record = Record("notification", email=email, message=message)
+        await self._submit(self._notifications, record, waits[-1])
+        await asyncio.gather(*waits)
+
+    async def _submit(
+        self, sink: Sink, record: Record, done: asyncio.Future[None] | None = None
+    ) -> None:
+        await sink.submit(Entry(record.id, self._render(record), done))

@@ -1,15 +1,20 @@
 """The file sink: one writer task per log file, one append per batch, through aiofiles.
 
-``submit`` only puts a finished line on a bounded queue. The writer task takes everything that
-is queued (up to ``batch_size`` lines), joins it into one ``bytes`` and appends it with one
-write on a handle opened once with ``O_APPEND``, so concurrent writers (other processes too)
-never interleave inside a line. The handle is unbuffered: once ``write`` returns, the bytes are
-in the operating system, and a failed write leaves nothing half-buffered in Python.
+``admit`` reserves room while the request is handled; ``submit`` puts the finished line on a
+queue. The writer task takes everything queued (up to ``batch_size`` lines), joins it into one
+``bytes`` and appends it with one write on a handle opened with ``O_APPEND``, so concurrent
+writers (other processes too) never interleave inside a line. The handle is unbuffered: once
+``write`` returns the bytes are in the operating system and nothing is left in a Python buffer.
+An entry may carry a future, resolved once its batch is written (and fsynced, with
+``fsync="batch"``): many waiting requests share one write (group commit).
 
 A write that fails is retried with capped exponential backoff and jitter; the batch and the
 lines behind it wait, in order. Each failure episode is logged once when it starts and once
-when it ends. After every write the writer checks that the file it wrote to is still the file
-at ``path``: a file deleted from outside is written again at the path, a moved one is reopened.
+when it ends. After every write the writer checks that the file it wrote is still the file at
+``path``: a file deleted from outside is written again at the path, a moved one is reopened.
+
+Shutdown drains for at most ``drain_timeout`` seconds; what is not written by then goes to
+the spool file, which the next start replays into the log before any new line.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -30,9 +35,9 @@ import aiofiles.os
 from aiofiles.threadpool.binary import AsyncFileIO
 
 from service.records import Entry
-from service.sinks.base import SinkFull, SinkHealth
+from service.sinks.base import SinkFull, SinkHealth, SinkUnavailable
 
-__all__ = ["FileSink", "FileSinks", "RetryPolicy", "open_append"]
+__all__ = ["FileSink", "FileSinkOptions", "FileSinks", "RetryPolicy", "open_append"]
 
 logger = logging.getLogger("service.sinks.file")
 
@@ -50,6 +55,22 @@ class RetryPolicy:
         """Seconds to wait before attempt ``attempt + 1`` (``attempt`` counts from 0)."""
         ceiling = min(self.maximum, self.initial * 2.0**attempt)
         return random.uniform(ceiling / 2, ceiling)
+
+
+@dataclass(frozen=True, slots=True)
+class FileSinkOptions:
+    """How every file sink of a process behaves (from ``Settings``)."""
+
+    queue_size: int = 100_000
+    batch_size: int = 4096
+    drain_timeout: float = 10.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    fsync: Literal["never", "batch", "interval"] = "never"
+    fsync_interval: float = 1.0
+    rotate_bytes: int = 0
+    rotate_keep: int = 5
+    refuse_while_failing: bool = False
+    """Refuse new lines (503) while writes fail, for callers that wait for the write."""
 
 
 def _nonblocking_opener(path: str, flags: int) -> int:
@@ -77,6 +98,46 @@ def _file_state(fd: int, path: Path) -> _FileState:
     return "same"
 
 
+def _rotate(path: Path, keep: int) -> None:
+    """``path.{keep-1}`` → ``path.{keep}`` … ``path`` → ``path.1``. Runs in a worker thread."""
+    for number in range(keep - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{number}")
+        if older.exists():
+            older.replace(path.with_name(f"{path.name}.{number + 1}"))
+    path.replace(path.with_name(f"{path.name}.1"))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _claim_spools(spool: Path) -> list[Path]:
+    """Take the spool (and any a dead process left half-replayed) for this process to replay.
+
+    A rename is atomic, so with several worker processes each spool is replayed by one.
+    Runs in a worker thread.
+    """
+    claimed = []
+    mine = spool.with_name(f"{spool.name}.{os.getpid()}.replay")
+    for stale in sorted(spool.parent.glob(f"{spool.name}.*.replay")):
+        pid = stale.name.removeprefix(f"{spool.name}.").removesuffix(".replay")
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                target = spool.with_name(f"{spool.name}.{os.getpid()}.{pid}.replay")
+                stale.replace(target)
+                claimed.append(target)
+    with contextlib.suppress(FileNotFoundError):
+        spool.replace(mine)
+        claimed.append(mine)
+    return claimed
+
+
 class _Abandoned(Exception):
     """Shutdown's deadline passed while a batch was still unwritten."""
 
@@ -87,37 +148,41 @@ class FileSink:
     def __init__(
         self,
         path: Path,
+        options: FileSinkOptions | None = None,
         *,
-        queue_size: int,
-        batch_size: int,
-        drain_timeout: float = 10.0,
-        retry: RetryPolicy | None = None,
+        spool_path: Path | None = None,
     ) -> None:
         self.path = path
-        self._drain_timeout = drain_timeout
+        self.spool_path = spool_path or path.with_name(path.name + ".spool")
+        self._options = options = options or FileSinkOptions()
         self._handle: AsyncFileIO | None = None
-        # Admission (``admit``) bounds the queue, so the queue itself needs no maxsize.
+        self._size = 0
+        # Admission bounds the queue, so the queue itself needs no maxsize.
         self._queue: asyncio.Queue[Entry] = asyncio.Queue()
-        self._capacity = queue_size
         self._held = 0  # lines admitted and not yet written: reserved, queued or being written
-        self._batch_size = batch_size
-        self._retry = retry or RetryPolicy()
+        self._capacity = options.queue_size
         self._error: str | None = None
         self._failing_since = 0.0
         self._abandon = asyncio.Event()
         self._unwritten = b""
         self._writing = False
+        self._last_fsync = time.monotonic()
+        self._replays: list[Path] = []
         self._writer: asyncio.Task[None] | None = None
+
+    # -- the Sink protocol ----------------------------------------------------------------
 
     async def start(self) -> None:
         """Open the file (raising ``OSError`` if it cannot be) and start the writer task.
 
         Missing parent directories are created here, once. Later reopens do not create them:
         a directory removed at run time may be an unmounted volume, so the writer waits for it
-        (and ``/readyz`` says so) rather than writing somewhere nobody looks.
+        (and ``/readyz`` says so) rather than writing somewhere nobody looks. A spool left by
+        an earlier run is claimed here and written before any new line.
         """
         await aiofiles.os.makedirs(self.path.parent, exist_ok=True)
-        self._handle = await open_append(self.path)
+        self._handle = await self._open()
+        self._replays = await asyncio.to_thread(_claim_spools, self.spool_path)
         self._writer = asyncio.create_task(self._run(), name=f"log writer for {self.path}")
 
     def admit(self) -> None:
@@ -126,6 +191,8 @@ class FileSink:
             raise SinkFull(
                 f"the buffer of log file {self.path} is full ({self._capacity} lines waiting)"
             )
+        if self._error is not None and self._options.refuse_while_failing:
+            raise SinkUnavailable(f"log file {self.path}: writes failing: {self._error}")
         self._held += 1
 
     def release(self) -> None:
@@ -148,9 +215,9 @@ class FileSink:
         )
 
     async def aclose(self) -> None:
-        """Write what is queued, for at most the drain timeout, then stop and close."""
+        """Write what is queued, for at most the drain timeout; spool the rest; close."""
         try:
-            async with asyncio.timeout(self._drain_timeout):
+            async with asyncio.timeout(self._options.drain_timeout):
                 await self._queue.join()
         except TimeoutError:
             self._abandon.set()
@@ -160,22 +227,28 @@ class FileSink:
                 writer.cancel()  # waiting for a line: nothing is half-written
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
+        if self._handle is not None and self._options.fsync != "never":
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(os.fsync, self._handle.fileno())
         await self._close_handle()
         leftover = self._unwritten + self._drain_queue()
         if leftover:
-            logger.error(
-                "log file %s: %d lines not written by the shutdown deadline",
-                self.path,
-                leftover.count(b"\n"),
-            )
+            await self._spool(leftover)
+        for replayed in self._replays:  # their lines are in the log or in the new spool now
+            with contextlib.suppress(FileNotFoundError):
+                await aiofiles.os.remove(replayed)
 
     # -- the writer task -------------------------------------------------------------------
 
     async def _run(self) -> None:
         queue = self._queue
+        try:
+            await self._replay_spools()
+        except _Abandoned:
+            return
         while True:
             batch = [await queue.get()]
-            while len(batch) < self._batch_size:
+            while len(batch) < self._options.batch_size:
                 try:
                     batch.append(queue.get_nowait())
                 except asyncio.QueueEmpty:
@@ -185,9 +258,11 @@ class FileSink:
             try:
                 await self._write(data, len(batch))
             except _Abandoned:
+                _fail(batch, "not written by the shutdown deadline; kept in the spool")
                 return
             else:
                 self._held -= len(batch)
+                await self._after_write(batch)
             finally:
                 self._writing = False
                 for _ in batch:
@@ -195,12 +270,43 @@ class FileSink:
             if self._abandon.is_set():  # shutdown's deadline passed: leave the rest to aclose
                 return
 
+    async def _after_write(self, batch: list[Entry]) -> None:
+        """Fsync as configured, then tell the waiting requests their lines are written."""
+        fsync = self._options.fsync
+        now = time.monotonic()
+        if fsync == "batch" or (
+            fsync == "interval" and now - self._last_fsync >= self._options.fsync_interval
+        ):
+            handle = self._handle
+            if handle is not None:
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(os.fsync, handle.fileno())
+            self._last_fsync = now
+        for entry in batch:
+            if entry.done is not None and not entry.done.done():
+                entry.done.set_result(None)
+
+    async def _replay_spools(self) -> None:
+        for replay in self._replays:
+            async with aiofiles.open(replay, "rb") as spooled:
+                data = await spooled.read()
+            if data:
+                logger.warning(
+                    "log file %s: writing %d spooled lines from %s first",
+                    self.path,
+                    data.count(b"\n"),
+                    replay,
+                )
+                await self._write(data, data.count(b"\n"))
+            await aiofiles.os.remove(replay)
+        self._replays = []
+
     async def _write(self, data: bytes, lines: int) -> None:
         """Append ``data`` completely, retrying failures until it is written or abandoned."""
         attempt = 0
         while data:
             try:
-                handle = await self._reopened_if_needed()
+                handle = await self._ready_handle(len(data))
                 written = await handle.write(data)
                 if written is None:  # a FIFO whose reader is not keeping up
                     raise BlockingIOError(11, "the reader of this pipe is not keeping up")
@@ -217,14 +323,25 @@ class FileSink:
                 continue
             if state == "moved":  # renamed from outside: what we wrote is safe in the old file
                 await self._close_handle()
+            self._size += written
             data = data[written:]
         self._unwritten = b""
         self._record_recovery(lines)
 
-    async def _reopened_if_needed(self) -> AsyncFileIO:
+    async def _ready_handle(self, incoming: int) -> AsyncFileIO:
+        """The open handle, reopened if needed and rotated first if ``incoming`` overflows it."""
+        limit = self._options.rotate_bytes
+        if limit and self._handle is not None and self._size > 0 and self._size + incoming > limit:
+            await self._close_handle()
+            await asyncio.to_thread(_rotate, self.path, self._options.rotate_keep)
         if self._handle is None:
-            self._handle = await open_append(self.path)
+            self._handle = await self._open()
         return self._handle
+
+    async def _open(self) -> AsyncFileIO:
+        handle = await open_append(self.path)
+        self._size = (await asyncio.to_thread(os.fstat, handle.fileno())).st_size
+        return handle
 
     async def _close_handle(self) -> None:
         handle, self._handle = self._handle, None
@@ -233,7 +350,7 @@ class FileSink:
                 await handle.close()
 
     async def _wait_before_retry(self, attempt: int) -> None:
-        delay = self._retry.delay(attempt)
+        delay = self._options.retry.delay(attempt)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
                 await self._abandon.wait()
@@ -256,17 +373,53 @@ class FileSink:
             "log file %s: writing again after %.1f s; %d lines had waited",
             self.path,
             time.monotonic() - self._failing_since,
-            self._queue.qsize() + lines,
+            self._held,
         )
         self._error = None
 
     def _drain_queue(self) -> bytes:
-        lines = []
+        lines: list[str] = []
         while True:
             try:
-                lines.append(self._queue.get_nowait().line)
+                entry = self._queue.get_nowait()
             except asyncio.QueueEmpty:
                 return "".join(lines).encode()
+            lines.append(entry.line)
+            _fail([entry], "not written by the shutdown deadline; kept in the spool")
+
+    async def _spool(self, data: bytes) -> None:
+        """Keep ``data`` for the next start; if even that fails, put the lines in our log."""
+        lines = data.count(b"\n")
+        try:
+            await aiofiles.os.makedirs(self.spool_path.parent, exist_ok=True)
+            async with aiofiles.open(self.spool_path, "ab") as spool:
+                await spool.write(data)
+                await spool.flush()
+                await asyncio.to_thread(os.fsync, spool.fileno())
+        except OSError as exc:
+            logger.error(
+                "log file %s: %d lines not written by the shutdown deadline, and the spool %s "
+                "failed too (%s); the lines follow",
+                self.path,
+                lines,
+                self.spool_path,
+                exc,
+            )
+            for line in data.decode(errors="replace").splitlines():
+                logger.error("unwritten: %s", line)
+            return
+        logger.error(
+            "log file %s: %d lines not written by the shutdown deadline; kept in %s",
+            self.path,
+            lines,
+            self.spool_path,
+        )
+
+
+def _fail(entries: list[Entry], reason: str) -> None:
+    for entry in entries:
+        if entry.done is not None and not entry.done.done():
+            entry.done.set_exception(SinkUnavailable(reason))
 
 
 class FileSinks:
