@@ -67,6 +67,9 @@ class Settings(BaseSettings):
         default="background",
         description="background: answer, then write (the guide); write: answer once written.",
     )
+    ack_timeout: float = Field(
+        default=5.0, gt=0, description="With ack=write, seconds to wait for the write before 503."
+    )
     fsync: FsyncMode = Field(
         default="never", description="never, after every batch, or every fsync_interval seconds."
     )

@@ -50,6 +50,7 @@ class Runtime:
         self.notifications = NotificationService(
             notifications=self.sinks.for_path(settings.log_path),
             queries=self.sinks.for_path(settings.effective_query_log_path),
+            ack_timeout=settings.ack_timeout,
         )
 
     @asynccontextmanager

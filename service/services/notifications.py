@@ -21,10 +21,18 @@ class NotificationService:
     tasks, and they only capture this long-lived object and plain values.
     """
 
-    def __init__(self, notifications: Sink, queries: Sink, render: Renderer = render_text) -> None:
+    def __init__(
+        self,
+        notifications: Sink,
+        queries: Sink,
+        render: Renderer = render_text,
+        *,
+        ack_timeout: float = 5.0,
+    ) -> None:
         self._notifications = notifications
         self._queries = queries
         self._render = render
+        self._ack_timeout = ack_timeout
 
     def admit(self, *, query: bool) -> None:
         """Reserve room for one request's lines, or raise ``SinkUnavailable`` (nothing held)."""
@@ -47,7 +55,8 @@ class NotificationService:
 
     async def notify_written(self, email: str, message: str, q: str | None) -> None:
         """Admit, hand over and wait until written: the query line (if any), then the
-        notification. Raises ``SinkUnavailable`` when refused or not written by shutdown."""
+        notification. Raises ``SinkUnavailable`` when refused, or when the write is not done
+        within ``ack_timeout`` (the lines stay queued: "not confirmed", not "dropped")."""
         self.admit(query=q is not None)
         loop = asyncio.get_running_loop()
         waits = []
@@ -57,7 +66,14 @@ class NotificationService:
         waits.append(loop.create_future())
         record = Record("notification", email=email, message=message)
         await self._submit(self._notifications, record, waits[-1])
-        await asyncio.gather(*waits)
+        try:
+            async with asyncio.timeout(self._ack_timeout):
+                await asyncio.gather(*waits)
+        except TimeoutError:
+            raise SinkUnavailable(
+                f"the log did not confirm the write within {self._ack_timeout:g} s "
+                "(the line stays queued and may still be written)"
+            ) from None
 
     async def _submit(
         self, sink: Sink, record: Record, done: asyncio.Future[None] | None = None
