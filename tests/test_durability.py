@@ -1,0 +1,135 @@
+"""Nothing acknowledged is lost: ack=write, rotation, spool and replay, retry policy."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from service.sinks.file import RetryPolicy
+from tests.conftest import make_settings, read_lines, running
+from tests.test_file_sink import wait_for_lines, wait_for_readiness
+
+
+async def test_ack_write_answers_after_the_line_is_in_the_file(tmp_path: Path) -> None:
+    """With ``ack=write`` every 200 is sent only once its lines are in the file."""
+    settings = make_settings(tmp_path, ack="write")
+    async with running(settings) as client:
+        for i in range(20):
+            response = await client.post(f"/send-notification/u{i}@example.com?q=n{i}")
+            assert response.status_code == 200
+            lines = read_lines(settings.log_path)
+            assert lines[-2:] == [
+                f"found query: n{i}",
+                f"notification for u{i}@example.com: some notification",
+            ]
+
+
+async def test_ack_write_concurrent_requests_share_writes(tmp_path: Path) -> None:
+    """500 concurrent ``ack=write`` requests are all written before their 200s, in few batches."""
+    settings = make_settings(tmp_path, ack="write")
+    async with running(settings) as client:
+
+        async def send(i: int) -> int:
+            response = await client.post(f"/send-notification/c{i}@example.com")
+            return response.status_code
+
+        statuses = await asyncio.gather(*(send(i) for i in range(500)))
+        lines = read_lines(settings.log_path)
+    assert statuses == [200] * 500
+    assert sorted(lines) == sorted(
+        f"notification for c{i}@example.com: some notification" for i in range(500)
+    )
+
+
+async def test_ack_write_on_a_failing_disk_is_503_not_a_hang(tmp_path: Path) -> None:
+    """``ack=write`` on ``/dev/full``: 503 after the ack timeout, then 503 at once."""
+    settings = make_settings(
+        tmp_path,
+        log_path=Path("/dev/full"),
+        spool_path=tmp_path / "spool",
+        ack="write",
+        ack_timeout=0.5,
+        shutdown_timeout=0.2,
+    )
+    async with running(settings) as client:
+        started = time.monotonic()
+        first = await client.post("/send-notification/a@example.com")
+        waited = time.monotonic() - started
+        second = await client.post("/send-notification/b@example.com")
+    assert first.status_code == 503
+    assert 0.4 < waited < 3
+    assert "did not confirm the write" in first.json()["detail"]
+    assert second.status_code == 503
+    assert "writes failing" in second.json()["detail"]
+
+
+async def test_rotation_keeps_whole_lines_and_the_newest_files(tmp_path: Path) -> None:
+    """Size rotation makes log.txt.1 … .3, never splits a line, and keeps every recent line."""
+    settings = make_settings(tmp_path, rotate_bytes=2000, rotate_keep=3, ack="write")
+    async with running(settings) as client:
+        for i in range(200):  # about 10,600 bytes: five rotations at 2,000
+            await client.post(f"/send-notification/r{i:03d}@example.com")
+    files = [tmp_path / f"log.txt.{n}" for n in (3, 2, 1)] + [settings.log_path]
+    assert all(path.exists() for path in files)
+    assert not (tmp_path / "log.txt.4").exists()
+    kept = [line for path in files for line in read_lines(path)]
+    expected = [f"notification for r{i:03d}@example.com: some notification" for i in range(200)]
+    assert kept == expected[len(expected) - len(kept) :]
+    for path in files[:-1]:
+        assert path.stat().st_size <= 2000
+
+
+async def test_lines_not_written_by_the_deadline_are_spooled_and_replayed(tmp_path: Path) -> None:
+    """Shutdown on a failing disk spools the lines; the next start writes them before new ones."""
+    spool = tmp_path / "spool"
+    failing = make_settings(
+        tmp_path, log_path=Path("/dev/full"), spool_path=spool, shutdown_timeout=0.3
+    )
+    async with running(failing) as client:
+        for i in range(30):
+            assert (await client.post(f"/send-notification/s{i}@example.com")).status_code == 200
+    assert spool.read_text().splitlines() == [
+        f"notification for s{i}@example.com: some notification" for i in range(30)
+    ]
+    working = make_settings(tmp_path, spool_path=spool)
+    async with running(working) as client:
+        await client.post("/send-notification/new@example.com")
+    assert read_lines(working.log_path) == [
+        *(f"notification for s{i}@example.com: some notification" for i in range(30)),
+        "notification for new@example.com: some notification",
+    ]
+    assert not spool.exists()
+    assert list(tmp_path.glob("spool*")) == []
+
+
+async def test_a_log_path_turned_into_a_directory_waits_then_recovers(tmp_path: Path) -> None:
+    """When the log path becomes a directory, lines wait (503 ready) and land once it is a file."""
+    settings = make_settings(tmp_path)
+    async with running(settings) as client:
+        await client.post("/send-notification/first@example.com")
+        await wait_for_lines(settings.log_path, 1)
+        settings.log_path.unlink()
+        settings.log_path.mkdir()
+        for i in range(5):
+            await client.post(f"/send-notification/d{i}@example.com")
+        body = await wait_for_readiness(client, 503)
+        assert "Is a directory" in body["reasons"][0]
+        shutil.rmtree(settings.log_path)
+        await wait_for_readiness(client, 200)
+    assert read_lines(settings.log_path) == [
+        f"notification for d{i}@example.com: some notification" for i in range(5)
+    ]
+
+
+@pytest.mark.parametrize("attempt", range(12))
+def test_retry_delays_grow_with_jitter_and_are_capped(attempt: int) -> None:
+    """Each retry waits between half and all of min(cap, initial * 2**attempt)."""
+    policy = RetryPolicy(initial=0.05, maximum=2.0)
+    ceiling = min(2.0, 0.05 * 2**attempt)
+    delays = {policy.delay(attempt) for _ in range(50)}
+    assert all(ceiling / 2 <= delay <= ceiling for delay in delays)
+    assert len(delays) > 1  # jittered, not fixed
