@@ -86,3 +86,14 @@ def test_bad_value_is_one_line_naming_the_variable(
     message = str(caught.value)
     assert "\n" not in message
     assert f"{variable}={value!r}" in message
+
+
+def test_readme_documents_every_setting() -> None:
+    """README.md's settings table has a row for every Settings field."""
+    readme = (ROOT / "README.md").read_text()
+    missing = [
+        f"NOTIFY_{name.upper()}"
+        for name in Settings.model_fields
+        if f"| `NOTIFY_{name.upper()}` |" not in readme
+    ]
+    assert missing == []
