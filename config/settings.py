@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     batch_size: int = Field(
         default=4096, ge=1, description="Most records one write appends to the log."
     )
+    batch_delay: float = Field(
+        default=0.005,
+        ge=0,
+        description="Seconds a writer waits for more lines before a write (ack=background).",
+    )
     shutdown_timeout: float = Field(
         default=10.0, ge=0, description="Seconds shutdown waits for the writers to drain."
     )

@@ -36,6 +36,7 @@ class Runtime:
         options = FileSinkOptions(
             queue_size=settings.queue_size,
             batch_size=settings.batch_size,
+            batch_delay=settings.batch_delay if settings.ack == "background" else 0.0,
             drain_timeout=settings.shutdown_timeout,
             retry=RetryPolicy(initial=settings.retry_initial, maximum=settings.retry_max),
             fsync=settings.fsync,

@@ -63,6 +63,9 @@ class FileSinkOptions:
 
     queue_size: int = 100_000
     batch_size: int = 4096
+    batch_delay: float = 0.0
+    """Seconds to wait for more lines after the first of a batch: under load, lines arrive
+    one at a time faster than a thread hop, and a write per line costs more than the line."""
     drain_timeout: float = 10.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     fsync: Literal["never", "batch", "interval"] = "never"
@@ -246,15 +249,18 @@ class FileSink:
             await self._replay_spools()
         except _Abandoned:
             return
+        batch_size, delay = self._options.batch_size, self._options.batch_delay
         while True:
             batch = [await queue.get()]
-            while len(batch) < self._options.batch_size:
+            self._writing = True  # from here on the batch is ours: never cancel mid-batch
+            if delay and queue.qsize() < batch_size - 1:
+                await asyncio.sleep(delay)
+            while len(batch) < batch_size:
                 try:
                     batch.append(queue.get_nowait())
                 except asyncio.QueueEmpty:
                     break
             data = "".join([entry.line for entry in batch]).encode()
-            self._writing = True
             try:
                 await self._write(data, len(batch))
             except _Abandoned:
