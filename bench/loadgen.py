@@ -4,9 +4,10 @@
 send the next, until ``N`` measured requests are done (after a few counted warmup
 requests). Every request posts to a unique ``/send-notification/{email}``.
 
-On stdout it prints ``START`` when the measured phase begins and ``DONE <epoch>`` (the
-wall-clock time of the last response) as soon as it ends, so a parent process can act
-at those moments; then the JSON result goes to ``--out`` (or to stdout).
+On stdout it prints ``START`` when the measured phase begins and, as soon as it ends,
+``DONE <epoch> <acked>`` (the wall-clock time of the last response and how many requests,
+warmup included, were acknowledged), so a parent process can act at those moments; then
+the JSON result goes to ``--out`` (or to stdout).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import asyncio
 import gc
 import json
+import math
 import secrets
 import sys
 import time
@@ -211,8 +213,8 @@ def _percentile_ms(sorted_ns: list[int], fraction: float) -> float:
     """Nearest-rank percentile, in milliseconds."""
     if not sorted_ns:
         return 0.0
-    rank = max(1, round(fraction * len(sorted_ns)))
-    return sorted_ns[min(rank, len(sorted_ns)) - 1] / 1e6
+    rank = max(1, math.ceil(fraction * len(sorted_ns)))
+    return sorted_ns[rank - 1] / 1e6
 
 
 async def run_load(
@@ -222,7 +224,7 @@ async def run_load(
     warmup: int,
     token: str,
     on_start: Callable[[], None] = lambda: None,
-    on_done: Callable[[float], None] = lambda wall: None,
+    on_done: Callable[[float, int], None] = lambda wall, acked: None,
 ) -> LoadResult:
     """Warm up, then measure ``requests`` requests over ``concurrency`` connections."""
     host_header = f"{address[0]}:{address[1]}"
@@ -238,7 +240,7 @@ async def run_load(
         measured = await _drive(pool, jobs, address)
         last_wall = time.time() - (time.perf_counter_ns() - measured.last_response_ns) / 1e9
         client_cpu = time.process_time() - cpu_start
-        on_done(last_wall)
+        on_done(last_wall, len(warm.acked) + len(measured.acked))
     finally:
         gc.enable()
         for connection in pool:
@@ -289,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         args.warmup,
         args.token,
         on_start=lambda: _announce("START"),
-        on_done=lambda wall: _announce(f"DONE {wall:.6f}"),
+        on_done=lambda wall, acked: _announce(f"DONE {wall:.6f} {acked}"),
     )
     try:
         result = asyncio.run(asyncio.wait_for(load, args.timeout))

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import select
 import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-from service.sinks.file import RetryPolicy
+from service.sinks.file import RetryPolicy, _pipe_sized
 from tests.conftest import make_settings, read_lines, running
 from tests.test_file_sink import wait_for_lines, wait_for_readiness
 
@@ -133,3 +135,58 @@ def test_retry_delays_grow_with_jitter_and_are_capped(attempt: int) -> None:
     delays = {policy.delay(attempt) for _ in range(50)}
     assert all(ceiling / 2 <= delay <= ceiling for delay in delays)
     assert len(delays) > 1  # jittered, not fixed
+
+
+async def test_shutdown_during_a_replay_spools_what_was_not_replayed(tmp_path: Path) -> None:
+    """A stop while a big spool is being replayed loses no line and splits none."""
+    spool = tmp_path / "spool"
+    lines = [f"notification for s{i}@example.com: spooled line {i}" for i in range(200_000)]
+    spool.write_text("".join(f"{line}\n" for line in lines))
+    settings = make_settings(tmp_path, spool_path=spool, shutdown_timeout=0)
+    async with running(settings):
+        pass
+    written, kept = read_lines(settings.log_path), read_lines(spool)
+    assert written + kept == lines
+    assert kept, "the stop came after the whole replay: make the spool bigger"
+    assert list(tmp_path.glob("spool.*")) == []
+
+
+async def test_a_stale_claim_with_our_own_pid_is_replayed_not_overwritten(tmp_path: Path) -> None:
+    """A half-replayed spool left by an earlier process with our pid (PID 1) is replayed first."""
+    spool = tmp_path / "spool"
+    spool.with_name(f"spool.{os.getpid()}.1.replay").write_text("old line\n")
+    spool.write_text("new line\n")
+    settings = make_settings(tmp_path, spool_path=spool)
+    async with running(settings):
+        pass
+    assert read_lines(settings.log_path) == ["old line", "new line"]
+    assert list(tmp_path.glob("spool*")) == []
+
+
+def test_writes_to_a_pipe_are_whole_lines_of_at_most_pipe_buf() -> None:
+    """A pipe write is cut at a line end within PIPE_BUF, so a reader never gets half a line."""
+    data = b"".join(f"line {i} {'x' * (i % 97)}\n".encode() for i in range(500))
+    rest = data
+    while rest:
+        part = _pipe_sized(rest)
+        assert part.endswith(b"\n")
+        assert len(part) <= select.PIPE_BUF
+        rest = rest[len(part) :]
+    long_line = b"y" * (2 * select.PIPE_BUF) + b"\n"
+    assert _pipe_sized(long_line + b"next\n") == long_line
+
+
+async def test_shutdown_does_not_recreate_a_removed_log_directory(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the log's directory gone, the spool is not written there; the lines are logged."""
+    log_dir = tmp_path / "logs"
+    settings = make_settings(tmp_path, log_path=log_dir / "log.txt", shutdown_timeout=0.3)
+    async with running(settings) as client:
+        shutil.rmtree(log_dir)
+        for i in range(3):
+            await client.post(f"/send-notification/g{i}@example.com")
+    assert not log_dir.exists()
+    logged = [record.getMessage() for record in caplog.records]
+    for i in range(3):
+        assert f"unwritten: notification for g{i}@example.com: some notification" in logged

@@ -24,6 +24,8 @@ import contextlib
 import logging
 import os
 import random
+import select
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -40,6 +42,8 @@ from service.sinks.base import SinkFull, SinkHealth, SinkUnavailable
 __all__ = ["FileSink", "FileSinkOptions", "FileSinks", "RetryPolicy", "open_append"]
 
 logger = logging.getLogger("service.sinks.file")
+
+_REPLAY_CHUNK = 1 << 20
 
 _FileState = Literal["same", "moved", "unlinked"]
 
@@ -123,22 +127,45 @@ def _pid_alive(pid: int) -> bool:
 def _claim_spools(spool: Path) -> list[Path]:
     """Take the spool (and any a dead process left half-replayed) for this process to replay.
 
-    A rename is atomic, so with several worker processes each spool is replayed by one.
-    Runs in a worker thread.
+    A rename is atomic, so with several worker processes each spool is replayed by one. A
+    claim carrying our own pid cannot be ours yet (we have not claimed anything): it is left
+    by an earlier process that had the same pid, as PID 1 in a container always does.
+    Runs in a worker thread; returns the claimed files, oldest first.
     """
+    me = os.getpid()
+
+    def claim(path: Path) -> Path:
+        target = spool.with_name(f"{spool.name}.{me}.{time.time_ns()}.replay")
+        path.replace(target)
+        return target
+
     claimed = []
-    mine = spool.with_name(f"{spool.name}.{os.getpid()}.replay")
-    for stale in sorted(spool.parent.glob(f"{spool.name}.*.replay")):
-        pid = stale.name.removeprefix(f"{spool.name}.").removesuffix(".replay")
-        if pid.isdigit() and not _pid_alive(int(pid)):
+    for stale in sorted(spool.parent.glob(f"{spool.name}.*.replay"), key=_claim_order):
+        pid = stale.name.removeprefix(f"{spool.name}.").split(".")[0]
+        if pid.isdigit() and (int(pid) == me or not _pid_alive(int(pid))):
             with contextlib.suppress(FileNotFoundError):
-                target = spool.with_name(f"{spool.name}.{os.getpid()}.{pid}.replay")
-                stale.replace(target)
-                claimed.append(target)
+                claimed.append(claim(stale))
     with contextlib.suppress(FileNotFoundError):
-        spool.replace(mine)
-        claimed.append(mine)
+        claimed.append(claim(spool))
     return claimed
+
+
+def _claim_order(path: Path) -> tuple[int, str]:
+    parts = path.name.split(".")
+    stamp = parts[-2] if len(parts) >= 3 else ""
+    return (int(stamp) if stamp.isdigit() else 0, path.name)
+
+
+def _pipe_sized(data: bytes) -> bytes:
+    """The longest prefix of ``data`` that is whole lines and at most PIPE_BUF bytes.
+
+    A write of at most PIPE_BUF bytes to a pipe is all or nothing, so a line is never split
+    between what a reader got and what is retried (or spooled). A longer single line goes alone.
+    """
+    if len(data) <= select.PIPE_BUF:
+        return data
+    cut = data.rfind(b"\n", 0, select.PIPE_BUF) + 1
+    return data[:cut] if cut else data[: data.index(b"\n") + 1]
 
 
 class _Abandoned(Exception):
@@ -170,7 +197,10 @@ class FileSink:
         self._unwritten = b""
         self._writing = False
         self._last_fsync = time.monotonic()
-        self._replays: list[Path] = []
+        self._replays: list[Path] = []  # claimed spools not yet fully written, oldest first
+        self._replay_offset = 0  # bytes of self._replays[0] already written
+        self._fifo = False
+        self._replayed = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
 
     # -- the Sink protocol ----------------------------------------------------------------
@@ -184,6 +214,7 @@ class FileSink:
         an earlier run is claimed here and written before any new line.
         """
         await aiofiles.os.makedirs(self.path.parent, exist_ok=True)
+        await aiofiles.os.makedirs(self.spool_path.parent, exist_ok=True)
         self._handle = await self._open()
         self._replays = await asyncio.to_thread(_claim_spools, self.spool_path)
         self._writer = asyncio.create_task(self._run(), name=f"log writer for {self.path}")
@@ -219,8 +250,12 @@ class FileSink:
 
     async def aclose(self) -> None:
         """Write what is queued, for at most the drain timeout; spool the rest; close."""
+        if self._writer is None:  # never started
+            await self._close_handle()
+            return
         try:
             async with asyncio.timeout(self._options.drain_timeout):
+                await self._replayed.wait()
                 await self._queue.join()
         except TimeoutError:
             self._abandon.set()
@@ -234,10 +269,11 @@ class FileSink:
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(os.fsync, self._handle.fileno())
         await self._close_handle()
-        leftover = self._unwritten + self._drain_queue()
+        # Oldest first: the batch that was being written, the spools not yet replayed, the queue.
+        leftover = self._unwritten + await self._unreplayed() + self._drain_queue()
         if leftover:
             await self._spool(leftover)
-        for replayed in self._replays:  # their lines are in the log or in the new spool now
+        for replayed in self._replays:  # their lines are in the new spool now
             with contextlib.suppress(FileNotFoundError):
                 await aiofiles.os.remove(replayed)
 
@@ -245,9 +281,15 @@ class FileSink:
 
     async def _run(self) -> None:
         queue = self._queue
+        self._writing = True
         try:
             await self._replay_spools()
         except _Abandoned:
+            return
+        finally:
+            self._writing = False
+            self._replayed.set()
+        if self._abandon.is_set():
             return
         batch_size, delay = self._options.batch_size, self._options.batch_delay
         while True:
@@ -293,19 +335,34 @@ class FileSink:
                 entry.done.set_result(None)
 
     async def _replay_spools(self) -> None:
-        for replay in self._replays:
+        """Write the claimed spools to the log, a chunk of whole lines at a time, then delete
+        each. On shutdown's deadline the rest stays claimed, for ``aclose`` to spool again."""
+        while self._replays:
+            replay = self._replays[0]
+            logger.warning("log file %s: writing the lines spooled in %s first", self.path, replay)
             async with aiofiles.open(replay, "rb") as spooled:
-                data = await spooled.read()
-            if data:
-                logger.warning(
-                    "log file %s: writing %d spooled lines from %s first",
-                    self.path,
-                    data.count(b"\n"),
-                    replay,
-                )
-                await self._write(data, data.count(b"\n"))
+                while chunk := await spooled.read(_REPLAY_CHUNK):
+                    cut = chunk.rfind(b"\n") + 1 if len(chunk) == _REPLAY_CHUNK else len(chunk)
+                    data = chunk[: cut or len(chunk)]
+                    # Handed to _write: if abandoned, what it did not write is in _unwritten.
+                    self._replay_offset += len(data)
+                    await spooled.seek(self._replay_offset)
+                    await self._write(data, data.count(b"\n"))
+                    if self._abandon.is_set():
+                        return
             await aiofiles.os.remove(replay)
-        self._replays = []
+            self._replays.pop(0)
+            self._replay_offset = 0
+
+    async def _unreplayed(self) -> bytes:
+        """What the claimed spools still hold that was not written (after ``_unwritten``)."""
+        parts = []
+        for index, replay in enumerate(self._replays):
+            with contextlib.suppress(FileNotFoundError):
+                async with aiofiles.open(replay, "rb") as spooled:
+                    await spooled.seek(self._replay_offset if index == 0 else 0)
+                    parts.append(await spooled.read())
+        return b"".join(parts)
 
     async def _write(self, data: bytes, lines: int) -> None:
         """Append ``data`` completely, retrying failures until it is written or abandoned."""
@@ -313,7 +370,7 @@ class FileSink:
         while data:
             try:
                 handle = await self._ready_handle(len(data))
-                written = await handle.write(data)
+                written = await handle.write(_pipe_sized(data) if self._fifo else data)
                 if written is None:  # a FIFO whose reader is not keeping up
                     raise BlockingIOError(11, "the reader of this pipe is not keeping up")
                 state = await asyncio.to_thread(_file_state, handle.fileno(), self.path)
@@ -346,7 +403,8 @@ class FileSink:
 
     async def _open(self) -> AsyncFileIO:
         handle = await open_append(self.path)
-        self._size = (await asyncio.to_thread(os.fstat, handle.fileno())).st_size
+        opened = await asyncio.to_thread(os.fstat, handle.fileno())
+        self._size, self._fifo = opened.st_size, stat.S_ISFIFO(opened.st_mode)
         return handle
 
     async def _close_handle(self) -> None:
@@ -397,7 +455,7 @@ class FileSink:
         """Keep ``data`` for the next start; if even that fails, put the lines in our log."""
         lines = data.count(b"\n")
         try:
-            await aiofiles.os.makedirs(self.spool_path.parent, exist_ok=True)
+            # No makedirs here: a directory removed at run time is not recreated (see start).
             async with aiofiles.open(self.spool_path, "ab") as spool:
                 await spool.write(data)
                 await spool.flush()

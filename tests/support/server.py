@@ -16,21 +16,25 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import urlsplit
 
 import httpx
 
 __all__ = [
     "HOST",
     "Exited",
+    "PostResults",
     "ServerExitedError",
     "ServerNotReadyError",
     "ServerProcess",
     "free_port",
     "http_client",
+    "post_notifications",
     "run_until_exit",
     "running_server",
     "service_command",
@@ -289,3 +293,104 @@ def run_until_exit(
                 os.killpg(popen.pid, signal.SIGKILL)
             popen.wait()
     return Exited(returncode=returncode, output=_read_output(output_path))
+
+
+# -- a fast raw HTTP/1.1 client (httpx manages only a few hundred requests a second) ---------
+
+
+@dataclass
+class PostResults:
+    """What ``post_notifications`` saw, request by request."""
+
+    acknowledged: list[str] = field(default_factory=list)
+    """Emails answered 200, in the order the answers arrived."""
+    statuses: Counter[int] = field(default_factory=Counter)
+    """Complete responses by status."""
+    transport_errors: Counter[str] = field(default_factory=Counter)
+    """Requests without a complete response (refused, reset, closed), by exception name."""
+    unexpected: list[str] = field(default_factory=list)
+    """Answers that were not the service's 200, with their status and body."""
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
+    """One response with a ``Content-Length`` body: ``(status, body, keep_alive)``."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    status_line, *header_lines = head[:-4].decode("latin-1").split("\r\n")
+    status = int(status_line.split(" ", 2)[1])
+    length = 0
+    keep_alive = True
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        name = name.strip().lower()
+        if name == "content-length":
+            length = int(value)
+        elif name == "connection":
+            keep_alive = value.strip().lower() != "close"
+        elif name == "transfer-encoding":
+            raise ValueError(f"unsupported transfer-encoding: {value.strip()}")
+    body = await reader.readexactly(length)
+    return status, body, keep_alive
+
+
+async def post_notifications(
+    url: str,
+    emails: Iterable[str],
+    *,
+    concurrency: int,
+    acknowledgement: bytes,
+    on_acknowledged: Callable[[int], None] = lambda count: None,
+    stop_on_error: bool = False,
+) -> PostResults:
+    """``POST /send-notification/{email}`` for each email, over ``concurrency`` connections.
+
+    Each keep-alive connection sends one request at a time (closed loop) on raw asyncio
+    streams. Every 200 whose body is ``acknowledgement`` is recorded as it arrives, and
+    ``on_acknowledged`` is called with the running count (so a test can act at a given
+    point). A request whose connection breaks counts as a transport error; the worker then
+    stops if ``stop_on_error``, else reconnects for its next email. Bound the whole call with
+    ``asyncio.timeout``.
+    """
+    parts = urlsplit(url)
+    host, port = parts.hostname or HOST, parts.port or 80
+    results = PostResults()
+    jobs = iter(emails)  # shared by every worker: each email is posted once
+
+    async def worker() -> None:
+        writer: asyncio.StreamWriter | None = None
+        reader: asyncio.StreamReader | None = None
+        try:
+            for email in jobs:
+                request = (
+                    f"POST /send-notification/{email} HTTP/1.1\r\n"
+                    f"Host: {host}:{port}\r\nContent-Length: 0\r\n\r\n"
+                ).encode("ascii")
+                try:
+                    if writer is None or reader is None:
+                        reader, writer = await asyncio.open_connection(host, port)
+                    writer.write(request)
+                    status, body, keep_alive = await _read_response(reader)
+                except (OSError, EOFError, ValueError) as exc:
+                    results.transport_errors[type(exc).__name__] += 1
+                    if writer is not None:
+                        writer.close()
+                    reader = writer = None
+                    if stop_on_error:
+                        return
+                    continue
+                results.statuses[status] += 1
+                if status == 200 and body == acknowledgement:
+                    results.acknowledged.append(email)
+                    on_acknowledged(len(results.acknowledged))
+                else:
+                    results.unexpected.append(f"{email}: {status} {body!r}")
+                if not keep_alive:
+                    writer.close()
+                    reader = writer = None
+        finally:
+            if writer is not None:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return results

@@ -1,0 +1,69 @@
+"""The servers under test, one ``ServerSpec`` each: add a row to ``SERVERS`` to add one."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LOG_FILE_NAME = "log.txt"
+"""The notification log, inside each run's directory (which is also the server's cwd)."""
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """How to start one server: ``uvicorn {module}:app`` with extra environment.
+
+    ``{run_dir}`` in an env value is replaced by the run's directory.
+    """
+
+    name: str
+    module: str
+    env: Mapping[str, str] = field(default_factory=dict)
+    writes_log: bool = True
+    """Whether acknowledged requests must end up as lines in ``log.txt``."""
+    default: bool = True
+    """Whether a run without ``--servers`` includes it (when its module exists)."""
+
+    @property
+    def app(self) -> str:
+        return f"{self.module}:app"
+
+    def source(self, repo_root: Path) -> Path:
+        return repo_root.joinpath(*self.module.split(".")).with_suffix(".py")
+
+    def is_available(self, repo_root: Path) -> bool:
+        return self.source(repo_root).is_file()
+
+    def env_for(self, run_dir: Path) -> dict[str, str]:
+        return {key: value.format(run_dir=run_dir) for key, value in self.env.items()}
+
+
+_SERVICE_ENV = {"NOTIFY_LOG_PATH": f"{{run_dir}}/{LOG_FILE_NAME}"}
+
+SERVERS: tuple[ServerSpec, ...] = (
+    ServerSpec("bare", "bench.apps.bare", writes_log=False),
+    ServerSpec("same-signature", "bench.apps.same_signature", writes_log=False),
+    ServerSpec("guide", "bench.apps.guide"),
+    ServerSpec("service", "service.main", env=_SERVICE_ENV),
+    ServerSpec(
+        "service-ack-write",
+        "service.main",
+        env={**_SERVICE_ENV, "NOTIFY_ACK": "write"},
+        default=False,
+    ),
+)
+
+
+def select_servers(names: Sequence[str] | None, repo_root: Path) -> list[ServerSpec]:
+    """The specs to run: the named ones, or every available default one, in table order."""
+    if names is None:
+        return [spec for spec in SERVERS if spec.default and spec.is_available(repo_root)]
+    known = {spec.name: spec for spec in SERVERS}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"unknown server(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    missing = [name for name in names if not known[name].is_available(repo_root)]
+    if missing:
+        raise ValueError(f"server module missing for {', '.join(missing)}")
+    return [spec for spec in SERVERS if spec.name in names]
