@@ -31,7 +31,8 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench --servers bare,same-signature,guide,service,service-ack-write
+	$(BIN)/python -m bench.writer
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench --quick
