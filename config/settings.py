@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "SettingsError", "load_settings"]
@@ -18,6 +18,7 @@ _ENV_PREFIX = "NOTIFY_"
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 AckMode = Literal["background", "write"]
+LogFormat = Literal["text", "jsonl"]
 FsyncMode = Literal["never", "batch", "interval"]
 
 
@@ -41,6 +42,9 @@ class Settings(BaseSettings):
         default=None,
         description="File for 'found query' lines; unset means the same file as log_path.",
     )
+    log_format: LogFormat = Field(
+        default="text", description="text: the guide's lines; jsonl: one JSON object per line."
+    )
     host: str = Field(default="127.0.0.1", description="Address `python -m service` binds.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port `python -m service` binds.")
     log_level: LogLevel = Field(default="info", description="Level of the service's own logs.")
@@ -49,6 +53,22 @@ class Settings(BaseSettings):
     )
     max_query_length: int = Field(
         default=1000, ge=1, description="Longest accepted `q`, in characters."
+    )
+    max_body_bytes: int = Field(
+        default=16 * 1024, ge=1, description="Largest accepted request body (larger gets 413)."
+    )
+    api_tokens: SecretStr = Field(
+        default=SecretStr(""),
+        description="Comma-separated bearer tokens that may POST; empty means open.",
+    )
+    status_ttl: float = Field(
+        default=3600.0, gt=0, description="Seconds a notification's status stays queryable."
+    )
+    status_max_entries: int = Field(
+        default=100_000, ge=1, description="Most statuses (and idempotency keys) kept in memory."
+    )
+    idempotency_ttl: float = Field(
+        default=3600.0, gt=0, description="Seconds an Idempotency-Key is remembered."
     )
     queue_size: int = Field(
         default=100_000, ge=1, description="Records a log writer may hold before it refuses more."
@@ -93,6 +113,12 @@ class Settings(BaseSettings):
     rotate_keep: int = Field(
         default=5, ge=1, description="Rotated files kept: log.txt.1 (newest) to log.txt.N."
     )
+
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        """The configured API tokens (none: the API is open)."""
+        raw = self.api_tokens.get_secret_value()
+        return tuple(token.strip() for token in raw.split(",") if token.strip())
 
     @property
     def effective_query_log_path(self) -> Path:

@@ -6,10 +6,11 @@ definition time (no ``from __future__ import annotations``): FastAPI reads them,
 refer to values of the enclosing function.
 """
 
+import hmac
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import BackgroundTasks, Query, Request
+from fastapi import BackgroundTasks, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import Field, TypeAdapter, ValidationError, create_model
 from starlette.datastructures import Headers
@@ -17,7 +18,7 @@ from starlette.datastructures import Headers
 from service.schemas import DEFAULT_MESSAGE, NotificationBody
 from service.services import NotificationService
 
-__all__ = ["BodyReader", "QueryLogger", "query_logger"]
+__all__ = ["BodyReader", "QueryLogger", "idempotency_key", "query_logger", "token_checker"]
 
 QueryLogger = Callable[..., Awaitable[str | None]]
 
@@ -43,6 +44,56 @@ def query_logger(service: NotificationService, max_length: int, *, schedule: boo
     return log_query
 
 
+def token_checker(tokens: tuple[str, ...]) -> Callable[..., Awaitable[None]]:
+    """A dependency requiring ``Authorization: Bearer <one of tokens>`` (401 otherwise).
+
+    Every configured token is compared, in constant time, whatever matches: neither the timing
+    nor the number of comparisons tells which token, or how much of one, was right.
+    """
+    expected = [token.encode() for token in tokens]
+
+    async def require_token(
+        authorization: Annotated[
+            str | None, Header(description="`Bearer <token>`, when tokens are configured.")
+        ] = None,
+    ) -> None:
+        scheme, _, token = (authorization or "").partition(" ")
+        given = token.strip().encode()
+        matches = [hmac.compare_digest(given, candidate) for candidate in expected]
+        if scheme.lower() != "bearer" or not any(matches):
+            problem = "missing" if authorization is None else "not a valid bearer token"
+            raise HTTPException(
+                status_code=401,
+                detail=f"Authorization: {problem}; send 'Authorization: Bearer <token>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    return require_token
+
+
+_KEY_HEADER = "idempotency-key"
+_KEY_MAX = 255
+
+
+def idempotency_key(headers: Headers) -> str | None:
+    """The ``Idempotency-Key`` header: 1 to 255 printable ASCII characters, or 422."""
+    key = headers.get(_KEY_HEADER)
+    if key is None:
+        return None
+    if not 0 < len(key) <= _KEY_MAX or not (key.isascii() and key.isprintable()):
+        raise RequestValidationError(
+            [
+                {
+                    "type": "idempotency_key",
+                    "loc": ("header", _KEY_HEADER),
+                    "msg": f"Idempotency-Key must be 1 to {_KEY_MAX} printable ASCII characters",
+                    "input": key,
+                }
+            ]
+        )
+    return key
+
+
 def _sends_body(headers: Headers) -> bool:
     length = headers.get("content-length")
     return (length is not None and length != "0") or "transfer-encoding" in headers
@@ -65,7 +116,8 @@ class BodyReader:
     as such, and undecodable bytes are a 422 ``json_invalid`` rather than a 400.
     """
 
-    def __init__(self, max_length: int) -> None:
+    def __init__(self, max_length: int, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
         model = create_model(
             "NotificationBody",
             __base__=NotificationBody,
@@ -84,7 +136,7 @@ class BodyReader:
         """The message to log: the body's, or the default when no body was sent."""
         if not _sends_body(request.headers):
             return DEFAULT_MESSAGE
-        raw = await request.body()
+        raw = await self._read_limited(request)
         if not raw:
             return DEFAULT_MESSAGE
         content_type = request.headers.get("content-type", "")
@@ -109,3 +161,22 @@ class BodyReader:
                     error["input"] = error["input"].decode("utf-8", "replace")
             raise RequestValidationError(errors) from None
         return DEFAULT_MESSAGE if body is None else body.message
+
+    async def _read_limited(self, request: Request) -> bytes:
+        """The body, or 413 as soon as it is known to pass ``max_bytes`` (before parsing)."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self._max_bytes:
+            raise self._too_large(f"{declared} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self._max_bytes:
+                raise self._too_large(f"more than {self._max_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self, size: str) -> HTTPException:
+        return HTTPException(
+            status_code=413,
+            detail=f"request body is {size}; the limit is {self._max_bytes} bytes",
+        )

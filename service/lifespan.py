@@ -13,8 +13,10 @@ from fastapi import FastAPI
 from starlette.types import Message, Send
 
 from config import Settings
+from service.records import RENDERERS
 from service.services import NotificationService
 from service.sinks.file import FileSink, FileSinkOptions, FileSinks, RetryPolicy
+from service.status import Idempotency, StatusStore
 
 __all__ = ["Runtime", "StartupError", "one_line_startup_errors"]
 
@@ -46,12 +48,18 @@ class Runtime:
             rotate_keep=settings.rotate_keep,
             refuse_while_failing=settings.ack == "write",
         )
+        statuses = StatusStore(settings.status_max_entries, settings.status_ttl)
         self.sinks = FileSinks(
-            lambda path: FileSink(path, options, spool_path=settings.spool_for(path))
+            lambda path: FileSink(
+                path, options, spool_path=settings.spool_for(path), listener=statuses
+            )
         )
         self.notifications = NotificationService(
             notifications=self.sinks.for_path(settings.log_path),
             queries=self.sinks.for_path(settings.effective_query_log_path),
+            statuses=statuses,
+            idempotency=Idempotency(settings.status_max_entries, settings.idempotency_ttl),
+            render=RENDERERS[settings.log_format],
             ack_timeout=settings.ack_timeout,
         )
 

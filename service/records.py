@@ -7,13 +7,24 @@ sent; the line format escapes them so that one record is always exactly one line
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Literal
 
 from service.ids import new_id
 
-__all__ = ["Entry", "Kind", "Record", "escape", "render_text"]
+__all__ = [
+    "RENDERERS",
+    "Entry",
+    "Kind",
+    "Record",
+    "escape",
+    "render_jsonl",
+    "render_text",
+    "rfc3339",
+]
 
 Kind = Literal["notification", "query"]
 
@@ -78,3 +89,27 @@ def render_text(record: Record) -> str:
     if record.kind == "query":
         return f"found query: {escape(record.q or '')}\n"
     return f"notification for {escape(record.email or '')}: {escape(record.message or '')}\n"
+
+
+def rfc3339(timestamp: float) -> str:
+    """``timestamp`` as RFC 3339 in UTC, to the millisecond: ``2026-11-24T08:00:00.000Z``."""
+    moment = datetime.fromtimestamp(timestamp, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def render_jsonl(record: Record) -> str:
+    """One JSON object per line. ``ensure_ascii`` escapes every non-ASCII character, U+2028,
+    U+2029 and NEL included, and JSON escapes the control characters: one line, always."""
+    fields = {
+        "id": record.id,
+        "time": rfc3339(record.accepted_at),
+        "kind": record.kind,
+        "email": record.email,
+        "message": record.message,
+        "q": record.q,
+    }
+    return json.dumps(fields, ensure_ascii=True, separators=(",", ":")) + "\n"
+
+
+RENDERERS = {"text": render_text, "jsonl": render_jsonl}
+"""Line formats by ``NOTIFY_LOG_FORMAT``."""

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
+
+from service.records import rfc3339
+from service.status import NotificationStatus
 
 __all__ = [
     "ACKNOWLEDGEMENT",
@@ -11,6 +16,7 @@ __all__ = [
     "ErrorBody",
     "Health",
     "NotificationBody",
+    "NotificationStatusOut",
     "Readiness",
     "SinkState",
 ]
@@ -39,6 +45,31 @@ class ErrorBody(BaseModel):
     """An error that is not a validation error."""
 
     detail: str
+
+
+class NotificationStatusOut(BaseModel):
+    """``GET /notifications/{id}``: what happened to one accepted notification."""
+
+    id: str
+    status: Literal["queued", "written", "failed"] = Field(
+        description="queued: waiting for its write; written: in the log; failed: its last "
+        "write failed and it is kept and retried (error says why)."
+    )
+    accepted_at: str = Field(description="RFC 3339, UTC.")
+    written_at: str | None = Field(description="RFC 3339, UTC; null until written.")
+    attempts: int = Field(description="Writes tried so far.")
+    error: str | None
+
+    @classmethod
+    def of(cls, status: NotificationStatus) -> NotificationStatusOut:
+        return cls(
+            id=status.id,
+            status=status.status,
+            accepted_at=rfc3339(status.accepted_at),
+            written_at=None if status.written_at is None else rfc3339(status.written_at),
+            attempts=status.attempts,
+            error=status.error,
+        )
 
 
 class Health(BaseModel):

@@ -1,8 +1,9 @@
 """Reference (2) "same signature": this service's exact validation, body and dependencies,
 scheduling nothing. Comparing it with the service isolates what the background work costs.
 
-It is built from the service's own pieces (``Email``, ``BodyReader``, the limits in
-``Settings``); ``tests/test_bench_apps.py`` checks that its OpenAPI operation is the service's.
+It is built from the service's own pieces (``Email``, ``BodyReader``, ``idempotency_key``, the
+route's declaration, the limits in ``Settings``); ``tests/test_bench_apps.py`` checks that its
+OpenAPI operation is the service's.
 """
 
 from typing import Annotated
@@ -10,12 +11,13 @@ from typing import Annotated
 from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Query, Request, Response
 
 from config import Settings
-from service.deps import BodyReader
+from service.deps import BodyReader, idempotency_key
 from service.emails import Email
-from service.schemas import ACKNOWLEDGEMENT, Acknowledgement, ErrorBody
+from service.routers.notifications import post_options
+from service.schemas import ACKNOWLEDGEMENT
 
 settings = Settings()
-body_reader = BodyReader(settings.max_message_length)
+body_reader = BodyReader(settings.max_message_length, settings.max_body_bytes)
 
 
 async def read_query(
@@ -29,20 +31,10 @@ async def read_query(
     return q
 
 
-router = APIRouter()
+router = APIRouter(tags=["notifications"])
 
 
-@router.post(
-    "/send-notification/{email}",
-    response_model=None,
-    openapi_extra=body_reader.openapi,
-    responses={
-        200: {"model": Acknowledgement, "description": "Accepted; logged next."},
-        503: {"model": ErrorBody, "description": "The log cannot take more lines now."},
-    },
-    summary="Log a notification in the background (or before answering, with ack=write)",
-    tags=["notifications"],
-)
+@router.post("/send-notification/{email}", **post_options(settings, body_reader))
 async def send_notification(
     email: Email,
     background_tasks: BackgroundTasks,
@@ -50,6 +42,7 @@ async def send_notification(
     request: Request,
 ) -> Response:
     await body_reader.message(request)
+    idempotency_key(request.headers)
     return Response(ACKNOWLEDGEMENT, media_type="application/json")
 
 

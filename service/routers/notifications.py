@@ -1,18 +1,82 @@
-"""``POST /send-notification/{email}``: the guide's endpoint, validated and escaped."""
+"""``POST /send-notification/{email}`` (the guide's endpoint) and ``GET /notifications/{id}``."""
 
 # No ``from __future__ import annotations``: FastAPI evaluates these annotations, and one
 # refers to a value of ``build_router`` (the query dependency, bound to the service).
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Path, Request, Response
+from starlette.background import BackgroundTasks as NoTasks
 
 from config import Settings
-from service.deps import BodyReader, query_logger
+from service.deps import BodyReader, idempotency_key, query_logger, token_checker
 from service.emails import Email
-from service.schemas import ACKNOWLEDGEMENT, Acknowledgement, ErrorBody
+from service.schemas import (
+    ACKNOWLEDGEMENT,
+    Acknowledgement,
+    ErrorBody,
+    NotificationStatusOut,
+)
 from service.services import NotificationService
 
 __all__ = ["build_router"]
+
+_ACK_HEADERS = {
+    "Location": {"description": "`/notifications/{id}`", "schema": {"type": "string"}},
+    "X-Notification-Id": {"description": "The notification's id", "schema": {"type": "string"}},
+}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    described = {
+        401: ("A token is configured and this request has none, or a wrong one.", ErrorBody),
+        404: ("No notification with this id (unknown, or expired).", ErrorBody),
+        413: ("The body is larger than the configured limit.", ErrorBody),
+        503: ("The log cannot take more lines now; retry after `Retry-After`.", ErrorBody),
+    }
+    return {
+        status: {"model": described[status][1], "description": described[status][0]}
+        for status in statuses
+    }
+
+
+def _acknowledgement(notification_id: str, background: NoTasks | None = None) -> Response:
+    return Response(
+        ACKNOWLEDGEMENT,
+        media_type="application/json",
+        headers={
+            "location": f"/notifications/{notification_id}",
+            "x-notification-id": notification_id,
+        },
+        background=background,
+    )
+
+
+def post_options(settings: Settings, body_reader: BodyReader) -> dict[str, Any]:
+    """How ``POST /send-notification/{email}`` is declared: its documentation and its token
+    guard (only when tokens are configured). Shared with bench's same-signature app."""
+    tokens = settings.tokens
+    key_parameter = {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "description": "Up to 255 printable ASCII characters. The same key with the same "
+        "request gives the same answer and writes no second line.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    }
+    return {
+        "response_model": None,
+        "dependencies": [Depends(token_checker(tokens))] if tokens else [],
+        "openapi_extra": {**body_reader.openapi, "parameters": [key_parameter]},
+        "responses": {
+            200: {
+                "model": Acknowledgement,
+                "description": "Accepted; logged next (or already, with ack=write).",
+                "headers": _ACK_HEADERS,
+            },
+            **_errors(*([401] if tokens else []), 413, 503),
+        },
+        "summary": "Log a notification in the background (or before answering, with ack=write)",
+    }
 
 
 def build_router(service: NotificationService, settings: Settings) -> APIRouter:
@@ -20,19 +84,9 @@ def build_router(service: NotificationService, settings: Settings) -> APIRouter:
     router = APIRouter(tags=["notifications"])
     in_background = settings.ack == "background"
     log_query = query_logger(service, settings.max_query_length, schedule=in_background)
+    body_reader = BodyReader(settings.max_message_length, settings.max_body_bytes)
 
-    body_reader = BodyReader(settings.max_message_length)
-
-    @router.post(
-        "/send-notification/{email}",
-        response_model=None,
-        openapi_extra=body_reader.openapi,
-        responses={
-            200: {"model": Acknowledgement, "description": "Accepted; logged next."},
-            503: {"model": ErrorBody, "description": "The log cannot take more lines now."},
-        },
-        summary="Log a notification in the background (or before answering, with ack=write)",
-    )
+    @router.post("/send-notification/{email}", **post_options(settings, body_reader))
     async def send_notification(
         email: Email,
         background_tasks: BackgroundTasks,
@@ -40,11 +94,36 @@ def build_router(service: NotificationService, settings: Settings) -> APIRouter:
         request: Request,
     ) -> Response:
         message = await body_reader.message(request)
+        key = idempotency_key(request.headers)
+        # SinkUnavailable -> 503 and IdempotencyConflict -> 422, raised before any task runs.
+        accepted = service.accept(query=q is not None, key=key, fingerprint=(email, message, q))
+        if not accepted.new:  # a replay: same answer, and none of the tasks scheduled above
+            return _acknowledgement(accepted.id, background=NoTasks())
         if in_background:
-            service.admit(query=q is not None)  # SinkUnavailable -> 503, and no task runs
-            background_tasks.add_task(service.notify, email, message)
+            background_tasks.add_task(service.notify, email, message, accepted.id)
         else:
-            await service.notify_written(email, message, q)  # SinkUnavailable -> 503
-        return Response(ACKNOWLEDGEMENT, media_type="application/json")
+            try:
+                await service.notify_written(email, message, q, accepted.id)
+            except Exception:
+                service.forget(key)
+                raise
+        return _acknowledgement(accepted.id)
+
+    @router.get(
+        "/notifications/{notification_id}",
+        response_model=NotificationStatusOut,
+        responses=_errors(404),
+        summary="What happened to an accepted notification (kept per process, for a while)",
+    )
+    async def notification_status(
+        notification_id: Annotated[str, Path(max_length=64)],
+    ) -> NotificationStatusOut:
+        status = service.status(notification_id)
+        if status is None:
+            raise HTTPException(
+                status_code=404,
+                detail=f"no notification {notification_id!r} here (unknown, or expired)",
+            )
+        return NotificationStatusOut.of(status)
 
     return router

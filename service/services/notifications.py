@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
+from typing import NamedTuple
 
+from service.ids import new_id
 from service.records import Entry, Record, render_text
 from service.sinks.base import Sink, SinkUnavailable
+from service.status import Idempotency, NotificationStatus, StatusStore
 
-__all__ = ["NotificationService"]
+__all__ = ["Acceptance", "NotificationService"]
 
 Renderer = Callable[[Record], str]
+
+
+class Acceptance(NamedTuple):
+    """The id of an accepted notification; ``new`` is False for an idempotent replay."""
+
+    id: str
+    new: bool
 
 
 class NotificationService:
     """Turns requests into log lines on the notification and query sinks.
 
-    The router calls ``admit`` while it handles the request, so a full or failing sink is
+    The router calls ``accept`` while it handles the request, so a full or failing sink is
     refused before the 200; ``notify`` and ``log_query`` are what it schedules as background
     tasks, and they only capture this long-lived object and plain values.
     """
@@ -25,47 +36,73 @@ class NotificationService:
         self,
         notifications: Sink,
         queries: Sink,
-        render: Renderer = render_text,
         *,
+        statuses: StatusStore,
+        idempotency: Idempotency,
+        render: Renderer = render_text,
         ack_timeout: float = 5.0,
     ) -> None:
         self._notifications = notifications
         self._queries = queries
+        self._statuses = statuses
+        self._idempotency = idempotency
         self._render = render
         self._ack_timeout = ack_timeout
 
-    def admit(self, *, query: bool) -> None:
-        """Reserve room for one request's lines, or raise ``SinkUnavailable`` (nothing held)."""
-        self._notifications.admit()
-        if query:
-            try:
-                self._queries.admit()
-            except SinkUnavailable:
-                self._notifications.release()
-                raise
+    def accept(
+        self, *, query: bool, key: str | None = None, fingerprint: object = None
+    ) -> Acceptance:
+        """Admit one request's lines and give it an id, or raise (nothing held).
 
-    async def notify(self, email: str, message: str) -> None:
-        """Log ``notification for {email}: {message}``."""
-        record = Record("notification", email=email, message=message)
-        await self._submit(self._notifications, record)
+        With an idempotency ``key`` seen before for the same ``fingerprint`` nothing is admitted
+        and the first id is returned; for another fingerprint ``IdempotencyConflict`` is raised.
+        Raises ``SinkUnavailable`` when a sink cannot take the lines. No await: concurrent
+        requests with one key cannot both pass.
+        """
+        if key is not None:
+            known = self._idempotency.seen(key, fingerprint)
+            if known is not None:
+                return Acceptance(known, new=False)
+        self._admit(query=query)
+        notification_id = new_id()
+        self._statuses.accepted(notification_id, time.time())
+        if key is not None:
+            self._idempotency.remember(key, fingerprint, notification_id)
+        return Acceptance(notification_id, new=True)
+
+    def forget(self, key: str | None) -> None:
+        """Let a key be used again (its request was not acknowledged after all)."""
+        if key is not None:
+            self._idempotency.forget(key)
+
+    def status(self, notification_id: str) -> NotificationStatus | None:
+        return self._statuses.get(notification_id)
+
+    async def notify(self, email: str, message: str, notification_id: str) -> None:
+        """Log ``notification for {email}: {message}`` (admitted by ``accept``)."""
+        record = Record("notification", email=email, message=message, id=notification_id)
+        await self._notifications.submit(Entry(record.id, self._render(record)))
 
     async def log_query(self, q: str) -> None:
-        """Log ``found query: {q}``."""
-        await self._submit(self._queries, Record("query", q=q))
+        """Log ``found query: {q}`` (admitted by ``accept``)."""
+        record = Record("query", q=q)
+        await self._queries.submit(Entry(record.id, self._render(record)))
 
-    async def notify_written(self, email: str, message: str, q: str | None) -> None:
-        """Admit, hand over and wait until written: the query line (if any), then the
-        notification. Raises ``SinkUnavailable`` when refused, or when the write is not done
-        within ``ack_timeout`` (the lines stay queued: "not confirmed", not "dropped")."""
-        self.admit(query=q is not None)
+    async def notify_written(
+        self, email: str, message: str, q: str | None, notification_id: str
+    ) -> None:
+        """Hand over the request's lines (admitted by ``accept``) and wait until written: the
+        query line (if any), then the notification. Raises ``SinkUnavailable`` when the write
+        is not done within ``ack_timeout`` (the lines stay queued: "not confirmed")."""
         loop = asyncio.get_running_loop()
-        waits = []
+        waits: list[asyncio.Future[None]] = []
         if q is not None:
             waits.append(loop.create_future())
-            await self._submit(self._queries, Record("query", q=q), waits[-1])
+            record = Record("query", q=q)
+            await self._queries.submit(Entry(record.id, self._render(record), waits[-1]))
         waits.append(loop.create_future())
-        record = Record("notification", email=email, message=message)
-        await self._submit(self._notifications, record, waits[-1])
+        record = Record("notification", email=email, message=message, id=notification_id)
+        await self._notifications.submit(Entry(record.id, self._render(record), waits[-1]))
         try:
             async with asyncio.timeout(self._ack_timeout):
                 await asyncio.gather(*waits)
@@ -75,7 +112,11 @@ class NotificationService:
                 "(the line stays queued and may still be written)"
             ) from None
 
-    async def _submit(
-        self, sink: Sink, record: Record, done: asyncio.Future[None] | None = None
-    ) -> None:
-        await sink.submit(Entry(record.id, self._render(record), done))
+    def _admit(self, *, query: bool) -> None:
+        self._notifications.admit()
+        if query:
+            try:
+                self._queries.admit()
+            except SinkUnavailable:
+                self._notifications.release()
+                raise

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from service.records import Entry
 
-__all__ = ["Sink", "SinkFull", "SinkHealth", "SinkUnavailable"]
+__all__ = ["Sink", "SinkFull", "SinkHealth", "SinkListener", "SinkUnavailable"]
 
 
 class SinkUnavailable(Exception):
@@ -65,3 +66,13 @@ class Sink(Protocol):
 
     def health(self) -> SinkHealth:
         """The sink's current state."""
+
+
+class SinkListener(Protocol):
+    """Told what happened to each batch (the status store listens)."""
+
+    def written(self, entries: Sequence[Entry], attempts: int) -> None:
+        """``entries`` are in the log, after ``attempts`` tries."""
+
+    def failed(self, entries: Sequence[Entry], error: str, attempts: int) -> None:
+        """Writing ``entries`` failed ``attempts`` times so far; they are kept and retried."""

@@ -37,7 +37,7 @@ import aiofiles.os
 from aiofiles.threadpool.binary import AsyncFileIO
 
 from service.records import Entry
-from service.sinks.base import SinkFull, SinkHealth, SinkUnavailable
+from service.sinks.base import SinkFull, SinkHealth, SinkListener, SinkUnavailable
 
 __all__ = ["FileSink", "FileSinkOptions", "FileSinks", "RetryPolicy", "open_append"]
 
@@ -181,8 +181,10 @@ class FileSink:
         options: FileSinkOptions | None = None,
         *,
         spool_path: Path | None = None,
+        listener: SinkListener | None = None,
     ) -> None:
         self.path = path
+        self._listener = listener
         self.spool_path = spool_path or path.with_name(path.name + ".spool")
         self._options = options = options or FileSinkOptions()
         self._handle: AsyncFileIO | None = None
@@ -304,13 +306,15 @@ class FileSink:
                     break
             data = "".join([entry.line for entry in batch]).encode()
             try:
-                await self._write(data, len(batch))
+                attempts = await self._write(data, len(batch), batch)
             except _Abandoned:
                 _fail(batch, "not written by the shutdown deadline; kept in the spool")
                 return
             else:
                 self._held -= len(batch)
                 await self._after_write(batch)
+                if self._listener is not None:
+                    self._listener.written(batch, attempts)
             finally:
                 self._writing = False
                 for _ in batch:
@@ -364,8 +368,11 @@ class FileSink:
                     parts.append(await spooled.read())
         return b"".join(parts)
 
-    async def _write(self, data: bytes, lines: int) -> None:
-        """Append ``data`` completely, retrying failures until it is written or abandoned."""
+    async def _write(self, data: bytes, lines: int, batch: list[Entry] | None = None) -> int:
+        """Append ``data`` completely, retrying failures until it is written or abandoned.
+
+        Returns how many attempts it took; reports each failure of ``batch`` to the listener.
+        """
         attempt = 0
         while data:
             try:
@@ -378,8 +385,10 @@ class FileSink:
                 self._unwritten = data
                 await self._close_handle()
                 self._record_failure(exc)
-                await self._wait_before_retry(attempt)
                 attempt += 1
+                if batch is not None and self._listener is not None:
+                    self._listener.failed(batch, self._error or str(exc), attempt)
+                await self._wait_before_retry(attempt - 1)
                 continue
             if state == "unlinked":  # deleted from outside: what we wrote is gone, write again
                 await self._close_handle()
@@ -390,6 +399,7 @@ class FileSink:
             data = data[written:]
         self._unwritten = b""
         self._record_recovery(lines)
+        return attempt + 1
 
     async def _ready_handle(self, incoming: int) -> AsyncFileIO:
         """The open handle, reopened if needed and rotated first if ``incoming`` overflows it."""

@@ -1,0 +1,121 @@
+"""Per-process memory of accepted notifications: their status, and idempotency keys.
+
+Both are bounded in size and time: entries expire after a TTL and the oldest go first when
+the bound is reached. They live in the memory of one process, so with ``--workers N`` a status
+or key is known only to the worker that accepted the request (the queue backend shares them).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Generic, Literal, TypeVar
+
+from service.records import Entry
+
+__all__ = ["Idempotency", "IdempotencyConflict", "NotificationStatus", "StatusStore"]
+
+State = Literal["queued", "written", "failed"]
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _Expiring(Generic[K, V]):
+    """A dict whose entries expire ``ttl`` seconds after insertion, at most ``limit`` kept."""
+
+    def __init__(self, limit: int, ttl: float, clock: Callable[[], float]) -> None:
+        self._items: dict[K, tuple[float, V]] = {}
+        self._limit, self._ttl, self._clock = limit, ttl, clock
+
+    def put(self, key: K, value: V) -> None:
+        now = self._clock()
+        items = self._items
+        items.pop(key, None)
+        items[key] = (now + self._ttl, value)
+        # Insertion order is expiry order: drop from the front while stale or over the limit.
+        while items:
+            oldest = next(iter(items))
+            if len(items) <= self._limit and items[oldest][0] > now:
+                break
+            del items[oldest]
+
+    def get(self, key: K) -> V | None:
+        item = self._items.get(key)
+        if item is None or item[0] <= self._clock():
+            return None
+        return item[1]
+
+    def pop(self, key: K) -> None:
+        self._items.pop(key, None)
+
+
+@dataclass(slots=True)
+class NotificationStatus:
+    """What ``GET /notifications/{id}`` reports."""
+
+    id: str
+    status: State
+    accepted_at: float
+    written_at: float | None = None
+    attempts: int = 0
+    error: str | None = None
+
+
+class StatusStore:
+    """Statuses by id; a sink listener (``written``/``failed``) keeps them current."""
+
+    def __init__(self, limit: int, ttl: float, clock: Callable[[], float] = time.time) -> None:
+        self._statuses: _Expiring[str, NotificationStatus] = _Expiring(limit, ttl, clock)
+        self._clock = clock
+
+    def accepted(self, notification_id: str, at: float) -> None:
+        self._statuses.put(notification_id, NotificationStatus(notification_id, "queued", at))
+
+    def get(self, notification_id: str) -> NotificationStatus | None:
+        return self._statuses.get(notification_id)
+
+    def written(self, entries: Iterable[Entry], attempts: int) -> None:
+        now = self._clock()
+        for entry in entries:
+            status = self._statuses.get(entry.record_id)
+            if status is not None:
+                status.status, status.written_at = "written", now
+                status.attempts, status.error = attempts, None
+
+    def failed(self, entries: Iterable[Entry], error: str, attempts: int) -> None:
+        for entry in entries:
+            status = self._statuses.get(entry.record_id)
+            if status is not None:
+                status.status, status.attempts, status.error = "failed", attempts, error
+
+
+class IdempotencyConflict(Exception):
+    """The key was used with a different request."""
+
+
+class Idempotency:
+    """Remembers which notification an ``Idempotency-Key`` created, and for which request."""
+
+    def __init__(self, limit: int, ttl: float, clock: Callable[[], float] = time.time) -> None:
+        self._keys: _Expiring[str, tuple[object, str]] = _Expiring(limit, ttl, clock)
+
+    def seen(self, key: str, fingerprint: object) -> str | None:
+        """The id this key created for this request, or None if the key is new.
+
+        Raises ``IdempotencyConflict`` when the key was used for a different request.
+        """
+        known = self._keys.get(key)
+        if known is None:
+            return None
+        if known[0] != fingerprint:
+            raise IdempotencyConflict(
+                "this Idempotency-Key was already used with a different request"
+            )
+        return known[1]
+
+    def remember(self, key: str, fingerprint: object, notification_id: str) -> None:
+        self._keys.put(key, (fingerprint, notification_id))
+
+    def forget(self, key: str) -> None:
+        self._keys.pop(key)
