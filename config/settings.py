@@ -30,6 +30,7 @@ class Settings(BaseSettings):
         env_file=".env",
         env_file_encoding="utf-8",
         env_ignore_empty=True,
+        populate_by_name=True,
         extra="ignore",
         frozen=True,
     )
@@ -69,6 +70,12 @@ class Settings(BaseSettings):
     )
     idempotency_ttl: float = Field(
         default=3600.0, gt=0, description="Seconds an Idempotency-Key is remembered."
+    )
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None,
+        validation_alias="PROMETHEUS_MULTIPROC_DIR",
+        description="prometheus-client's own variable (no NOTIFY_ prefix): with --workers N, "
+        "a directory where the workers' metrics meet.",
     )
     queue_size: int = Field(
         default=100_000, ge=1, description="Records a log writer may hold before it refuses more."

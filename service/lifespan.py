@@ -13,8 +13,10 @@ from fastapi import FastAPI
 from starlette.types import Message, Send
 
 from config import Settings
+from service.metrics import Metrics
 from service.records import RENDERERS
 from service.services import NotificationService
+from service.sinks.base import Listeners
 from service.sinks.file import FileSink, FileSinkOptions, FileSinks, RetryPolicy
 from service.status import Idempotency, StatusStore
 
@@ -49,17 +51,23 @@ class Runtime:
             refuse_while_failing=settings.ack == "write",
         )
         statuses = StatusStore(settings.status_max_entries, settings.status_ttl)
-        self.sinks = FileSinks(
-            lambda path: FileSink(
-                path, options, spool_path=settings.spool_for(path), listener=statuses
-            )
-        )
+        self.metrics = metrics = Metrics(settings.prometheus_multiproc_dir)
+
+        def file_sink(path: Path) -> FileSink:
+            sink_metrics = metrics.for_sink(str(path))
+            listeners = Listeners(statuses, sink_metrics)
+            sink = FileSink(path, options, spool_path=settings.spool_for(path), listener=listeners)
+            sink_metrics.track(lambda: sink.held)
+            return sink
+
+        self.sinks = FileSinks(file_sink)
         self.notifications = NotificationService(
             notifications=self.sinks.for_path(settings.log_path),
             queries=self.sinks.for_path(settings.effective_query_log_path),
             statuses=statuses,
             idempotency=Idempotency(settings.status_max_entries, settings.idempotency_ttl),
             render=RENDERERS[settings.log_format],
+            on_accept=metrics.accepted.inc,
             ack_timeout=settings.ack_timeout,
         )
 
@@ -82,6 +90,7 @@ class Runtime:
             yield
         finally:
             await self.sinks.aclose()
+            self.metrics.process_exited()
 
 
 def one_line_startup_errors(send: Send) -> Send:

@@ -15,6 +15,7 @@ from starlette.types import Receive, Scope, Send
 
 from config import Settings, SettingsError, load_settings
 from service.lifespan import Runtime, one_line_startup_errors
+from service.metrics import HttpMetrics
 from service.routers import health, notifications
 from service.sinks import SinkUnavailable
 from service.status import IdempotencyConflict
@@ -64,7 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     runtime = Runtime(settings)
     routers = [
         notifications.build_router(runtime.notifications, settings),
-        health.build_router(runtime.sinks),
+        health.build_router(runtime.sinks, runtime.metrics),
     ]
     app = NotificationApp(
         title="Notification service",
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             IdempotencyConflict: _idempotency_conflict,
         },
     )
+    app.add_middleware(HttpMetrics, metrics=runtime.metrics)
     return app
 
 

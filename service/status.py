@@ -75,7 +75,7 @@ class StatusStore:
     def get(self, notification_id: str) -> NotificationStatus | None:
         return self._statuses.get(notification_id)
 
-    def written(self, entries: Iterable[Entry], attempts: int) -> None:
+    def written(self, entries: Iterable[Entry], attempts: int, seconds: float = 0.0) -> None:
         now = self._clock()
         for entry in entries:
             status = self._statuses.get(entry.record_id)

@@ -12,11 +12,17 @@ from config import Settings, SettingsError, load_settings
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def variable(name: str) -> str:
+    """The environment variable of a Settings field: ``NOTIFY_<FIELD>`` unless aliased."""
+    alias = Settings.model_fields[name].validation_alias
+    return alias if isinstance(alias, str) else f"NOTIFY_{name.upper()}"
+
+
 def test_env_example_lists_exactly_the_settings() -> None:
     """``.env.example`` names every Settings field, and nothing else."""
     text = (ROOT / ".env.example").read_text()
-    named = set(re.findall(r"^(NOTIFY_[A-Z_]+)=", text, flags=re.MULTILINE))
-    expected = {f"NOTIFY_{name.upper()}" for name in Settings.model_fields}
+    named = set(re.findall(r"^([A-Z_]+)=", text, flags=re.MULTILINE))
+    expected = {variable(name) for name in Settings.model_fields}
     assert named == expected
 
 
@@ -24,7 +30,7 @@ def test_env_example_comments_every_setting() -> None:
     """Every variable in ``.env.example`` has a comment line above it or its group."""
     lines = (ROOT / ".env.example").read_text().splitlines()
     for number, line in enumerate(lines):
-        if line.startswith("NOTIFY_"):
+        if re.match(r"^[A-Z_]+=", line):
             above = lines[:number]
             assert any(prior.startswith("# ") for prior in above[-3:]), line
 
@@ -92,8 +98,6 @@ def test_readme_documents_every_setting() -> None:
     """README.md's settings table has a row for every Settings field."""
     readme = (ROOT / "README.md").read_text()
     missing = [
-        f"NOTIFY_{name.upper()}"
-        for name in Settings.model_fields
-        if f"| `NOTIFY_{name.upper()}` |" not in readme
+        variable(name) for name in Settings.model_fields if f"| `{variable(name)}` |" not in readme
     ]
     assert missing == []

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
 
+from service.metrics import CONTENT_TYPE, Metrics
 from service.schemas import Health, Readiness, SinkState
 from service.sinks.file import FileSinks
 
 __all__ = ["build_router"]
 
 
-def build_router(sinks: FileSinks) -> APIRouter:
+def build_router(sinks: FileSinks, metrics: Metrics) -> APIRouter:
     router = APIRouter(tags=["health"])
+
+    @router.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format."}},
+        summary="Prometheus metrics (all workers' in multiprocess mode)",
+    )
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
 
     @router.get("/healthz", response_model=Health, summary="The process is up")
     async def healthz() -> Health:

@@ -41,7 +41,9 @@ class NotificationService:
         idempotency: Idempotency,
         render: Renderer = render_text,
         ack_timeout: float = 5.0,
+        on_accept: Callable[[], object] = lambda: None,
     ) -> None:
+        self._on_accept = on_accept
         self._notifications = notifications
         self._queries = queries
         self._statuses = statuses
@@ -68,6 +70,7 @@ class NotificationService:
         self._statuses.accepted(notification_id, time.time())
         if key is not None:
             self._idempotency.remember(key, fingerprint, notification_id)
+        self._on_accept()
         return Acceptance(notification_id, new=True)
 
     def forget(self, key: str | None) -> None:

@@ -8,7 +8,7 @@ from typing import Protocol
 
 from service.records import Entry
 
-__all__ = ["Sink", "SinkFull", "SinkHealth", "SinkListener", "SinkUnavailable"]
+__all__ = ["Listeners", "Sink", "SinkFull", "SinkHealth", "SinkListener", "SinkUnavailable"]
 
 
 class SinkUnavailable(Exception):
@@ -71,8 +71,23 @@ class Sink(Protocol):
 class SinkListener(Protocol):
     """Told what happened to each batch (the status store listens)."""
 
-    def written(self, entries: Sequence[Entry], attempts: int) -> None:
-        """``entries`` are in the log, after ``attempts`` tries."""
+    def written(self, entries: Sequence[Entry], attempts: int, seconds: float) -> None:
+        """``entries`` are in the log, after ``attempts`` tries taking ``seconds``."""
 
     def failed(self, entries: Sequence[Entry], error: str, attempts: int) -> None:
         """Writing ``entries`` failed ``attempts`` times so far; they are kept and retried."""
+
+
+class Listeners:
+    """Several listeners as one."""
+
+    def __init__(self, *listeners: SinkListener) -> None:
+        self._listeners = listeners
+
+    def written(self, entries: Sequence[Entry], attempts: int, seconds: float) -> None:
+        for listener in self._listeners:
+            listener.written(entries, attempts, seconds)
+
+    def failed(self, entries: Sequence[Entry], error: str, attempts: int) -> None:
+        for listener in self._listeners:
+            listener.failed(entries, error, attempts)

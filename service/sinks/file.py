@@ -239,6 +239,11 @@ class FileSink:
         """Queue an admitted ``entry`` for the writer."""
         self._queue.put_nowait(entry)
 
+    @property
+    def held(self) -> int:
+        """Lines admitted and not yet written."""
+        return self._held
+
     def health(self) -> SinkHealth:
         writer = self._writer
         return SinkHealth(
@@ -305,6 +310,7 @@ class FileSink:
                 except asyncio.QueueEmpty:
                     break
             data = "".join([entry.line for entry in batch]).encode()
+            started = time.perf_counter()
             try:
                 attempts = await self._write(data, len(batch), batch)
             except _Abandoned:
@@ -314,7 +320,7 @@ class FileSink:
                 self._held -= len(batch)
                 await self._after_write(batch)
                 if self._listener is not None:
-                    self._listener.written(batch, attempts)
+                    self._listener.written(batch, attempts, time.perf_counter() - started)
             finally:
                 self._writing = False
                 for _ in batch:

@@ -1,0 +1,127 @@
+"""``GET /metrics``: Prometheus text from prometheus-client, parsed back with its own parser."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import make_settings, running
+from tests.support.server import (
+    free_port,
+    http_client,
+    running_server,
+    service_env,
+    uvicorn_command,
+)
+from tests.test_file_sink import wait_for_lines
+
+HOST = "127.0.0.1"
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse(text: str) -> Samples:
+    """Every sample of an exposition, by name and sorted labels."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def scrape(client: httpx.AsyncClient) -> Samples:
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return parse(response.text)
+
+
+async def writer_failed(client: httpx.AsyncClient) -> None:
+    """Wait until ``/readyz`` reports failing writes (not only a full buffer)."""
+    async with asyncio.timeout(5):
+        while True:
+            reasons: list[str] = (await client.get("/readyz")).json()["reasons"]
+            if any("writes failing" in reason for reason in reasons):
+                return
+            await asyncio.sleep(0.02)
+
+
+async def test_a_burst_moves_the_counters(tmp_path: Path) -> None:
+    """After 40 accepted notifications the counters, histograms and HTTP counts show them."""
+    route = "/send-notification/{email}"
+    async with running(make_settings(tmp_path)) as client:
+        before = await scrape(client)
+        for i in range(40):
+            assert (await client.post(f"/send-notification/u{i}@example.com")).status_code == 200
+        await wait_for_lines(tmp_path / "log.txt", 40)
+        after = await scrape(client)
+    for name in ("notify_notifications_accepted_total", "notify_notifications_written_total"):
+        assert value(after, name) - value(before, name) == 40
+    requests = value(after, "notify_http_requests_total", route=route, method="POST", status="200")
+    assert requests == 40
+    latency = value(after, "notify_http_request_seconds_count", route=route, method="POST")
+    assert latency == 40
+    assert value(after, "notify_batch_lines_sum") == 40
+    assert value(after, "notify_write_seconds_count") >= 1
+    sink = str(tmp_path / "log.txt")
+    assert value(after, "notify_sink_up", sink=sink) == 1
+    assert value(after, "notify_queue_depth", sink=sink) == 0
+
+
+async def test_rejections_are_counted_by_reason(tmp_path: Path) -> None:
+    """422, 413 and 503 answers count as rejected, each under its reason."""
+    settings = make_settings(
+        tmp_path,
+        log_path=Path("/dev/full"),
+        spool_path=tmp_path / "spool",
+        queue_size=1,
+        max_body_bytes=50,
+        shutdown_timeout=0.2,
+    )
+    async with running(settings) as client:
+        await client.post("/send-notification/not-an-email")
+        await client.post("/send-notification/a@example.com", json={"message": "x" * 100})
+        await client.post("/send-notification/a@example.com")  # takes the only place
+        await client.post("/send-notification/b@example.com")  # buffer full
+        await writer_failed(client)
+        samples = await scrape(client)
+    for reason in ("invalid", "too_large", "unavailable"):
+        assert value(samples, "notify_notifications_rejected_total", reason=reason) == 1, reason
+    assert value(samples, "notify_sink_up", sink="/dev/full") == 0
+    assert value(samples, "notify_write_failures_total", sink="/dev/full") >= 1
+    assert value(samples, "notify_queue_depth", sink="/dev/full") == 1
+
+
+async def test_metrics_add_up_across_workers(tmp_path: Path) -> None:
+    """With ``--workers 2`` and PROMETHEUS_MULTIPROC_DIR, /metrics counts both workers' work."""
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    port = free_port()
+    env = service_env(
+        {"NOTIFY_LOG_PATH": str(tmp_path / "log.txt"), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    )
+    async with (
+        running_server(
+            [*uvicorn_command(port), "--workers", "2"],
+            url=f"http://{HOST}:{port}",
+            cwd=tmp_path,
+            env=env,
+            output_path=tmp_path / "server.txt",
+            ready_timeout=60,
+        ),
+        http_client(f"http://{HOST}:{port}", connections=32) as client,
+    ):
+        responses = await asyncio.gather(
+            *(client.post(f"/send-notification/w{i}@example.com") for i in range(300))
+        )
+        assert {response.status_code for response in responses} == {200}
+        pids = {int(path.stem.split("_")[-1]) for path in metrics_dir.glob("counter_*.db")}
+        samples = await scrape(client)
+    assert len(pids) == 2, "both workers served requests"
+    assert value(samples, "notify_notifications_accepted_total") == 300
