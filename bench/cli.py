@@ -11,6 +11,8 @@ from pathlib import Path
 
 from bench.chart import draw_chart
 from bench.errors import HarnessError
+from bench.kill import KillSettings
+from bench.kill import main as kill_main
 from bench.machine import machine_info
 from bench.measure import RunResult
 from bench.options import Options
@@ -37,7 +39,7 @@ def _positive(text: str) -> int:
     return value
 
 
-def parse_options(argv: list[str] | None = None) -> Options:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Benchmark real uvicorn servers in interleaved rounds.",
@@ -56,7 +58,32 @@ def parse_options(argv: list[str] | None = None) -> Options:
         action="store_true",
         help="1 round of 2000 requests at concurrency 16, into a temporary directory",
     )
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--kill",
+        action="store_true",
+        help="instead: SIGKILL guide, service and service-ack-write under load and count the"
+        " acknowledged notifications missing from the log (3 rounds; writes kill.json)",
+    )
+    return parser
+
+
+def _kill_settings(args: argparse.Namespace) -> KillSettings:
+    """``--kill`` takes --rounds, --requests, --concurrency, --servers and --out."""
+    defaults = KillSettings()
+    return KillSettings(
+        rounds=args.rounds or defaults.rounds,
+        requests=args.requests or defaults.requests,
+        concurrency=args.concurrency or defaults.concurrency,
+        servers=tuple(args.servers.split(",")) if args.servers else defaults.servers,
+        out=args.out or defaults.out,
+    )
+
+
+def parse_options(argv: list[str] | None = None) -> Options:
+    return _options(_parser().parse_args(argv))
+
+
+def _options(args: argparse.Namespace) -> Options:
     preset = _QUICK if args.quick else _FULL
     concurrency = args.concurrency or preset["concurrency"]
     out = args.out
@@ -95,7 +122,10 @@ def _report(options: Options, runs: list[RunResult], elapsed_s: float) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    options = parse_options(argv)
+    args = _parser().parse_args(argv)
+    if args.kill:
+        return kill_main(_kill_settings(args))
+    options = _options(args)
     try:
         specs = select_servers(options.servers, REPO_ROOT)
     except ValueError as exc:

@@ -8,6 +8,13 @@ On stdout it prints ``START`` when the measured phase begins and, as soon as it 
 ``DONE <epoch> <acked>`` (the wall-clock time of the last response and how many requests,
 warmup included, were acknowledged), so a parent process can act at those moments; then
 the JSON result goes to ``--out`` (or to stdout).
+
+If the server dies mid-run, each connection stops at its first failed reconnect (refused):
+the run ends early, still announces ``DONE`` and still writes the JSON, whose ``failed``
+counts requests that got no complete response and ``unsent`` the measured ones never sent.
+With ``--acked-log FILE`` every acknowledged email is appended to ``FILE`` (one per line,
+one unbuffered write each) the moment its response arrives, so that another process can
+follow how many were acknowledged so far, e.g. to kill the server at a chosen point.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import asyncio
 import gc
 import json
 import math
+import os
 import secrets
 import sys
 import time
@@ -52,6 +60,11 @@ class LoadResult:
     rps: float
     last_response_wall: float
     client_cpu_s: float
+    failed: int = 0
+    """Requests, warmup included, that got no complete response: the connection was reset
+    or closed mid-request, or refused when reopened (status 0 in ``status_counts``)."""
+    unsent: int = 0
+    """Measured requests never sent, because every connection had stopped (server gone)."""
 
     @property
     def non_200(self) -> dict[int, int]:
@@ -156,21 +169,45 @@ class Connection(asyncio.Protocol):
             self._transport.close()
 
 
+class AckLog:
+    """Appends each acknowledged email as one line, with one unbuffered ``write`` each."""
+
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def append(self, email: str) -> None:
+        os.write(self._fd, f"{email}\n".encode())
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
 class Recorder:
     """Status, latency and acknowledged email of every request of one phase."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_ack: Callable[[str], None] | None = None) -> None:
         self.latencies_ns: list[int] = []
         self.statuses: Counter[int] = Counter()
         self.acked: list[str] = []
         self.last_response_ns = 0
+        self._on_ack = on_ack
 
     def record(self, email: str, status: int, started_ns: int, ended_ns: int) -> None:
         self.latencies_ns.append(ended_ns - started_ns)
         self.statuses[status] += 1
         if status == 200:
             self.acked.append(email)
+            if self._on_ack is not None:
+                self._on_ack(email)
         self.last_response_ns = max(self.last_response_ns, ended_ns)
+
+    def refused(self) -> None:
+        """A request that could not be sent: its connection could not be reopened."""
+        self.statuses[CONNECTION_FAILED] += 1
+
+    @property
+    def attempted(self) -> int:
+        return self.statuses.total()
 
 
 def build_jobs(prefix: str, count: int, token: str, host_header: str) -> Iterator[Job]:
@@ -189,21 +226,33 @@ def build_jobs(prefix: str, count: int, token: str, host_header: str) -> Iterato
 async def _worker(
     pool: list[Connection], slot: int, jobs: Iterator[Job], recorder: Recorder, address: Address
 ) -> None:
-    """Send jobs one after another over ``pool[slot]``, reconnecting when it breaks."""
+    """Send jobs one after another over ``pool[slot]``, reconnecting when it breaks.
+
+    Stops (leaving the remaining jobs to the other workers) when it cannot reconnect.
+    """
     for email, request in jobs:
         if not pool[slot].usable:
-            pool[slot] = await Connection.open(*address)
+            try:
+                pool[slot] = await Connection.open(*address)
+            except OSError:  # refused, reset, unreachable: the server is gone
+                recorder.refused()
+                return
         started = time.perf_counter_ns()
         try:
             status = await pool[slot].send(request)
-        except (ConnectionError, ValueError):
+        except (OSError, ValueError):  # reset, broken pipe, EOF, garbled response
             status = CONNECTION_FAILED
         recorder.record(email, status, started, time.perf_counter_ns())
 
 
-async def _drive(pool: list[Connection], jobs: Iterator[Job], address: Address) -> Recorder:
+async def _drive(
+    pool: list[Connection],
+    jobs: Iterator[Job],
+    address: Address,
+    on_ack: Callable[[str], None] | None = None,
+) -> Recorder:
     """Run all jobs through the pool, one closed-loop worker per connection."""
-    recorder = Recorder()
+    recorder = Recorder(on_ack)
     workers = (_worker(pool, slot, jobs, recorder, address) for slot in range(len(pool)))
     await asyncio.gather(*workers)
     return recorder
@@ -225,20 +274,26 @@ async def run_load(
     token: str,
     on_start: Callable[[], None] = lambda: None,
     on_done: Callable[[float, int], None] = lambda wall, acked: None,
+    on_ack: Callable[[str], None] | None = None,
 ) -> LoadResult:
-    """Warm up, then measure ``requests`` requests over ``concurrency`` connections."""
+    """Warm up, then measure ``requests`` requests over ``concurrency`` connections.
+
+    ``on_ack`` is called with each acknowledged email (warmup included) as it is acknowledged.
+    """
     host_header = f"{address[0]}:{address[1]}"
     pool = list(await asyncio.gather(*(Connection.open(*address) for _ in range(concurrency))))
     try:
-        warm = await _drive(pool, build_jobs("w", warmup, token, host_header), address)
+        warm = await _drive(pool, build_jobs("w", warmup, token, host_header), address, on_ack)
         jobs = build_jobs("u", requests, token, host_header)
         gc.collect()
         gc.disable()
         on_start()
         cpu_start = time.process_time()
         start_ns = time.perf_counter_ns()
-        measured = await _drive(pool, jobs, address)
-        last_wall = time.time() - (time.perf_counter_ns() - measured.last_response_ns) / 1e9
+        measured = await _drive(pool, jobs, address, on_ack)
+        now_ns = time.perf_counter_ns()
+        last_ns = measured.last_response_ns or now_ns  # 0: not one measured response (aborted)
+        last_wall = time.time() - (now_ns - last_ns) / 1e9
         client_cpu = time.process_time() - cpu_start
         on_done(last_wall, len(warm.acked) + len(measured.acked))
     finally:
@@ -246,7 +301,8 @@ async def run_load(
         for connection in pool:
             connection.close()
     latencies = sorted(measured.latencies_ns)
-    duration = (measured.last_response_ns - start_ns) / 1e9
+    duration = max(0, last_ns - start_ns) / 1e9
+    attempted = measured.attempted  # == requests unless the server went away
     return LoadResult(
         requests=requests,
         warmup=warmup,
@@ -258,9 +314,11 @@ async def run_load(
         mean_ms=sum(latencies) / len(latencies) / 1e6 if latencies else 0.0,
         max_ms=latencies[-1] / 1e6 if latencies else 0.0,
         duration_s=duration,
-        rps=requests / duration if duration > 0 else 0.0,
+        rps=attempted / duration if duration > 0 else 0.0,
         last_response_wall=last_wall,
         client_cpu_s=client_cpu,
+        failed=warm.statuses[CONNECTION_FAILED] + measured.statuses[CONNECTION_FAILED],
+        unsent=requests - attempted,
     )
 
 
@@ -279,11 +337,21 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--token", default=secrets.token_hex(4), help="makes emails unique")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds for the whole run")
     parser.add_argument("--out", type=Path, help="JSON result file (default: stdout)")
+    parser.add_argument(
+        "--acked-log",
+        type=Path,
+        help="append each acknowledged email to this file, one line each, as it is acknowledged",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
+    try:
+        ack_log = AckLog(args.acked_log) if args.acked_log is not None else None
+    except OSError as exc:
+        print(f"loadgen failed: cannot open --acked-log: {exc!r}", file=sys.stderr)
+        return 1
     load = run_load(
         (args.host, args.port),
         args.requests,
@@ -292,12 +360,16 @@ def main(argv: list[str] | None = None) -> int:
         args.token,
         on_start=lambda: _announce("START"),
         on_done=lambda wall, acked: _announce(f"DONE {wall:.6f} {acked}"),
+        on_ack=ack_log.append if ack_log is not None else None,
     )
     try:
         result = asyncio.run(asyncio.wait_for(load, args.timeout))
     except (OSError, TimeoutError) as exc:
         print(f"loadgen failed: {exc!r}", file=sys.stderr)
         return 1
+    finally:
+        if ack_log is not None:
+            ack_log.close()
     text = json.dumps(result.to_json())
     if args.out is None:
         print(text)

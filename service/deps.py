@@ -7,6 +7,7 @@ refer to values of the enclosing function.
 """
 
 import hmac
+import math
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -94,6 +95,20 @@ def idempotency_key(headers: Headers) -> str | None:
     return key
 
 
+def _json_safe(value: Any) -> Any:
+    """An echoed input that JSON can carry: bytes decoded, and 1e999 or NaN (which Python's
+    JSON reader accepts) as strings, since a JSON answer cannot hold them."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
+
+
 def _sends_body(headers: Headers) -> bool:
     length = headers.get("content-length")
     return (length is not None and length != "0") or "transfer-encoding" in headers
@@ -157,8 +172,7 @@ class BodyReader:
             errors = exc.errors(include_url=False)
             for error in errors:
                 error["loc"] = ("body", *error["loc"])
-                if isinstance(error["input"], bytes):  # undecodable JSON: echo it readably
-                    error["input"] = error["input"].decode("utf-8", "replace")
+                error["input"] = _json_safe(error["input"])
             raise RequestValidationError(errors) from None
         return DEFAULT_MESSAGE if body is None else body.message
 

@@ -205,6 +205,6 @@ class HttpMetrics:
             await self.app(scope, receive, send_and_note_status)
         finally:
             route = scope.get("route")
-            template = getattr(route, "path", _UNMATCHED)
+            template = getattr(route, "path_format", _UNMATCHED)
             elapsed = time.perf_counter() - started
             self.metrics.observe_http(template, scope["method"], status, elapsed)

@@ -203,3 +203,25 @@ async def test_concurrent_requests_give_whole_lines(settings: Settings) -> None:
         assert match["message"] == f"message {i} " + "x" * (i % 300)
         seen.add(i)
     assert seen == set(range(count))
+
+
+async def test_an_address_with_a_slash_is_accepted(settings: Settings) -> None:
+    """``a/b@example.com`` is a valid address: routed to the endpoint, not a 404."""
+    async with running(settings) as client:
+        response = await client.post("/send-notification/a%2Fb@example.com")
+    assert response.status_code == 200
+    assert read_lines(settings.log_path) == ["notification for a/b@example.com: some notification"]
+
+
+@pytest.mark.parametrize("number", ["1e999", "-1e400", "NaN", "Infinity"])
+async def test_non_finite_numbers_in_the_body_are_422_not_500(
+    client: httpx.AsyncClient, number: str
+) -> None:
+    """A body JSON cannot answer back (1e999, NaN) still gets a clean 422."""
+    response = await client.post(
+        "/send-notification/a@example.com",
+        content=f'{{"message": {number}}}',
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "message"]

@@ -13,7 +13,7 @@ from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Query, Request
 from config import Settings
 from service.deps import BodyReader, idempotency_key
 from service.emails import Email
-from service.routers.notifications import post_options
+from service.routers.notifications import post_options, register_convertors
 from service.schemas import ACKNOWLEDGEMENT
 
 settings = Settings()
@@ -31,10 +31,11 @@ async def read_query(
     return q
 
 
+register_convertors()
 router = APIRouter(tags=["notifications"])
 
 
-@router.post("/send-notification/{email}", **post_options(settings, body_reader))
+@router.post("/send-notification/{email:address}", **post_options(settings, body_reader))
 async def send_notification(
     email: Email,
     background_tasks: BackgroundTasks,

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Path, Request, Response
 from starlette.background import BackgroundTasks as NoTasks
+from starlette.convertors import Convertor, register_url_convertor
 
 from config import Settings
 from service.deps import BodyReader, idempotency_key, query_logger, token_checker
@@ -18,7 +19,7 @@ from service.schemas import (
 )
 from service.services import NotificationService
 
-__all__ = ["build_router"]
+__all__ = ["build_router", "post_options", "register_convertors"]
 
 _ACK_HEADERS = {
     "Location": {"description": "`/notifications/{id}`", "schema": {"type": "string"}},
@@ -79,14 +80,34 @@ def post_options(settings: Settings, body_reader: BodyReader) -> dict[str, Any]:
     }
 
 
+class _AnyText(Convertor[str]):
+    """A path segment that may hold "/" and line breaks, so that every address, valid or not,
+    reaches the email validator (and a bad one gets its 422, not a 404 from routing)."""
+
+    regex = "(?s:.+)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+def register_convertors() -> None:
+    """Make ``{email:address}`` known to Starlette's router (idempotent)."""
+    register_url_convertor("address", _AnyText())
+
+
 def build_router(service: NotificationService, settings: Settings) -> APIRouter:
     """The notification routes, bound to ``service`` and to the configured limits."""
+    register_convertors()
     router = APIRouter(tags=["notifications"])
     in_background = settings.ack == "background"
     log_query = query_logger(service, settings.max_query_length, schedule=in_background)
     body_reader = BodyReader(settings.max_message_length, settings.max_body_bytes)
 
-    @router.post("/send-notification/{email}", **post_options(settings, body_reader))
+    # An address may hold "/" (a%2Fb@example.com is decoded before routing): see _AnyText.
+    @router.post("/send-notification/{email:address}", **post_options(settings, body_reader))
     async def send_notification(
         email: Email,
         background_tasks: BackgroundTasks,
