@@ -114,6 +114,11 @@ class Settings(BaseSettings):
     retry_max: float = Field(
         default=2.0, gt=0, description="Longest delay, in seconds, between write retries."
     )
+    file_check_interval: float = Field(
+        default=1.0,
+        gt=0,
+        description="Seconds between checks that a log was not moved or deleted from outside.",
+    )
     rotate_bytes: int = Field(
         default=0, ge=0, description="Rotate a log at this size in bytes; 0 never rotates."
     )

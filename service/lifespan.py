@@ -48,6 +48,7 @@ class Runtime:
             fsync_interval=settings.fsync_interval,
             rotate_bytes=settings.rotate_bytes,
             rotate_keep=settings.rotate_keep,
+            check_interval=settings.file_check_interval,
             refuse_while_failing=settings.ack == "write",
         )
         statuses = StatusStore(settings.status_max_entries, settings.status_ttl)

@@ -102,7 +102,7 @@ async def test_lines_wait_while_the_directory_is_gone_and_are_written_after(
     """The log's directory removed then recreated: the waiting lines land afterwards, in order."""
     caplog.set_level(logging.INFO, logger="service")
     log_dir = tmp_path / "logs"
-    settings = make_settings(tmp_path, log_path=log_dir / "log.txt")
+    settings = make_settings(tmp_path, log_path=log_dir / "log.txt", file_check_interval=0.05)
     async with running(settings) as client:
         await client.post("/send-notification/before@example.com")
         await wait_for_lines(settings.log_path, 1)
@@ -113,9 +113,12 @@ async def test_lines_wait_while_the_directory_is_gone_and_are_written_after(
         assert "No such file or directory" in body["reasons"][0]
         log_dir.mkdir()
         await wait_for_readiness(client, 200)
-    assert read_lines(settings.log_path) == [
+    # The line written just before the removal may come again (the removed file had it).
+    lines = read_lines(settings.log_path)
+    assert lines[-20:] == [
         f"notification for w{i}@example.com: some notification" for i in range(20)
     ]
+    assert lines[:-20] in ([], ["notification for before@example.com: some notification"])
     messages = [record.getMessage() for record in caplog.records]
     assert sum("write failed" in message for message in messages) == 1
     assert sum("writing again" in message for message in messages) == 1
@@ -123,21 +126,23 @@ async def test_lines_wait_while_the_directory_is_gone_and_are_written_after(
 
 async def test_a_deleted_log_is_recreated_and_nothing_after_is_lost(tmp_path: Path) -> None:
     """When the log file is deleted from outside, later lines go to a new file at the path."""
-    settings = make_settings(tmp_path)
+    settings = make_settings(tmp_path, file_check_interval=0.05)
     async with running(settings) as client:
         await client.post("/send-notification/first@example.com")
         await wait_for_lines(settings.log_path, 1)
         settings.log_path.unlink()
         for i in range(50):
             await client.post(f"/send-notification/after{i}@example.com")
-    assert read_lines(settings.log_path) == [
+    lines = read_lines(settings.log_path)
+    assert lines[-50:] == [
         f"notification for after{i}@example.com: some notification" for i in range(50)
     ]
+    assert lines[:-50] in ([], ["notification for first@example.com: some notification"])
 
 
 async def test_a_moved_log_is_reopened_and_nothing_is_lost(tmp_path: Path) -> None:
     """After an outside rename (logrotate), lines go to a new file; none is lost or doubled."""
-    settings = make_settings(tmp_path)
+    settings = make_settings(tmp_path, file_check_interval=0.05)
     moved = tmp_path / "log.txt.1"
     async with running(settings) as client:
         for i in range(10):
@@ -146,7 +151,7 @@ async def test_a_moved_log_is_reopened_and_nothing_is_lost(tmp_path: Path) -> No
         settings.log_path.rename(moved)
         for i in range(10, 60):
             await client.post(f"/send-notification/a{i}@example.com")
-            await asyncio.sleep(0.002)
+            await asyncio.sleep(0.01)
     old, new = read_lines(moved), read_lines(settings.log_path)
     assert old + new == [f"notification for a{i}@example.com: some notification" for i in range(60)]
-    assert len(new) >= 40  # the new file was picked up right after the move
+    assert len(new) >= 30  # the new file was picked up within the check interval

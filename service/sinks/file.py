@@ -10,8 +10,9 @@ An entry may carry a future, resolved once its batch is written (and fsynced, wi
 
 A write that fails is retried with capped exponential backoff and jitter; the batch and the
 lines behind it wait, in order. Each failure episode is logged once when it starts and once
-when it ends. After every write the writer checks that the file it wrote is still the file at
-``path``: a file deleted from outside is written again at the path, a moved one is reopened.
+when it ends. At most every second the writer checks that the file it writes is still the file
+at ``path``: a moved one is reopened, and a deleted one gets the lines written since the last
+check again, at its path.
 
 Shutdown drains for at most ``drain_timeout`` seconds; what is not written by then goes to
 the spool file, which the next start replays into the log before any new line.
@@ -76,6 +77,8 @@ class FileSinkOptions:
     fsync_interval: float = 1.0
     rotate_bytes: int = 0
     rotate_keep: int = 5
+    check_interval: float = 1.0
+    """Seconds between checks that the open file is still the file at the path."""
     refuse_while_failing: bool = False
     """Refuse new lines (503) while writes fail, for callers that wait for the write."""
 
@@ -203,6 +206,8 @@ class FileSink:
         self._replay_offset = 0  # bytes of self._replays[0] already written
         self._fifo = False
         self._replayed = asyncio.Event()
+        self._unverified: list[bytes] = []  # written since the last _verify
+        self._verified_at = time.monotonic()
         self._writer: asyncio.Task[None] | None = None
 
     # -- the Sink protocol ----------------------------------------------------------------
@@ -272,6 +277,11 @@ class FileSink:
                 writer.cancel()  # waiting for a line: nothing is half-written
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
+        rewrite = await self._verify()  # a log deleted in the last second gets its lines back
+        if rewrite:
+            self._abandon.set()  # the writer has stopped: one attempt, else to the spool
+            with contextlib.suppress(_Abandoned):
+                await self._write(rewrite, rewrite.count(b"\n"))
         if self._handle is not None and self._options.fsync != "never":
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(os.fsync, self._handle.fileno())
@@ -300,7 +310,21 @@ class FileSink:
             return
         batch_size, delay = self._options.batch_size, self._options.batch_delay
         while True:
-            batch = [await queue.get()]
+            try:
+                async with asyncio.timeout(
+                    self._options.check_interval if self._unverified else None
+                ):
+                    batch = [await queue.get()]
+            except TimeoutError:  # idle after writing: check the file (and rewrite) now
+                self._writing = True
+                try:
+                    if rewrite := await self._verify():
+                        await self._write(rewrite, rewrite.count(b"\n"))
+                except _Abandoned:
+                    return
+                finally:
+                    self._writing = False
+                continue
             self._writing = True  # from here on the batch is ours: never cancel mid-batch
             if delay and queue.qsize() < batch_size - 1:
                 await asyncio.sleep(delay)
@@ -386,7 +410,6 @@ class FileSink:
                 written = await handle.write(_pipe_sized(data) if self._fifo else data)
                 if written is None:  # a FIFO whose reader is not keeping up
                     raise BlockingIOError(11, "the reader of this pipe is not keeping up")
-                state = await asyncio.to_thread(_file_state, handle.fileno(), self.path)
             except OSError as exc:
                 self._unwritten = data
                 await self._close_handle()
@@ -396,16 +419,35 @@ class FileSink:
                     self._listener.failed(batch, self._error or str(exc), attempt)
                 await self._wait_before_retry(attempt - 1)
                 continue
-            if state == "unlinked":  # deleted from outside: what we wrote is gone, write again
-                await self._close_handle()
-                continue
-            if state == "moved":  # renamed from outside: what we wrote is safe in the old file
-                await self._close_handle()
             self._size += written
+            self._unverified.append(data[:written])
             data = data[written:]
+            if time.monotonic() - self._verified_at >= self._options.check_interval:
+                data = await self._verify() + data
         self._unwritten = b""
         self._record_recovery(lines)
         return attempt + 1
+
+    async def _verify(self) -> bytes:
+        """Is the open file still the file at ``path``? Returns what must be written again.
+
+        Checked at most every ``check_interval`` seconds (one extra thread trip), not after
+        every write: until then the bytes written are kept, so that a log deleted from outside
+        gets them again at its path; a moved log keeps them, and the path is reopened.
+        """
+        self._verified_at = time.monotonic()
+        unverified, self._unverified = self._unverified, []
+        handle = self._handle
+        if handle is None:
+            return b""
+        try:
+            state = await asyncio.to_thread(_file_state, handle.fileno(), self.path)
+        except OSError:
+            return b""
+        if state == "same":
+            return b""
+        await self._close_handle()
+        return b"".join(unverified) if state == "unlinked" else b""
 
     async def _ready_handle(self, incoming: int) -> AsyncFileIO:
         """The open handle, reopened if needed and rotated first if ``incoming`` overflows it."""
