@@ -6,19 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
 import shutil
 import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from tests.support.fifo import full_fifo, read_available
 from tests.support.server import (
     HOST,
     REPO_ROOT,
@@ -110,53 +108,6 @@ async def _terminate(server: ServerProcess, *, within: float) -> int:
     return returncode
 
 
-# -- a FIFO whose pipe is full: a sink that blocks by real means ----------------------------
-
-
-@dataclass(frozen=True)
-class FullFifo:
-    path: Path
-    read_fd: int
-    write_fd: int
-    filler: bytes
-
-
-def _read_available(read_fd: int) -> bytes:
-    data = bytearray()
-    while True:
-        try:
-            chunk = os.read(read_fd, 65536)
-        except BlockingIOError:
-            return bytes(data)
-        if not chunk:
-            return bytes(data)
-        data += chunk
-
-
-@contextlib.contextmanager
-def _full_fifo(path: Path) -> Iterator[FullFifo]:
-    """A FIFO at ``path`` whose pipe holds not one more byte; the test keeps both ends open."""
-    os.mkfifo(path)
-    read_fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        write_fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-        try:
-            filler = bytearray()
-            for chunk in (b"filler line, 32 bytes of it....\n", b"\n"):
-                while True:
-                    try:
-                        os.write(write_fd, chunk)
-                    except BlockingIOError:
-                        break
-                    filler += chunk
-            assert len(filler) >= 4096
-            yield FullFifo(path, read_fd, write_fd, bytes(filler))
-        finally:
-            os.close(write_fd)
-    finally:
-        os.close(read_fd)
-
-
 # -- the tests -------------------------------------------------------------------------------
 
 
@@ -189,7 +140,7 @@ async def test_sigterm_spools_what_a_stuck_sink_did_not_take_and_replays_it(
     """Past the shutdown deadline the backlog goes to the spool, which the next start logs first."""
     emails = _emails("spooled", 200)
     spool = tmp_path / "spool" / "notify.spool"
-    with _full_fifo(tmp_path / "log.fifo") as fifo:
+    with full_fifo(tmp_path / "log.fifo") as fifo:
         settings = {
             "NOTIFY_LOG_PATH": str(fifo.path),
             "NOTIFY_SPOOL_PATH": str(spool),
@@ -201,7 +152,7 @@ async def test_sigterm_spools_what_a_stuck_sink_did_not_take_and_replays_it(
             started = time.monotonic()
             await _terminate(first, within=10)
             stop_s = time.monotonic() - started
-        drained = _read_available(fifo.read_fd)
+        drained = read_available(fifo.read_fd)
 
     assert statuses == {200: 200}
     assert errors == {}

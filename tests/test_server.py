@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import os
 import re
-import select
 import signal
 from collections import Counter
 from collections.abc import Iterator
@@ -18,6 +16,7 @@ from typing import Literal
 import httpx
 import pytest
 
+from tests.support.fifo import full_fifo, pipe_has_data, read_available
 from tests.support.server import (
     HOST,
     ServerProcess,
@@ -33,27 +32,6 @@ from tests.support.server import (
 
 ACKNOWLEDGEMENT = b'{"message":"Notification sent in the background"}'
 LINE = re.compile(r"notification for (user\d{5}@example\.com): some notification")
-FILLER_LINE_SIZE = 64  # divides every page size, so the pipe's pages fill up exactly
-
-
-def _fill_pipe(write_fd: int) -> bytes:
-    """Write to the non-blocking ``write_fd`` until not one more byte fits; return it all."""
-    written = bytearray()
-    number = 0
-    while True:
-        line = f"filler {number:0{FILLER_LINE_SIZE - len('filler ') - 1}d}\n".encode()
-        try:
-            os.write(write_fd, line)
-        except BlockingIOError:
-            break
-        written += line
-        number += 1
-    while True:  # top up whatever room the last lines left, one newline at a time
-        try:
-            os.write(write_fd, b"\n")
-        except BlockingIOError:
-            return bytes(written)
-        written += b"\n"
 
 
 def _pipe_is_full(write_fd: int) -> bool:
@@ -79,25 +57,6 @@ async def _read_until(read_fd: int, wanted: bytes) -> bytes:
     return bytes(data)
 
 
-def _read_available(read_fd: int) -> bytes:
-    """Whatever the non-blocking ``read_fd`` holds now (maybe nothing)."""
-    data = bytearray()
-    while True:
-        try:
-            chunk = os.read(read_fd, 65536)
-        except BlockingIOError:
-            return bytes(data)
-        if not chunk:
-            return bytes(data)
-        data += chunk
-
-
-def _pipe_has_data(read_fd: int) -> bool:
-    """Whether a read of the non-blocking ``read_fd`` would return something now."""
-    readable, _, _ = select.select([read_fd], [], [], 0)
-    return bool(readable)
-
-
 async def _wait_until_write_fails(client: httpx.AsyncClient) -> str:
     """Poll ``/readyz`` until a writer reports a failing write; return its reason."""
     while True:
@@ -108,37 +67,9 @@ async def _wait_until_write_fails(client: httpx.AsyncClient) -> str:
         await asyncio.sleep(0.02)
 
 
-@dataclass(frozen=True)
-class FullFifo:
-    """A FIFO whose pipe is full, with the test holding a read end and a write end."""
-
-    path: Path
-    read_fd: int
-    write_fd: int
-    filler: bytes  # what the test wrote to fill it, in order
-
-
-@contextlib.contextmanager
-def _full_fifo(path: Path) -> Iterator[FullFifo]:
-    """Make a FIFO at ``path`` and fill its pipe until not one more byte fits."""
-    os.mkfifo(path)
-    read_fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        # the test keeps a write end open, so an empty pipe reads as EAGAIN, never as EOF
-        write_fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-        try:
-            filler = _fill_pipe(write_fd)
-            assert len(filler) >= 4096  # at least a page: a real pipe, really full
-            yield FullFifo(path, read_fd, write_fd, filler)
-        finally:
-            os.close(write_fd)
-    finally:
-        os.close(read_fd)
-
-
 async def test_response_arrives_before_a_slow_write_completes(tmp_path: Path) -> None:
     """The 200 arrives while the FIFO log is full, and the line follows once it is drained."""
-    with _full_fifo(tmp_path / "log.fifo") as fifo:
+    with full_fifo(tmp_path / "log.fifo") as fifo:
         settings = {"NOTIFY_LOG_PATH": str(fifo.path), "NOTIFY_SHUTDOWN_TIMEOUT": "2"}
         async with uvicorn_server(tmp_path, settings) as server, http_client(server.url) as client:
             response = await client.post("/send-notification/slow@example.com")
@@ -158,7 +89,7 @@ async def test_response_arrives_before_a_slow_write_completes(tmp_path: Path) ->
 async def test_sigterm_writes_the_backlog_before_exiting(tmp_path: Path) -> None:
     """Lines queued behind a full FIFO when shutdown starts are all written before the exit."""
     emails = [f"user{number:05d}@example.com" for number in range(50)]
-    with _full_fifo(tmp_path / "log.fifo") as fifo:
+    with full_fifo(tmp_path / "log.fifo") as fifo:
         async with uvicorn_server(tmp_path, {"NOTIFY_LOG_PATH": str(fifo.path)}) as server:
             async with http_client(server.url) as client:
                 for email in emails:
@@ -173,8 +104,8 @@ async def test_sigterm_writes_the_backlog_before_exiting(tmp_path: Path) -> None
 
             drained = bytearray()
             async with asyncio.timeout(15):
-                while server.returncode is None or _pipe_has_data(fifo.read_fd):
-                    drained += _read_available(fifo.read_fd)
+                while server.returncode is None or pipe_has_data(fifo.read_fd):
+                    drained += read_available(fifo.read_fd)
                     await asyncio.sleep(0.02)
             returncode = await server.wait_exit()
 
