@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="Address `python -m service` binds.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port `python -m service` binds.")
+    graceful_timeout: float = Field(
+        default=5.0,
+        ge=0,
+        description="Seconds `python -m service` gives requests in progress when stopping.",
+    )
     log_level: LogLevel = Field(default="info", description="Level of the service's own logs.")
     max_message_length: int = Field(
         default=1000, ge=1, description="Longest accepted `message`, in characters."
