@@ -48,8 +48,8 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="Address `python -m service` binds.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port `python -m service` binds.")
-    graceful_timeout: float = Field(
-        default=5.0,
+    graceful_timeout: int = Field(
+        default=5,
         ge=0,
         description="Seconds `python -m service` gives requests in progress when stopping.",
     )
