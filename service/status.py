@@ -89,6 +89,12 @@ class StatusStore:
             if status is not None:
                 status.status, status.attempts, status.error = "failed", attempts, error
 
+    def withdrawn(self, notification_id: str, reason: str) -> None:
+        """Its request gave up waiting for the write (ack=write): it is not being written."""
+        status = self._statuses.get(notification_id)
+        if status is not None:
+            status.status, status.error = "failed", reason
+
 
 class IdempotencyConflict(Exception):
     """The key was used with a different request."""

@@ -13,6 +13,7 @@ import pytest
 
 from service.sinks.file import RetryPolicy, _pipe_sized
 from tests.conftest import make_settings, read_lines, running
+from tests.support.fifo import full_fifo, read_available
 from tests.test_file_sink import wait_for_lines, wait_for_readiness
 
 
@@ -190,3 +191,26 @@ async def test_shutdown_does_not_recreate_a_removed_log_directory(
     logged = [record.getMessage() for record in caplog.records]
     for i in range(3):
         assert f"unwritten: notification for g{i}@example.com: some notification" in logged
+
+
+async def test_a_503_in_write_mode_withdraws_the_line(tmp_path: Path) -> None:
+    """With ``ack=write``, a request answered 503 after the ack timeout is never written."""
+    with full_fifo(tmp_path / "log.fifo") as fifo:
+        settings = make_settings(
+            tmp_path,
+            log_path=fifo.path,
+            ack="write",
+            ack_timeout=0.3,
+            retry_max=0.05,
+            spool_path=tmp_path / "spool",
+        )
+        async with running(settings) as client:
+            gave_up = await client.post("/send-notification/gave-up@example.com")
+            assert gave_up.status_code == 503
+            assert "withdrawn" in gave_up.json()["detail"]
+            assert read_available(fifo.read_fd) == fifo.filler  # the pipe has room again
+            await wait_for_readiness(client, 200)
+            kept = await client.post("/send-notification/kept@example.com")
+            assert kept.status_code == 200
+            written = read_available(fifo.read_fd)
+    assert written == b"notification for kept@example.com: some notification\n"

@@ -96,7 +96,7 @@ class NotificationService:
     ) -> None:
         """Hand over the request's lines (admitted by ``accept``) and wait until written: the
         query line (if any), then the notification. Raises ``SinkUnavailable`` when the write
-        is not done within ``ack_timeout`` (the lines stay queued: "not confirmed")."""
+        is not done within ``ack_timeout``; the lines are then withdrawn (see FileSink)."""
         loop = asyncio.get_running_loop()
         waits: list[asyncio.Future[None]] = []
         if q is not None:
@@ -110,10 +110,14 @@ class NotificationService:
             async with asyncio.timeout(self._ack_timeout):
                 await asyncio.gather(*waits)
         except TimeoutError:
-            raise SinkUnavailable(
-                f"the log did not confirm the write within {self._ack_timeout:g} s "
-                "(the line stays queued and may still be written)"
-            ) from None
+            reason = (
+                f"the log did not confirm the write within {self._ack_timeout:g} s; the lines "
+                "are withdrawn and will not be written, unless their write had already begun"
+            )
+            for wait in waits:  # the writer leaves out lines whose futures are cancelled
+                wait.cancel()
+            self._statuses.withdrawn(notification_id, reason)
+            raise SinkUnavailable(reason) from None
 
     def _admit(self, *, query: bool) -> None:
         self._notifications.admit()

@@ -333,10 +333,10 @@ class FileSink:
                     batch.append(queue.get_nowait())
                 except asyncio.QueueEmpty:
                     break
-            data = "".join([entry.line for entry in batch]).encode()
+            kept = _live(batch)
             started = time.perf_counter()
             try:
-                attempts = await self._write(data, len(batch), batch)
+                attempts, kept = await self._write(_joined(kept), len(kept), kept)
             except _Abandoned:
                 _fail(batch, "not written by the shutdown deadline; kept in the spool")
                 return
@@ -344,7 +344,7 @@ class FileSink:
                 self._held -= len(batch)
                 await self._after_write(batch)
                 if self._listener is not None:
-                    self._listener.written(batch, attempts, time.perf_counter() - started)
+                    self._listener.written(kept, attempts, time.perf_counter() - started)
             finally:
                 self._writing = False
                 for _ in batch:
@@ -398,13 +398,24 @@ class FileSink:
                     parts.append(await spooled.read())
         return b"".join(parts)
 
-    async def _write(self, data: bytes, lines: int, batch: list[Entry] | None = None) -> int:
+    async def _write(
+        self, data: bytes, lines: int, batch: list[Entry] | None = None
+    ) -> tuple[int, list[Entry]]:
         """Append ``data`` completely, retrying failures until it is written or abandoned.
 
-        Returns how many attempts it took; reports each failure of ``batch`` to the listener.
+        ``data`` is ``batch``'s lines, when given: each failure is reported to the listener,
+        and a retry before any byte reached the file leaves out withdrawn lines. Returns how
+        many attempts it took and the entries whose lines were written.
         """
-        attempt = 0
+        attempt, begun = 0, False
         while data:
+            if attempt and batch is not None and not begun:
+                # Before a retry of a batch not begun: leave out the lines whose requests gave
+                # up waiting (ack=write answered them 503), so a 503 means "not written".
+                batch = _live(batch)
+                data = _joined(batch)
+                if not data:
+                    break
             try:
                 handle = await self._ready_handle(len(data))
                 written = await handle.write(_pipe_sized(data) if self._fifo else data)
@@ -419,14 +430,18 @@ class FileSink:
                     self._listener.failed(batch, self._error or str(exc), attempt)
                 await self._wait_before_retry(attempt - 1)
                 continue
+            begun = True
             self._size += written
             self._unverified.append(data[:written])
             data = data[written:]
             if time.monotonic() - self._verified_at >= self._options.check_interval:
                 data = await self._verify() + data
+        if self._handle is None:  # every line was withdrawn after a failure: reopen anyway
+            with contextlib.suppress(OSError):
+                self._handle = await self._open()
         self._unwritten = b""
         self._record_recovery(lines)
-        return attempt + 1
+        return attempt + 1, batch or []
 
     async def _verify(self) -> bytes:
         """Is the open file still the file at ``path``? Returns what must be written again.
@@ -536,6 +551,19 @@ class FileSink:
             lines,
             self.spool_path,
         )
+
+
+def _withdrawn(entry: Entry) -> bool:
+    """The request waiting for this line gave up (and answered 503)."""
+    return entry.done is not None and entry.done.cancelled()
+
+
+def _live(batch: list[Entry]) -> list[Entry]:
+    return [entry for entry in batch if not _withdrawn(entry)]
+
+
+def _joined(batch: list[Entry]) -> bytes:
+    return "".join([entry.line for entry in batch]).encode()
 
 
 def _fail(entries: list[Entry], reason: str) -> None:
