@@ -81,15 +81,21 @@ class NotificationService:
     def status(self, notification_id: str) -> NotificationStatus | None:
         return self._statuses.get(notification_id)
 
-    async def notify(self, email: str, message: str, notification_id: str) -> None:
+    async def notify(
+        self,
+        email: str,
+        message: str,
+        notification_id: str,
+        done: asyncio.Future[None] | None = None,
+    ) -> None:
         """Log ``notification for {email}: {message}`` (admitted by ``accept``)."""
         record = Record("notification", email=email, message=message, id=notification_id)
-        await self._notifications.submit(Entry(record.id, self._render(record)))
+        await self._notifications.submit(Entry(record.id, self._render(record), done))
 
-    async def log_query(self, q: str) -> None:
+    async def log_query(self, q: str, done: asyncio.Future[None] | None = None) -> None:
         """Log ``found query: {q}`` (admitted by ``accept``)."""
         record = Record("query", q=q)
-        await self._queries.submit(Entry(record.id, self._render(record)))
+        await self._queries.submit(Entry(record.id, self._render(record), done))
 
     async def notify_written(
         self, email: str, message: str, q: str | None, notification_id: str
@@ -101,11 +107,9 @@ class NotificationService:
         waits: list[asyncio.Future[None]] = []
         if q is not None:
             waits.append(loop.create_future())
-            record = Record("query", q=q)
-            await self._queries.submit(Entry(record.id, self._render(record), waits[-1]))
+            await self.log_query(q, waits[-1])
         waits.append(loop.create_future())
-        record = Record("notification", email=email, message=message, id=notification_id)
-        await self._notifications.submit(Entry(record.id, self._render(record), waits[-1]))
+        await self.notify(email, message, notification_id, waits[-1])
         try:
             async with asyncio.timeout(self._ack_timeout):
                 await asyncio.gather(*waits)
