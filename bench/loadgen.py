@@ -82,6 +82,24 @@ class LoadResult:
         return cls(**{**data, "status_counts": counts})
 
 
+def parse_head(head: bytes) -> tuple[int, int, bool]:
+    """A response head (without its blank line): ``(status, content_length, keep_alive)``."""
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    status = int(status_line.split(" ", 2)[1])
+    length = 0
+    keep_alive = True
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        name = name.strip().lower()
+        if name == "content-length":
+            length = int(value)
+        elif name == "connection":
+            keep_alive = value.strip().lower() != "close"
+        elif name == "transfer-encoding":
+            raise ValueError(f"unsupported transfer-encoding: {value.strip()}")
+    return status, length, keep_alive
+
+
 class ResponseParser:
     """Incremental parser for the responses of one connection (Content-Length bodies only)."""
 
@@ -94,19 +112,7 @@ class ResponseParser:
         head_end = self._buffer.find(b"\r\n\r\n")
         if head_end < 0:
             return None
-        status_line, *header_lines = self._buffer[:head_end].decode("latin-1").split("\r\n")
-        status = int(status_line.split(" ", 2)[1])
-        length = 0
-        keep_alive = True
-        for line in header_lines:
-            name, _, value = line.partition(":")
-            name = name.strip().lower()
-            if name == "content-length":
-                length = int(value)
-            elif name == "connection":
-                keep_alive = value.strip().lower() != "close"
-            elif name == "transfer-encoding":
-                raise ValueError(f"unsupported transfer-encoding: {value.strip()}")
+        status, length, keep_alive = parse_head(bytes(self._buffer[:head_end]))
         end = head_end + 4 + length
         if len(self._buffer) < end:
             return None

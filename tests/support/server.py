@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from bench.loadgen import parse_head
+
 __all__ = [
     "HOST",
     "Exited",
@@ -315,19 +317,7 @@ class PostResults:
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
     """One response with a ``Content-Length`` body: ``(status, body, keep_alive)``."""
     head = await reader.readuntil(b"\r\n\r\n")
-    status_line, *header_lines = head[:-4].decode("latin-1").split("\r\n")
-    status = int(status_line.split(" ", 2)[1])
-    length = 0
-    keep_alive = True
-    for line in header_lines:
-        name, _, value = line.partition(":")
-        name = name.strip().lower()
-        if name == "content-length":
-            length = int(value)
-        elif name == "connection":
-            keep_alive = value.strip().lower() != "close"
-        elif name == "transfer-encoding":
-            raise ValueError(f"unsupported transfer-encoding: {value.strip()}")
+    status, length, keep_alive = parse_head(head[:-4])
     body = await reader.readexactly(length)
     return status, body, keep_alive
 
