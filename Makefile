@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint format bench bench-quick clean
+.PHONY: install run worker redis redis-server test lint format bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,25 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/uvicorn service.main:app --reload --host 127.0.0.1 --port 8000
 
-test: $(STAMP)
+# The Redis backend's tests start their own redis-server on a free loopback port; this puts
+# Debian's package on the machine when it is missing (as root, or through sudo).
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server (Debian package) for the Redis backend's tests"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+
+# A Redis for trying the redis backend by hand: loopback, port 6379, in the foreground.
+redis: redis-server
+	@mkdir -p .redis-data
+	redis-server --bind 127.0.0.1 --port 6379 --appendonly yes --dir $(CURDIR)/.redis-data
+
+# A worker of the redis backend (NOTIFY_BACKEND=redis on the API): same settings, same sinks.
+worker: $(STAMP)
+	$(BIN)/taskiq worker service.worker:broker --workers 1
+
+test: $(STAMP) redis-server
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
@@ -38,5 +56,5 @@ bench-quick: $(STAMP)
 	$(BIN)/python -m bench --quick
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/results/*.tmp
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .redis-data bench/results/*.tmp
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -20,6 +20,7 @@ LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 AckMode = Literal["background", "write"]
 LogFormat = Literal["text", "jsonl"]
 FsyncMode = Literal["never", "batch", "interval"]
+Backend = Literal["local", "redis"]
 
 
 class Settings(BaseSettings):
@@ -130,6 +131,31 @@ class Settings(BaseSettings):
     rotate_keep: int = Field(
         default=5, ge=1, description="Rotated files kept: log.txt.1 (newest) to log.txt.N."
     )
+    backend: Backend = Field(
+        default="local",
+        description="local: this process writes the log; redis: records go to a Redis stream "
+        "(taskiq) and `make worker` processes write the log.",
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0", description="Redis for backend=redis."
+    )
+    redis_stream: str = Field(
+        default="notifications",
+        min_length=1,
+        description="Stream the records go to; its keys (statuses, idempotency) share the prefix.",
+    )
+    redis_idle_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds a delivered batch may stay unacknowledged before another worker "
+        "takes it over (a worker that died).",
+    )
+    redis_reclaim_interval: float = Field(
+        default=1.0, gt=0, description="Seconds between a worker's checks for such batches."
+    )
+    redis_timeout: float = Field(
+        default=2.0, gt=0, description="Seconds to wait for Redis to connect or answer."
+    )
 
     @property
     def tokens(self) -> tuple[str, ...]:
@@ -141,6 +167,10 @@ class Settings(BaseSettings):
     def effective_query_log_path(self) -> Path:
         """Where ``found query`` lines go."""
         return self.query_log_path if self.query_log_path is not None else self.log_path
+
+    def queue_spool(self) -> Path:
+        """With backend=redis, where the API keeps records Redis did not take by shutdown."""
+        return self.log_path.with_name(self.log_path.name + ".queue-spool")
 
     def spool_for(self, log_path: Path) -> Path:
         """The spool of one log file: ``spool_path`` for the main log, else beside the log."""

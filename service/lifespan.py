@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
@@ -16,11 +17,12 @@ from config import Settings
 from service.metrics import Metrics
 from service.records import RENDERERS
 from service.services import NotificationService
-from service.sinks.base import Listeners
+from service.sinks.base import Listeners, Sink
 from service.sinks.file import FileSink, FileSinkOptions, FileSinks, RetryPolicy
-from service.status import Idempotency, StatusStore
+from service.sinks.queue import QueueSink, QueueSinkOptions
+from service.status import Idempotency, Ledger, LocalLedger, StatusStore
 
-__all__ = ["Runtime", "StartupError", "one_line_startup_errors"]
+__all__ = ["Runtime", "StartupError", "file_sink_options", "one_line_startup_errors"]
 
 logger = logging.getLogger("service")
 
@@ -29,60 +31,113 @@ class StartupError(Exception):
     """The service cannot start; ``str()`` is the one line to show the operator."""
 
 
+def file_sink_options(settings: Settings, *, waiting: bool) -> FileSinkOptions:
+    """How file sinks behave under ``settings``; ``waiting`` when every line's caller waits
+    for its write (``NOTIFY_ACK=write``, or a worker): no linger, and refuse while failing."""
+    return FileSinkOptions(
+        queue_size=settings.queue_size,
+        batch_size=settings.batch_size,
+        batch_delay=0.0 if waiting else settings.batch_delay,
+        drain_timeout=settings.shutdown_timeout,
+        retry=RetryPolicy(initial=settings.retry_initial, maximum=settings.retry_max),
+        fsync=settings.fsync,
+        fsync_interval=settings.fsync_interval,
+        rotate_bytes=settings.rotate_bytes,
+        rotate_keep=settings.rotate_keep,
+        check_interval=settings.file_check_interval,
+        refuse_while_failing=waiting,
+    )
+
+
 class Runtime:
     """Everything long-lived: the sinks and the services that write to them.
 
     Built without I/O in ``create_app`` so routers can bind the services when they are built;
-    the files are opened when the lifespan starts and drained and closed when it ends.
+    the sinks are opened when the lifespan starts and drained and closed when it ends. With
+    ``NOTIFY_BACKEND=redis`` the one sink is a queue sink handing lines to Redis, and worker
+    processes (``service.worker``) run the file sinks.
     """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        options = FileSinkOptions(
+        self.statuses = statuses = StatusStore(settings.status_max_entries, settings.status_ttl)
+        self.metrics = metrics = Metrics(settings.prometheus_multiproc_dir)
+        self.sinks: list[FileSink | QueueSink] = []
+        if settings.backend == "redis":
+            self.notifications = self._queue_backend()
+            return
+
+        def file_sink(path: Path) -> FileSink:
+            sink_metrics = metrics.for_sink(str(path))
+            listeners = Listeners(statuses, sink_metrics)
+            options = file_sink_options(settings, waiting=settings.ack == "write")
+            sink = FileSink(path, options, spool_path=settings.spool_for(path), listener=listeners)
+            sink_metrics.track(lambda: sink.held)
+            return sink
+
+        files = FileSinks(file_sink)
+        notifications = files.for_path(settings.log_path)
+        queries = files.for_path(settings.effective_query_log_path)
+        self.sinks.extend(files)
+        self.notifications = self._service(notifications, queries, self._local_ledger())
+
+    def _service(self, notifications: Sink, queries: Sink, ledger: Ledger) -> NotificationService:
+        settings = self.settings
+        return NotificationService(
+            notifications=notifications,
+            queries=queries,
+            statuses=self.statuses,
+            ledger=ledger,
+            render=RENDERERS[settings.log_format],
+            on_accept=self.metrics.accepted.inc,
+            ack_timeout=settings.ack_timeout,
+        )
+
+    def _local_ledger(self) -> LocalLedger:
+        settings = self.settings
+        keys = Idempotency(settings.status_max_entries, settings.idempotency_ttl)
+        return LocalLedger(self.statuses, keys)
+
+    def _queue_backend(self) -> NotificationService:
+        # Imported here: the Redis packages are an optional extra, needed only for this backend.
+        from service.broker import RedisPublisher, build_broker
+        from service.redis_ledger import RedisLedger
+
+        settings = self.settings
+        self.broker = broker = build_broker(settings)
+        ledger = RedisLedger(
+            broker.redis(),
+            settings.redis_stream,
+            status_ttl=settings.status_ttl,
+            idempotency_ttl=settings.idempotency_ttl,
+            local=self.statuses,
+        )
+        options = QueueSinkOptions(
             queue_size=settings.queue_size,
             batch_size=settings.batch_size,
             batch_delay=settings.batch_delay if settings.ack == "background" else 0.0,
             drain_timeout=settings.shutdown_timeout,
             retry=RetryPolicy(initial=settings.retry_initial, maximum=settings.retry_max),
-            fsync=settings.fsync,
-            fsync_interval=settings.fsync_interval,
-            rotate_bytes=settings.rotate_bytes,
-            rotate_keep=settings.rotate_keep,
             check_interval=settings.file_check_interval,
-            refuse_while_failing=settings.ack == "write",
         )
-        statuses = StatusStore(settings.status_max_entries, settings.status_ttl)
-        self.metrics = metrics = Metrics(settings.prometheus_multiproc_dir)
-
-        def file_sink(path: Path) -> FileSink:
-            sink_metrics = metrics.for_sink(str(path))
-            listeners = Listeners(statuses, sink_metrics)
-            sink = FileSink(path, options, spool_path=settings.spool_for(path), listener=listeners)
-            sink_metrics.track(lambda: sink.held)
-            return sink
-
-        self.sinks = FileSinks(file_sink)
-        self.notifications = NotificationService(
-            notifications=self.sinks.for_path(settings.log_path),
-            queries=self.sinks.for_path(settings.effective_query_log_path),
-            statuses=statuses,
-            idempotency=Idempotency(settings.status_max_entries, settings.idempotency_ttl),
-            render=RENDERERS[settings.log_format],
-            on_accept=metrics.accepted.inc,
-            ack_timeout=settings.ack_timeout,
+        queue = QueueSink(
+            RedisPublisher(broker, ledger.queued), options, spool_path=settings.queue_spool()
         )
+        self.metrics.for_sink(queue.health().name).track(lambda: queue.held)
+        self.sinks.append(queue)
+        return self._service(queue.lane("notification"), queue.lane("query"), ledger)
 
     @asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        started: list[FileSink | QueueSink] = []
         for sink in self.sinks:
             try:
                 await sink.start()
-            except OSError as exc:
-                await self.sinks.aclose()
-                reason = _reason(exc, sink.path)
-                raise StartupError(f"cannot open log file {sink.path}: {reason}") from None
-        paths = ", ".join(str(sink.path) for sink in self.sinks)
-        logger.info("writing notifications to %s", paths)
+            except (OSError, ValueError) as exc:
+                await asyncio.gather(*(opened.aclose() for opened in started))
+                raise StartupError(_start_failure(sink, exc)) from None
+            started.append(sink)
+        logger.info("writing notifications to %s", ", ".join(_describe(sink) for sink in started))
         # Everything built so far lives as long as the process: move it out of the collector's
         # generations so full collections stop re-scanning it (about 60k objects; measured in
         # bench/, this made GC time per request 3x smaller).
@@ -90,8 +145,22 @@ class Runtime:
         try:
             yield
         finally:
-            await self.sinks.aclose()
+            await asyncio.gather(*(sink.aclose() for sink in started))
+            if self.settings.backend == "redis":
+                await self.broker.connection_pool.disconnect()
             self.metrics.process_exited()
+
+
+def _describe(sink: FileSink | QueueSink) -> str:
+    return str(sink.path) if isinstance(sink, FileSink) else sink.health().name
+
+
+def _start_failure(sink: FileSink | QueueSink, exc: OSError | ValueError) -> str:
+    if isinstance(sink, FileSink):
+        reason = _reason(exc, sink.path) if isinstance(exc, OSError) else str(exc)
+        return f"cannot open log file {sink.path}: {reason}"
+    reason = _reason(exc, sink.spool_path) if isinstance(exc, OSError) else str(exc)
+    return f"cannot read the queue spool {sink.spool_path}: {reason}"
 
 
 def one_line_startup_errors(send: Send) -> Send:

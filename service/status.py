@@ -10,13 +10,23 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Generic, Literal, TypeVar
+from typing import Generic, Literal, Protocol, TypeVar
 
 from service.records import Entry
 
-__all__ = ["Idempotency", "IdempotencyConflict", "NotificationStatus", "StatusStore"]
+__all__ = [
+    "Fingerprint",
+    "Idempotency",
+    "IdempotencyConflict",
+    "Ledger",
+    "LocalLedger",
+    "NotificationStatus",
+    "StatusStore",
+]
 
 State = Literal["queued", "written", "failed"]
+Fingerprint = tuple[str, str, str | None]
+"""What makes two requests with one Idempotency-Key the same: (email, message, q)."""
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -104,9 +114,9 @@ class Idempotency:
     """Remembers which notification an ``Idempotency-Key`` created, and for which request."""
 
     def __init__(self, limit: int, ttl: float, clock: Callable[[], float] = time.time) -> None:
-        self._keys: _Expiring[str, tuple[object, str]] = _Expiring(limit, ttl, clock)
+        self._keys: _Expiring[str, tuple[Fingerprint, str]] = _Expiring(limit, ttl, clock)
 
-    def seen(self, key: str, fingerprint: object) -> str | None:
+    def seen(self, key: str, fingerprint: Fingerprint) -> str | None:
         """The id this key created for this request, or None if the key is new.
 
         Raises ``IdempotencyConflict`` when the key was used for a different request.
@@ -120,8 +130,43 @@ class Idempotency:
             )
         return known[1]
 
-    def remember(self, key: str, fingerprint: object, notification_id: str) -> None:
+    def remember(self, key: str, fingerprint: Fingerprint, notification_id: str) -> None:
         self._keys.put(key, (fingerprint, notification_id))
 
     def forget(self, key: str) -> None:
         self._keys.pop(key)
+
+
+class Ledger(Protocol):
+    """Where idempotency keys are claimed and statuses read: this process, or Redis."""
+
+    async def claim(self, key: str, fingerprint: Fingerprint, notification_id: str) -> str | None:
+        """Claim ``key`` for ``notification_id``: ``None`` if it was free, else the id that
+        holds it for the same request. Raises ``IdempotencyConflict`` for another request."""
+
+    async def forget(self, key: str, notification_id: str) -> None:
+        """Free ``key`` if ``notification_id`` holds it (its request was not acknowledged)."""
+
+    async def status(self, notification_id: str) -> NotificationStatus | None:
+        """The status of ``notification_id``, or ``None`` if unknown or expired."""
+
+
+class LocalLedger:
+    """The ``Ledger`` of one process (``NOTIFY_BACKEND=local``). Nothing here awaits, so
+    concurrent requests with one key cannot both claim it."""
+
+    def __init__(self, statuses: StatusStore, keys: Idempotency) -> None:
+        self._statuses = statuses
+        self._keys = keys
+
+    async def claim(self, key: str, fingerprint: Fingerprint, notification_id: str) -> str | None:
+        known = self._keys.seen(key, fingerprint)
+        if known is None:
+            self._keys.remember(key, fingerprint, notification_id)
+        return known
+
+    async def forget(self, key: str, notification_id: str) -> None:
+        self._keys.forget(key)
+
+    async def status(self, notification_id: str) -> NotificationStatus | None:
+        return self._statuses.get(notification_id)

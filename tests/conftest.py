@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ from asgi_lifespan import LifespanManager
 
 from config import Settings
 from service.main import create_app
+from tests.support.redis import RedisServer, redis_server
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
@@ -48,3 +49,20 @@ def read_lines(path: Path) -> list[str]:
     text = path.read_text(encoding="utf-8")
     assert text == "" or text.endswith("\n"), "the log ends in the middle of a line"
     return text.splitlines()
+
+
+@pytest.fixture(scope="session")
+def redis_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real Redis for the tests that need it, started at the first of them."""
+    with redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_session: RedisServer) -> str:
+    """The shared Redis, emptied for this test."""
+    import redis
+
+    with redis.Redis.from_url(redis_session.url) as client:
+        client.flushall()
+    return redis_session.url

@@ -9,13 +9,18 @@ from pathlib import Path
 from service.records import Entry
 from service.sinks.file import FileSink, FileSinkOptions
 from tests.conftest import make_settings, read_lines, running
+from tests.support.fifo import full_fifo
 from tests.test_file_sink import wait_for_lines, wait_for_readiness
 
 
 async def test_full_buffer_gets_503_with_retry_after(tmp_path: Path) -> None:
     """With the buffer full, POST gets 503, ``Retry-After`` and a JSON error naming the cause."""
     settings = make_settings(
-        tmp_path, log_path=Path("/dev/full"), queue_size=3, shutdown_timeout=0.2
+        tmp_path,
+        log_path=Path("/dev/full"),
+        spool_path=tmp_path / "spool",
+        queue_size=3,
+        shutdown_timeout=0.2,
     )
     async with running(settings) as client:
         first = await client.post("/send-notification/a@example.com?q=x")  # 2 lines
@@ -33,14 +38,17 @@ async def test_full_buffer_gets_503_with_retry_after(tmp_path: Path) -> None:
 
 async def test_refused_query_line_releases_the_notification_reservation(tmp_path: Path) -> None:
     """If only the query log is full, the request is refused and holds no room in the other."""
-    settings = make_settings(
-        tmp_path, query_log_path=Path("/dev/full"), queue_size=1, shutdown_timeout=0.2
-    )
-    async with running(settings) as client:
-        assert (await client.post("/send-notification/a@example.com?q=1")).status_code == 200
-        await wait_for_lines(settings.log_path, 1)
-        refused = await client.post("/send-notification/b@example.com?q=2")
-        accepted = await client.post("/send-notification/c@example.com")
+    # A query log whose pipe is full takes nothing (and its spool stays under tmp_path).
+    with full_fifo(tmp_path / "queries.fifo") as queries:
+        settings = make_settings(
+            tmp_path, query_log_path=queries.path, queue_size=1, shutdown_timeout=0.2
+        )
+        async with running(settings) as client:
+            first = await client.post("/send-notification/a@example.com?q=1")
+            assert first.status_code == 200
+            await wait_for_lines(settings.log_path, 1)
+            refused = await client.post("/send-notification/b@example.com?q=2")
+            accepted = await client.post("/send-notification/c@example.com")
     assert refused.status_code == 503
     assert accepted.status_code == 200
     assert read_lines(settings.log_path) == [

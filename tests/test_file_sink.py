@@ -72,7 +72,9 @@ async def test_failing_writes_are_logged_once_and_requests_still_succeed(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """On ``/dev/full`` every request still gets 200, ``/readyz`` says why, one error is logged."""
-    settings = make_settings(tmp_path, log_path=Path("/dev/full"), shutdown_timeout=0.3)
+    settings = make_settings(
+        tmp_path, log_path=Path("/dev/full"), spool_path=tmp_path / "spool", shutdown_timeout=0.3
+    )
     async with running(settings) as client:
         statuses = [
             (await client.post(f"/send-notification/u{i}@example.com")).status_code

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Protocol
+
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from service.metrics import CONTENT_TYPE, Metrics
 from service.schemas import Health, Readiness, SinkState
-from service.sinks.file import FileSinks
+from service.sinks.base import SinkHealth
 
 __all__ = ["build_router"]
 
 
-def build_router(sinks: FileSinks, metrics: Metrics) -> APIRouter:
+class _Reporting(Protocol):
+    def health(self) -> SinkHealth: ...
+
+
+def build_router(sinks: Sequence[_Reporting], metrics: Metrics) -> APIRouter:
     router = APIRouter(tags=["health"])
 
     @router.get(

@@ -117,7 +117,9 @@ def build_router(service: NotificationService, settings: Settings) -> APIRouter:
         message = await body_reader.message(request)
         key = idempotency_key(request.headers)
         # SinkUnavailable -> 503 and IdempotencyConflict -> 422, raised before any task runs.
-        accepted = service.accept(query=q is not None, key=key, fingerprint=(email, message, q))
+        accepted = await service.accept(
+            query=q is not None, key=key, fingerprint=(email, message, q)
+        )
         if not accepted.new:  # a replay: same answer, and none of the tasks scheduled above
             return _acknowledgement(accepted.id, background=NoTasks())
         if in_background:
@@ -126,7 +128,7 @@ def build_router(service: NotificationService, settings: Settings) -> APIRouter:
             try:
                 await service.notify_written(email, message, q, accepted.id)
             except Exception:
-                service.forget(key)
+                await service.forget(key, accepted.id)
                 raise
         return _acknowledgement(accepted.id)
 
@@ -139,7 +141,7 @@ def build_router(service: NotificationService, settings: Settings) -> APIRouter:
     async def notification_status(
         notification_id: Annotated[str, Path(max_length=64)],
     ) -> NotificationStatusOut:
-        status = service.status(notification_id)
+        status = await service.status(notification_id)
         if status is None:
             raise HTTPException(
                 status_code=404,

@@ -10,7 +10,7 @@ from typing import NamedTuple
 from service.ids import new_id
 from service.records import Entry, Record, render_text
 from service.sinks.base import Sink, SinkUnavailable
-from service.status import Idempotency, NotificationStatus, StatusStore
+from service.status import Fingerprint, Ledger, NotificationStatus, StatusStore
 
 __all__ = ["Acceptance", "NotificationService"]
 
@@ -38,7 +38,7 @@ class NotificationService:
         queries: Sink,
         *,
         statuses: StatusStore,
-        idempotency: Idempotency,
+        ledger: Ledger,
         render: Renderer = render_text,
         ack_timeout: float = 5.0,
         on_accept: Callable[[], object] = lambda: None,
@@ -47,39 +47,40 @@ class NotificationService:
         self._notifications = notifications
         self._queries = queries
         self._statuses = statuses
-        self._idempotency = idempotency
+        self._ledger = ledger
         self._render = render
         self._ack_timeout = ack_timeout
 
-    def accept(
-        self, *, query: bool, key: str | None = None, fingerprint: object = None
+    async def accept(
+        self, *, query: bool, key: str | None = None, fingerprint: Fingerprint = ("", "", None)
     ) -> Acceptance:
         """Admit one request's lines and give it an id, or raise (nothing held).
 
         With an idempotency ``key`` seen before for the same ``fingerprint`` nothing is admitted
         and the first id is returned; for another fingerprint ``IdempotencyConflict`` is raised.
-        Raises ``SinkUnavailable`` when a sink cannot take the lines. No await: concurrent
-        requests with one key cannot both pass.
+        Raises ``SinkUnavailable`` when a sink (or the ledger) cannot take the request.
         """
+        notification_id = new_id()
         if key is not None:
-            known = self._idempotency.seen(key, fingerprint)
+            known = await self._ledger.claim(key, fingerprint, notification_id)
             if known is not None:
                 return Acceptance(known, new=False)
-        self._admit(query=query)
-        notification_id = new_id()
+        try:
+            self._admit(query=query)
+        except SinkUnavailable:
+            await self.forget(key, notification_id)
+            raise
         self._statuses.accepted(notification_id, time.time())
-        if key is not None:
-            self._idempotency.remember(key, fingerprint, notification_id)
         self._on_accept()
         return Acceptance(notification_id, new=True)
 
-    def forget(self, key: str | None) -> None:
+    async def forget(self, key: str | None, notification_id: str) -> None:
         """Let a key be used again (its request was not acknowledged after all)."""
         if key is not None:
-            self._idempotency.forget(key)
+            await self._ledger.forget(key, notification_id)
 
-    def status(self, notification_id: str) -> NotificationStatus | None:
-        return self._statuses.get(notification_id)
+    async def status(self, notification_id: str) -> NotificationStatus | None:
+        return await self._ledger.status(notification_id)
 
     async def notify(
         self,

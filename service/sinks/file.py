@@ -40,7 +40,14 @@ from aiofiles.threadpool.binary import AsyncFileIO
 from service.records import Entry
 from service.sinks.base import SinkFull, SinkHealth, SinkListener, SinkUnavailable
 
-__all__ = ["FileSink", "FileSinkOptions", "FileSinks", "RetryPolicy", "open_append"]
+__all__ = [
+    "FileSink",
+    "FileSinkOptions",
+    "FileSinks",
+    "RetryPolicy",
+    "claim_spools",
+    "open_append",
+]
 
 logger = logging.getLogger("service.sinks.file")
 
@@ -127,7 +134,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _claim_spools(spool: Path) -> list[Path]:
+def claim_spools(spool: Path) -> list[Path]:
     """Take the spool (and any a dead process left half-replayed) for this process to replay.
 
     A rename is atomic, so with several worker processes each spool is replayed by one. A
@@ -223,7 +230,7 @@ class FileSink:
         await aiofiles.os.makedirs(self.path.parent, exist_ok=True)
         await aiofiles.os.makedirs(self.spool_path.parent, exist_ok=True)
         self._handle = await self._open()
-        self._replays = await asyncio.to_thread(_claim_spools, self.spool_path)
+        self._replays = await asyncio.to_thread(claim_spools, self.spool_path)
         self._writer = asyncio.create_task(self._run(), name=f"log writer for {self.path}")
 
     def admit(self) -> None:

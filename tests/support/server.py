@@ -39,6 +39,7 @@ __all__ = [
     "post_notifications",
     "run_until_exit",
     "running_server",
+    "running_worker",
     "service_command",
     "service_env",
     "uvicorn_command",
@@ -252,6 +253,48 @@ async def uvicorn_server(
         stop_timeout=stop_timeout,
     ) as server:
         yield server
+
+
+def worker_command() -> list[str]:
+    """``taskiq worker service.worker:broker`` with one worker process, as ``make worker``."""
+    return [sys.executable, "-m", "taskiq", "worker", "service.worker:broker", "--workers", "1"]
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    workdir: Path,
+    settings: Mapping[str, str],
+    *,
+    output_name: str = "worker-output.txt",
+    ready_timeout: float = 20.0,
+    stop_timeout: float = 10.0,
+) -> AsyncIterator[ServerProcess]:
+    """A worker (``NOTIFY_BACKEND=redis``) in ``workdir``, its own process group, ready once
+    it says it is writing; stopped like a server on exit. Its ``url`` is empty."""
+    env = service_env({"NOTIFY_LOG_PATH": str(workdir / "log.txt"), **settings})
+    output_path = workdir / output_name
+    with _open_output(output_path) as output:
+        process = await asyncio.create_subprocess_exec(
+            *worker_command(),
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        worker = ServerProcess(process=process, url="", output_path=output_path)
+        try:
+            async with asyncio.timeout(ready_timeout):
+                await worker.wait_for_output("worker writing redis stream")
+        except TimeoutError:
+            raise ServerNotReadyError(
+                f"worker not ready within {ready_timeout} s; its output:\n{worker.output()}"
+            ) from None
+        yield worker
+    finally:
+        await _stop(process, stop_timeout)
 
 
 @dataclass(frozen=True)

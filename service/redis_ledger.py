@@ -1,0 +1,164 @@
+"""Statuses and idempotency keys in Redis (``NOTIFY_BACKEND=redis``), shared by every API
+process and worker.
+
+Keys, all under the stream's name as prefix:
+
+- ``{stream}:status:{id}``: the status of one line as JSON, for ``NOTIFY_STATUS_TTL`` seconds.
+  The API sets ``queued`` (only if absent) just before it publishes a batch; the worker sets
+  ``written`` after the write, or ``failed``. A worker also reads them to skip lines already
+  written when a batch is delivered again (this is the deduplication the README describes).
+- ``{stream}:key:{Idempotency-Key}``: ``<sha256 of the request> <id>``, set with ``SET NX`` (one
+  atomic step, so two processes cannot both claim a key), for ``NOTIFY_IDEMPOTENCY_TTL``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from service.broker import describe_redis_error
+from service.sinks.base import SinkUnavailable
+from service.sinks.queue import WireRecord
+from service.status import (
+    Fingerprint,
+    IdempotencyConflict,
+    NotificationStatus,
+    State,
+    StatusStore,
+)
+
+__all__ = ["RedisLedger"]
+
+_CLAIM_TRIES = 3
+
+
+@contextmanager
+def _unavailable_on_error() -> Iterator[None]:
+    """Redis errors as ``SinkUnavailable`` (503 at the API; a retried batch at a worker)."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise SinkUnavailable(f"redis: {describe_redis_error(exc)}") from None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _digest(fingerprint: Fingerprint) -> str:
+    return hashlib.sha256(json.dumps(fingerprint).encode()).hexdigest()
+
+
+class RedisLedger:
+    """A ``Ledger`` in Redis, plus what workers record about each line.
+
+    ``local`` holds what this API process accepted and has not yet published: a status is
+    read from Redis first and from there second, so ``GET`` works from the moment of the 200.
+    Redis errors become ``SinkUnavailable`` (503 at the API; a retried batch at a worker).
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        prefix: str,
+        *,
+        status_ttl: float,
+        idempotency_ttl: float,
+        local: StatusStore | None = None,
+    ) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._status_ttl = max(1, round(status_ttl))
+        self._key_ttl = max(1, round(idempotency_ttl))
+        self._local = local
+
+    def _status_key(self, notification_id: str) -> str:
+        return f"{self._prefix}:status:{notification_id}"
+
+    # -- the Ledger protocol ----------------------------------------------------------------
+
+    async def claim(self, key: str, fingerprint: Fingerprint, notification_id: str) -> str | None:
+        name = f"{self._prefix}:key:{key}"
+        digest = _digest(fingerprint)
+        with _unavailable_on_error():
+            for _ in range(_CLAIM_TRIES):  # retried only if the key expired in between
+                if await self._redis.set(
+                    name, f"{digest} {notification_id}", nx=True, ex=self._key_ttl
+                ):
+                    return None
+                held = await self._redis.get(name)
+                if held is not None:
+                    held_digest, _, held_id = _text(held).partition(" ")
+                    if held_digest != digest:
+                        raise IdempotencyConflict(
+                            "this Idempotency-Key was already used with a different request"
+                        )
+                    return held_id
+        raise SinkUnavailable("redis: the Idempotency-Key could not be claimed; retry")
+
+    async def forget(self, key: str, notification_id: str) -> None:
+        name = f"{self._prefix}:key:{key}"
+        try:
+            held = await self._redis.get(name)
+            if held is not None and _text(held).endswith(f" {notification_id}"):
+                await self._redis.delete(name)
+        except (RedisError, OSError):
+            pass  # it expires; until then a retry with this key gets the withdrawn id
+
+    async def status(self, notification_id: str) -> NotificationStatus | None:
+        with _unavailable_on_error():
+            raw = await self._redis.get(self._status_key(notification_id))
+        if raw is not None:
+            return NotificationStatus(id=notification_id, **json.loads(raw))
+        return self._local.get(notification_id) if self._local is not None else None
+
+    # -- what the API and workers record ----------------------------------------------------
+
+    async def queued(self, records: Sequence[WireRecord]) -> None:
+        """``records`` are about to be published (a status already there is kept). Redis
+        errors propagate as they are: the publisher reports them."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for record_id, _, _, accepted_at in records:
+                value = _status_json("queued", accepted_at)
+                pipe.set(self._status_key(record_id), value, nx=True, ex=self._status_ttl)
+            await pipe.execute()
+
+    async def written_among(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` a worker has already written."""
+        if not ids:
+            return set()
+        with _unavailable_on_error():
+            values = await self._redis.mget([self._status_key(record_id) for record_id in ids])
+        return {
+            record_id
+            for record_id, raw in zip(ids, values, strict=True)
+            if raw is not None and json.loads(raw)["status"] == "written"
+        }
+
+    async def written(self, records: Iterable[WireRecord], at: float, attempts: int) -> None:
+        await self._set_all(records, "written", written_at=at, attempts=attempts)
+
+    async def failed(self, records: Iterable[WireRecord], error: str, attempts: int) -> None:
+        await self._set_all(records, "failed", error=error, attempts=attempts)
+
+    async def _set_all(self, records: Iterable[WireRecord], state: State, **fields: Any) -> None:
+        with _unavailable_on_error():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for record_id, _, _, accepted_at in records:
+                    value = _status_json(state, accepted_at, **fields)
+                    pipe.set(self._status_key(record_id), value, ex=self._status_ttl)
+                await pipe.execute()
+
+
+def _status_json(state: State, accepted_at: float, **fields: Any) -> str:
+    status = NotificationStatus(id="", status=state, accepted_at=accepted_at, **fields)
+    data = asdict(status)
+    del data["id"]
+    return json.dumps(data)

@@ -1,0 +1,282 @@
+"""``NOTIFY_BACKEND=redis``: the API hands lines to a real Redis stream and real worker
+processes (``taskiq worker service.worker:broker``) write the log."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis.asyncio as aioredis
+
+from service.broker import GROUP
+from tests.conftest import read_lines
+from tests.support.redis import RedisServer
+from tests.support.server import (
+    http_client,
+    post_notifications,
+    running_worker,
+    uvicorn_server,
+)
+
+ACKNOWLEDGEMENT = b'{"message":"Notification sent in the background"}'
+STREAM = "notifications"
+
+
+def _backend(url: str, **settings: str) -> dict[str, str]:
+    return {"NOTIFY_BACKEND": "redis", "NOTIFY_REDIS_URL": url, **settings}
+
+
+async def _wait_for_lines(path: Path, count: int, *, within: float) -> list[str]:
+    """The log once it has at least ``count`` lines; fails after ``within`` seconds."""
+    lines: list[str] = []
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(within):
+            while len(lines) < count:
+                await asyncio.sleep(0.05)
+                lines = read_lines(path) if path.exists() else []
+    assert len(lines) >= count, f"{len(lines)} of {count} lines after {within} s"
+    return lines
+
+
+async def _wait_for_status(
+    client: httpx.AsyncClient, notification_id: str, status: str
+) -> dict[str, object]:
+    body: dict[str, object] = {}
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(10):
+            while body.get("status") != status:
+                response = await client.get(f"/notifications/{notification_id}")
+                body = response.json() if response.status_code == 200 else {}
+                await asyncio.sleep(0.05)
+    assert body.get("status") == status, body
+    return body
+
+
+async def _stream_batches(redis_url: str) -> list[list[list[Any]]]:
+    """The records of each message in the stream (the JSON form of ``WireRecord``)."""
+    async with aioredis.Redis.from_url(redis_url) as redis:
+        entries: Any = await redis.xrange(STREAM)
+    return [json.loads(fields[b"data"])["args"][0] for _, fields in entries]
+
+
+async def test_a_worker_writes_what_the_api_accepted_in_order(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """The guide's two lines, query first, reach the log through Redis and a worker."""
+    settings = _backend(redis_url)
+    async with (
+        uvicorn_server(tmp_path, settings) as api,
+        running_worker(tmp_path, settings),
+        http_client(api.url) as client,
+    ):
+        response = await client.post(
+            "/send-notification/ada@example.com", params={"q": "hi"}, json={"message": "hello"}
+        )
+        assert response.status_code == 200
+        assert response.json() == {"message": "Notification sent in the background"}
+        lines = await _wait_for_lines(tmp_path / "log.txt", 2, within=10)
+        assert lines == ["found query: hi", "notification for ada@example.com: hello"]
+        status = await _wait_for_status(client, response.headers["x-notification-id"], "written")
+        assert status["attempts"] == 1
+
+
+async def test_ack_write_answers_once_redis_holds_the_record(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """With ack=write the 200 means Redis has the record: it is in the stream before any
+    worker runs, and a worker started later writes it."""
+    settings = _backend(redis_url, NOTIFY_ACK="write")
+    async with uvicorn_server(tmp_path, settings) as api, http_client(api.url) as client:
+        response = await client.post("/send-notification/bob@example.com")
+        assert response.status_code == 200
+        batches = await _stream_batches(redis_url)
+        assert [record[2] for batch in batches for record in batch] == [
+            "notification for bob@example.com: some notification\n"
+        ]
+        notification_id = response.headers["x-notification-id"]
+        assert (await client.get(f"/notifications/{notification_id}")).json()["status"] == (
+            "queued"
+        )
+        async with running_worker(tmp_path, settings):
+            lines = await _wait_for_lines(tmp_path / "log.txt", 1, within=10)
+            await _wait_for_status(client, notification_id, "written")
+    assert lines == ["notification for bob@example.com: some notification"]
+
+
+async def test_status_and_idempotency_keys_work_across_api_processes(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Two API processes share statuses and Idempotency-Keys through Redis."""
+    settings = _backend(redis_url)
+    async with (
+        uvicorn_server(tmp_path, settings, output_name="a.txt") as first,
+        uvicorn_server(tmp_path, settings, output_name="b.txt") as second,
+        running_worker(tmp_path, settings),
+        http_client(first.url) as a,
+        http_client(second.url) as b,
+    ):
+        key = {"Idempotency-Key": "order-17"}
+        one = await a.post("/send-notification/cy@example.com", headers=key)
+        two = await b.post("/send-notification/cy@example.com", headers=key)
+        assert one.status_code == two.status_code == 200
+        assert one.headers["x-notification-id"] == two.headers["x-notification-id"]
+        other = await b.post(
+            "/send-notification/cy@example.com", headers=key, json={"message": "changed"}
+        )
+        assert other.status_code == 422
+        assert "different request" in other.text
+        await _wait_for_status(b, one.headers["x-notification-id"], "written")
+        await asyncio.sleep(0.5)  # time for a second line, if there were one
+    assert read_lines(tmp_path / "log.txt") == [
+        "notification for cy@example.com: some notification"
+    ]
+
+
+async def test_redis_down_gets_503_and_the_service_recovers_by_itself(tmp_path: Path) -> None:
+    """Redis stopped: POST answers 503 naming Redis (never a 200), /readyz says why; Redis
+    back: both recover without a restart, and every acknowledged line is written."""
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    try:
+        settings = _backend(redis.url)
+        async with (
+            uvicorn_server(tmp_path, settings) as api,
+            running_worker(tmp_path, settings),
+            http_client(api.url) as client,
+        ):
+            for n in range(3):
+                response = await client.post(f"/send-notification/before{n}@example.com")
+                assert response.status_code == 200
+            redis.stop()
+            # Until the API notices (its next hand-over, or its check within a second), a
+            # request is still taken: held in memory and handed over once Redis is back.
+            async with asyncio.timeout(5):
+                while True:
+                    ready = await client.get("/readyz")
+                    if ready.status_code == 503:
+                        break
+                    await asyncio.sleep(0.05)
+            assert "redis stream notifications" in ready.json()["reasons"][0]
+            refused = await client.post("/send-notification/during@example.com")
+            assert refused.status_code == 503
+            assert "redis" in refused.json()["detail"]
+            assert refused.headers["retry-after"] == "1"
+            redis.start()
+            async with asyncio.timeout(15):
+                while True:
+                    if (await client.get("/readyz")).status_code == 200:
+                        break
+                    await asyncio.sleep(0.1)
+            after = await client.post("/send-notification/after@example.com")
+            assert after.status_code == 200
+            lines = await _wait_for_lines(tmp_path / "log.txt", 4, within=15)
+            assert api.output().count("cannot hand lines over") <= 1
+            assert "Traceback" not in api.output()
+    finally:
+        redis.stop()
+    assert sorted(lines) == sorted(
+        [f"notification for before{n}@example.com: some notification" for n in range(3)]
+        + ["notification for after@example.com: some notification"]
+    )
+
+
+async def _pending_records(redis: aioredis.Redis) -> tuple[str, set[str]]:
+    """The one consumer holding messages, and the ids of the lines in those messages."""
+    consumers = await redis.xinfo_consumers(STREAM, GROUP)
+    holders = [consumer for consumer in consumers if consumer["pending"] > 0]
+    assert len(holders) == 1, consumers
+    name = holders[0]["name"]
+    name = name.decode() if isinstance(name, bytes) else name
+    pending = await redis.xpending_range(STREAM, GROUP, "-", "+", 10_000, consumername=name)
+    ids: set[str] = set()
+    for entry in pending:
+        entries: Any = await redis.xrange(STREAM, entry["message_id"], entry["message_id"])
+        for _, fields in entries:
+            message = json.loads(fields[b"data"])
+            ids.update(record[0] for record in message["args"][0])
+    return name, ids
+
+
+async def test_a_killed_workers_batches_are_written_by_another_within_10_s(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """5,000 notifications, no further traffic; the worker writing them is SIGKILLed midway.
+    Another worker takes its batches over by itself (the reclaim timer), writes every
+    acknowledged line within 10 s, and only lines of the killed worker's batches repeat."""
+    settings = _backend(redis_url, NOTIFY_ACK="write", NOTIFY_BATCH_SIZE="50")
+    log = tmp_path / "log.txt"
+    emails = [f"n{number:05d}@example.com" for number in range(5000)]
+    async with uvicorn_server(tmp_path, settings) as api:
+        async with asyncio.timeout(60):
+            posted = await post_notifications(
+                api.url, emails, concurrency=32, acknowledgement=ACKNOWLEDGEMENT
+            )
+    assert len(posted.acknowledged) == 5000, posted.unexpected[:3]
+
+    async with (
+        aioredis.Redis.from_url(redis_url) as redis,
+        running_worker(tmp_path, settings, output_name="first.txt") as first,
+    ):
+        await _wait_for_lines(log, 200, within=20)
+        os.killpg(first.pid, signal.SIGSTOP)  # freeze it mid-stream, then kill it there
+        _, in_flight = await _pending_records(redis)
+        os.killpg(first.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        written_by_first = Counter(read_lines(log))
+        assert 200 <= sum(written_by_first.values()) < 5000
+        assert in_flight, "the killed worker held no batch: nothing to redeliver"
+        async with running_worker(tmp_path, settings, output_name="second.txt") as second:
+            lines = await _wait_for_lines(log, 5000, within=10 - (time.monotonic() - killed_at))
+            redelivered = time.monotonic() - killed_at
+            assert "took over" in second.output()
+
+    counts = Counter(lines)
+    expected = {f"notification for {email}: some notification" for email in emails}
+    assert set(counts) == expected
+    repeated = {line for line, n in counts.items() if n > 1}
+    assert all(n == 2 for n in counts.values() if n > 1)
+    assert redelivered < 10
+    # Only a line the killed worker had written but not yet recorded can repeat.
+    assert repeated <= set(written_by_first)
+    assert len(repeated) <= len(in_flight)
+
+
+async def test_the_api_spools_what_redis_did_not_take_by_shutdown_and_sends_it_next_start(
+    tmp_path: Path,
+) -> None:
+    """Redis gone before a lingering batch was handed over: shutdown spools it (the 200s are
+    kept), and the next start hands it over to Redis before anything else."""
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    try:
+        settings = _backend(redis.url, NOTIFY_BATCH_DELAY="3", NOTIFY_SHUTDOWN_TIMEOUT="0.5")
+        async with uvicorn_server(tmp_path, settings, output_name="first.txt") as api:
+            async with http_client(api.url) as client:
+                for n in range(3):
+                    response = await client.post(f"/send-notification/s{n}@example.com")
+                    assert response.status_code == 200
+            redis.stop()
+        spool = tmp_path / "log.txt.queue-spool"
+        assert len(spool.read_text().splitlines()) == 3
+        redis.start()
+        async with uvicorn_server(tmp_path, settings, output_name="second.txt") as api:
+            async with asyncio.timeout(10):
+                while True:  # claimed (renamed) at start, deleted once handed over
+                    if not list(tmp_path.glob("log.txt.queue-spool*")):
+                        break
+                    await asyncio.sleep(0.05)
+            batches = await _stream_batches(redis.url)
+            assert "spooled by an earlier run" in api.output()
+    finally:
+        redis.stop()
+    assert sorted(record[2] for batch in batches for record in batch) == [
+        f"notification for s{n}@example.com: some notification\n" for n in range(3)
+    ]

@@ -1,0 +1,178 @@
+"""The worker's parts on a real Redis and real files: delivery (written once, however often a
+batch arrives) and the broker (reclaim on a timer; acknowledged messages deleted)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from taskiq import AckableMessage
+
+from config import Settings
+from service.broker import GROUP, NotificationBroker, RedisPublisher
+from service.redis_ledger import RedisLedger
+from service.services.delivery import DeliveryService
+from service.sinks.file import FileSink, FileSinkOptions
+from service.sinks.queue import WireRecord, parse_wire_record
+from tests.conftest import read_lines
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    async with aioredis.Redis.from_url(redis_url) as client:
+        yield client
+
+
+@pytest.fixture
+async def log_sink(tmp_path: Path) -> AsyncIterator[FileSink]:
+    sink = FileSink(tmp_path / "log.txt", FileSinkOptions(refuse_while_failing=True))
+    await sink.start()
+    yield sink
+    await sink.aclose()
+
+
+def _ledger(redis: aioredis.Redis) -> RedisLedger:
+    return RedisLedger(redis, "notifications", status_ttl=60, idempotency_ttl=60)
+
+
+def _delivery(sink: FileSink, redis: aioredis.Redis) -> DeliveryService:
+    return DeliveryService(sink, sink, _ledger(redis), timeout=2.0)
+
+
+def _batch(*names: str) -> list[list[object]]:
+    return [
+        [f"id-{name}", "notification", f"notification for {name}@example.com: hi\n", 1.0]
+        for name in names
+    ]
+
+
+async def test_a_batch_delivered_again_is_not_written_again(
+    tmp_path: Path, redis: aioredis.Redis, log_sink: FileSink
+) -> None:
+    """The same worker (its memory) and another worker (the ledger in Redis) skip lines
+    already written; the batch still counts as done, so it gets acknowledged."""
+    batch = _batch("a", "b")
+    assert await _delivery(log_sink, redis).deliver(batch)
+    first = _delivery(log_sink, redis)
+    assert await first.deliver(batch)
+    assert await first.deliver(batch)
+    assert await _delivery(log_sink, redis).deliver([*batch, *_batch("c")])
+    assert read_lines(tmp_path / "log.txt") == [
+        "notification for a@example.com: hi",
+        "notification for b@example.com: hi",
+        "notification for c@example.com: hi",
+    ]
+    status = json.loads(await redis.get("notifications:status:id-a") or "{}")
+    assert status["status"] == "written"
+
+
+async def test_a_record_that_is_not_one_printable_line_is_never_written(
+    tmp_path: Path, redis: aioredis.Redis, log_sink: FileSink
+) -> None:
+    """Whatever put it on the stream, a worker cannot be made to forge a log line."""
+    forged = [
+        ["id-x", "notification", "notification for x@example.com: hi\nforged line\n", 1.0],
+        ["id-y", "notification", "no newline at the end", 1.0],
+        ["id-z", "mystery", "notification for z@example.com: hi\n", 1.0],
+        "not a record",
+    ]
+    assert await _delivery(log_sink, redis).deliver([*forged, *_batch("ok")])
+    assert read_lines(tmp_path / "log.txt") == ["notification for ok@example.com: hi"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        ["i", "query", "found query: a\u2028b\n", 0],
+        ["i", "query", "found query: a\rb\n", 0],
+        ["", "query", "found query: ab\n", 0],
+        ["i", "query", "found query: ab\n", "yesterday"],
+        ["i", "query", "found query: ab\n"],
+    ],
+)
+def test_parse_wire_record_rejects_what_is_not_one_line(raw: list[object]) -> None:
+    """Line separators of every kind, and malformed fields, are refused."""
+    with pytest.raises(ValueError, match=r"\S"):
+        parse_wire_record(raw)
+
+
+def test_parse_wire_record_keeps_a_good_record() -> None:
+    record: WireRecord = ("i", "query", "found query: ab\n", 2.5)
+    assert parse_wire_record(list(record)) == record
+
+
+async def test_a_worker_stuck_on_a_full_log_leaves_the_batch_for_later(
+    tmp_path: Path, redis: aioredis.Redis
+) -> None:
+    """A log that cannot take the lines: deliver says False (not acknowledged), records the
+    failure, and the same batch is written once the log works again."""
+    full = FileSink(
+        Path("/dev/full"),
+        FileSinkOptions(refuse_while_failing=True, drain_timeout=0.2),
+        spool_path=tmp_path / "full.spool",
+    )
+    await full.start()
+    try:
+        assert not await DeliveryService(full, full, _ledger(redis), timeout=0.3).deliver(
+            _batch("late")
+        )
+    finally:
+        await full.aclose()
+    status = json.loads(await redis.get("notifications:status:id-late") or "{}")
+    assert status["status"] == "failed"
+    working = FileSink(tmp_path / "log.txt")
+    await working.start()
+    try:
+        assert await _delivery(working, redis).deliver(_batch("late"))
+    finally:
+        await working.aclose()
+    assert read_lines(tmp_path / "log.txt") == ["notification for late@example.com: hi"]
+
+
+def _broker(redis_url: str, tmp_path: Path, name: str) -> NotificationBroker:
+    settings = Settings(
+        _env_file=None,
+        log_path=tmp_path / "log.txt",
+        redis_url=redis_url,
+        redis_idle_timeout=0.5,
+        redis_reclaim_interval=0.2,
+    )
+    broker = NotificationBroker(settings)
+    broker.consumer_name = name
+    return broker
+
+
+async def _next(messages: AsyncIterator[AckableMessage], within: float) -> AckableMessage:
+    async with asyncio.timeout(within):
+        return await anext(messages)
+
+
+async def test_reclaim_runs_on_a_timer_on_a_quiet_stream(
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis
+) -> None:
+    """A message taken by a worker that never acknowledges it goes to another worker after
+    the idle timeout, with no new message arriving; acknowledging it deletes it."""
+    first, second = _broker(redis_url, tmp_path, "first"), _broker(redis_url, tmp_path, "second")
+    await first.startup()
+    publisher = RedisPublisher(first, _ledger(redis).queued)
+    await publisher.publish("batch-1", [parse_wire_record(record) for record in _batch("q")])
+    taken = first.listen()
+    held = await _next(taken, within=5)
+    assert b"q@example.com" in held.data
+    reclaimed = second.listen()
+    again = await _next(reclaimed, within=5)
+    assert again.data == held.data
+    assert await redis.xlen("notifications") == 1
+    acknowledged = again.ack()
+    assert acknowledged is not None
+    await acknowledged
+    assert await redis.xlen("notifications") == 0
+    assert (await redis.xpending("notifications", GROUP))["pending"] == 0
+    await taken.aclose()
+    await reclaimed.aclose()
+    await first.shutdown()
+    await second.shutdown()
