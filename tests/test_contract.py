@@ -80,6 +80,8 @@ class Setup:
     """The server's ``NOTIFY_*`` environment."""
     extra_headers: tuple[Mapping[str, str] | None, ...]
     """Every request is sent once per entry: as generated (``None``), or with these headers."""
+    redis: bool = False
+    """With ``NOTIFY_BACKEND=redis`` on the tests' Redis (statuses and keys in Redis)."""
 
     @property
     def tokens(self) -> bool:
@@ -92,6 +94,7 @@ SETUPS = {
         settings={"NOTIFY_API_TOKENS": f"another-token,{TOKEN}"},
         extra_headers=(None, AUTHORIZED),
     ),
+    "redis": Setup(settings={"NOTIFY_BACKEND": "redis"}, extra_headers=(None,), redis=True),
 }
 
 Seen = Counter[tuple[str, bool, int]]
@@ -136,8 +139,13 @@ def setup(request: pytest.FixtureRequest) -> Setup:
 
 
 @pytest.fixture
-async def server(setup: Setup, tmp_path: Path) -> AsyncIterator[ServerProcess]:
-    async with uvicorn_server(tmp_path, setup.settings) as server:
+async def server(
+    setup: Setup, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[ServerProcess]:
+    settings = dict(setup.settings)
+    if setup.redis:
+        settings["NOTIFY_REDIS_URL"] = request.getfixturevalue("redis_url")
+    async with uvicorn_server(tmp_path, settings) as server:
         yield server
 
 

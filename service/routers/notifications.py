@@ -32,7 +32,11 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         401: ("A token is configured and this request has none, or a wrong one.", ErrorBody),
         404: ("No notification with this id (unknown, or expired).", ErrorBody),
         413: ("The body is larger than the configured limit.", ErrorBody),
-        503: ("The log cannot take more lines now; retry after `Retry-After`.", ErrorBody),
+        503: (
+            "The log (or Redis, with the Redis backend) cannot serve this now; retry after "
+            "`Retry-After`.",
+            ErrorBody,
+        ),
     }
     return {
         status: {"model": described[status][1], "description": described[status][0]}
@@ -135,7 +139,7 @@ def build_router(service: NotificationService, settings: Settings) -> APIRouter:
     @router.get(
         "/notifications/{notification_id}",
         response_model=NotificationStatusOut,
-        responses=_errors(404),
+        responses=_errors(404, 503),
         summary="What happened to an accepted notification (kept per process, for a while)",
     )
     async def notification_status(
