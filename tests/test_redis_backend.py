@@ -244,6 +244,11 @@ async def test_a_killed_workers_batches_are_written_by_another_within_10_s(
             lines = await _wait_for_lines(log, 5000, within=10 - (time.monotonic() - killed_at))
             redelivered = time.monotonic() - killed_at
             assert "took over" in second.output()
+            async with asyncio.timeout(5):  # acknowledged batches are deleted from the stream
+                while True:
+                    if await redis.xlen(STREAM) == 0:
+                        break
+                    await asyncio.sleep(0.05)
 
     counts = Counter(lines)
     expected = {f"notification for {email}: some notification" for email in emails}
