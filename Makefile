@@ -48,8 +48,8 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: $(STAMP)
-	$(BIN)/python -m bench --servers bare,same-signature,guide,service,service-ack-write
+bench: $(STAMP) redis-server
+	$(BIN)/python -m bench --servers bare,same-signature,guide,service,service-ack-write,redis
 	$(BIN)/python -m bench.writer
 
 bench-quick: $(STAMP)

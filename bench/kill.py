@@ -460,6 +460,13 @@ def main(settings: KillSettings | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    with_redis = [spec.name for spec in specs if spec.redis]
+    if with_redis:
+        print(
+            f"error: --kill does not run {', '.join(with_redis)} (it needs Redis and a worker)",
+            file=sys.stderr,
+        )
+        return 2
     print(
         f"SIGKILL under load: {', '.join(spec.name for spec in specs)}\n"
         f"{settings.rounds} round(s): {settings.requests:,} requests over"

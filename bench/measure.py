@@ -1,4 +1,5 @@
-"""One measurement: a fresh server, one load generator process, then the log checks."""
+"""One measurement: a fresh server (and its helpers), one load generator process, then the log
+checks."""
 
 from __future__ import annotations
 
@@ -19,13 +20,17 @@ from bench.loadgen import LoadResult
 from bench.logcheck import LogTail, file_size
 from bench.options import Options
 from bench.paths import REPO_ROOT
-from bench.process import HOST, ServerProcess, running_server, tail_text
+from bench.process import HOST, tail_text
 from bench.servers import LOG_FILE_NAME, ServerSpec
+from bench.stack import Stack, running_stack
 
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 20.0
 DRAIN_LIMIT_S = 10.0
 POLL_INTERVAL_S = 0.002
+
+_Cpu = tuple[float, dict[str, float]]
+"""CPU seconds of all the row's processes, and of the helpers by name."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,10 @@ class RunResult:
     duration_s: float
     startup_s: float
     peak_rss_kb: int
+    """The API process's; the redis row's other processes are in ``helper_peak_rss_kb``."""
     server_cpu_s: float
+    """CPU time of the row's processes during the measured phase: the API and, for the redis
+    row, the worker and redis-server (also in ``helper_cpu_s``)."""
     client_cpu_s: float
     machine_cpu_s: float
     """CPU time of the whole machine during the measured phase (all processes)."""
@@ -60,10 +68,19 @@ class RunResult:
     unexpected: int
     exit_code: int | None
     """None when the server had to be killed; uvicorn re-raises SIGTERM, so -15 is clean."""
+    helper_cpu_s: dict[str, float]
+    """The redis row's worker and redis-server: CPU time during the measured phase."""
+    helper_peak_rss_kb: dict[str, int]
+    """Their peak RSS (the worker's: its managing process plus the one it forks)."""
+    helper_exits: dict[str, int | None]
+    """Their exit codes after SIGTERM (None: killed)."""
+    stream_left: int | None
+    """Redis stream entries the worker had not written when it was stopped."""
 
     @property
     def clean_exit(self) -> bool:
-        return self.exit_code in (0, -signal.SIGTERM)
+        codes = [self.exit_code, *self.helper_exits.values()]
+        return all(code in (0, -signal.SIGTERM) for code in codes)
 
     @property
     def exactly_once(self) -> bool:
@@ -94,6 +111,7 @@ class _LoadPhase:
     log_size_at_done: int
     snapshot_wall: float
     server_cpu_s: float
+    helper_cpu_s: dict[str, float]
     machine_cpu: MachineCpu
     log_complete_wall: float | None
 
@@ -126,8 +144,14 @@ def _loadgen_command(port: int, options: Options, result_path: Path) -> list[str
     ]
 
 
+def _cpu_since(stack: Stack, api_start: float, helpers_start: dict[str, float]) -> _Cpu:
+    api = stack.server.cpu_seconds() - api_start
+    helpers = {name: s - helpers_start[name] for name, s in stack.helper_cpu_seconds().items()}
+    return api + sum(helpers.values()), helpers
+
+
 def _run_loadgen(
-    server: ServerProcess, tail: LogTail, spec: ServerSpec, options: Options, run_dir: Path
+    stack: Stack, tail: LogTail, spec: ServerSpec, options: Options, run_dir: Path
 ) -> _LoadPhase:
     """Drive the server from a load generator process, reacting to its announcements.
 
@@ -137,7 +161,7 @@ def _run_loadgen(
     """
     result_path = run_dir / "loadgen.json"
     stderr_path = run_dir / "loadgen.err"
-    command = _loadgen_command(server.port, options, result_path)
+    command = _loadgen_command(stack.server.port, options, result_path)
     with (
         stderr_path.open("w") as stderr,
         subprocess.Popen(
@@ -147,12 +171,13 @@ def _run_loadgen(
         assert loadgen.stdout is not None
         try:
             _read_announcement(loadgen.stdout, "START", stderr_path)
-            machine_start, server_start = MachineCpu.read(), server.cpu_seconds()
+            machine_start, api_start = MachineCpu.read(), stack.server.cpu_seconds()
+            helpers_start = stack.helper_cpu_seconds()
             done = _read_announcement(loadgen.stdout, "DONE", stderr_path)
             log_size = file_size(tail.path)
             snapshot_wall = time.time()
             machine_cpu = MachineCpu.read() - machine_start
-            server_cpu = server.cpu_seconds() - server_start
+            server_cpu, helper_cpu = _cpu_since(stack, api_start, helpers_start)
             done_wall, acked = float(done[0]), int(done[1])
             complete_wall = None
             if spec.writes_log:
@@ -167,7 +192,7 @@ def _run_loadgen(
         raise HarnessError(f"load generator exited with {code}:\n{tail_text(stderr_path)}")
     load = LoadResult.from_json(json.loads(result_path.read_text()))
     return _LoadPhase(
-        load, done_wall, log_size, snapshot_wall, server_cpu, machine_cpu, complete_wall
+        load, done_wall, log_size, snapshot_wall, server_cpu, helper_cpu, machine_cpu, complete_wall
     )
 
 
@@ -181,20 +206,20 @@ def _drain_ms(pending: int | None, done_wall: float, complete_wall: float | None
 
 
 def run_once(spec: ServerSpec, round_index: int, options: Options, run_dir: Path) -> RunResult:
-    """Start a fresh server in ``run_dir``, load it, check its log, stop it."""
+    """Start a fresh server (and helpers) in ``run_dir``, load it, check its log, stop it."""
     run_dir.mkdir(parents=True)
     tail = LogTail(run_dir / LOG_FILE_NAME)
-    with running_server(spec, run_dir, REPO_ROOT) as server:
-        startup_s = server.wait_ready(READY_TIMEOUT_S)
-        phase = _run_loadgen(server, tail, spec, options, run_dir)
+    with running_stack(spec, run_dir, REPO_ROOT, READY_TIMEOUT_S) as stack:
+        startup_s = stack.server.wait_ready(READY_TIMEOUT_S)
+        phase = _run_loadgen(stack, tail, spec, options, run_dir)
         expected = phase.load.acked_emails if spec.writes_log else []
         complete_wall = phase.log_complete_wall
         if spec.writes_log and not tail.has_all(expected):
             # Lines of unacknowledged emails made up the count: wait for the real ones.
             deadline = phase.done_wall + DRAIN_LIMIT_S
             complete_wall = _poll_until(tail, lambda: tail.has_all(expected), deadline)
-        peak_rss_kb = server.peak_rss_kb()
-        exit_code = server.stop(STOP_TIMEOUT_S)
+        peak_rss_kb = stack.server.peak_rss_kb()
+        stopped = stack.stop(STOP_TIMEOUT_S, DRAIN_LIMIT_S)
     tail.poll()
     check = tail.check(expected)
     pending = tail.pending_at(phase.log_size_at_done, expected) if spec.writes_log else None
@@ -222,5 +247,9 @@ def run_once(spec: ServerSpec, round_index: int, options: Options, run_dir: Path
         missing=check.missing,
         duplicated=check.duplicated,
         unexpected=check.unexpected,
-        exit_code=exit_code,
+        exit_code=stopped.exit_code,
+        helper_cpu_s=phase.helper_cpu_s,
+        helper_peak_rss_kb=stopped.helper_peak_rss_kb,
+        helper_exits=stopped.helper_exits,
+        stream_left=stopped.stream_left,
     )

@@ -33,6 +33,8 @@ class Summary:
     p99_ratio: float | None
     rss_mb: float
     rss_ratio: float | None
+    helper_rss_mb: dict[str, float]
+    """The redis row's worker and redis-server: median peak RSS, by name."""
     pending_median: float | None
     pending_max: int | None
     drain_ms_median: float | None
@@ -44,12 +46,12 @@ class Summary:
     unexpected: int
     exactly_once: bool
     unclean_exits: int
-    """Runs whose server did not exit cleanly on SIGTERM."""
+    """Runs whose server (or its worker or redis-server) did not exit cleanly on SIGTERM."""
     non_200: dict[int, int]
     client_cpu: float
     """Share of one core the load generator used during the measured phase."""
     server_cpu: float
-    """Share of one core the server used during the measured phase."""
+    """Share of one core the server (with its worker and Redis, if any) used meanwhile."""
     other_cpu: float
     """Share of one core used by every other process meanwhile (noise, if large)."""
     steal: float
@@ -85,6 +87,14 @@ def _drain_stats(runs: Sequence[RunResult]) -> tuple[float | None, float | None,
     )
 
 
+def _helper_rss_mb(runs: Sequence[RunResult]) -> dict[str, float]:
+    by_name: dict[str, list[int]] = {}
+    for run in runs:
+        for name, kb in run.helper_peak_rss_kb.items():
+            by_name.setdefault(name, []).append(kb)
+    return {name: median(kbs) / 1024 for name, kbs in sorted(by_name.items())}
+
+
 def summarize_server(
     spec: ServerSpec, runs: Sequence[RunResult], baseline: dict[int, RunResult]
 ) -> Summary:
@@ -104,6 +114,7 @@ def summarize_server(
         p99_ratio=_paired_ratio(runs, baseline, lambda run: run.p99_ms),
         rss_mb=median(run.peak_rss_kb for run in runs) / 1024,
         rss_ratio=_paired_ratio(runs, baseline, lambda run: run.peak_rss_kb),
+        helper_rss_mb=_helper_rss_mb(runs),
         pending_median=median(pending) if pending else None,
         pending_max=max(pending) if pending else None,
         drain_ms_median=drain_median,
@@ -215,6 +226,8 @@ def progress_line(run: RunResult, rounds: int) -> str:
         f" server {run.server_cpu_s / run.duration_s:4.0%}"
         f" other {run.other_cpu_s / run.duration_s:4.0%}"
     )
+    for name, kb in run.helper_peak_rss_kb.items():
+        text += f"  {name} RSS {kb / 1024:.1f} MB"
     if run.writes_log:
         text += f"  pending {run.pending_at_stop}  drain {_number(run.drain_ms, 1)} ms"
     if run.non_200:

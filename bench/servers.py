@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,8 @@ LOG_FILE_NAME = "log.txt"
 class ServerSpec:
     """How to start one server: ``uvicorn {module}:app`` with extra environment.
 
-    ``{run_dir}`` in an env value is replaced by the run's directory.
+    ``{run_dir}`` in an env value is replaced by the run's directory, ``{redis_url}`` by the
+    URL of the run's redis-server (rows with ``redis``).
     """
 
     name: str
@@ -24,6 +26,8 @@ class ServerSpec:
     """Whether acknowledged requests must end up as lines in ``log.txt``."""
     default: bool = True
     """Whether a run without ``--servers`` includes it (when its module exists)."""
+    redis: bool = False
+    """Whether each run also starts a redis-server and one worker, which writes ``log.txt``."""
 
     @property
     def app(self) -> str:
@@ -35,11 +39,23 @@ class ServerSpec:
     def is_available(self, repo_root: Path) -> bool:
         return self.source(repo_root).is_file()
 
-    def env_for(self, run_dir: Path) -> dict[str, str]:
-        return {key: value.format(run_dir=run_dir) for key, value in self.env.items()}
+    def env_for(self, run_dir: Path, redis_url: str = "") -> dict[str, str]:
+        return {
+            key: value.format(run_dir=run_dir, redis_url=redis_url)
+            for key, value in self.env.items()
+        }
 
+
+REDIS_STREAM = "notifications"
+"""The stream the redis row's API and worker share (the harness watches its length)."""
 
 _SERVICE_ENV = {"NOTIFY_LOG_PATH": f"{{run_dir}}/{LOG_FILE_NAME}"}
+_REDIS_ENV = {
+    **_SERVICE_ENV,
+    "NOTIFY_BACKEND": "redis",
+    "NOTIFY_REDIS_URL": "{redis_url}",
+    "NOTIFY_REDIS_STREAM": REDIS_STREAM,
+}
 
 SERVERS: tuple[ServerSpec, ...] = (
     ServerSpec("bare", "bench.apps.bare", writes_log=False),
@@ -52,6 +68,12 @@ SERVERS: tuple[ServerSpec, ...] = (
         env={**_SERVICE_ENV, "NOTIFY_ACK": "write"},
         default=False,
     ),
+    ServerSpec("redis", "service.main", env=_REDIS_ENV, default=False, redis=True),
+)
+
+REDIS_MISSING = (
+    "redis-server is not installed (the redis row runs one per run): `make redis-server`"
+    " installs it"
 )
 
 
@@ -66,4 +88,6 @@ def select_servers(names: Sequence[str] | None, repo_root: Path) -> list[ServerS
     missing = [name for name in names if not known[name].is_available(repo_root)]
     if missing:
         raise ValueError(f"server module missing for {', '.join(missing)}")
+    if any(known[name].redis for name in names) and shutil.which("redis-server") is None:
+        raise ValueError(REDIS_MISSING)
     return [spec for spec in SERVERS if spec.name in names]
