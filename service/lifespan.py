@@ -22,7 +22,13 @@ from service.sinks.file import FileSink, FileSinkOptions, FileSinks, RetryPolicy
 from service.sinks.queue import QueueSink, QueueSinkOptions
 from service.status import Idempotency, Ledger, LocalLedger, StatusStore
 
-__all__ = ["Runtime", "StartupError", "file_sink_options", "one_line_startup_errors"]
+__all__ = [
+    "Runtime",
+    "StartupError",
+    "file_sink_options",
+    "one_line_startup_errors",
+    "os_error_reason",
+]
 
 logger = logging.getLogger("service")
 
@@ -157,9 +163,9 @@ def _describe(sink: FileSink | QueueSink) -> str:
 
 def _start_failure(sink: FileSink | QueueSink, exc: OSError | ValueError) -> str:
     if isinstance(sink, FileSink):
-        reason = _reason(exc, sink.path) if isinstance(exc, OSError) else str(exc)
+        reason = os_error_reason(exc, sink.path) if isinstance(exc, OSError) else str(exc)
         return f"cannot open log file {sink.path}: {reason}"
-    reason = _reason(exc, sink.spool_path) if isinstance(exc, OSError) else str(exc)
+    reason = os_error_reason(exc, sink.spool_path) if isinstance(exc, OSError) else str(exc)
     return f"cannot read the queue spool {sink.spool_path}: {reason}"
 
 
@@ -182,7 +188,8 @@ def one_line_startup_errors(send: Send) -> Send:
     return send_one_line
 
 
-def _reason(exc: OSError, path: Path) -> str:
+def os_error_reason(exc: OSError, path: Path) -> str:
+    """Why opening ``path`` failed, naming the file at fault when it is another one."""
     reason = exc.strerror or str(exc)
     if exc.filename is not None and os.fspath(exc.filename) != os.fspath(path):
         return f"{reason} ({exc.filename})"

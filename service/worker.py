@@ -4,7 +4,12 @@ writes them with the same file sinks, and the same settings, as the local backen
 Run it with ``make worker``, or on any machine that has the project installed with the
 ``redis`` extra and the same ``NOTIFY_*`` settings::
 
-    taskiq worker service.worker:broker --workers 1
+    python -m service.worker            # checks settings and log paths, then taskiq's worker
+    taskiq worker service.worker:broker --workers 1      # taskiq's own command, unchecked
+
+``python -m service.worker`` stops at once, with one line, when a setting is invalid or a log
+cannot be opened. taskiq's command starts the worker in a child process and restarts it every
+time it dies, so there such a worker would retry for ever instead of failing.
 
 ``broker`` is built from the environment when taskiq first asks for it; importing this module
 does nothing else.
@@ -13,19 +18,24 @@ does nothing else.
 from __future__ import annotations
 
 import logging
+import os
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 from taskiq import Context, TaskiqDepends, TaskiqEvents, TaskiqState
+from taskiq.cli.worker.args import WorkerArgs
+from taskiq.cli.worker.run import run_worker
 
 from config import Settings
 from service.broker import TASK_NAME, NotificationBroker, build_broker
-from service.lifespan import StartupError, file_sink_options
+from service.lifespan import StartupError, file_sink_options, os_error_reason
 from service.redis_ledger import RedisLedger
 from service.services.delivery import DeliveryService
 from service.sinks.file import FileSink, FileSinks
 
-__all__ = ["Worker", "build_worker"]
+__all__ = ["Worker", "build_worker", "main"]
 
 logger = logging.getLogger("service.worker")
 
@@ -62,7 +72,8 @@ class Worker:
                 await sink.start()
             except OSError as exc:
                 await self.sinks.aclose()
-                raise StartupError(f"cannot open log file {sink.path}: {exc.strerror}") from None
+                reason = os_error_reason(exc, sink.path)
+                raise StartupError(f"cannot open log file {sink.path}: {reason}") from None
         paths = ", ".join(str(sink.path) for sink in self.sinks)
         logger.info("worker writing redis stream %s to %s", self._stream, paths)
 
@@ -86,6 +97,28 @@ def build_worker(settings: Settings) -> NotificationBroker:
     return broker
 
 
+def _check_log(path: Path) -> None:
+    """Open ``path`` for appending as the file sink will (making its directories), or raise
+    ``OSError``. Runs before any event loop: this is a command-line check."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK, 0o644))
+
+
+def main(argv: Sequence[str] = ()) -> int:
+    """``python -m service.worker [taskiq worker options]``: check, then run one worker."""
+    from service.main import settings_or_exit
+
+    settings = settings_or_exit()
+    for path in dict.fromkeys([settings.log_path, settings.effective_query_log_path]):
+        try:
+            _check_log(path)
+        except OSError as exc:
+            reason = os_error_reason(exc, path)
+            raise SystemExit(f"error: cannot open log file {path}: {reason}") from None
+    args = WorkerArgs.from_cli(["service.worker:broker", "--workers", "1", *argv])
+    return run_worker(args) or 0
+
+
 def __getattr__(name: str) -> NotificationBroker:
     # `taskiq worker service.worker:broker` looks `broker` up: build it then, once.
     if name == "broker":
@@ -99,3 +132,7 @@ def __getattr__(name: str) -> NotificationBroker:
         globals()["broker"] = broker
         return broker
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -22,8 +22,11 @@ from tests.support.redis import RedisServer
 from tests.support.server import (
     http_client,
     post_notifications,
+    run_until_exit,
     running_worker,
+    service_env,
     uvicorn_server,
+    worker_command,
 )
 
 ACKNOWLEDGEMENT = b'{"message":"Notification sent in the background"}'
@@ -292,3 +295,16 @@ async def test_the_api_spools_what_redis_did_not_take_by_shutdown_and_sends_it_n
     assert sorted(record[2] for batch in batches for record in batch) == [
         f"notification for s{n}@example.com: some notification\n" for n in range(3)
     ]
+
+
+def test_a_worker_that_cannot_open_its_log_stops_with_one_line(tmp_path: Path) -> None:
+    """``make worker`` with an unusable log path exits 1 at once, naming the path and why,
+    instead of a worker process that taskiq restarts for ever."""
+    (tmp_path / "a-file").write_text("")
+    log = tmp_path / "a-file" / "log.txt"
+    env = service_env({"NOTIFY_BACKEND": "redis", "NOTIFY_LOG_PATH": str(log)})
+    exited = run_until_exit(
+        worker_command(), cwd=tmp_path, env=env, output_path=tmp_path / "out.txt", timeout=20
+    )
+    assert exited.returncode == 1
+    assert exited.output.strip() == f"error: cannot open log file {log}: File exists ({log.parent})"

@@ -44,6 +44,7 @@ __all__ = [
     "service_env",
     "uvicorn_command",
     "uvicorn_server",
+    "worker_command",
 ]
 
 HOST = "127.0.0.1"
@@ -256,8 +257,8 @@ async def uvicorn_server(
 
 
 def worker_command() -> list[str]:
-    """``taskiq worker service.worker:broker`` with one worker process, as ``make worker``."""
-    return [sys.executable, "-m", "taskiq", "worker", "service.worker:broker", "--workers", "1"]
+    """``python -m service.worker``, as ``make worker`` runs it (taskiq's worker, one process)."""
+    return [sys.executable, "-m", "service.worker"]
 
 
 @contextlib.asynccontextmanager
