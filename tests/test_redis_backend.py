@@ -151,8 +151,9 @@ async def test_status_and_idempotency_keys_work_across_api_processes(
 
 
 async def test_redis_down_gets_503_and_the_service_recovers_by_itself(tmp_path: Path) -> None:
-    """Redis stopped: POST answers 503 naming Redis (never a 200), /readyz says why; Redis
-    back: both recover without a restart, and every acknowledged line is written."""
+    """Redis stopped: once the API notices, POST answers 503 naming Redis and /readyz says
+    why; what it took before noticing is held. Redis back: both recover without a restart,
+    and every acknowledged line is written."""
     redis = RedisServer(tmp_path / "redis")
     redis.start()
     try:
@@ -168,17 +169,21 @@ async def test_redis_down_gets_503_and_the_service_recovers_by_itself(tmp_path: 
             redis.stop()
             # Until the API notices (its next hand-over, or its check within a second), a
             # request is still taken: held in memory and handed over once Redis is back.
+            held: list[str] = []
             async with asyncio.timeout(5):
                 while True:
-                    ready = await client.get("/readyz")
-                    if ready.status_code == 503:
+                    email = f"during{len(held)}@example.com"
+                    refused = await client.post(f"/send-notification/{email}")
+                    if refused.status_code != 200:
                         break
-                    await asyncio.sleep(0.05)
-            assert "redis stream notifications" in ready.json()["reasons"][0]
-            refused = await client.post("/send-notification/during@example.com")
+                    held.append(email)
+                    await asyncio.sleep(0.02)
             assert refused.status_code == 503
             assert "redis" in refused.json()["detail"]
             assert refused.headers["retry-after"] == "1"
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503
+            assert "redis stream notifications" in ready.json()["reasons"][0]
             redis.start()
             async with asyncio.timeout(15):
                 while True:
@@ -187,13 +192,14 @@ async def test_redis_down_gets_503_and_the_service_recovers_by_itself(tmp_path: 
                     await asyncio.sleep(0.1)
             after = await client.post("/send-notification/after@example.com")
             assert after.status_code == 200
-            lines = await _wait_for_lines(tmp_path / "log.txt", 4, within=15)
+            lines = await _wait_for_lines(tmp_path / "log.txt", 4 + len(held), within=15)
             assert api.output().count("cannot hand lines over") <= 1
             assert "Traceback" not in api.output()
     finally:
         redis.stop()
     assert sorted(lines) == sorted(
         [f"notification for before{n}@example.com: some notification" for n in range(3)]
+        + [f"notification for {email}: some notification" for email in held]
         + ["notification for after@example.com: some notification"]
     )
 
