@@ -1,0 +1,32 @@
+"""Each fast path on the request path gives exactly what the general code it replaces gives."""
+
+from __future__ import annotations
+
+from fastapi import Response
+from starlette.background import BackgroundTasks
+
+from service.routers.notifications import _Acknowledgement
+from service.schemas import ACKNOWLEDGEMENT
+
+
+def test_the_acknowledgement_is_the_response_starlette_would_build() -> None:
+    notification_id = "0f8fad5b-d9cb-469f-a165-70867728950e"
+    background = BackgroundTasks()
+    fast = _Acknowledgement(notification_id, background)
+    slow = Response(
+        ACKNOWLEDGEMENT,
+        media_type="application/json",
+        headers={
+            "location": f"/notifications/{notification_id}",
+            "x-notification-id": notification_id,
+        },
+        background=background,
+    )
+    assert (fast.status_code, fast.body, fast.background) == (
+        slow.status_code,
+        slow.body,
+        slow.background,
+    )
+    assert fast.raw_headers == slow.raw_headers
+    assert fast.media_type == slow.media_type
+    assert _Acknowledgement(notification_id).background is None
