@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import Response
-from starlette.background import BackgroundTasks
+import asyncio
 
+from fastapi import Response
+from starlette.background import BackgroundTask, BackgroundTasks
+
+from service.deps import CoroutineTask
 from service.routers.notifications import _Acknowledgement
 from service.schemas import ACKNOWLEDGEMENT
 
@@ -30,3 +33,21 @@ def test_the_acknowledgement_is_the_response_starlette_would_build() -> None:
     assert fast.raw_headers == slow.raw_headers
     assert fast.media_type == slow.media_type
     assert _Acknowledgement(notification_id).background is None
+
+
+def test_a_coroutine_task_is_the_background_task_starlette_would_build() -> None:
+    calls: list[tuple[str, int]] = []
+
+    async def work(name: str, number: int) -> None:
+        calls.append((name, number))
+
+    fast, slow = CoroutineTask(work, "a", 1), BackgroundTask(work, "a", 1)
+    assert (fast.func, fast.args, fast.kwargs, fast.is_async) == (
+        slow.func,
+        slow.args,
+        slow.kwargs,
+        slow.is_async,
+    )
+    asyncio.run(fast())
+    asyncio.run(slow())
+    assert calls == [("a", 1), ("a", 1)]

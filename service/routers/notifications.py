@@ -9,7 +9,13 @@ from starlette.background import BackgroundTasks as NoTasks
 from starlette.convertors import Convertor, register_url_convertor
 
 from config import Settings
-from service.deps import BodyReader, idempotency_key, query_logger, token_checker
+from service.deps import (
+    BodyReader,
+    CoroutineTask,
+    idempotency_key,
+    query_logger,
+    token_checker,
+)
 from service.emails import Email
 from service.schemas import (
     ACKNOWLEDGEMENT,
@@ -135,7 +141,9 @@ def build_router(service: NotificationService, settings: Settings) -> APIRouter:
         if not accepted.new:  # a replay: same answer, and none of the tasks scheduled above
             return _Acknowledgement(accepted.id, background=NoTasks())
         if in_background:
-            background_tasks.add_task(service.notify, email, message, accepted.id)
+            background_tasks.tasks.append(
+                CoroutineTask(service.notify, email, message, accepted.id)
+            )
         else:
             try:
                 await service.notify_written(email, message, q, accepted.id)
