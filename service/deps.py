@@ -9,7 +9,7 @@ refer to values of the enclosing function.
 import hmac
 import math
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 from fastapi import BackgroundTasks, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -41,8 +41,11 @@ class CoroutineTask(BackgroundTask):
     """
 
     def __init__(self, func: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
-        # Starlette types args and kwargs with its constructor's ParamSpec, unnamable here.
-        self.func, self.args, self.kwargs = func, cast(Any, args), cast(Any, {})
+        # Starlette types args and kwargs with its constructor's ParamSpec, unnamable here (and
+        # typing.cast is a function call: this runs on every request).
+        arguments: Any = args
+        no_kwargs: Any = {}
+        self.func, self.args, self.kwargs = func, arguments, no_kwargs
         self.is_async = True
 
 
