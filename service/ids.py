@@ -20,19 +20,17 @@ class _RandomPool:
         self._bytes = b""
         self._offset = 0
 
-    def take16(self) -> bytes:
+    def new_id(self) -> str:
+        """A new random UUID (version 4), as its canonical 36-character string."""
         offset = self._offset
         if offset >= len(self._bytes):
             self._bytes, offset = os.urandom(16 * _IDS_PER_DRAW), 0
         self._offset = offset + 16
-        return self._bytes[offset : offset + 16]
+        h = self._bytes[offset : offset + 16].hex()
+        variant = _VARIANT_DIGITS[int(h[16], 16) & 3]
+        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}"
 
 
-_pool = _RandomPool()
-
-
-def new_id() -> str:
-    """A new random UUID (version 4), as its canonical 36-character string."""
-    h = _pool.take16().hex()
-    variant = _VARIANT_DIGITS[int(h[16], 16) & 3]
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}"
+new_id = _RandomPool().new_id
+"""A new random UUID (version 4), as its canonical 36-character string (one call, no
+intermediate ``take16``: this runs on every request)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -19,8 +20,11 @@ __all__ = [
     "RENDERERS",
     "Entry",
     "Kind",
+    "NotificationRenderer",
     "Record",
     "escape",
+    "notification_renderer",
+    "notification_text",
     "render_jsonl",
     "render_text",
     "rfc3339",
@@ -88,7 +92,28 @@ def render_text(record: Record) -> str:
     """The guide's line format, escaped: ``notification for {email}: {message}``."""
     if record.kind == "query":
         return f"found query: {escape(record.q or '')}\n"
-    return f"notification for {escape(record.email or '')}: {escape(record.message or '')}\n"
+    return notification_text(record.email or "", record.message or "")
+
+
+def notification_text(email: str, message: str, notification_id: str = "") -> str:
+    """``render_text`` of a notification, from its values (the text line has no id)."""
+    return f"notification for {escape(email)}: {escape(message)}\n"
+
+
+NotificationRenderer = Callable[[str, str, str], str]
+"""``(email, message, id)`` to the notification's line."""
+
+
+def notification_renderer(render: Callable[[Record], str]) -> NotificationRenderer:
+    """``render`` for notifications, given their values: with ``render_text`` the line is made
+    without a ``Record`` (which costs a call to ``time.time`` the text format never reads)."""
+    if render is render_text:
+        return notification_text
+
+    def render_notification(email: str, message: str, notification_id: str) -> str:
+        return render(Record("notification", email=email, message=message, id=notification_id))
+
+    return render_notification
 
 
 def rfc3339(timestamp: float) -> str:

@@ -8,6 +8,7 @@ or key is known only to the worker that accepted the request (the queue backend 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Generic, Literal, Protocol, TypeVar
@@ -32,10 +33,16 @@ V = TypeVar("V")
 
 
 class _Expiring(Generic[K, V]):
-    """A dict whose entries expire ``ttl`` seconds after insertion, at most ``limit`` kept."""
+    """A dict whose entries expire ``ttl`` seconds after insertion, at most ``limit`` kept.
+
+    An ``OrderedDict``, not a ``dict``: a dict emptied from the front keeps the deleted slots
+    until it is resized, and ``next(iter(...))`` walks them all, so once ``limit`` entries (or
+    a TTL's worth) were held every ``put`` cost tens of microseconds, growing to 120 µs at
+    100,000 entries. An ``OrderedDict`` finds its oldest entry in constant time.
+    """
 
     def __init__(self, limit: int, ttl: float, clock: Callable[[], float]) -> None:
-        self._items: dict[K, tuple[float, V]] = {}
+        self._items: OrderedDict[K, tuple[float, V]] = OrderedDict()
         self._limit, self._ttl, self._clock = limit, ttl, clock
 
     def put(self, key: K, value: V) -> None:

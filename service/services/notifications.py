@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from service.ids import new_id
-from service.records import Entry, Record, render_text
+from service.records import Entry, Record, notification_renderer, render_text
 from service.sinks.base import Sink, SinkUnavailable
 from service.status import Fingerprint, Ledger, NotificationStatus, StatusStore
 
@@ -49,6 +49,7 @@ class NotificationService:
         self._statuses = statuses
         self._ledger = ledger
         self._render = render
+        self._render_notification = notification_renderer(render)
         self._ack_timeout = ack_timeout
 
     async def accept(
@@ -90,8 +91,8 @@ class NotificationService:
         done: asyncio.Future[None] | None = None,
     ) -> None:
         """Log ``notification for {email}: {message}`` (admitted by ``accept``)."""
-        record = Record("notification", email=email, message=message, id=notification_id)
-        await self._notifications.submit(Entry(record.id, self._render(record), done))
+        line = self._render_notification(email, message, notification_id)
+        await self._notifications.submit(Entry(notification_id, line, done))
 
     async def log_query(self, q: str, done: asyncio.Future[None] | None = None) -> None:
         """Log ``found query: {q}`` (admitted by ``accept``)."""
