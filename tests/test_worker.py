@@ -70,6 +70,20 @@ async def test_a_batch_delivered_again_is_not_written_again(
     assert status["status"] == "written"
 
 
+async def test_the_memory_window_is_bounded_and_redis_still_remembers(
+    tmp_path: Path, redis: aioredis.Redis, log_sink: FileSink
+) -> None:
+    """With a window of two ids, the oldest is forgotten in memory; a redelivery of it is
+    still skipped, because Redis says it was written."""
+    delivery = DeliveryService(log_sink, log_sink, _ledger(redis), timeout=2.0, window=2)
+    for name in ("a", "b", "c"):
+        assert await delivery.deliver(_batch(name))
+    assert await delivery.deliver(_batch("a"))
+    assert read_lines(tmp_path / "log.txt") == [
+        f"notification for {name}@example.com: hi" for name in ("a", "b", "c")
+    ]
+
+
 async def test_a_record_that_is_not_one_printable_line_is_never_written(
     tmp_path: Path, redis: aioredis.Redis, log_sink: FileSink
 ) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
@@ -51,7 +52,9 @@ class DeliveryService:
         self._ledger = ledger
         self._timeout = timeout
         self._window = window
-        self._recent: dict[str, None] = {}  # ids written or being written here, oldest first
+        # Ids written or being written here, oldest first. An OrderedDict: a dict emptied from
+        # the front finds its oldest entry in time growing with the deleted slots before it.
+        self._recent: OrderedDict[str, None] = OrderedDict()
 
     async def deliver(self, batch: object) -> bool:
         """Write the lines of ``batch`` not written before. True when all of them are in the
@@ -111,7 +114,7 @@ class DeliveryService:
         recent = self._recent
         recent[record_id] = None
         while len(recent) > self._window:
-            del recent[next(iter(recent))]
+            recent.popitem(last=False)
 
     async def _give_up(
         self, todo: list[WireRecord], waits: list[asyncio.Future[None]], reason: str
