@@ -95,7 +95,7 @@ class Runtime:
             statuses=self.statuses,
             ledger=ledger,
             render=RENDERERS[settings.log_format],
-            on_accept=self.metrics.accepted.inc,
+            on_accept=self.metrics.count_accepted,
             ack_timeout=settings.ack_timeout,
         )
 

@@ -6,8 +6,10 @@ import asyncio
 from pathlib import Path
 
 import httpx
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.metrics import DirectMetrics, Tallies
 from tests.conftest import make_settings, running
 from tests.support.server import (
     free_port,
@@ -125,3 +127,32 @@ async def test_metrics_add_up_across_workers(tmp_path: Path) -> None:
         samples = await scrape(client)
     assert len(pids) == 2, "both workers served requests"
     assert value(samples, "notify_notifications_accepted_total") == 300
+
+
+def test_tallies_expose_what_prometheus_client_objects_do() -> None:
+    """The single-process fast path (plain numbers, a collector) and prometheus-client's own
+    Counter and Histogram give the same samples for the same requests, bucket edges included."""
+    requests = [
+        ("/send-notification/{email}", "POST", 200, 0.0004),
+        ("/send-notification/{email}", "POST", 200, 0.0005),  # exactly on a bucket's bound
+        ("/send-notification/{email}", "POST", 422, 0.003),
+        ("/send-notification/{email}", "POST", 200, 0.25),
+        ("/readyz", "GET", 503, 2.0),  # above every bound: +Inf only
+    ]
+    fast, slow = CollectorRegistry(), CollectorRegistry()
+    tallies, direct = Tallies(), DirectMetrics(slow)
+    fast.register(tallies)
+    for request in requests:
+        tallies.observe_http(*request)
+        direct.observe_http(*request)
+    for _ in range(3):
+        tallies.count_accepted()
+        direct.count_accepted()
+
+    def comparable(registry: CollectorRegistry) -> Samples:
+        samples = parse(generate_latest(registry).decode())
+        # _created holds the time each series began: compare that it is there, not its value
+        return {key: 0.0 if key[0].endswith("_created") else v for key, v in samples.items()}
+
+    assert comparable(fast) == comparable(slow)
+    assert value(comparable(fast), "notify_notifications_accepted_total") == 3
