@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 from fastapi import Response
@@ -14,6 +14,8 @@ from service.deps import CoroutineTask
 from service.records import Record, notification_renderer, render_jsonl, render_text
 from service.routers.notifications import _Acknowledgement
 from service.schemas import ACKNOWLEDGEMENT
+from service.services.deadlines import Deadlines, wait_all
+from service.sinks.base import SinkUnavailable
 
 
 def test_the_acknowledgement_is_the_response_starlette_would_build() -> None:
@@ -74,3 +76,55 @@ def test_a_notification_renders_as_its_record_would(
         assert fast_fields == slow_fields
     else:
         assert fast == render(record)
+
+
+async def _outcome(awaitable: Awaitable[object]) -> str:
+    try:
+        await awaitable
+    except asyncio.CancelledError:
+        return "cancelled"
+    except Exception as exc:
+        return repr(exc)
+    return "done"
+
+
+@pytest.mark.parametrize("outcome", ["result", "exception", "cancelled"])
+async def test_waiting_for_one_future_is_what_gather_gives(outcome: str) -> None:
+    loop = asyncio.get_running_loop()
+    results = []
+    for wait in (lambda f: wait_all([f]), lambda f: asyncio.gather(f)):
+        future: asyncio.Future[None] = loop.create_future()
+        waiting = asyncio.ensure_future(_outcome(wait(future)))
+        await asyncio.sleep(0)
+        if outcome == "result":
+            future.set_result(None)
+        elif outcome == "exception":
+            future.set_exception(SinkUnavailable("no"))
+        else:
+            future.cancel()
+        results.append(await waiting)
+    assert results[0] == results[1]
+
+
+async def test_deadlines_cancel_what_is_late_as_a_timeout_would() -> None:
+    """Each future is cancelled ``timeout`` s after it was added unless done; the one timer
+    is armed again for later additions, after firing with and without futures left."""
+    loop = asyncio.get_running_loop()
+    deadlines = Deadlines(0.05)
+    on_time: asyncio.Future[None] = loop.create_future()
+    late: asyncio.Future[None] = loop.create_future()
+    deadlines.add([on_time, late])
+    await asyncio.sleep(0.02)
+    later: asyncio.Future[None] = loop.create_future()
+    deadlines.add([later])
+    on_time.set_result(None)
+    await asyncio.sleep(0.045)
+    assert on_time.result() is None
+    assert late.cancelled()
+    assert not later.done()  # its own deadline is 0.02 s after theirs
+    await asyncio.sleep(0.03)
+    assert later.cancelled()
+    again: asyncio.Future[None] = loop.create_future()
+    deadlines.add([again])
+    await asyncio.sleep(0.07)
+    assert again.cancelled()

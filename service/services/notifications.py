@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 from service.ids import new_id
 from service.records import Entry, Record, notification_renderer, render_text
+from service.services.deadlines import Deadlines, wait_all
 from service.sinks.base import Sink, SinkUnavailable
 from service.status import Fingerprint, Ledger, NotificationStatus, StatusStore
 
@@ -51,6 +52,7 @@ class NotificationService:
         self._render = render
         self._render_notification = notification_renderer(render)
         self._ack_timeout = ack_timeout
+        self._deadlines = Deadlines(ack_timeout)
 
     async def accept(
         self, *, query: bool, key: str | None = None, fingerprint: Fingerprint = ("", "", None)
@@ -112,16 +114,19 @@ class NotificationService:
             await self.log_query(q, waits[-1])
         waits.append(loop.create_future())
         await self.notify(email, message, notification_id, waits[-1])
+        self._deadlines.add(waits)  # cancels them (the writer then leaves their lines out)
         try:
-            async with asyncio.timeout(self._ack_timeout):
-                await asyncio.gather(*waits)
-        except TimeoutError:
+            await wait_all(waits)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # this request was cancelled
+                for wait in waits:
+                    wait.cancel()
+                raise
             reason = (
                 f"the log did not confirm the write within {self._ack_timeout:g} s; the lines "
                 "are withdrawn and will not be written, unless their write had already begun"
             )
-            for wait in waits:  # the writer leaves out lines whose futures are cancelled
-                wait.cancel()
             self._statuses.withdrawn(notification_id, reason)
             raise SinkUnavailable(reason) from None
 
