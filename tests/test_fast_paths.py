@@ -128,3 +128,17 @@ async def test_deadlines_cancel_what_is_late_as_a_timeout_would() -> None:
     deadlines.add([again])
     await asyncio.sleep(0.07)
     assert again.cancelled()
+
+
+async def test_deadlines_keep_only_waits_still_in_flight() -> None:
+    """Waits that finished in time are dropped as new ones come, not kept for the timeout."""
+    loop = asyncio.get_running_loop()
+    deadlines = Deadlines(timeout=60)
+    for _ in range(1000):
+        finished = loop.create_future()
+        deadlines.add([finished])
+        finished.set_result(None)
+    waiting = loop.create_future()
+    deadlines.add([waiting])
+    assert len(deadlines) == 1
+    assert not waiting.cancelled()
