@@ -19,6 +19,11 @@ class _RandomPool:
     def __init__(self) -> None:
         self._bytes = b""
         self._offset = 0
+        # A process forked from this one must not hand out the ids left in our pool.
+        os.register_at_fork(after_in_child=self._empty)
+
+    def _empty(self) -> None:
+        self._bytes, self._offset = b"", 0
 
     def new_id(self) -> str:
         """A new random UUID (version 4), as its canonical 36-character string."""

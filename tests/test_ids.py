@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections import Counter
 
@@ -30,3 +31,22 @@ def test_ids_are_distinct_and_random_in_every_free_digit() -> None:
             assert set(digits) == set("89ab")
         else:
             assert len(digits) == 16, position
+
+
+def test_a_forked_process_does_not_repeat_the_parents_ids() -> None:
+    """After ``fork`` the child draws new random bytes instead of its copy of the pool."""
+    new_id()  # the pool now holds bytes for many more ids
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: send its next ids and leave at once
+        os.write(write_end, "".join(new_id() for _ in range(10)).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as child_output:
+        child = child_output.read()
+    os.waitpid(pid, 0)
+    parent = "".join(new_id() for _ in range(10))
+    assert len(child) == len(parent) == 360
+    assert {child[i : i + 36] for i in range(0, 360, 36)}.isdisjoint(
+        {parent[i : i + 36] for i in range(0, 360, 36)}
+    )
