@@ -204,6 +204,39 @@ async def test_redis_down_gets_503_and_the_service_recovers_by_itself(tmp_path: 
     )
 
 
+async def test_api_and_worker_start_without_redis_and_serve_once_it_comes(tmp_path: Path) -> None:
+    """Redis not there at start: the API and a worker start anyway, the API refuses with 503
+    and is not ready; Redis started: both carry on by themselves and what the API accepts is
+    written."""
+    redis = RedisServer(tmp_path / "redis")  # a free port, nothing listening yet
+    try:
+        settings = _backend(redis.url)
+        async with (
+            uvicorn_server(tmp_path, settings) as api,
+            running_worker(tmp_path, settings) as worker,
+            http_client(api.url) as client,
+        ):
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503
+            assert "redis stream notifications" in ready.json()["reasons"][0]
+            refused = await client.post("/send-notification/early@example.com")
+            assert refused.status_code == 503
+            assert "redis" in refused.json()["detail"]
+            redis.start()
+            async with asyncio.timeout(15):
+                while True:
+                    if (await client.get("/readyz")).status_code == 200:
+                        break
+                    await asyncio.sleep(0.1)
+            accepted = await client.post("/send-notification/later@example.com")
+            assert accepted.status_code == 200
+            lines = await _wait_for_lines(tmp_path / "log.txt", 1, within=10)
+            assert "Traceback" not in worker.output()
+    finally:
+        redis.stop()
+    assert lines == ["notification for later@example.com: some notification"]
+
+
 async def _pending_records(redis: aioredis.Redis) -> tuple[str, set[str]]:
     """The one consumer holding messages, and the ids of the lines in those messages."""
     consumers = await redis.xinfo_consumers(STREAM, GROUP)
