@@ -49,6 +49,20 @@ async def _wait_for_lines(path: Path, count: int, *, within: float) -> list[str]
     return lines
 
 
+async def _until_ready(client: httpx.AsyncClient) -> None:
+    """Return once ``/readyz`` answers 200; fails after 15 s."""
+    async with asyncio.timeout(15):
+        while True:
+            if (await client.get("/readyz")).status_code == 200:
+                return
+            await asyncio.sleep(0.1)
+
+
+def _assert_not_ready_for_redis(ready: httpx.Response) -> None:
+    assert ready.status_code == 503
+    assert "redis stream notifications" in ready.json()["reasons"][0]
+
+
 async def _wait_for_status(
     client: httpx.AsyncClient, notification_id: str, status: str
 ) -> dict[str, object]:
@@ -181,15 +195,9 @@ async def test_redis_down_gets_503_and_the_service_recovers_by_itself(tmp_path: 
             assert refused.status_code == 503
             assert "redis" in refused.json()["detail"]
             assert refused.headers["retry-after"] == "1"
-            ready = await client.get("/readyz")
-            assert ready.status_code == 503
-            assert "redis stream notifications" in ready.json()["reasons"][0]
+            _assert_not_ready_for_redis(await client.get("/readyz"))
             redis.start()
-            async with asyncio.timeout(15):
-                while True:
-                    if (await client.get("/readyz")).status_code == 200:
-                        break
-                    await asyncio.sleep(0.1)
+            await _until_ready(client)
             after = await client.post("/send-notification/after@example.com")
             assert after.status_code == 200
             lines = await _wait_for_lines(tmp_path / "log.txt", 4 + len(held), within=15)
@@ -216,18 +224,12 @@ async def test_api_and_worker_start_without_redis_and_serve_once_it_comes(tmp_pa
             running_worker(tmp_path, settings) as worker,
             http_client(api.url) as client,
         ):
-            ready = await client.get("/readyz")
-            assert ready.status_code == 503
-            assert "redis stream notifications" in ready.json()["reasons"][0]
+            _assert_not_ready_for_redis(await client.get("/readyz"))
             refused = await client.post("/send-notification/early@example.com")
             assert refused.status_code == 503
             assert "redis" in refused.json()["detail"]
             redis.start()
-            async with asyncio.timeout(15):
-                while True:
-                    if (await client.get("/readyz")).status_code == 200:
-                        break
-                    await asyncio.sleep(0.1)
+            await _until_ready(client)
             accepted = await client.post("/send-notification/later@example.com")
             assert accepted.status_code == 200
             lines = await _wait_for_lines(tmp_path / "log.txt", 1, within=10)
