@@ -143,11 +143,8 @@ class NotificationBroker(RedisStreamBroker):
         fetched: Any = await redis.xreadgroup(
             GROUP, self.consumer_name, {self.queue_name: ">"}, block=self.block, count=self.count
         )
-        return [
-            self._message(stream, message_id, fields)
-            for stream, messages in fetched or []
-            for message_id, fields in messages
-        ]
+        entries = [entry for _, stream_entries in fetched or [] for entry in stream_entries]
+        return await self._messages(redis, entries)
 
     async def _reclaim(self, redis: Redis) -> list[AckableMessage]:
         claimed: Any = await redis.xautoclaim(
@@ -157,21 +154,33 @@ class NotificationBroker(RedisStreamBroker):
             min_idle_time=self.idle_timeout,
             count=self.unacknowledged_batch_size,
         )
-        messages = [
-            self._message(self.queue_name, message_id, fields)
-            for message_id, fields in claimed[1]
-            if fields  # an entry deleted while pending comes back empty
-        ]
+        # An entry deleted while pending comes back without fields: nothing to deliver.
+        messages = await self._messages(redis, [entry for entry in claimed[1] if entry[1]])
         if messages:
             logger.warning(
                 "redis: took over %d batches another worker did not finish", len(messages)
             )
         return messages
 
-    def _message(self, stream: Any, message_id: Any, fields: Any) -> AckableMessage:
-        return AckableMessage(
-            data=fields[b"data"], ack=self._ack_generator(id=message_id, queue_name=stream)
-        )
+    async def _messages(self, redis: Redis, entries: list[Any]) -> list[AckableMessage]:
+        """The stream entries as taskiq messages. An entry that is not one (no ``data`` field:
+        something else wrote to the stream) is dropped at once, so it cannot block the stream
+        or stop the worker; what it held is not logged."""
+        messages, foreign = [], []
+        for message_id, fields in entries:
+            data = fields.get(b"data") if fields else None
+            if data is None:
+                foreign.append(message_id)
+                continue
+            ack = self._ack_generator(id=message_id, queue_name=self.queue_name)
+            messages.append(AckableMessage(data=data, ack=ack))
+        if foreign:
+            logger.error("redis: dropped %d stream entries that are not batches", len(foreign))
+            async with redis.pipeline(transaction=True) as pipe:
+                pipe.xack(self.queue_name, GROUP, *foreign)
+                pipe.xdel(self.queue_name, *foreign)
+                await pipe.execute()
+        return messages
 
 
 class RedisPublisher:

@@ -190,3 +190,23 @@ async def test_reclaim_runs_on_a_timer_on_a_quiet_stream(
     await reclaimed.aclose()
     await first.shutdown()
     await second.shutdown()
+
+
+async def test_an_entry_that_is_not_a_batch_is_dropped_not_delivered(
+    tmp_path: Path, redis_url: str, redis: aioredis.Redis
+) -> None:
+    """Something else wrote to the stream: its entry is removed, the worker goes on."""
+    broker = _broker(redis_url, tmp_path, "only")
+    await broker.startup()
+    await redis.xadd("notifications", {"not-data": "notification for x@example.com: forged\n"})
+    publisher = RedisPublisher(broker, _ledger(redis).queued)
+    await publisher.publish("batch-1", [parse_wire_record(record) for record in _batch("real")])
+    messages = broker.listen()
+    delivered = await _next(messages, within=5)
+    assert b"real@example.com" in delivered.data
+    acknowledged = delivered.ack()
+    assert acknowledged is not None
+    await acknowledged
+    assert await redis.xlen("notifications") == 0
+    await messages.aclose()
+    await broker.shutdown()
