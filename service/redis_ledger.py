@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -35,6 +36,8 @@ from service.status import (
 )
 
 __all__ = ["RedisLedger"]
+
+logger = logging.getLogger("service.redis_ledger")
 
 _CLAIM_TRIES = 3
 
@@ -109,8 +112,13 @@ class RedisLedger:
             held = await self._redis.get(name)
             if held is not None and _text(held).endswith(f" {notification_id}"):
                 await self._redis.delete(name)
-        except (RedisError, OSError):
-            pass  # it expires; until then a retry with this key gets the withdrawn id
+        except (RedisError, OSError) as exc:
+            # The key then expires with its TTL; until then a retry with it gets the id of the
+            # request that was withdrawn (503) instead of a new one.
+            logger.warning(
+                "redis: cannot free an Idempotency-Key (%s); it is freed when it expires",
+                describe_redis_error(exc),
+            )
 
     async def status(self, notification_id: str) -> NotificationStatus | None:
         with _unavailable_on_error():
