@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from bench.loadgen import parse_head
+from bench.process import spawn
 
 __all__ = [
     "HOST",
@@ -186,6 +187,22 @@ async def _stop(process: asyncio.subprocess.Process, grace: float) -> None:
             await process.wait()
 
 
+async def _start(
+    command: Sequence[str], *, cwd: Path, env: Mapping[str, str], output_path: Path
+) -> asyncio.subprocess.Process:
+    """Start ``command`` in its own session (process group), stdout and stderr to one file."""
+    with _open_output(output_path) as output:
+        return await asyncio.create_subprocess_exec(
+            *command,
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 @contextlib.asynccontextmanager
 async def running_server(
     command: Sequence[str],
@@ -203,16 +220,7 @@ async def running_server(
     does not get ready. A test may signal the server and wait for it to exit itself; whatever
     is still running when the block exits is stopped as ``_stop`` says.
     """
-    with _open_output(output_path) as output:
-        process = await asyncio.create_subprocess_exec(
-            *command,
-            cwd=cwd,
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = await _start(command, cwd=cwd, env=env, output_path=output_path)
     try:
         server = ServerProcess(process=process, url=url, output_path=output_path)
         try:
@@ -274,16 +282,7 @@ async def running_worker(
     it says it is writing; stopped like a server on exit. Its ``url`` is empty."""
     env = service_env({"NOTIFY_LOG_PATH": str(workdir / "log.txt"), **settings})
     output_path = workdir / output_name
-    with _open_output(output_path) as output:
-        process = await asyncio.create_subprocess_exec(
-            *worker_command(),
-            cwd=workdir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = await _start(worker_command(), cwd=workdir, env=env, output_path=output_path)
     try:
         worker = ServerProcess(process=process, url="", output_path=output_path)
         try:
@@ -318,16 +317,7 @@ def run_until_exit(
 
     Raises ``subprocess.TimeoutExpired`` (its ``output`` is what the process printed).
     """
-    with _open_output(output_path) as output:
-        popen = subprocess.Popen(
-            command,
-            cwd=cwd,
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    popen = spawn(command, cwd, env, output_path)
     try:
         returncode = popen.wait(timeout)
     except subprocess.TimeoutExpired as exc:
