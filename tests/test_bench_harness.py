@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,10 +15,10 @@ from bench import servers
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_quick_benchmark_acknowledges_and_logs_exactly_once(tmp_path: Path) -> None:
-    """`python -m bench --quick` exits 0 and every server's log holds each ack exactly once."""
+def _quick_bench(out: Path, *options: str) -> Any:
+    """Run `python -m bench --quick` with ``options``; it must exit 0. Its latest.json."""
     completed = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
+        [sys.executable, "-m", "bench", "--quick", *options, "--out", str(out)],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -25,8 +26,12 @@ def test_quick_benchmark_acknowledges_and_logs_exactly_once(tmp_path: Path) -> N
         check=False,
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
+    return json.loads((out / "latest.json").read_text())
 
-    results = json.loads((tmp_path / "latest.json").read_text())
+
+def test_quick_benchmark_acknowledges_and_logs_exactly_once(tmp_path: Path) -> None:
+    """`python -m bench --quick` exits 0 and every server's log holds each ack exactly once."""
+    results = _quick_bench(tmp_path)
     rows = {row["name"]: row for row in results["servers"]}
     expected = {"bare", "guide"}
     if (REPO_ROOT / "service" / "main.py").is_file():
@@ -42,17 +47,7 @@ def test_quick_benchmark_acknowledges_and_logs_exactly_once(tmp_path: Path) -> N
 def test_quick_redis_row_counts_the_workers_log_and_stops_every_process(tmp_path: Path) -> None:
     """The redis row (API, worker, redis-server per run): the worker's log holds each ack once,
     and the API, the worker and Redis each exit cleanly on SIGTERM."""
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--servers", "redis", "--out", str(tmp_path)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stdout + completed.stderr
-
-    results = json.loads((tmp_path / "latest.json").read_text())
+    results = _quick_bench(tmp_path, "--servers", "redis")
     (row,) = results["servers"]
     assert row["name"] == "redis"
     assert row["acked"] > 0
