@@ -6,7 +6,7 @@ import asyncio
 import gc
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -28,6 +28,7 @@ __all__ = [
     "file_sink_options",
     "one_line_startup_errors",
     "os_error_reason",
+    "start_sinks",
 ]
 
 logger = logging.getLogger("service")
@@ -135,14 +136,7 @@ class Runtime:
 
     @asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
-        started: list[FileSink | QueueSink] = []
-        for sink in self.sinks:
-            try:
-                await sink.start()
-            except (OSError, ValueError) as exc:
-                await asyncio.gather(*(opened.aclose() for opened in started))
-                raise StartupError(_start_failure(sink, exc)) from None
-            started.append(sink)
+        started = await start_sinks(self.sinks)
         logger.info("writing notifications to %s", ", ".join(_describe(sink) for sink in started))
         # Everything built so far lives as long as the process: move it out of the collector's
         # generations so full collections stop re-scanning it (about 60k objects; measured in
@@ -155,6 +149,20 @@ class Runtime:
             if self.settings.backend == "redis":
                 await self.broker.connection_pool.disconnect()
             self.metrics.process_exited()
+
+
+async def start_sinks(sinks: Iterable[FileSink | QueueSink]) -> list[FileSink | QueueSink]:
+    """Start every sink, in order; if one cannot start, close those started and raise
+    ``StartupError`` with the one line naming the file and the reason."""
+    started: list[FileSink | QueueSink] = []
+    for sink in sinks:
+        try:
+            await sink.start()
+        except (OSError, ValueError) as exc:
+            await asyncio.gather(*(opened.aclose() for opened in started))
+            raise StartupError(_start_failure(sink, exc)) from None
+        started.append(sink)
+    return started
 
 
 def _describe(sink: FileSink | QueueSink) -> str:

@@ -30,7 +30,7 @@ from taskiq.cli.worker.run import run_worker
 
 from config import Settings
 from service.broker import TASK_NAME, NotificationBroker, build_broker
-from service.lifespan import StartupError, file_sink_options, os_error_reason
+from service.lifespan import file_sink_options, os_error_reason, start_sinks
 from service.redis_ledger import RedisLedger
 from service.services.delivery import DeliveryService
 from service.sinks.file import FileSink, FileSinks
@@ -67,13 +67,7 @@ class Worker:
         self._stream = settings.redis_stream
 
     async def start(self, state: TaskiqState) -> None:
-        for sink in self.sinks:
-            try:
-                await sink.start()
-            except OSError as exc:
-                await self.sinks.aclose()
-                reason = os_error_reason(exc, sink.path)
-                raise StartupError(f"cannot open log file {sink.path}: {reason}") from None
+        await start_sinks(self.sinks)
         paths = ", ".join(str(sink.path) for sink in self.sinks)
         logger.info("worker writing redis stream %s to %s", self._stream, paths)
 
