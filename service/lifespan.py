@@ -6,7 +6,7 @@ import asyncio
 import gc
 import logging
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -70,6 +70,7 @@ class Runtime:
         self.statuses = statuses = StatusStore(settings.status_max_entries, settings.status_ttl)
         self.metrics = metrics = Metrics(settings.prometheus_multiproc_dir)
         self.sinks: list[FileSink | QueueSink] = []
+        self._closers: list[Callable[[], Awaitable[None]]] = []  # after the sinks, at shutdown
         if settings.backend == "redis":
             self.notifications = self._queue_backend()
             return
@@ -111,7 +112,8 @@ class Runtime:
         from service.redis_ledger import RedisLedger
 
         settings = self.settings
-        self.broker = broker = build_broker(settings)
+        broker = build_broker(settings)
+        self._closers.append(broker.connection_pool.disconnect)
         ledger = RedisLedger(
             broker.redis(),
             settings.redis_stream,
@@ -146,8 +148,8 @@ class Runtime:
             yield
         finally:
             await asyncio.gather(*(sink.aclose() for sink in started))
-            if self.settings.backend == "redis":
-                await self.broker.connection_pool.disconnect()
+            for close in self._closers:
+                await close()
             self.metrics.process_exited()
 
 
