@@ -11,7 +11,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from service.records import Entry
 
@@ -79,38 +79,79 @@ class NotificationStatus:
     error: str | None = None
 
 
+class _Outcome:
+    """What happened to one batch's lines (shared by all of them): written, or failed."""
+
+    __slots__ = ("at", "attempts", "error", "status")
+
+    def __init__(self, status: State, at: float | None, attempts: int, error: str | None) -> None:
+        self.status, self.at, self.attempts, self.error = status, at, attempts, error
+
+
 class StatusStore:
-    """Statuses by id; a sink listener (``written``/``failed``) keeps them current."""
+    """Statuses by id; a sink listener (``written``/``failed``) keeps them current.
+
+    Every request adds one; so ``accepted`` only stores the time, in a two-item list
+    ``[accepted_at, outcome]``. A batch's listener call makes one ``_Outcome`` and points its
+    lines at it, and drops what expired, once per batch rather than once per request. Entries
+    are in acceptance order, which is expiry order: the oldest go first.
+    """
 
     def __init__(self, limit: int, ttl: float, clock: Callable[[], float] = time.time) -> None:
-        self._statuses: _Expiring[str, NotificationStatus] = _Expiring(limit, ttl, clock)
-        self._clock = clock
+        self._items: OrderedDict[str, list[Any]] = OrderedDict()
+        self._limit, self._ttl, self._clock = limit, ttl, clock
 
     def accepted(self, notification_id: str, at: float) -> None:
-        self._statuses.put(notification_id, NotificationStatus(notification_id, "queued", at))
+        items = self._items
+        items[notification_id] = [at, None]
+        if len(items) > self._limit:
+            items.popitem(last=False)
 
     def get(self, notification_id: str) -> NotificationStatus | None:
-        return self._statuses.get(notification_id)
+        item = self._items.get(notification_id)
+        if item is None or item[0] + self._ttl <= self._clock():
+            return None
+        accepted_at, outcome = item
+        if outcome is None:
+            return NotificationStatus(notification_id, "queued", accepted_at)
+        return NotificationStatus(
+            notification_id,
+            outcome.status,
+            accepted_at,
+            outcome.at,
+            outcome.attempts,
+            outcome.error,
+        )
 
     def written(self, entries: Iterable[Entry], attempts: int, seconds: float = 0.0) -> None:
         now = self._clock()
-        for entry in entries:
-            status = self._statuses.get(entry.record_id)
-            if status is not None:
-                status.status, status.written_at = "written", now
-                status.attempts, status.error = attempts, None
+        self._record(entries, _Outcome("written", now, attempts, None))
+        self._expire(now)
 
     def failed(self, entries: Iterable[Entry], error: str, attempts: int) -> None:
-        for entry in entries:
-            status = self._statuses.get(entry.record_id)
-            if status is not None:
-                status.status, status.attempts, status.error = "failed", attempts, error
+        self._record(entries, _Outcome("failed", None, attempts, error))
 
     def withdrawn(self, notification_id: str, reason: str) -> None:
         """Its request gave up waiting for the write (ack=write): it is not being written."""
-        status = self._statuses.get(notification_id)
-        if status is not None:
-            status.status, status.error = "failed", reason
+        item = self._items.get(notification_id)
+        if item is not None:
+            attempts = item[1].attempts if item[1] is not None else 0
+            item[1] = _Outcome("failed", None, attempts, reason)
+
+    def _record(self, entries: Iterable[Entry], outcome: _Outcome) -> None:
+        items = self._items
+        for entry in entries:
+            item = items.get(entry.record_id)
+            if item is not None:
+                item[1] = outcome
+
+    def _expire(self, now: float) -> None:
+        items, horizon = self._items, now - self._ttl
+        while items:
+            oldest = next(iter(items.values()))
+            if oldest[0] > horizon:
+                break
+            items.popitem(last=False)
 
 
 class IdempotencyConflict(Exception):

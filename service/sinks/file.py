@@ -570,13 +570,9 @@ def _take(queue: deque[Entry], limit: int) -> list[Entry]:
     return [queue.popleft() for _ in range(limit)]
 
 
-def _withdrawn(entry: Entry) -> bool:
-    """The request waiting for this line gave up (and answered 503)."""
-    return entry.done is not None and entry.done.cancelled()
-
-
 def _live(batch: list[Entry]) -> list[Entry]:
-    return [entry for entry in batch if not _withdrawn(entry)]
+    """``batch`` without the lines whose waiting request gave up (and answered 503)."""
+    return [entry for entry in batch if entry.done is None or not entry.done.cancelled()]
 
 
 def _joined(batch: list[Entry]) -> bytes:
