@@ -65,7 +65,7 @@ async def test_shutdown_stops_at_its_deadline_even_while_writes_succeed(tmp_path
     await sink.start()
     for i in range(50_000):
         sink.admit()
-        await sink.submit(Entry(str(i), f"line {i}\n"))
+        sink.submit(Entry(str(i), f"line {i}\n"))
     started = time.monotonic()
     async with asyncio.timeout(5):
         await sink.aclose()

@@ -53,7 +53,7 @@ async def test_queued_lines_are_written_in_few_large_writes(tmp_path: Path) -> N
     before = write_syscalls()
     for i in range(20_000):
         sink.admit()
-        await sink.submit(Entry(str(i), f"line {i}\n"))
+        sink.submit(Entry(str(i), f"line {i}\n"))
     await sink.aclose()
     writes = write_syscalls() - before
     assert read_lines(tmp_path / "log.txt") == [f"line {i}" for i in range(20_000)]

@@ -79,7 +79,7 @@ class DeliveryService:
         for record_id, kind, line, _ in todo:
             waits.append(loop.create_future())
             self._remember(record_id)
-            await self._sinks[kind].submit(Entry(record_id, line, waits[-1]))
+            self._sinks[kind].submit(Entry(record_id, line, waits[-1]))
         try:
             async with asyncio.timeout(self._timeout):
                 await asyncio.gather(*waits)

@@ -94,12 +94,12 @@ class NotificationService:
     ) -> None:
         """Log ``notification for {email}: {message}`` (admitted by ``accept``)."""
         line = self._render_notification(email, message, notification_id)
-        await self._notifications.submit(Entry(notification_id, line, done))
+        self._notifications.submit(Entry(notification_id, line, done))
 
     async def log_query(self, q: str, done: asyncio.Future[None] | None = None) -> None:
         """Log ``found query: {q}`` (admitted by ``accept``)."""
         record = Record("query", q=q)
-        await self._queries.submit(Entry(record.id, self._render(record), done))
+        self._queries.submit(Entry(record.id, self._render(record), done))
 
     async def notify_written(
         self, email: str, message: str, q: str | None, notification_id: str

@@ -58,8 +58,9 @@ class Sink(Protocol):
     def release(self) -> None:
         """Give back a reservation that will not be used."""
 
-    async def submit(self, entry: Entry) -> None:
-        """Hand over a line admitted earlier; never waits for the line to be written."""
+    def submit(self, entry: Entry) -> None:
+        """Hand over a line admitted earlier. Never waits: ``admit`` already reserved its room,
+        so this only queues it (a plain call, not a coroutine: it runs once per line)."""
 
     async def aclose(self) -> None:
         """Deliver what was accepted (within the sink's deadline) and release resources."""

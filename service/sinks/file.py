@@ -251,7 +251,7 @@ class FileSink:
         """Give back one reservation."""
         self._held -= 1
 
-    async def submit(self, entry: Entry) -> None:
+    def submit(self, entry: Entry) -> None:
         """Queue an admitted ``entry`` for the writer."""
         queue = self._queue
         queue.append(entry)

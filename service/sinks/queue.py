@@ -367,7 +367,7 @@ class _Lane:
     def release(self) -> None:
         self._sink.release()
 
-    async def submit(self, entry: Entry) -> None:
+    def submit(self, entry: Entry) -> None:
         self._sink.put(self._kind, entry)
 
     async def aclose(self) -> None:
