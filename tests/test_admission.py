@@ -36,6 +36,26 @@ async def test_full_buffer_gets_503_with_retry_after(tmp_path: Path) -> None:
     assert any("buffer full" in reason for reason in ready["reasons"])
 
 
+async def test_a_refused_request_with_a_key_frees_the_key(tmp_path: Path) -> None:
+    """With an Idempotency-Key the full buffer gives the same 503, and the key is not kept:
+    the same key with a different request is refused for the buffer again, not 422."""
+    settings = make_settings(
+        tmp_path,
+        log_path=Path("/dev/full"),
+        spool_path=tmp_path / "spool",
+        queue_size=1,
+        shutdown_timeout=0.2,
+    )
+    async with running(settings) as client:
+        assert (await client.post("/send-notification/a@example.com")).status_code == 200
+        key = {"Idempotency-Key": "order-7"}
+        refused = await client.post("/send-notification/b@example.com", headers=key)
+        other = await client.post("/send-notification/c@example.com", headers=key)
+    for response in (refused, other):
+        assert response.status_code == 503
+        assert "buffer of log file /dev/full is full" in response.json()["detail"]
+
+
 async def test_refused_query_line_releases_the_notification_reservation(tmp_path: Path) -> None:
     """If only the query log is full, the request is refused and holds no room in the other."""
     # A query log whose pipe is full takes nothing (and its spool stays under tmp_path).

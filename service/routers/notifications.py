@@ -141,22 +141,26 @@ def build_router(service: NotificationService, settings: Settings) -> APIRouter:
         message = await body_reader.message(request)
         key = idempotency_key(request.headers)
         # SinkUnavailable -> 503 and IdempotencyConflict -> 422, raised before any task runs.
-        accepted = await service.accept(
-            query=q is not None, key=key, fingerprint=(email, message, q)
-        )
-        if not accepted.new:  # a replay: same answer, and none of the tasks scheduled above
-            return _Acknowledgement(accepted.id, background=NoTasks())
+        if key is None:
+            notification_id = service.accept_unkeyed(query=q is not None)
+        else:
+            accepted = await service.accept(
+                query=q is not None, key=key, fingerprint=(email, message, q)
+            )
+            if not accepted.new:  # a replay: same answer, and none of the tasks scheduled above
+                return _Acknowledgement(accepted.id, background=NoTasks())
+            notification_id = accepted.id
         if in_background:
             background_tasks.tasks.append(
-                CoroutineTask(service.notify, email, message, accepted.id)
+                CoroutineTask(service.notify, email, message, notification_id)
             )
         else:
             try:
-                await service.notify_written(email, message, q, accepted.id)
+                await service.notify_written(email, message, q, notification_id)
             except Exception:
-                await service.forget(key, accepted.id)
+                await service.forget(key, notification_id)
                 raise
-        return _Acknowledgement(accepted.id)
+        return _Acknowledgement(notification_id)
 
     @router.get(
         "/notifications/{notification_id}",

@@ -63,19 +63,31 @@ class NotificationService:
         and the first id is returned; for another fingerprint ``IdempotencyConflict`` is raised.
         Raises ``SinkUnavailable`` when a sink (or the ledger) cannot take the request.
         """
+        if key is None:
+            return Acceptance(self.accept_unkeyed(query=query), new=True)
         notification_id = new_id()
-        if key is not None:
-            known = await self._ledger.claim(key, fingerprint, notification_id)
-            if known is not None:
-                return Acceptance(known, new=False)
+        known = await self._ledger.claim(key, fingerprint, notification_id)
+        if known is not None:
+            return Acceptance(known, new=False)
         try:
-            self._admit(query=query)
+            self._admit(query)
         except SinkUnavailable:
             await self.forget(key, notification_id)
             raise
+        self._accepted(notification_id)
+        return Acceptance(notification_id, new=True)
+
+    def accept_unkeyed(self, *, query: bool) -> str:
+        """``accept`` for a request without an Idempotency-Key, which never waits for the
+        ledger: the new id, or ``SinkUnavailable``. A plain call, for the common case."""
+        notification_id = new_id()
+        self._admit(query)
+        self._accepted(notification_id)
+        return notification_id
+
+    def _accepted(self, notification_id: str) -> None:
         self._statuses.accepted(notification_id, time.time())
         self._on_accept()
-        return Acceptance(notification_id, new=True)
 
     async def forget(self, key: str | None, notification_id: str) -> None:
         """Let a key be used again (its request was not acknowledged after all)."""
@@ -130,7 +142,7 @@ class NotificationService:
             self._statuses.withdrawn(notification_id, reason)
             raise SinkUnavailable(reason) from None
 
-    def _admit(self, *, query: bool) -> None:
+    def _admit(self, query: bool) -> None:
         self._notifications.admit()
         if query:
             try:
