@@ -6,6 +6,8 @@ import asyncio
 import time
 from pathlib import Path
 
+import pytest
+
 from service.records import Entry
 from service.sinks.file import FileSink, FileSinkOptions
 from tests.conftest import make_settings, read_lines, running
@@ -93,3 +95,38 @@ async def test_shutdown_stops_at_its_deadline_even_while_writes_succeed(tmp_path
     written = read_lines(tmp_path / "log.txt")
     assert 0 < len(written) < 50_000
     assert written == [f"line {i}" for i in range(len(written))]
+
+
+async def test_withdrawn_lines_do_not_count_as_recovery(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ack=write on /dev/full: once the waiting request gave up and its lines were withdrawn,
+    the log is still failing and nothing says "writing again". After a retry delay the sink
+    takes lines again to try the file (readiness 200): the next request gets its 503 after the
+    ack timeout, and the one after it is refused at once."""
+    settings = make_settings(
+        tmp_path,
+        log_path=Path("/dev/full"),
+        spool_path=tmp_path / "spool",
+        ack="write",
+        ack_timeout=0.3,
+        retry_initial=0.05,
+        retry_max=1.0,
+        shutdown_timeout=0.2,
+    )
+    async with running(settings) as client:
+        first = await client.post("/send-notification/a@example.com")
+        refused_at_once = await client.post("/send-notification/b@example.com")
+        await wait_for_readiness(client, 200)  # every line withdrawn, and the retry delay over
+        started = time.monotonic()
+        probe = await client.post("/send-notification/c@example.com")
+        probe_s = time.monotonic() - started
+        refused_again = await client.post("/send-notification/d@example.com")
+    assert "did not confirm the write" in first.json()["detail"]
+    assert "writing again" not in caplog.text
+    assert probe.status_code == 503
+    assert probe_s >= 0.25
+    assert "did not confirm the write" in probe.json()["detail"]
+    for refused in (refused_at_once, refused_again):
+        assert refused.status_code == 503
+        assert refused.json()["detail"].startswith("not accepted: ")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import random
 import select
@@ -209,6 +210,8 @@ class FileSink:
         self._capacity = options.queue_size
         self._error: str | None = None
         self._failing_since = 0.0
+        self._probe_after = math.inf
+        """While failing, when a request may be admitted again to try the file (see _write)."""
         self._abandon = asyncio.Event()
         self._unwritten = b""
         self._writing = False
@@ -243,7 +246,7 @@ class FileSink:
             raise SinkFull(
                 f"the buffer of log file {self.path} is full ({self._capacity} lines waiting)"
             )
-        if self._error is not None and self._options.refuse_while_failing:
+        if self._error is not None and self._options.refuse_while_failing and not self._probing():
             raise SinkUnavailable(f"log file {self.path}: writes failing: {self._error}")
         self._held += 1
 
@@ -271,8 +274,13 @@ class FileSink:
             open=self._handle is not None,
             queued=self._held,
             capacity=self._capacity,
-            error=self._error,
+            error=None if self._probing() else self._error,
         )
+
+    def _probing(self) -> bool:
+        """Failing, but with nothing left to retry (every line was withdrawn) and the retry
+        delay over: lines are taken again, and the next write tries the file (half-open)."""
+        return time.monotonic() >= self._probe_after
 
     async def aclose(self) -> None:
         """Write what is queued, for at most the drain timeout; spool the rest; close."""
@@ -358,7 +366,7 @@ class FileSink:
             else:
                 self._held -= len(batch)
                 await self._after_write(batch)
-                if self._listener is not None:
+                if kept and self._listener is not None:
                     self._listener.written(kept, attempts, time.perf_counter() - started)
             finally:
                 self._writing = False
@@ -436,6 +444,7 @@ class FileSink:
                     raise BlockingIOError(11, "the reader of this pipe is not keeping up")
             except OSError as exc:
                 self._unwritten = data
+                self._probe_after = math.inf
                 await self._close_handle()
                 self._record_failure(exc)
                 attempt += 1
@@ -453,7 +462,13 @@ class FileSink:
             with contextlib.suppress(OSError):
                 self._handle = await self._open()
         self._unwritten = b""
-        self._record_recovery(lines)
+        if begun:
+            self._record_recovery(lines)
+        elif attempt:
+            # Every line was withdrawn, none written: the file is still failing as far as we
+            # know, and nothing is left to retry with. After one more retry delay new lines are
+            # taken again to try it (_probing); until then they are refused at once.
+            self._probe_after = time.monotonic() + self._options.retry.delay(attempt)
         return attempt + 1, batch or []
 
     async def _verify(self) -> bytes:
