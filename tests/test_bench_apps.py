@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
+
+import httpx
 
 from bench.apps.same_signature import app as same_signature
 from bench.writer import run_writer_bench
 from service.main import create_app
-from tests.conftest import make_settings
+from tests.conftest import make_settings, running
 
 
 def test_same_signature_documents_the_services_operation(tmp_path: Path) -> None:
@@ -26,3 +29,21 @@ def test_writer_benchmark_writes_every_line_both_ways() -> None:
     assert result.lines == 5000
     assert result.sink_lines_per_s > 0
     assert result.plain_lines_per_s > 0
+
+
+async def test_same_signature_answers_as_the_service_does(tmp_path: Path) -> None:
+    """Same status, body and headers (a fresh id each time), through the same HTTP metrics."""
+    transport = httpx.ASGITransport(app=same_signature)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        first = await client.post("/send-notification/a@example.com?q=x")
+        second = await client.post("/send-notification/a@example.com")
+    async with running(make_settings(tmp_path)) as service:
+        served = await service.post("/send-notification/a@example.com?q=x")
+    for response in (first, second):
+        assert response.status_code == served.status_code == 200
+        assert response.content == served.content
+        assert sorted(response.headers) == sorted(served.headers)
+        notification_id = response.headers["x-notification-id"]
+        assert str(uuid.UUID(notification_id)) == notification_id
+        assert response.headers["location"] == f"/notifications/{notification_id}"
+    assert first.headers["x-notification-id"] != second.headers["x-notification-id"]

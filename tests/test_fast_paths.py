@@ -12,7 +12,7 @@ from starlette.background import BackgroundTask, BackgroundTasks
 
 from service.deps import CoroutineTask
 from service.records import Record, notification_renderer, render_jsonl, render_text
-from service.routers.notifications import _Acknowledgement
+from service.routers.notifications import AcknowledgementResponse
 from service.schemas import ACKNOWLEDGEMENT
 from service.services.deadlines import Deadlines, wait_all
 from service.sinks.base import SinkUnavailable
@@ -21,7 +21,7 @@ from service.sinks.base import SinkUnavailable
 def test_the_acknowledgement_is_the_response_starlette_would_build() -> None:
     notification_id = "0f8fad5b-d9cb-469f-a165-70867728950e"
     background = BackgroundTasks()
-    fast = _Acknowledgement(notification_id, background)
+    fast = AcknowledgementResponse(notification_id, background)
     slow = Response(
         ACKNOWLEDGEMENT,
         media_type="application/json",
@@ -38,7 +38,7 @@ def test_the_acknowledgement_is_the_response_starlette_would_build() -> None:
     )
     assert fast.raw_headers == slow.raw_headers
     assert fast.media_type == slow.media_type
-    assert _Acknowledgement(notification_id).background is None
+    assert AcknowledgementResponse(notification_id).background is None
 
 
 def test_a_coroutine_task_is_the_background_task_starlette_would_build() -> None:

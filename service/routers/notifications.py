@@ -25,7 +25,7 @@ from service.schemas import (
 )
 from service.services import NotificationService
 
-__all__ = ["build_router", "post_options", "register_convertors"]
+__all__ = ["AcknowledgementResponse", "build_router", "post_options", "register_convertors"]
 
 _ACK_HEADERS = {
     "Location": {"description": "`/notifications/{id}`", "schema": {"type": "string"}},
@@ -50,7 +50,7 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-class _Acknowledgement(Response):
+class AcknowledgementResponse(Response):
     """The 200 of ``POST``, with ``Location`` and ``X-Notification-Id``.
 
     The same response ``Response(ACKNOWLEDGEMENT, media_type=..., headers={...})`` gives (a
@@ -148,7 +148,7 @@ def build_router(service: NotificationService, settings: Settings) -> APIRouter:
                 query=q is not None, key=key, fingerprint=(email, message, q)
             )
             if not accepted.new:  # a replay: same answer, and none of the tasks scheduled above
-                return _Acknowledgement(accepted.id, background=NoTasks())
+                return AcknowledgementResponse(accepted.id, background=NoTasks())
             notification_id = accepted.id
         if in_background:
             background_tasks.tasks.append(
@@ -160,7 +160,7 @@ def build_router(service: NotificationService, settings: Settings) -> APIRouter:
             except Exception:
                 await service.forget(key, notification_id)
                 raise
-        return _Acknowledgement(notification_id)
+        return AcknowledgementResponse(notification_id)
 
     @router.get(
         "/notifications/{notification_id}",
