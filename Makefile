@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run worker redis redis-server test lint format bench bench-quick clean
+.PHONY: install run worker redis redis-server valgrind test lint format bench bench-quick bench-cg clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,18 @@ bench: $(STAMP) redis-server
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench --quick
+
+# Instructions per request under callgrind: slow (about a minute a server), but the same on
+# every run, unlike wall-clock on a shared VM. Installs Debian's valgrind when it is missing.
+valgrind:
+	@command -v valgrind >/dev/null 2>&1 || { \
+	  echo "installing valgrind (Debian package) for make bench-cg"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq valgrind >/dev/null; }
+
+bench-cg: $(STAMP) valgrind
+	$(BIN)/python -m bench.callgrind
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .redis-data bench/results/*.tmp

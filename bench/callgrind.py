@@ -1,0 +1,106 @@
+"""``python -m bench.callgrind``: instructions per request, which do not move between runs.
+
+Wall-clock ratios on a shared 2-vCPU VM move by ±10 % from run to run, too much to see a 3 %
+change. This runs each server under valgrind's callgrind instead: warm up, zero the counters,
+send ``--requests`` requests at concurrency 64, dump the counters and divide. The count covers
+every thread of the server (the writer's too) and is the same on every run to within ~0.5 %.
+It is slow (a server under valgrind runs ~50 times slower: about a minute per server) and needs
+``valgrind`` (``apt-get install valgrind``; ``make bench-cg`` installs it when missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.loadgen import run_load
+from bench.paths import REPO_ROOT, RESULTS_DIR
+from bench.process import HOST, ServerProcess, free_port, server_env, spawn
+from bench.servers import ServerSpec, select_servers
+
+DEFAULT_SERVERS = ("bare", "same-signature", "service", "service-ack-write")
+CONCURRENCY = 64
+READY_TIMEOUT_S = 180.0
+"""Python, uvicorn and the app start under valgrind in 20-60 s here."""
+
+
+def total_instructions(dump: str) -> int:
+    """The ``summary:`` (or ``totals:``) count of instructions in a callgrind output file."""
+    for line in dump.splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise ValueError("no summary or totals line: not a callgrind output file")
+
+
+def _control(pid: int, flag: str) -> None:
+    subprocess.run(["callgrind_control", flag, str(pid)], check=True, capture_output=True)
+
+
+def measure(spec: ServerSpec, requests: int, warmup: int, work: Path) -> float:
+    """Instructions per request of ``spec``'s server (not the redis row: one process only)."""
+    port = free_port()
+    run_dir = work / spec.name
+    run_dir.mkdir()
+    command = [
+        *("valgrind", "--tool=callgrind", "--dump-instr=no", "--collect-jumps=no"),
+        f"--callgrind-out-file={run_dir}/callgrind.out.%p",
+        *(sys.executable, "-m", "uvicorn", spec.app),
+        *("--host", HOST, "--port", str(port)),  # uvicorn's defaults, as in make bench
+    ]
+    env = server_env(spec, run_dir, REPO_ROOT)
+    env["PYTHONHASHSEED"] = "0"
+    server = ServerProcess(
+        spec.name, spawn(command, run_dir, env, run_dir / "server.out"), run_dir / "server.out"
+    )
+    server.port = port
+    try:
+        server.wait_ready(READY_TIMEOUT_S)
+        address = (HOST, port)
+        asyncio.run(run_load(address, warmup, CONCURRENCY, 0, "warm"))
+        _control(server.popen.pid, "-z")
+        result = asyncio.run(run_load(address, requests, CONCURRENCY, 0, "measured"))
+        if result.status_counts != {200: requests}:
+            raise RuntimeError(f"{spec.name}: not every request got 200: {result.status_counts}")
+        _control(server.popen.pid, "-d")
+        dumps = sorted(run_dir.glob("callgrind.out.*"), key=lambda p: p.stat().st_mtime)
+        return total_instructions(dumps[-1].read_text()) / requests
+    finally:
+        server.kill()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.callgrind", description=__doc__)
+    parser.add_argument("--servers", default=",".join(DEFAULT_SERVERS))
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        parser.error("valgrind is not installed (`make bench-cg` installs it)")
+    specs = [spec for spec in select_servers(args.servers.split(","), REPO_ROOT) if not spec.redis]
+    counts: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-cg-") as tmp:
+        for spec in specs:
+            counts[spec.name] = measure(spec, args.requests, args.warmup, Path(tmp))
+            print(f"{spec.name:<18} {counts[spec.name]:>10,.0f} instructions/request", flush=True)
+    pairs = [(name, base) for base in ("bare", "same-signature") for name in counts]
+    pairs.append(("service-ack-write", "service"))
+    for name, base in pairs:
+        if name not in (base, "bare") and name in counts and base in counts:
+            # Fewer instructions a request is more requests a second: base / name.
+            print(f"{name} / {base}: {counts[base] / counts[name]:.3f} (by instructions)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {"requests": args.requests, "warmup": args.warmup, "per_request": counts}
+    (args.out / "callgrind.json").write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
