@@ -96,4 +96,4 @@ def test_statuses_are_bounded_and_expire_oldest_first() -> None:
     assert store.get("3") is None
     assert store.get("4") is not None
     store.written(_entries("4"), 1)
-    assert list(store._items) == ["4"]
+    assert list(store._accepted) == ["4"]
