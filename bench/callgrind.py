@@ -15,14 +15,13 @@ import asyncio
 import json
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from bench.loadgen import run_load
 from bench.paths import REPO_ROOT, RESULTS_DIR
-from bench.process import HOST, ServerProcess, free_port, server_env, spawn
+from bench.process import HOST, running_server
 from bench.servers import ServerSpec, select_servers
 
 DEFAULT_SERVERS = ("bare", "same-signature", "service", "service-ack-write")
@@ -45,34 +44,26 @@ def _control(pid: int, flag: str) -> None:
 
 def measure(spec: ServerSpec, requests: int, warmup: int, work: Path) -> float:
     """Instructions per request of ``spec``'s server (not the redis row: one process only)."""
-    port = free_port()
     run_dir = work / spec.name
     run_dir.mkdir()
-    command = [
+    valgrind = [
         *("valgrind", "--tool=callgrind", "--dump-instr=no", "--collect-jumps=no"),
         f"--callgrind-out-file={run_dir}/callgrind.out.%p",
-        *(sys.executable, "-m", "uvicorn", spec.app),
-        *("--host", HOST, "--port", str(port)),  # uvicorn's defaults, as in make bench
     ]
-    env = server_env(spec, run_dir, REPO_ROOT)
-    env["PYTHONHASHSEED"] = "0"
-    server = ServerProcess(
-        spec.name, spawn(command, run_dir, env, run_dir / "server.out"), run_dir / "server.out"
-    )
-    server.port = port
-    try:
+    # uvicorn's defaults, as in make bench; a fixed hash seed so that counts repeat.
+    with running_server(
+        spec, run_dir, REPO_ROOT, wrapper=valgrind, extra_env={"PYTHONHASHSEED": "0"}
+    ) as server:
         server.wait_ready(READY_TIMEOUT_S)
-        address = (HOST, port)
+        address = (HOST, server.port)
         asyncio.run(run_load(address, warmup, CONCURRENCY, 0, "warm"))
         _control(server.popen.pid, "-z")
         result = asyncio.run(run_load(address, requests, CONCURRENCY, 0, "measured"))
         if result.status_counts != {200: requests}:
             raise RuntimeError(f"{spec.name}: not every request got 200: {result.status_counts}")
         _control(server.popen.pid, "-d")
-        dumps = sorted(run_dir.glob("callgrind.out.*"), key=lambda p: p.stat().st_mtime)
-        return total_instructions(dumps[-1].read_text()) / requests
-    finally:
-        server.kill()
+    dumps = sorted(run_dir.glob("callgrind.out.*"), key=lambda p: p.stat().st_mtime)
+    return total_instructions(dumps[-1].read_text()) / requests
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -169,12 +169,20 @@ class ServerProcess(ChildProcess):
 
 @contextmanager
 def running_server(
-    spec: ServerSpec, run_dir: Path, repo_root: Path, redis_url: str = ""
+    spec: ServerSpec,
+    run_dir: Path,
+    repo_root: Path,
+    redis_url: str = "",
+    *,
+    wrapper: Sequence[str] = (),
+    extra_env: Mapping[str, str] | None = None,
 ) -> Iterator[ServerProcess]:
-    """Start ``uvicorn {spec.app}`` in ``run_dir``; it is killed when the block exits."""
+    """Start ``uvicorn {spec.app}`` in ``run_dir`` (under ``wrapper``, a command such as
+    valgrind, when given); it is killed when the block exits."""
     port = free_port()
-    command = [sys.executable, "-m", "uvicorn", spec.app, "--host", HOST, "--port", str(port)]
-    env = server_env(spec, run_dir, repo_root, redis_url)
+    uvicorn = [sys.executable, "-m", "uvicorn", spec.app, "--host", HOST, "--port", str(port)]
+    command = [*wrapper, *uvicorn]
+    env = {**server_env(spec, run_dir, repo_root, redis_url), **(extra_env or {})}
     popen = spawn(command, run_dir, env, run_dir / "server.out")
     server = ServerProcess(spec.name, popen, run_dir / "server.out", port=port)
     try:
