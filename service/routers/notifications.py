@@ -142,9 +142,9 @@ def build_router(service: NotificationService, settings: Settings) -> APIRouter:
         key = idempotency_key(request.headers)
         # SinkUnavailable -> 503 and IdempotencyConflict -> 422, raised before any task runs.
         if key is None:
-            notification_id = service.accept_unkeyed(query=q is not None)
+            notification_id = service.accept(query=q is not None)
         else:
-            accepted = await service.accept(
+            accepted = await service.accept_keyed(
                 query=q is not None, key=key, fingerprint=(email, message, q)
             )
             if not accepted.new:  # a replay: same answer, and none of the tasks scheduled above

@@ -54,40 +54,28 @@ class NotificationService:
         self._ack_timeout = ack_timeout
         self._deadlines = Deadlines(ack_timeout)
 
-    async def accept(
-        self, *, query: bool, key: str | None = None, fingerprint: Fingerprint = ("", "", None)
-    ) -> Acceptance:
-        """Admit one request's lines and give it an id, or raise (nothing held).
+    def accept(self, *, query: bool) -> str:
+        """Admit the lines of a request without an Idempotency-Key and give it a new id, or
+        raise ``SinkUnavailable`` (nothing held). A plain call: nothing here waits."""
+        return self._admit(new_id(), query)
 
-        With an idempotency ``key`` seen before for the same ``fingerprint`` nothing is admitted
-        and the first id is returned; for another fingerprint ``IdempotencyConflict`` is raised.
-        Raises ``SinkUnavailable`` when a sink (or the ledger) cannot take the request.
+    async def accept_keyed(self, *, query: bool, key: str, fingerprint: Fingerprint) -> Acceptance:
+        """``accept`` for a request with an Idempotency-Key, claimed in the ledger first.
+
+        With ``key`` seen before for the same ``fingerprint`` nothing is admitted and the first
+        id is returned; for another fingerprint ``IdempotencyConflict`` is raised. Raises
+        ``SinkUnavailable`` when a sink (or the ledger) cannot take the request.
         """
-        if key is None:
-            return Acceptance(self.accept_unkeyed(query=query), new=True)
         notification_id = new_id()
         known = await self._ledger.claim(key, fingerprint, notification_id)
         if known is not None:
             return Acceptance(known, new=False)
         try:
-            self._admit(query)
+            self._admit(notification_id, query)
         except SinkUnavailable:
-            await self.forget(key, notification_id)
+            await self._ledger.forget(key, notification_id)
             raise
-        self._accepted(notification_id)
         return Acceptance(notification_id, new=True)
-
-    def accept_unkeyed(self, *, query: bool) -> str:
-        """``accept`` for a request without an Idempotency-Key, which never waits for the
-        ledger: the new id, or ``SinkUnavailable``. A plain call, for the common case."""
-        notification_id = new_id()
-        self._admit(query)
-        self._accepted(notification_id)
-        return notification_id
-
-    def _accepted(self, notification_id: str) -> None:
-        self._statuses.accepted(notification_id, time.time())
-        self._on_accept()
 
     async def forget(self, key: str | None, notification_id: str) -> None:
         """Let a key be used again (its request was not acknowledged after all)."""
@@ -142,7 +130,8 @@ class NotificationService:
             self._statuses.withdrawn(notification_id, reason)
             raise SinkUnavailable(reason) from None
 
-    def _admit(self, query: bool) -> None:
+    def _admit(self, notification_id: str, query: bool) -> str:
+        """Reserve the request's lines (all or none) and record it as queued."""
         self._notifications.admit()
         if query:
             try:
@@ -150,3 +139,6 @@ class NotificationService:
             except SinkUnavailable:
                 self._notifications.release()
                 raise
+        self._statuses.accepted(notification_id, time.time())
+        self._on_accept()
+        return notification_id
