@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from config import Settings
 from service.records import Entry
 from service.sinks.file import FileSink, FileSinkOptions
 from tests.conftest import make_settings, read_lines, running
@@ -15,15 +17,20 @@ from tests.support.fifo import full_fifo
 from tests.test_file_sink import wait_for_lines, wait_for_readiness
 
 
-async def test_full_buffer_gets_503_with_retry_after(tmp_path: Path) -> None:
-    """With the buffer full, POST gets 503, ``Retry-After`` and a JSON error naming the cause."""
-    settings = make_settings(
+def _on_dev_full(tmp_path: Path, **overrides: Any) -> Settings:
+    """Settings whose log is ``/dev/full`` (every write fails with ENOSPC)."""
+    return make_settings(
         tmp_path,
         log_path=Path("/dev/full"),
         spool_path=tmp_path / "spool",
-        queue_size=3,
         shutdown_timeout=0.2,
+        **overrides,
     )
+
+
+async def test_full_buffer_gets_503_with_retry_after(tmp_path: Path) -> None:
+    """With the buffer full, POST gets 503, ``Retry-After`` and a JSON error naming the cause."""
+    settings = _on_dev_full(tmp_path, queue_size=3)
     async with running(settings) as client:
         first = await client.post("/send-notification/a@example.com?q=x")  # 2 lines
         second = await client.post("/send-notification/b@example.com")  # 1 line: full
@@ -41,13 +48,7 @@ async def test_full_buffer_gets_503_with_retry_after(tmp_path: Path) -> None:
 async def test_a_refused_request_with_a_key_frees_the_key(tmp_path: Path) -> None:
     """With an Idempotency-Key the full buffer gives the same 503, and the key is not kept:
     the same key with a different request is refused for the buffer again, not 422."""
-    settings = make_settings(
-        tmp_path,
-        log_path=Path("/dev/full"),
-        spool_path=tmp_path / "spool",
-        queue_size=1,
-        shutdown_timeout=0.2,
-    )
+    settings = _on_dev_full(tmp_path, queue_size=1)
     async with running(settings) as client:
         assert (await client.post("/send-notification/a@example.com")).status_code == 200
         key = {"Idempotency-Key": "order-7"}
@@ -104,15 +105,8 @@ async def test_withdrawn_lines_do_not_count_as_recovery(
     the log is still failing and nothing says "writing again". After a retry delay the sink
     takes lines again to try the file (readiness 200): the next request gets its 503 after the
     ack timeout, and the one after it is refused at once."""
-    settings = make_settings(
-        tmp_path,
-        log_path=Path("/dev/full"),
-        spool_path=tmp_path / "spool",
-        ack="write",
-        ack_timeout=0.3,
-        retry_initial=0.05,
-        retry_max=1.0,
-        shutdown_timeout=0.2,
+    settings = _on_dev_full(
+        tmp_path, ack="write", ack_timeout=0.3, retry_initial=0.05, retry_max=1.0
     )
     async with running(settings) as client:
         first = await client.post("/send-notification/a@example.com")
