@@ -33,8 +33,6 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.records import Entry
-
 __all__ = [
     "CONTENT_TYPE",
     "DirectMetrics",
@@ -264,14 +262,14 @@ class SinkMetrics:
     def refresh(self) -> None:
         self._depth.set(self._held())
 
-    def written(self, entries: Sequence[Entry], attempts: int, seconds: float) -> None:
-        self._metrics.written.inc(len(entries))
-        self._metrics.batch_size.observe(len(entries))
+    def written(self, ids: Sequence[str], attempts: int, seconds: float) -> None:
+        self._metrics.written.inc(len(ids))
+        self._metrics.batch_size.observe(len(ids))
         self._metrics.write_seconds.observe(seconds)
         self._up.set(1)
         self.refresh()
 
-    def failed(self, entries: Sequence[Entry], error: str, attempts: int) -> None:
+    def failed(self, ids: Sequence[str], error: str, attempts: int) -> None:
         self._failed.inc()
         self._up.set(0)
         self.refresh()

@@ -6,7 +6,6 @@ sent; the line format escapes them so that one record is always exactly one line
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -18,7 +17,6 @@ from service.ids import new_id
 
 __all__ = [
     "RENDERERS",
-    "Entry",
     "Kind",
     "NotificationRenderer",
     "Record",
@@ -74,19 +72,6 @@ class Record:
     q: str | None = None
     id: str = field(default_factory=new_id)
     accepted_at: float = field(default_factory=time.time)
-
-
-@dataclass(slots=True)  # not frozen, as Record: a frozen __init__ costs 0.3 µs more per line
-class Entry:
-    """A record rendered as one finished line (ending in a newline), ready for a sink.
-    Nothing changes an entry once made.
-
-    ``done``, when given, is resolved once the line is written (for ``NOTIFY_ACK=write``).
-    """
-
-    record_id: str
-    line: str
-    done: asyncio.Future[None] | None = None
 
 
 def render_text(record: Record) -> str:

@@ -13,8 +13,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Generic, Literal, Protocol, TypeVar
 
-from service.records import Entry
-
 __all__ = [
     "Fingerprint",
     "Idempotency",
@@ -127,13 +125,13 @@ class StatusStore:
             outcome.error,
         )
 
-    def written(self, entries: Iterable[Entry], attempts: int, seconds: float = 0.0) -> None:
+    def written(self, ids: Iterable[str], attempts: int, seconds: float = 0.0) -> None:
         now = self._clock()
-        self._record(entries, _Outcome("written", now, attempts, None))
+        self._record(ids, _Outcome("written", now, attempts, None))
         self._expire(now)
 
-    def failed(self, entries: Iterable[Entry], error: str, attempts: int) -> None:
-        self._record(entries, _Outcome("failed", None, attempts, error))
+    def failed(self, ids: Iterable[str], error: str, attempts: int) -> None:
+        self._record(ids, _Outcome("failed", None, attempts, error))
 
     def withdrawn(self, notification_id: str, reason: str) -> None:
         """Its request gave up waiting for the write (ack=write): it is not being written."""
@@ -142,11 +140,11 @@ class StatusStore:
             attempts = earlier.attempts if earlier is not None else 0
             self._outcomes[notification_id] = _Outcome("failed", None, attempts, reason)
 
-    def _record(self, entries: Iterable[Entry], outcome: _Outcome) -> None:
+    def _record(self, ids: Iterable[str], outcome: _Outcome) -> None:
         accepted, outcomes = self._accepted, self._outcomes
-        for entry in entries:
-            if entry.record_id in accepted:
-                outcomes[entry.record_id] = outcome
+        for record_id in ids:
+            if record_id in accepted:
+                outcomes[record_id] = outcome
 
     def _expire(self, now: float) -> None:
         accepted, horizon = self._accepted, now - self._ttl

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from config import Settings
-from service.records import Entry
 from service.sinks.file import FileSink, FileSinkOptions
 from tests.conftest import make_settings, read_lines, running
 from tests.support.fifo import full_fifo
@@ -88,7 +87,7 @@ async def test_shutdown_stops_at_its_deadline_even_while_writes_succeed(tmp_path
     await sink.start()
     for i in range(50_000):
         sink.admit()
-        sink.submit(Entry(str(i), f"line {i}\n"))
+        sink.submit(str(i), f"line {i}\n")
     started = time.monotonic()
     async with asyncio.timeout(5):
         await sink.aclose()

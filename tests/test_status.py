@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-from service.records import Entry
 from service.status import NotificationStatus, StatusStore, _Expiring
 
 
@@ -48,22 +47,18 @@ def test_a_put_at_the_limit_costs_what_one_below_it_does() -> None:
     assert at_limit < 5 * below
 
 
-def _entries(*ids: str) -> list[Entry]:
-    return [Entry(record_id, f"line {record_id}\n") for record_id in ids]
-
-
 def test_a_status_goes_from_queued_to_failed_to_written() -> None:
     now = [100.0]
     store = StatusStore(limit=10, ttl=60.0, clock=lambda: now[0])
     store.accepted("a", 100.0)
     store.accepted("b", 100.0)
     assert store.get("a") == NotificationStatus("a", "queued", 100.0)
-    store.failed(_entries("a"), "[Errno 28] No space left on device", 1)
+    store.failed(["a"], "[Errno 28] No space left on device", 1)
     assert store.get("a") == NotificationStatus(
         "a", "failed", 100.0, None, 1, "[Errno 28] No space left on device"
     )
     now[0] = 101.5
-    store.written(_entries("a", "b", "unknown"), 2)
+    store.written(["a", "b", "unknown"], 2)
     assert store.get("a") == NotificationStatus("a", "written", 100.0, 101.5, 2, None)
     assert store.get("b") == NotificationStatus("b", "written", 100.0, 101.5, 2, None)
     assert store.get("unknown") is None
@@ -75,7 +70,7 @@ def test_a_withdrawn_status_is_failed_with_its_reason_and_attempts() -> None:
     store.withdrawn("a", "gave up")
     assert store.get("a") == NotificationStatus("a", "failed", 0.0, None, 0, "gave up")
     store.accepted("b", 0.0)
-    store.failed(_entries("b"), "EIO", 3)
+    store.failed(["b"], "EIO", 3)
     store.withdrawn("b", "gave up")
     assert store.get("b") == NotificationStatus("b", "failed", 0.0, None, 3, "gave up")
 
@@ -95,5 +90,5 @@ def test_statuses_are_bounded_and_expire_oldest_first() -> None:
     now[0] = 13.0  # "2" and "3" are 10 s old or more: unreadable, and dropped by a batch
     assert store.get("3") is None
     assert store.get("4") is not None
-    store.written(_entries("4"), 1)
+    store.written(["4"], 1)
     assert list(store._accepted) == ["4"]

@@ -17,7 +17,6 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from service.records import Entry
 from service.sinks.base import Sink, SinkUnavailable
 from service.sinks.queue import WireRecord, parse_wire_record
 
@@ -79,7 +78,7 @@ class DeliveryService:
         for record_id, kind, line, _ in todo:
             waits.append(loop.create_future())
             self._remember(record_id)
-            self._sinks[kind].submit(Entry(record_id, line, waits[-1]))
+            self._sinks[kind].submit(record_id, line, waits[-1])
         try:
             async with asyncio.timeout(self._timeout):
                 await asyncio.gather(*waits)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from service.ids import new_id
-from service.records import Entry, Record, notification_renderer, render_text
+from service.records import Record, notification_renderer, render_text
 from service.services.deadlines import Deadlines, wait_all
 from service.sinks.base import Sink, SinkUnavailable
 from service.status import Fingerprint, Ledger, NotificationStatus, StatusStore
@@ -94,12 +94,12 @@ class NotificationService:
     ) -> None:
         """Log ``notification for {email}: {message}`` (admitted by ``accept``)."""
         line = self._render_notification(email, message, notification_id)
-        self._notifications.submit(Entry(notification_id, line, done))
+        self._notifications.submit(notification_id, line, done)
 
     async def log_query(self, q: str, done: asyncio.Future[None] | None = None) -> None:
         """Log ``found query: {q}`` (admitted by ``accept``)."""
         record = Record("query", q=q)
-        self._queries.submit(Entry(record.id, self._render(record), done))
+        self._queries.submit(record.id, self._render(record), done)
 
     async def notify_written(
         self, email: str, message: str, q: str | None, notification_id: str

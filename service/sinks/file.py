@@ -1,11 +1,11 @@
 """The file sink: one writer task per log file, one append per batch, through aiofiles.
 
 ``admit`` reserves room while the request is handled; ``submit`` appends the finished line to a
-deque. The writer task takes everything queued (up to ``batch_size`` lines), joins it into one
+queue. The writer task takes everything queued (up to ``batch_size`` lines), joins it into one
 ``bytes`` and appends it with one write on a handle opened with ``O_APPEND``, so concurrent
 writers (other processes too) never interleave inside a line. The handle is unbuffered: once
 ``write`` returns the bytes are in the operating system and nothing is left in a Python buffer.
-An entry may carry a future, resolved once its batch is written (and fsynced, with
+A line may carry a future, resolved once its batch is written (and fsynced, with
 ``fsync="batch"``): many waiting requests share one write (group commit).
 
 A write that fails is retried with capped exponential backoff and jitter; the batch and the
@@ -30,7 +30,7 @@ import select
 import stat
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -39,7 +39,6 @@ import aiofiles
 import aiofiles.os
 from aiofiles.threadpool.binary import AsyncFileIO
 
-from service.records import Entry
 from service.sinks.base import SinkFull, SinkHealth, SinkListener, SinkUnavailable
 
 __all__ = [
@@ -201,9 +200,9 @@ class FileSink:
         self._options = options = options or FileSinkOptions()
         self._handle: AsyncFileIO | None = None
         self._size = 0
-        # Admission bounds the queue, so the deque itself needs no maxlen. A plain deque costs
-        # far less per line than asyncio.Queue; the writer waits on _wake only when it is empty.
-        self._queue: deque[Entry] = deque()
+        # Admission bounds the queue, so it needs no maxlen. Plain deques cost far less per line
+        # than asyncio.Queue; the writer waits on _wake only when the queue is empty.
+        self._queue = _Pending()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()  # set by the writer each time it has written everything
         self._held = 0  # lines admitted and not yet written: reserved, queued or being written
@@ -254,11 +253,10 @@ class FileSink:
         """Give back one reservation."""
         self._held -= 1
 
-    def submit(self, entry: Entry) -> None:
-        """Queue an admitted ``entry`` for the writer."""
-        queue = self._queue
-        queue.append(entry)
-        if len(queue) == 1:  # it was empty: the writer may be waiting for it
+    def submit(self, record_id: str, line: str, done: asyncio.Future[None] | None = None) -> None:
+        """Queue an admitted ``line`` for the writer."""
+        lines = self._queue.add(record_id, line, done)
+        if lines == 1:  # it was empty: the writer may be waiting for it
             self._wake.set()
 
     @property
@@ -355,25 +353,25 @@ class FileSink:
             self._writing = True  # from here on the batch is ours: never cancel mid-batch
             if delay and len(queue) < batch_size:
                 await asyncio.sleep(delay)
-            batch = _take(queue, batch_size)
-            kept = _live(batch)
+            batch = queue.take(batch_size)
+            kept = batch.live()
             started = time.perf_counter()
             try:
-                attempts, kept = await self._write(_joined(kept), len(kept), kept)
+                attempts, written = await self._write(kept.data(), len(kept), kept)
             except _Abandoned:
-                _fail(batch, "not written by the shutdown deadline; kept in the spool")
+                batch.fail("not written by the shutdown deadline; kept in the spool")
                 return
             else:
                 self._held -= len(batch)
                 await self._after_write(batch)
-                if kept and self._listener is not None:
-                    self._listener.written(kept, attempts, time.perf_counter() - started)
+                if written and self._listener is not None:
+                    self._listener.written(written.ids, attempts, time.perf_counter() - started)
             finally:
                 self._writing = False
             if self._abandon.is_set():  # shutdown's deadline passed: leave the rest to aclose
                 return
 
-    async def _after_write(self, batch: list[Entry]) -> None:
+    async def _after_write(self, batch: _Batch) -> None:
         """Fsync as configured, then tell the waiting requests their lines are written."""
         fsync = self._options.fsync
         now = time.monotonic()
@@ -385,9 +383,7 @@ class FileSink:
                 with contextlib.suppress(OSError):
                     await asyncio.to_thread(os.fsync, handle.fileno())
             self._last_fsync = now
-        for entry in batch:
-            if entry.done is not None and not entry.done.done():
-                entry.done.set_result(None)
+        batch.resolve()
 
     async def _replay_spools(self) -> None:
         """Write the claimed spools to the log, a chunk of whole lines at a time, then delete
@@ -420,21 +416,21 @@ class FileSink:
         return b"".join(parts)
 
     async def _write(
-        self, data: bytes, lines: int, batch: list[Entry] | None = None
-    ) -> tuple[int, list[Entry]]:
+        self, data: bytes, lines: int, batch: _Batch | None = None
+    ) -> tuple[int, _Batch | None]:
         """Append ``data`` completely, retrying failures until it is written or abandoned.
 
         ``data`` is ``batch``'s lines, when given: each failure is reported to the listener,
         and a retry before any byte reached the file leaves out withdrawn lines. Returns how
-        many attempts it took and the entries whose lines were written.
+        many attempts it took and ``batch`` without the lines withdrawn before it was written.
         """
         attempt, begun = 0, False
         while data:
             if attempt and batch is not None and not begun:
                 # Before a retry of a batch not begun: leave out the lines whose requests gave
                 # up waiting (ack=write answered them 503), so a 503 means "not written".
-                batch = _live(batch)
-                data = _joined(batch)
+                batch = batch.live()
+                data = batch.data()
                 if not data:
                     break
             try:
@@ -449,7 +445,7 @@ class FileSink:
                 self._record_failure(exc)
                 attempt += 1
                 if batch is not None and self._listener is not None:
-                    self._listener.failed(batch, self._error or str(exc), attempt)
+                    self._listener.failed(batch.ids, self._error or str(exc), attempt)
                 await self._wait_before_retry(attempt - 1)
                 continue
             begun = True
@@ -469,7 +465,7 @@ class FileSink:
             # know, and nothing is left to retry with. After one more retry delay new lines are
             # taken again to try it (_probing); until then they are refused at once.
             self._probe_after = time.monotonic() + self._options.retry.delay(attempt)
-        return attempt + 1, batch or []
+        return attempt + 1, batch
 
     async def _verify(self) -> bytes:
         """Is the open file still the file at ``path``? Returns what must be written again.
@@ -543,9 +539,9 @@ class FileSink:
         self._error = None
 
     def _drain_queue(self) -> bytes:
-        entries = _take(self._queue, len(self._queue))
-        _fail(entries, "not written by the shutdown deadline; kept in the spool")
-        return _joined(entries)
+        batch = self._queue.take(len(self._queue))
+        batch.fail("not written by the shutdown deadline; kept in the spool")
+        return batch.data()
 
     async def _spool(self, data: bytes) -> None:
         """Keep ``data`` for the next start; if even that fails, put the lines in our log."""
@@ -576,28 +572,87 @@ class FileSink:
         )
 
 
-def _take(queue: deque[Entry], limit: int) -> list[Entry]:
-    """The first ``limit`` entries of ``queue``, removed from it."""
-    if len(queue) <= limit:
-        batch = list(queue)
-        queue.clear()
-        return batch
-    return [queue.popleft() for _ in range(limit)]
+Wait = asyncio.Future[None] | None
 
 
-def _live(batch: list[Entry]) -> list[Entry]:
-    """``batch`` without the lines whose waiting request gave up (and answered 503)."""
-    return [entry for entry in batch if entry.done is None or not entry.done.cancelled()]
+class _Batch:
+    """Lines taken from the queue together, as parallel lists: ``ids[i]``'s line is
+    ``lines[i]``, and ``waits[i]`` is its request's future (``NOTIFY_ACK=write``) or None."""
+
+    __slots__ = ("ids", "lines", "waits")
+
+    def __init__(self, ids: list[str], lines: list[str], waits: list[Wait]) -> None:
+        self.ids, self.lines, self.waits = ids, lines, waits
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def data(self) -> bytes:
+        return "".join(self.lines).encode()
+
+    def live(self) -> _Batch:
+        """This batch without the lines whose waiting request gave up (and answered 503)."""
+        if not any(self.waits):  # nobody waits (NOTIFY_ACK=background): nothing to leave out
+            return self
+        kept = [
+            index for index, wait in enumerate(self.waits) if wait is None or not wait.cancelled()
+        ]
+        return _Batch(
+            [self.ids[index] for index in kept],
+            [self.lines[index] for index in kept],
+            [self.waits[index] for index in kept],
+        )
+
+    def resolve(self) -> None:
+        """Tell the waiting requests that their lines are written."""
+        for wait in _waiting(self.waits):
+            wait.set_result(None)
+
+    def fail(self, reason: str) -> None:
+        """Tell the waiting requests that their lines will not be written now."""
+        for wait in _waiting(self.waits):
+            wait.set_exception(SinkUnavailable(reason))
 
 
-def _joined(batch: list[Entry]) -> bytes:
-    return "".join([entry.line for entry in batch]).encode()
+def _waiting(waits: Iterable[Wait]) -> Iterator[asyncio.Future[None]]:
+    return (wait for wait in waits if wait is not None and not wait.done())
 
 
-def _fail(entries: list[Entry], reason: str) -> None:
-    for entry in entries:
-        if entry.done is not None and not entry.done.done():
-            entry.done.set_exception(SinkUnavailable(reason))
+class _Pending:
+    """The lines waiting for the writer, in order: three deques of plain values rather than
+    one deque of an object per line (see ``Sink.submit`` for why)."""
+
+    __slots__ = ("ids", "lines", "waits")
+
+    def __init__(self) -> None:
+        self.ids: deque[str] = deque()
+        self.lines: deque[str] = deque()
+        self.waits: deque[Wait] = deque()
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def add(self, record_id: str, line: str, done: Wait) -> int:
+        """Append a line; returns how many are waiting now."""
+        self.ids.append(record_id)
+        self.waits.append(done)
+        lines = self.lines
+        lines.append(line)
+        return len(lines)
+
+    def take(self, limit: int) -> _Batch:
+        """The first ``limit`` lines, removed from the queue."""
+        if len(self.lines) <= limit:
+            batch = _Batch(list(self.ids), list(self.lines), list(self.waits))
+            self.ids.clear()
+            self.lines.clear()
+            self.waits.clear()
+            return batch
+        return _Batch(
+            [self.ids.popleft() for _ in range(limit)],
+            [self.lines.popleft() for _ in range(limit)],
+            [self.waits.popleft() for _ in range(limit)],
+        )
 
 
 class FileSinks:

@@ -37,7 +37,7 @@ import aiofiles
 import aiofiles.os
 
 from service.ids import new_id
-from service.records import Entry, Kind
+from service.records import Kind
 from service.sinks.base import Sink, SinkFull, SinkHealth, SinkUnavailable
 from service.sinks.file import RetryPolicy, claim_spools
 
@@ -209,9 +209,9 @@ class QueueSink:
     def release(self) -> None:
         self._held -= 1
 
-    def put(self, kind: Kind, entry: Entry) -> None:
+    def put(self, kind: Kind, record_id: str, line: str, done: asyncio.Future[None] | None) -> None:
         """Queue an admitted line for the sender."""
-        self._queue.append(_Item((entry.record_id, kind, entry.line, time.time()), entry.done))
+        self._queue.append(_Item((record_id, kind, line, time.time()), done))
         self._wake.set()
 
     @property
@@ -367,8 +367,8 @@ class _Lane:
     def release(self) -> None:
         self._sink.release()
 
-    def submit(self, entry: Entry) -> None:
-        self._sink.put(self._kind, entry)
+    def submit(self, record_id: str, line: str, done: asyncio.Future[None] | None = None) -> None:
+        self._sink.put(self._kind, record_id, line, done)
 
     async def aclose(self) -> None:
         """The lifespan closes the sink itself, once."""
