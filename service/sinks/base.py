@@ -11,7 +11,7 @@ __all__ = ["Listeners", "Sink", "SinkFull", "SinkHealth", "SinkListener", "SinkU
 
 
 class SinkUnavailable(Exception):
-    """The sink cannot take the entry now; the request must not be acknowledged."""
+    """The sink cannot take the line now; the request must not be acknowledged."""
 
 
 class SinkFull(SinkUnavailable):

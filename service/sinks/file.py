@@ -184,7 +184,7 @@ class _Abandoned(Exception):
 
 
 class FileSink:
-    """Appends entries to one file; see the module docstring for the guarantees."""
+    """Appends lines to one file; see the module docstring for the guarantees."""
 
     def __init__(
         self,

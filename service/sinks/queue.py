@@ -3,7 +3,7 @@
 The API process holds what it admitted until the queue has taken it. One sender task hands
 everything queued over as one message (up to ``batch_size`` lines, after waiting
 ``batch_delay`` for more), so a busy server makes one round trip per batch, not per request.
-An entry may carry a future, resolved once its batch was taken (``NOTIFY_ACK=write``: many
+A line may carry a future, resolved once its batch was taken (``NOTIFY_ACK=write``: many
 waiting requests share one hand-over).
 
 While the queue cannot be reached, the batch is retried with capped backoff and jitter, the
