@@ -572,7 +572,7 @@ class FileSink:
         )
 
 
-Wait = asyncio.Future[None] | None
+_Wait = asyncio.Future[None] | None
 
 
 class _Batch:
@@ -581,7 +581,7 @@ class _Batch:
 
     __slots__ = ("ids", "lines", "waits")
 
-    def __init__(self, ids: list[str], lines: list[str], waits: list[Wait]) -> None:
+    def __init__(self, ids: list[str], lines: list[str], waits: list[_Wait]) -> None:
         self.ids, self.lines, self.waits = ids, lines, waits
 
     def __len__(self) -> int:
@@ -614,7 +614,7 @@ class _Batch:
             wait.set_exception(SinkUnavailable(reason))
 
 
-def _waiting(waits: Iterable[Wait]) -> Iterator[asyncio.Future[None]]:
+def _waiting(waits: Iterable[_Wait]) -> Iterator[asyncio.Future[None]]:
     return (wait for wait in waits if wait is not None and not wait.done())
 
 
@@ -627,12 +627,12 @@ class _Pending:
     def __init__(self) -> None:
         self.ids: deque[str] = deque()
         self.lines: deque[str] = deque()
-        self.waits: deque[Wait] = deque()
+        self.waits: deque[_Wait] = deque()
 
     def __len__(self) -> int:
         return len(self.lines)
 
-    def add(self, record_id: str, line: str, done: Wait) -> int:
+    def add(self, record_id: str, line: str, done: _Wait) -> int:
         """Append a line; returns how many are waiting now."""
         self.ids.append(record_id)
         self.waits.append(done)
