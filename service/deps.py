@@ -47,12 +47,12 @@ class CoroutineTask(BackgroundTask):
         no_kwargs: Any = {}
         self.func, self.args, self.kwargs = func, arguments, no_kwargs
         self.is_async = True
-        self._start = func
 
     def __call__(self) -> Coroutine[Any, Any, None]:
         """The task's coroutine, for ``BackgroundTasks`` to await (Starlette's ``__call__`` is
         a coroutine that awaits it: one more coroutine per task)."""
-        return self._start(*self.args)
+        start: Callable[..., Coroutine[Any, Any, None]] = self.func
+        return start(*self.args)
 
 
 def query_logger(service: NotificationService, max_length: int, *, schedule: bool) -> QueryLogger:
