@@ -57,7 +57,9 @@ class NotificationService:
     def accept(self, *, query: bool) -> str:
         """Admit the lines of a request without an Idempotency-Key and give it a new id, or
         raise ``SinkUnavailable`` (nothing held). A plain call: nothing here waits."""
-        return self._admit(new_id(), query)
+        notification_id = new_id()
+        self._admit(notification_id, query)
+        return notification_id
 
     async def accept_keyed(self, *, query: bool, key: str, fingerprint: Fingerprint) -> Acceptance:
         """``accept`` for a request with an Idempotency-Key, claimed in the ledger first.
@@ -130,7 +132,7 @@ class NotificationService:
             self._statuses.withdrawn(notification_id, reason)
             raise SinkUnavailable(reason) from None
 
-    def _admit(self, notification_id: str, query: bool) -> str:
+    def _admit(self, notification_id: str, query: bool) -> None:
         """Reserve the request's lines (all or none) and record it as queued."""
         self._notifications.admit()
         if query:
@@ -141,4 +143,3 @@ class NotificationService:
                 raise
         self._statuses.accepted(notification_id, time.time())
         self._on_accept()
-        return notification_id

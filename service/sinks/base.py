@@ -64,8 +64,8 @@ class Sink(Protocol):
         this only queues it (a plain call, not a coroutine: it runs once per line).
 
         Three plain values rather than an object per line: a line outlives its request while
-        it waits for its batch, and an object that does (strings are not tracked by the
-        garbage collector) sets off a collection of the youngest generation every ~50
+        it waits for its batch, and an object per line that the garbage collector tracks
+        (strings it does not) set off a collection of its youngest generation every ~50
         requests under load."""
 
     async def aclose(self) -> None:
