@@ -165,6 +165,18 @@ async def _next(messages: AsyncIterator[AckableMessage], within: float) -> Ackab
         return await anext(messages)
 
 
+async def _publish(broker: NotificationBroker, redis: aioredis.Redis, name: str) -> None:
+    """Publish one batch holding the notification of ``{name}@example.com``."""
+    publisher = RedisPublisher(broker, _ledger(redis).queued)
+    await publisher.publish("batch-1", [parse_wire_record(record) for record in _batch(name)])
+
+
+async def _acknowledge(message: AckableMessage) -> None:
+    acknowledged = message.ack()
+    assert acknowledged is not None
+    await acknowledged
+
+
 async def test_reclaim_runs_on_a_timer_on_a_quiet_stream(
     tmp_path: Path, redis_url: str, redis: aioredis.Redis
 ) -> None:
@@ -172,8 +184,7 @@ async def test_reclaim_runs_on_a_timer_on_a_quiet_stream(
     the idle timeout, with no new message arriving; acknowledging it deletes it."""
     first, second = _broker(redis_url, tmp_path, "first"), _broker(redis_url, tmp_path, "second")
     await first.startup()
-    publisher = RedisPublisher(first, _ledger(redis).queued)
-    await publisher.publish("batch-1", [parse_wire_record(record) for record in _batch("q")])
+    await _publish(first, redis, "q")
     taken = first.listen()
     held = await _next(taken, within=5)
     assert b"q@example.com" in held.data
@@ -181,9 +192,7 @@ async def test_reclaim_runs_on_a_timer_on_a_quiet_stream(
     again = await _next(reclaimed, within=5)
     assert again.data == held.data
     assert await redis.xlen("notifications") == 1
-    acknowledged = again.ack()
-    assert acknowledged is not None
-    await acknowledged
+    await _acknowledge(again)
     assert await redis.xlen("notifications") == 0
     assert (await redis.xpending("notifications", GROUP))["pending"] == 0
     await taken.aclose()
@@ -199,14 +208,11 @@ async def test_an_entry_that_is_not_a_batch_is_dropped_not_delivered(
     broker = _broker(redis_url, tmp_path, "only")
     await broker.startup()
     await redis.xadd("notifications", {"not-data": "notification for x@example.com: forged\n"})
-    publisher = RedisPublisher(broker, _ledger(redis).queued)
-    await publisher.publish("batch-1", [parse_wire_record(record) for record in _batch("real")])
+    await _publish(broker, redis, "real")
     messages = broker.listen()
     delivered = await _next(messages, within=5)
     assert b"real@example.com" in delivered.data
-    acknowledged = delivered.ack()
-    assert acknowledged is not None
-    await acknowledged
+    await _acknowledge(delivered)
     assert await redis.xlen("notifications") == 0
     await messages.aclose()
     await broker.shutdown()
