@@ -49,6 +49,32 @@ async def _wait_for_lines(path: Path, count: int, *, within: float) -> list[str]
     return lines
 
 
+async def _wait_for_every_line(path: Path, expected: set[str], *, within: float) -> None:
+    """Return once the log holds every line of ``expected`` (repeats allowed); fails after
+    ``within`` seconds. A count of lines is not enough once lines can repeat."""
+    missing = expected
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(within):
+            while missing:
+                await asyncio.sleep(0.05)
+                missing = expected.difference(read_lines(path) if path.exists() else [])
+    assert not missing, f"{len(missing)} of {len(expected)} lines missing after {within} s"
+
+
+async def _until_stopped(pid: int) -> None:
+    """Return once every thread of ``pid`` is stopped (SIGSTOP is delivered asynchronously:
+    ``kill`` returns before the process has stopped); fails after 5 s."""
+    async with asyncio.timeout(5):
+        while True:
+            states = []
+            for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+                with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+                    states.append(stat.read_text().rpartition(")")[2].split()[0])
+            if states and all(state in ("T", "t") for state in states):
+                return
+            await asyncio.sleep(0.01)
+
+
 async def _until_ready(client: httpx.AsyncClient) -> None:
     """Return once ``/readyz`` answers 200; fails after 15 s."""
     async with asyncio.timeout(15):
@@ -278,14 +304,18 @@ async def test_a_killed_workers_batches_are_written_by_another_within_10_s(
     ):
         await _wait_for_lines(log, 200, within=20)
         os.killpg(first.pid, signal.SIGSTOP)  # freeze it mid-stream, then kill it there
+        await _until_stopped(first.pid)
         _, in_flight = await _pending_records(redis)
         os.killpg(first.pid, signal.SIGKILL)
         killed_at = time.monotonic()
+        async with asyncio.timeout(5):
+            await first.process.wait()
         written_by_first = Counter(read_lines(log))
         assert 200 <= sum(written_by_first.values()) < 5000
         assert in_flight, "the killed worker held no batch: nothing to redeliver"
+        expected = {f"notification for {email}: some notification" for email in emails}
         async with running_worker(tmp_path, settings, output_name="second.txt") as second:
-            lines = await _wait_for_lines(log, 5000, within=10 - (time.monotonic() - killed_at))
+            await _wait_for_every_line(log, expected, within=10 - (time.monotonic() - killed_at))
             redelivered = time.monotonic() - killed_at
             assert "took over" in second.output()
             async with asyncio.timeout(5):  # acknowledged batches are deleted from the stream
@@ -293,9 +323,8 @@ async def test_a_killed_workers_batches_are_written_by_another_within_10_s(
                     if await redis.xlen(STREAM) == 0:
                         break
                     await asyncio.sleep(0.05)
+            counts = Counter(read_lines(log))  # every batch acknowledged: the log is final
 
-    counts = Counter(lines)
-    expected = {f"notification for {email}: some notification" for email in emails}
     assert set(counts) == expected
     repeated = {line for line, n in counts.items() if n > 1}
     assert all(n == 2 for n in counts.values() if n > 1)
