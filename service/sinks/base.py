@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["Listeners", "Sink", "SinkFull", "SinkHealth", "SinkListener", "SinkUnavailable"]
+__all__ = [
+    "Listeners",
+    "Sink",
+    "SinkFull",
+    "SinkHealth",
+    "SinkListener",
+    "SinkUnavailable",
+    "Wait",
+    "fail_waits",
+    "resolve_waits",
+]
 
 
 class SinkUnavailable(Exception):
@@ -16,6 +26,25 @@ class SinkUnavailable(Exception):
 
 class SinkFull(SinkUnavailable):
     """The sink's bounded buffer is full."""
+
+
+Wait = asyncio.Future[None] | None
+"""What a line's request waits on until the line is written or taken (``NOTIFY_ACK=write``);
+None when nobody waits. A request that gave up cancels it: its line is withdrawn."""
+
+
+def resolve_waits(waits: Iterable[Wait]) -> None:
+    """Tell the requests still waiting that their lines are done."""
+    for wait in waits:
+        if wait is not None and not wait.done():
+            wait.set_result(None)
+
+
+def fail_waits(waits: Iterable[Wait], reason: str) -> None:
+    """Tell the requests still waiting that their lines will not be done now."""
+    for wait in waits:
+        if wait is not None and not wait.done():
+            wait.set_exception(SinkUnavailable(reason))
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +86,7 @@ class Sink(Protocol):
     def release(self) -> None:
         """Give back a reservation that will not be used."""
 
-    def submit(self, record_id: str, line: str, done: asyncio.Future[None] | None = None) -> None:
+    def submit(self, record_id: str, line: str, done: Wait = None) -> None:
         """Hand over ``line`` (one finished line, ending in a newline) of the record
         ``record_id``, admitted earlier; ``done``, when given, is resolved once the line is
         written (``NOTIFY_ACK=write``). Never waits: ``admit`` already reserved its room, so

@@ -30,7 +30,7 @@ import select
 import stat
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -39,7 +39,15 @@ import aiofiles
 import aiofiles.os
 from aiofiles.threadpool.binary import AsyncFileIO
 
-from service.sinks.base import SinkFull, SinkHealth, SinkListener, SinkUnavailable
+from service.sinks.base import (
+    SinkFull,
+    SinkHealth,
+    SinkListener,
+    SinkUnavailable,
+    Wait,
+    fail_waits,
+    resolve_waits,
+)
 
 __all__ = [
     "FileSink",
@@ -253,7 +261,7 @@ class FileSink:
         """Give back one reservation."""
         self._held -= 1
 
-    def submit(self, record_id: str, line: str, done: asyncio.Future[None] | None = None) -> None:
+    def submit(self, record_id: str, line: str, done: Wait = None) -> None:
         """Queue an admitted ``line`` for the writer."""
         lines = self._queue.add(record_id, line, done)
         if lines == 1:  # it was empty: the writer may be waiting for it
@@ -572,16 +580,13 @@ class FileSink:
         )
 
 
-_Wait = asyncio.Future[None] | None
-
-
 class _Batch:
     """Lines taken from the queue together, as parallel lists: ``ids[i]``'s line is
     ``lines[i]``, and ``waits[i]`` is its request's future (``NOTIFY_ACK=write``) or None."""
 
     __slots__ = ("ids", "lines", "waits")
 
-    def __init__(self, ids: list[str], lines: list[str], waits: list[_Wait]) -> None:
+    def __init__(self, ids: list[str], lines: list[str], waits: list[Wait]) -> None:
         self.ids, self.lines, self.waits = ids, lines, waits
 
     def __len__(self) -> int:
@@ -605,17 +610,11 @@ class _Batch:
 
     def resolve(self) -> None:
         """Tell the waiting requests that their lines are written."""
-        for wait in _waiting(self.waits):
-            wait.set_result(None)
+        resolve_waits(self.waits)
 
     def fail(self, reason: str) -> None:
         """Tell the waiting requests that their lines will not be written now."""
-        for wait in _waiting(self.waits):
-            wait.set_exception(SinkUnavailable(reason))
-
-
-def _waiting(waits: Iterable[_Wait]) -> Iterator[asyncio.Future[None]]:
-    return (wait for wait in waits if wait is not None and not wait.done())
+        fail_waits(self.waits, reason)
 
 
 class _Pending:
@@ -627,12 +626,12 @@ class _Pending:
     def __init__(self) -> None:
         self.ids: deque[str] = deque()
         self.lines: deque[str] = deque()
-        self.waits: deque[_Wait] = deque()
+        self.waits: deque[Wait] = deque()
 
     def __len__(self) -> int:
         return len(self.lines)
 
-    def add(self, record_id: str, line: str, done: _Wait) -> int:
+    def add(self, record_id: str, line: str, done: Wait) -> int:
         """Append a line; returns how many are waiting now."""
         self.ids.append(record_id)
         self.waits.append(done)

@@ -38,7 +38,15 @@ import aiofiles.os
 
 from service.ids import new_id
 from service.records import Kind
-from service.sinks.base import Sink, SinkFull, SinkHealth, SinkUnavailable
+from service.sinks.base import (
+    Sink,
+    SinkFull,
+    SinkHealth,
+    SinkUnavailable,
+    Wait,
+    fail_waits,
+    resolve_waits,
+)
 from service.sinks.file import RetryPolicy, claim_spools
 
 __all__ = [
@@ -107,14 +115,54 @@ class QueueSinkOptions:
 
 
 @dataclass(slots=True)
-class _Item:
-    record: WireRecord
-    done: asyncio.Future[None] | None = None
-    replayed: bool = False
+class _HandOver:
+    """Lines taken together for one message: ``waits[i]`` is the wait of ``records[i]``."""
 
-    @property
-    def withdrawn(self) -> bool:
-        return self.done is not None and self.done.cancelled()
+    records: list[WireRecord]
+    waits: list[Wait]
+
+    def live(self) -> _HandOver:
+        """Without the lines whose waiting request gave up (and answered 503)."""
+        kept = [i for i, wait in enumerate(self.waits) if wait is None or not wait.cancelled()]
+        return _HandOver([self.records[i] for i in kept], [self.waits[i] for i in kept])
+
+
+class _Queued:
+    """The lines waiting for the sender, in order: a deque of plain values per field rather
+    than an object per line, which would set off the garbage collector under load (see
+    ``Sink.submit``). A record's tuple is made only when its batch is taken."""
+
+    __slots__ = ("ids", "kinds", "lines", "times", "waits")
+
+    def __init__(self) -> None:
+        self.ids: deque[str] = deque()
+        self.kinds: deque[Kind] = deque()
+        self.lines: deque[str] = deque()
+        self.times: deque[float] = deque()
+        self.waits: deque[Wait] = deque()
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def add(self, record_id: str, kind: Kind, line: str, accepted_at: float, done: Wait) -> None:
+        self.ids.append(record_id)
+        self.kinds.append(kind)
+        self.lines.append(line)
+        self.times.append(accepted_at)
+        self.waits.append(done)
+
+    def take(self, limit: int) -> _HandOver:
+        """Up to ``limit`` lines from the front, removed from the queue."""
+        count = min(limit, len(self.lines))
+        ids, kinds, lines, times = self.ids, self.kinds, self.lines, self.times
+        records = [
+            (ids.popleft(), kinds.popleft(), lines.popleft(), times.popleft()) for _ in range(count)
+        ]
+        return _HandOver(records, [self.waits.popleft() for _ in range(count)])
+
+    def clear(self) -> _HandOver:
+        """Everything queued, removed from the queue."""
+        return self.take(len(self))
 
 
 class QueueSink:
@@ -130,11 +178,11 @@ class QueueSink:
         self._publisher = publisher
         self._options = options
         self.spool_path = spool_path
-        self._queue: deque[_Item] = deque()
+        self._queue = _Queued()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._abandon = asyncio.Event()
-        self._in_flight: list[_Item] = []
+        self._in_flight: _HandOver | None = None
         self._held = 0  # admitted (or replayed) and not yet taken by the queue
         self._error: str | None = None
         self._failing_since = 0.0
@@ -154,8 +202,8 @@ class QueueSink:
         for replay in self._replays:
             async with aiofiles.open(replay, encoding="utf-8") as spooled:
                 async for text in spooled:
-                    self._queue.append(_Item(parse_wire_record(json.loads(text)), replayed=True))
-        self._replay_left = len(self._queue)
+                    self._queue.add(*parse_wire_record(json.loads(text)), None)
+        self._replay_left = len(self._queue)  # replayed lines are the first taken
         self._held += len(self._queue)
         if self._queue:
             logger.warning(
@@ -173,16 +221,19 @@ class QueueSink:
             self._wake.set()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._options.drain_timeout):
-                    while self._queue or self._in_flight:
+                    while self._queue or self._in_flight is not None:
                         self._idle.clear()
                         await self._idle.wait()
             self._abandon.set()
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
-        leftover = [item for item in [*self._in_flight, *self._queue] if not item.withdrawn]
-        self._in_flight, self._queue = [], deque()
-        if leftover:
+        in_flight = self._in_flight or _HandOver([], [])
+        self._in_flight = None
+        queued = self._queue.clear()
+        leftover = _HandOver(in_flight.records + queued.records, in_flight.waits + queued.waits)
+        leftover = leftover.live()
+        if leftover.records:
             await self._spool(leftover)
         for replay in self._replays:  # their lines were handed over, or are in the new spool
             with contextlib.suppress(FileNotFoundError):
@@ -209,9 +260,9 @@ class QueueSink:
     def release(self) -> None:
         self._held -= 1
 
-    def put(self, kind: Kind, record_id: str, line: str, done: asyncio.Future[None] | None) -> None:
+    def put(self, kind: Kind, record_id: str, line: str, done: Wait) -> None:
         """Queue an admitted line for the sender."""
-        self._queue.append(_Item((record_id, kind, line, time.time()), done))
+        self._queue.add(record_id, kind, line, time.time(), done)
         self._wake.set()
 
     @property
@@ -244,47 +295,35 @@ class QueueSink:
                     continue
             if self._options.batch_delay and len(self._queue) < self._options.batch_size:
                 await asyncio.sleep(self._options.batch_delay)
-            batch = self._take()
-            if batch:
+            taken = self._queue.take(self._options.batch_size)
+            batch = taken.live() if any(taken.waits) else taken
+            self._held -= len(taken.records) - len(batch.records)  # withdrawn: answered 503
+            if batch.records:
+                self._in_flight = batch
                 await self._hand_over(batch)
 
-    def _take(self) -> list[_Item]:
-        batch: list[_Item] = []
-        queue = self._queue
-        while queue and len(batch) < self._options.batch_size:
-            item = queue.popleft()
-            if item.withdrawn:  # its request gave up waiting and answered 503
-                self._held -= 1
-            else:
-                batch.append(item)
-        self._in_flight = batch
-        return batch
-
-    async def _hand_over(self, batch: list[_Item]) -> None:
+    async def _hand_over(self, batch: _HandOver) -> None:
         """Publish ``batch``, retrying with backoff until the queue takes it."""
         batch_id = new_id()
-        records = [item.record for item in batch]
+        records = batch.records
         attempt = 0
         while True:
             try:
                 await self._publisher.publish(batch_id, records)
             except HandoffFailed as exc:
-                self._failed(str(exc), len(batch) + len(self._queue))
+                self._failed(str(exc), len(records) + len(self._queue))
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._options.retry.delay(attempt)):
                         await self._abandon.wait()
                 attempt += 1
                 continue
             break
-        self._in_flight = []
-        self._held -= len(batch)
+        self._in_flight = None
+        self._held -= len(records)
         self._recovered()
-        for item in batch:
-            if item.done is not None and not item.done.done():
-                item.done.set_result(None)
-        replayed = sum(item.replayed for item in batch)
-        if replayed:
-            self._replay_left -= replayed
+        resolve_waits(batch.waits)
+        if self._replay_left:
+            self._replay_left -= min(self._replay_left, len(records))
             if self._replay_left == 0:
                 await self._forget_replays()
 
@@ -323,8 +362,8 @@ class QueueSink:
                 await aiofiles.os.remove(replay)
         self._replays = []
 
-    async def _spool(self, items: list[_Item]) -> None:
-        data = "".join(json.dumps(item.record) + "\n" for item in items)
+    async def _spool(self, items: _HandOver) -> None:
+        data = "".join(json.dumps(record) + "\n" for record in items.records)
         reason = "not handed over by the shutdown deadline; kept in the spool"
         try:
             async with aiofiles.open(self.spool_path, "a", encoding="utf-8") as spool:
@@ -337,7 +376,7 @@ class QueueSink:
                 "%s: %d lines not handed over by the shutdown deadline, and the spool %s "
                 "cannot be written (%s): they are lost",
                 self._publisher.description,
-                len(items),
+                len(items.records),
                 self.spool_path,
                 exc,
             )
@@ -346,12 +385,10 @@ class QueueSink:
                 "%s: %d lines not handed over by the shutdown deadline; spooled to %s, "
                 "handed over at the next start",
                 self._publisher.description,
-                len(items),
+                len(items.records),
                 self.spool_path,
             )
-        for item in items:
-            if item.done is not None and not item.done.done():
-                item.done.set_exception(SinkUnavailable(reason))
+        fail_waits(items.waits, reason)
 
 
 class _Lane:
@@ -367,7 +404,7 @@ class _Lane:
     def release(self) -> None:
         self._sink.release()
 
-    def submit(self, record_id: str, line: str, done: asyncio.Future[None] | None = None) -> None:
+    def submit(self, record_id: str, line: str, done: Wait = None) -> None:
         self._sink.put(self._kind, record_id, line, done)
 
     async def aclose(self) -> None:

@@ -1,0 +1,49 @@
+"""The queue sink (``NOTIFY_BACKEND=redis``) as the runtime wires it, on a real Redis."""
+
+from __future__ import annotations
+
+import gc
+import json
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+
+from service.lifespan import Runtime
+from service.sinks.queue import QueueSink
+from tests.conftest import make_settings
+
+
+async def test_waiting_lines_leave_no_object_for_the_garbage_collector(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Lines wait for their hand-over after their request has ended; queued as plain values
+    they add nothing to the collector's count (an object and a tuple per line did: 592 young
+    collections per 20,000 requests in ``NOTIFY_BACKEND=redis`` against 136 at startup alone
+    in file mode, see ``Sink.submit``). Then all of them reach the stream, in order."""
+    count = 10_000
+    runtime = Runtime(make_settings(tmp_path, backend="redis", redis_url=redis_url))
+    (sink,) = runtime.sinks
+    assert isinstance(sink, QueueSink)
+    lane = sink.lane("notification")
+    ids = [f"id-{i}" for i in range(count)]
+    lines = [f"line {i}\n" for i in range(count)]
+    gc.disable()  # so that no collection resets the count while we read it
+    try:
+        before = gc.get_count()[0]
+        for record_id, line in zip(ids, lines, strict=True):
+            lane.admit()
+            lane.submit(record_id, line)
+        grown = gc.get_count()[0] - before
+    finally:
+        gc.enable()
+    assert grown < count // 100, f"{grown} tracked objects for {count} queued lines"
+
+    async with runtime.lifespan(FastAPI()):  # starts the sender; its end drains the queue
+        pass
+    async with aioredis.Redis.from_url(redis_url) as redis:
+        entries: Any = await redis.xrange("notifications")
+    records = [record for _, fields in entries for record in json.loads(fields[b"data"])["args"][0]]
+    assert [(record[0], record[2]) for record in records] == list(zip(ids, lines, strict=True))
+    assert not runtime.settings.queue_spool().exists()
