@@ -18,8 +18,6 @@ import json
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
-from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -40,6 +38,22 @@ __all__ = ["RedisLedger"]
 logger = logging.getLogger("service.redis_ledger")
 
 _CLAIM_TRIES = 3
+
+# Sets many statuses in one command, one round trip and one reply, instead of a pipeline of one
+# SET per line (whose commands and replies cost the API ~30 % of its time per request in redis
+# mode, measured with cProfile). KEYS: the status keys; ARGV: their values, then the TTL in
+# seconds, then "NX" to keep a status already there or "" to replace it.
+_SET_STATUSES = """
+local ttl, nx = ARGV[#ARGV - 1], ARGV[#ARGV]
+for i, key in ipairs(KEYS) do
+    if nx == "NX" then
+        redis.call("SET", key, ARGV[i], "NX", "EX", ttl)
+    else
+        redis.call("SET", key, ARGV[i], "EX", ttl)
+    end
+end
+return #KEYS
+"""
 
 
 @contextmanager
@@ -81,6 +95,7 @@ class RedisLedger:
         self._status_ttl = max(1, round(status_ttl))
         self._key_ttl = max(1, round(idempotency_ttl))
         self._local = local
+        self._set_statuses = redis.register_script(_SET_STATUSES)
 
     def _status_key(self, notification_id: str) -> str:
         return f"{self._prefix}:status:{notification_id}"
@@ -132,11 +147,7 @@ class RedisLedger:
     async def queued(self, records: Sequence[WireRecord]) -> None:
         """``records`` are about to be published (a status already there is kept). Redis
         errors propagate as they are: the publisher reports them."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for record_id, _, _, accepted_at in records:
-                value = _status_json("queued", accepted_at)
-                pipe.set(self._status_key(record_id), value, nx=True, ex=self._status_ttl)
-            await pipe.execute()
+        await self._set_all(records, "queued", keep=True)
 
     async def written_among(self, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` a worker has already written."""
@@ -151,22 +162,37 @@ class RedisLedger:
         }
 
     async def written(self, records: Iterable[WireRecord], at: float, attempts: int) -> None:
-        await self._set_all(records, "written", written_at=at, attempts=attempts)
+        with _unavailable_on_error():
+            await self._set_all(records, "written", written_at=at, attempts=attempts)
 
     async def failed(self, records: Iterable[WireRecord], error: str, attempts: int) -> None:
-        await self._set_all(records, "failed", error=error, attempts=attempts)
-
-    async def _set_all(self, records: Iterable[WireRecord], state: State, **fields: Any) -> None:
         with _unavailable_on_error():
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for record_id, _, _, accepted_at in records:
-                    value = _status_json(state, accepted_at, **fields)
-                    pipe.set(self._status_key(record_id), value, ex=self._status_ttl)
-                await pipe.execute()
+            await self._set_all(records, "failed", error=error, attempts=attempts)
 
-
-def _status_json(state: State, accepted_at: float, **fields: Any) -> str:
-    status = NotificationStatus(id="", status=state, accepted_at=accepted_at, **fields)
-    data = asdict(status)
-    del data["id"]
-    return json.dumps(data)
+    async def _set_all(
+        self,
+        records: Iterable[WireRecord],
+        state: State,
+        *,
+        keep: bool = False,
+        written_at: float | None = None,
+        attempts: int = 0,
+        error: str | None = None,
+    ) -> None:
+        """Set the status of every record in one command; ``keep``: only where none is set."""
+        keys: list[str] = []
+        values: list[str] = []
+        for record_id, _, _, accepted_at in records:
+            keys.append(self._status_key(record_id))
+            status = {
+                "status": state,
+                "accepted_at": accepted_at,
+                "written_at": written_at,
+                "attempts": attempts,
+                "error": error,
+            }
+            values.append(json.dumps(status))
+        if keys:
+            await self._set_statuses(
+                keys=keys, args=[*values, self._status_ttl, "NX" if keep else ""]
+            )

@@ -18,6 +18,7 @@ from service.redis_ledger import RedisLedger
 from service.services.delivery import DeliveryService
 from service.sinks.file import FileSink, FileSinkOptions
 from service.sinks.queue import WireRecord, parse_wire_record
+from service.status import NotificationStatus
 from tests.conftest import read_lines
 
 
@@ -117,6 +118,32 @@ def test_parse_wire_record_rejects_what_is_not_one_line(raw: list[object]) -> No
 def test_parse_wire_record_keeps_a_good_record() -> None:
     record: WireRecord = ("i", "query", "found query: ab\n", 2.5)
     assert parse_wire_record(list(record)) == record
+
+
+async def test_statuses_in_redis_queued_keeps_what_a_worker_already_recorded(
+    redis: aioredis.Redis,
+) -> None:
+    """The API sets ``queued`` for a whole batch at once, only where no status is set (a
+    hand-over retried after a worker wrote the line must not undo ``written``); ``written``
+    and ``failed`` replace it. Every status expires with the status TTL."""
+    ledger = _ledger(redis)
+    a, b, c = (parse_wire_record(record) for record in _batch("a", "b", "c"))
+    await ledger.queued([a, b])
+    await ledger.written([a], at=5.0, attempts=2)
+    await ledger.queued([a, b, c])
+    await ledger.failed([b], "disk full", 3)
+    assert await ledger.status("id-a") == NotificationStatus(
+        id="id-a", status="written", accepted_at=1.0, written_at=5.0, attempts=2
+    )
+    assert await ledger.status("id-b") == NotificationStatus(
+        id="id-b", status="failed", accepted_at=1.0, attempts=3, error="disk full"
+    )
+    assert await ledger.status("id-c") == NotificationStatus(
+        id="id-c", status="queued", accepted_at=1.0
+    )
+    assert await ledger.status("id-d") is None
+    for name in "abc":
+        assert 0 < await redis.ttl(f"notifications:status:id-{name}") <= 60
 
 
 async def test_a_worker_stuck_on_a_full_log_leaves_the_batch_for_later(
