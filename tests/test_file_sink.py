@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import shutil
 import time
@@ -15,6 +14,7 @@ import pytest
 
 from service.sinks.file import FileSink, FileSinkOptions
 from tests.conftest import make_settings, read_lines, running
+from tests.support.collector import queue_lines
 
 
 async def wait_for_lines(path: Path, count: int, deadline: float = 5.0) -> None:
@@ -66,17 +66,7 @@ async def test_waiting_lines_leave_no_object_for_the_garbage_collector(tmp_path:
     collection of the young generation under load, see ``Sink.submit``)."""
     count = 10_000
     sink = FileSink(tmp_path / "log.txt", FileSinkOptions(queue_size=count))
-    ids = [str(i) for i in range(count)]
-    lines = [f"line {i}\n" for i in range(count)]
-    gc.disable()  # so that no collection resets the count while we read it
-    try:
-        before = gc.get_count()[0]
-        for record_id, line in zip(ids, lines, strict=True):
-            sink.admit()
-            sink.submit(record_id, line)
-        grown = gc.get_count()[0] - before
-    finally:
-        gc.enable()
+    _, _, grown = queue_lines(sink, count)
     assert grown < count // 100, f"{grown} tracked objects for {count} queued lines"
     await sink.start()
     await sink.aclose()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from fastapi import FastAPI
 from service.lifespan import Runtime
 from service.sinks.queue import QueueSink
 from tests.conftest import make_settings
+from tests.support.collector import queue_lines
 
 
 async def test_waiting_lines_leave_no_object_for_the_garbage_collector(
@@ -26,18 +26,7 @@ async def test_waiting_lines_leave_no_object_for_the_garbage_collector(
     runtime = Runtime(make_settings(tmp_path, backend="redis", redis_url=redis_url))
     (sink,) = runtime.sinks
     assert isinstance(sink, QueueSink)
-    lane = sink.lane("notification")
-    ids = [f"id-{i}" for i in range(count)]
-    lines = [f"line {i}\n" for i in range(count)]
-    gc.disable()  # so that no collection resets the count while we read it
-    try:
-        before = gc.get_count()[0]
-        for record_id, line in zip(ids, lines, strict=True):
-            lane.admit()
-            lane.submit(record_id, line)
-        grown = gc.get_count()[0] - before
-    finally:
-        gc.enable()
+    ids, lines, grown = queue_lines(sink.lane("notification"), count)
     assert grown < count // 100, f"{grown} tracked objects for {count} queued lines"
 
     async with runtime.lifespan(FastAPI()):  # starts the sender; its end drains the queue
