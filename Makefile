@@ -64,7 +64,7 @@ valgrind:
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq valgrind >/dev/null; }
 
-bench-cg: $(STAMP) valgrind
+bench-cg: $(STAMP) valgrind redis-server
 	$(BIN)/python -m bench.callgrind
 
 clean:

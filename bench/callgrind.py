@@ -6,12 +6,16 @@ send ``--requests`` requests at concurrency 64, dump the counters and divide. Th
 every thread of the server (the writer's too) and is the same on every run to within ~0.5 %.
 It is slow (a server under valgrind runs ~50 times slower: about a minute per server) and needs
 ``valgrind`` (``apt-get install valgrind``; ``make bench-cg`` installs it when missing).
+
+The redis row counts its API process only, with a fresh ``redis-server`` beside it and no
+worker (the stream keeps the lines): what the queue backend costs the server that answers.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import shutil
 import subprocess
@@ -22,9 +26,10 @@ from pathlib import Path
 from bench.loadgen import run_load
 from bench.paths import REPO_ROOT, RESULTS_DIR
 from bench.process import HOST, running_server
+from bench.redis_stack import running_redis
 from bench.servers import ServerSpec, select_servers
 
-DEFAULT_SERVERS = ("bare", "same-signature", "service", "service-ack-write")
+DEFAULT_SERVERS = ("bare", "same-signature", "service", "service-ack-write", "redis")
 CONCURRENCY = 64
 READY_TIMEOUT_S = 180.0
 """Python, uvicorn and the app start under valgrind in 20-60 s here."""
@@ -43,17 +48,28 @@ def _control(pid: int, flag: str) -> None:
 
 
 def measure(spec: ServerSpec, requests: int, warmup: int, work: Path) -> float:
-    """Instructions per request of ``spec``'s server (not the redis row: one process only)."""
+    """Instructions per request of ``spec``'s server (for the redis row, its API process)."""
     run_dir = work / spec.name
     run_dir.mkdir()
     valgrind = [
         *("valgrind", "--tool=callgrind", "--dump-instr=no", "--collect-jumps=no"),
         f"--callgrind-out-file={run_dir}/callgrind.out.%p",
     ]
-    # uvicorn's defaults, as in make bench; a fixed hash seed so that counts repeat.
-    with running_server(
-        spec, run_dir, REPO_ROOT, wrapper=valgrind, extra_env={"PYTHONHASHSEED": "0"}
-    ) as server:
+    with contextlib.ExitStack() as stack:
+        redis_url = ""
+        if spec.redis:
+            redis_url = stack.enter_context(running_redis(run_dir, READY_TIMEOUT_S)).url
+        # uvicorn's defaults, as in make bench; a fixed hash seed so that counts repeat.
+        server = stack.enter_context(
+            running_server(
+                spec,
+                run_dir,
+                REPO_ROOT,
+                redis_url,
+                wrapper=valgrind,
+                extra_env={"PYTHONHASHSEED": "0"},
+            )
+        )
         server.wait_ready(READY_TIMEOUT_S)
         address = (HOST, server.port)
         asyncio.run(run_load(address, warmup, CONCURRENCY, 0, "warm"))
@@ -75,14 +91,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         parser.error("valgrind is not installed (`make bench-cg` installs it)")
-    specs = [spec for spec in select_servers(args.servers.split(","), REPO_ROOT) if not spec.redis]
+    specs = select_servers(args.servers.split(","), REPO_ROOT)
     counts: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-cg-") as tmp:
         for spec in specs:
             counts[spec.name] = measure(spec, args.requests, args.warmup, Path(tmp))
             print(f"{spec.name:<18} {counts[spec.name]:>10,.0f} instructions/request", flush=True)
     pairs = [(name, base) for base in ("bare", "same-signature") for name in counts]
-    pairs.append(("service-ack-write", "service"))
+    pairs += [("service-ack-write", "service"), ("redis", "service")]
     for name, base in pairs:
         if name not in (base, "bare") and name in counts and base in counts:
             # Fewer instructions a request is more requests a second: base / name.
