@@ -238,6 +238,41 @@ async def test_redis_down_gets_503_and_the_service_recovers_by_itself(tmp_path: 
     )
 
 
+async def test_ack_write_503_while_redis_is_down_means_the_line_is_never_handed_over(
+    tmp_path: Path,
+) -> None:
+    """With ack=write, a request taken just before the API noticed Redis was gone waits for
+    the hand-over, gets 503 after NOTIFY_ACK_TIMEOUT, and its line is left out of the retried
+    batch: once Redis is back the stream holds only what was acknowledged."""
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    try:
+        settings = _backend(
+            redis.url,
+            NOTIFY_ACK="write",
+            NOTIFY_ACK_TIMEOUT="0.5",
+            NOTIFY_FILE_CHECK_INTERVAL="2",  # the idle check does not notice before the POST
+        )
+        async with uvicorn_server(tmp_path, settings) as api, http_client(api.url) as client:
+            await _until_ready(client)
+            redis.stop()
+            given_up = await client.post("/send-notification/given.up@example.com")
+            assert given_up.status_code == 503
+            assert "did not confirm" in given_up.json()["detail"]
+            await asyncio.sleep(0.5)  # at least one more failed retry, after the withdrawal
+            redis.start()
+            await _until_ready(client)
+            after = await client.post("/send-notification/after@example.com")
+            assert after.status_code == 200
+            batches = await _stream_batches(redis.url)
+            assert "Traceback" not in api.output()
+    finally:
+        redis.stop()
+    assert [record[2] for batch in batches for record in batch] == [
+        "notification for after@example.com: some notification\n"
+    ]
+
+
 async def test_api_and_worker_start_without_redis_and_serve_once_it_comes(tmp_path: Path) -> None:
     """Redis not there at start: the API and a worker start anyway, the API refuses with 503
     and is not ready; Redis started: both carry on by themselves and what the API accepts is

@@ -303,21 +303,34 @@ class QueueSink:
                 await self._hand_over(batch)
 
     async def _hand_over(self, batch: _HandOver) -> None:
-        """Publish ``batch``, retrying with backoff until the queue takes it."""
+        """Publish ``batch``, retrying with backoff until the queue takes it.
+
+        Before each retry the lines whose waiting request gave up (and answered 503) are left
+        out, so that such a line is not handed over once the queue is back: a 503 means "not
+        handed over", unless an attempt that failed had reached the queue after all. A batch
+        left with no line is dropped without a word of recovery: the queue may still be down.
+        """
         batch_id = new_id()
-        records = batch.records
         attempt = 0
         while True:
             try:
-                await self._publisher.publish(batch_id, records)
+                await self._publisher.publish(batch_id, batch.records)
             except HandoffFailed as exc:
-                self._failed(str(exc), len(records) + len(self._queue))
+                self._failed(str(exc), len(batch.records) + len(self._queue))
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._options.retry.delay(attempt)):
                         await self._abandon.wait()
                 attempt += 1
+                if any(batch.waits):
+                    kept = batch.live()
+                    self._held -= len(batch.records) - len(kept.records)
+                    batch = self._in_flight = kept
+                    if not batch.records:
+                        self._in_flight = None
+                        return
                 continue
             break
+        records = batch.records
         self._in_flight = None
         self._held -= len(records)
         self._recovered()
