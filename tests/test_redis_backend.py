@@ -75,6 +75,18 @@ async def _until_stopped(pid: int) -> None:
             await asyncio.sleep(0.01)
 
 
+async def _just_after_a_ping(redis_url: str) -> None:
+    """Return as soon as Redis has answered another PING (the API's idle check); fails after
+    5 s."""
+    async with aioredis.Redis.from_url(redis_url) as redis, asyncio.timeout(5):
+        before = (await redis.info("commandstats")).get("cmdstat_ping", {}).get("calls", 0)
+        while True:
+            stats = await redis.info("commandstats")
+            if stats.get("cmdstat_ping", {}).get("calls", 0) > before:
+                return
+            await asyncio.sleep(0.005)
+
+
 async def _until_ready(client: httpx.AsyncClient) -> None:
     """Return once ``/readyz`` answers 200; fails after 15 s."""
     async with asyncio.timeout(15):
@@ -251,10 +263,13 @@ async def test_ack_write_503_while_redis_is_down_means_the_line_is_never_handed_
             redis.url,
             NOTIFY_ACK="write",
             NOTIFY_ACK_TIMEOUT="0.5",
-            NOTIFY_FILE_CHECK_INTERVAL="2",  # the idle check does not notice before the POST
+            NOTIFY_FILE_CHECK_INTERVAL="2",
         )
         async with uvicorn_server(tmp_path, settings) as api, http_client(api.url) as client:
             await _until_ready(client)
+            # Stop Redis just after the API's idle check: the next one is 2 s away, so the POST
+            # is taken (not refused at once) and its hand-over is what finds Redis gone.
+            await _just_after_a_ping(redis.url)
             redis.stop()
             given_up = await client.post("/send-notification/given.up@example.com")
             assert given_up.status_code == 503
