@@ -13,7 +13,6 @@ Keys, all under the stream's name as prefix:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Iterable, Iterator, Sequence
@@ -31,6 +30,7 @@ from service.status import (
     NotificationStatus,
     State,
     StatusStore,
+    fingerprint_digest,
 )
 
 __all__ = ["RedisLedger"]
@@ -69,10 +69,6 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _digest(fingerprint: Fingerprint) -> str:
-    return hashlib.sha256(json.dumps(fingerprint).encode()).hexdigest()
-
-
 class RedisLedger:
     """A ``Ledger`` in Redis, plus what workers record about each line.
 
@@ -104,7 +100,7 @@ class RedisLedger:
 
     async def claim(self, key: str, fingerprint: Fingerprint, notification_id: str) -> str | None:
         name = f"{self._prefix}:key:{key}"
-        digest = _digest(fingerprint)
+        digest = fingerprint_digest(fingerprint)
         with _unavailable_on_error():
             for _ in range(_CLAIM_TRIES):  # retried only if the key expired in between
                 if await self._redis.set(

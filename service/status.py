@@ -7,6 +7,8 @@ or key is known only to the worker that accepted the request (the queue backend 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -21,11 +23,19 @@ __all__ = [
     "LocalLedger",
     "NotificationStatus",
     "StatusStore",
+    "fingerprint_digest",
 ]
 
 State = Literal["queued", "written", "failed"]
 Fingerprint = tuple[str, str, str | None]
 """What makes two requests with one Idempotency-Key the same: (email, message, q)."""
+
+
+def fingerprint_digest(fingerprint: Fingerprint) -> str:
+    """The SHA-256 of a request's fingerprint, in hex: what an Idempotency-Key keeps of it."""
+    return hashlib.sha256(json.dumps(fingerprint).encode()).hexdigest()
+
+
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -33,36 +43,45 @@ V = TypeVar("V")
 class _Expiring(Generic[K, V]):
     """A dict whose entries expire ``ttl`` seconds after insertion, at most ``limit`` kept.
 
-    An ``OrderedDict``, not a ``dict``: a dict emptied from the front keeps the deleted slots
-    until it is resized, and ``next(iter(...))`` walks them all, so once ``limit`` entries (or
-    a TTL's worth) were held every ``put`` cost tens of microseconds, growing to 120 µs at
-    100,000 entries. An ``OrderedDict`` finds its oldest entry in constant time.
+    An ``OrderedDict`` of expiry times, not a ``dict``: a dict emptied from the front keeps the
+    deleted slots until it is resized, and ``next(iter(...))`` walks them all, so once
+    ``limit`` entries (or a TTL's worth) were held every ``put`` cost tens of microseconds,
+    growing to 120 µs at 100,000 entries. An ``OrderedDict`` finds its oldest entry in constant
+    time. Values live in a second dict, so an entry adds no object of its own for the garbage
+    collector to track (a plain string value adds none at all; see ``StatusStore``).
     """
 
     def __init__(self, limit: int, ttl: float, clock: Callable[[], float]) -> None:
-        self._items: OrderedDict[K, tuple[float, V]] = OrderedDict()
+        self._expiry: OrderedDict[K, float] = OrderedDict()
+        self._values: dict[K, V] = {}
         self._limit, self._ttl, self._clock = limit, ttl, clock
+
+    def __len__(self) -> int:
+        return len(self._expiry)
 
     def put(self, key: K, value: V) -> None:
         now = self._clock()
-        items = self._items
-        items.pop(key, None)
-        items[key] = (now + self._ttl, value)
+        expiry, values = self._expiry, self._values
+        expiry.pop(key, None)
+        expiry[key] = now + self._ttl
+        values[key] = value
         # Insertion order is expiry order: drop from the front while stale or over the limit.
-        while items:
-            oldest = next(iter(items))
-            if len(items) <= self._limit and items[oldest][0] > now:
+        while expiry:
+            oldest = next(iter(expiry))
+            if len(expiry) <= self._limit and expiry[oldest] > now:
                 break
-            del items[oldest]
+            del expiry[oldest]
+            del values[oldest]
 
     def get(self, key: K) -> V | None:
-        item = self._items.get(key)
-        if item is None or item[0] <= self._clock():
+        expires = self._expiry.get(key)
+        if expires is None or expires <= self._clock():
             return None
-        return item[1]
+        return self._values[key]
 
     def pop(self, key: K) -> None:
-        self._items.pop(key, None)
+        self._expiry.pop(key, None)
+        self._values.pop(key, None)
 
 
 @dataclass(slots=True)
@@ -161,27 +180,30 @@ class IdempotencyConflict(Exception):
 
 
 class Idempotency:
-    """Remembers which notification an ``Idempotency-Key`` created, and for which request."""
+    """Remembers which notification an ``Idempotency-Key`` created, and for which request.
+
+    A key keeps one string, ``<fingerprint digest> <id>`` (as ``RedisLedger`` stores it), so a
+    key held for the TTL leaves no object the garbage collector tracks (see ``StatusStore``).
+    """
 
     def __init__(self, limit: int, ttl: float, clock: Callable[[], float] = time.time) -> None:
-        self._keys: _Expiring[str, tuple[Fingerprint, str]] = _Expiring(limit, ttl, clock)
+        self._keys: _Expiring[str, str] = _Expiring(limit, ttl, clock)
 
-    def seen(self, key: str, fingerprint: Fingerprint) -> str | None:
-        """The id this key created for this request, or None if the key is new.
-
-        Raises ``IdempotencyConflict`` when the key was used for a different request.
-        """
+    def claim(self, key: str, fingerprint: Fingerprint, notification_id: str) -> str | None:
+        """Take ``key`` for ``notification_id`` and return None if the key is new; else the id
+        it created for this same request. Raises ``IdempotencyConflict`` when it was used for
+        a different request."""
+        digest = fingerprint_digest(fingerprint)
         known = self._keys.get(key)
         if known is None:
+            self._keys.put(key, f"{digest} {notification_id}")
             return None
-        if known[0] != fingerprint:
+        known_digest, _, known_id = known.partition(" ")
+        if known_digest != digest:
             raise IdempotencyConflict(
                 "this Idempotency-Key was already used with a different request"
             )
-        return known[1]
-
-    def remember(self, key: str, fingerprint: Fingerprint, notification_id: str) -> None:
-        self._keys.put(key, (fingerprint, notification_id))
+        return known_id
 
     def forget(self, key: str) -> None:
         self._keys.pop(key)
@@ -210,10 +232,7 @@ class LocalLedger:
         self._keys = keys
 
     async def claim(self, key: str, fingerprint: Fingerprint, notification_id: str) -> str | None:
-        known = self._keys.seen(key, fingerprint)
-        if known is None:
-            self._keys.remember(key, fingerprint, notification_id)
-        return known
+        return self._keys.claim(key, fingerprint, notification_id)
 
     async def forget(self, key: str, notification_id: str) -> None:
         self._keys.forget(key)

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import gc
 import time
 
-from service.status import NotificationStatus, StatusStore, _Expiring
+import pytest
+
+from service.status import (
+    Idempotency,
+    IdempotencyConflict,
+    NotificationStatus,
+    StatusStore,
+    _Expiring,
+)
 
 
 def test_oldest_entries_go_first_at_the_limit() -> None:
@@ -24,7 +33,7 @@ def test_entries_expire_after_the_ttl() -> None:
     assert items.get("a") is None
     assert items.get("b") == 2
     items.put("c", 3)  # drops the expired "a" from the front
-    assert list(items._items) == ["b", "c"]
+    assert len(items) == 2
 
 
 def _seconds_per_put(items: _Expiring[int, int], first: int, count: int) -> float:
@@ -43,7 +52,7 @@ def test_a_put_at_the_limit_costs_what_one_below_it_does() -> None:
     below = _seconds_per_put(roomy, 0, 2 * limit)
     _seconds_per_put(full, 0, limit)
     at_limit = _seconds_per_put(full, limit, 2 * limit)
-    assert len(full._items) == limit
+    assert len(full) == limit
     assert at_limit < 5 * below
 
 
@@ -92,3 +101,26 @@ def test_statuses_are_bounded_and_expire_oldest_first() -> None:
     assert store.get("4") is not None
     store.written(["4"], 1)
     assert list(store._accepted) == ["4"]
+
+
+def test_remembered_keys_leave_no_object_for_the_garbage_collector() -> None:
+    """Every Idempotency-Key is kept for the TTL; as plain strings they add nothing to the
+    collector's count (a tuple per key did, see ``StatusStore``), and they still tell a replay
+    from a conflict."""
+    count = 10_000
+    keys = Idempotency(limit=count, ttl=3600.0)
+    requests = [(f"key-{i}", (f"u{i}@example.com", "hi", None), f"id-{i}") for i in range(count)]
+    gc.disable()  # so that no collection resets the count while we read it
+    try:
+        before = gc.get_count()[0]
+        for key, fingerprint, notification_id in requests:
+            assert keys.claim(key, fingerprint, notification_id) is None
+        grown = gc.get_count()[0] - before
+    finally:
+        gc.enable()
+    assert grown < count // 100, f"{grown} tracked objects for {count} keys"
+    assert keys.claim("key-7", ("u7@example.com", "hi", None), "id-new") == "id-7"
+    with pytest.raises(IdempotencyConflict, match="different request"):
+        keys.claim("key-7", ("u7@example.com", "other", None), "id-new")
+    keys.forget("key-7")
+    assert keys.claim("key-7", ("u7@example.com", "other", None), "id-new") is None
