@@ -16,6 +16,7 @@ __all__ = [
     "SinkUnavailable",
     "Wait",
     "fail_waits",
+    "kept_indices",
     "resolve_waits",
 ]
 
@@ -31,6 +32,14 @@ class SinkFull(SinkUnavailable):
 Wait = asyncio.Future[None] | None
 """What a line's request waits on until the line is written or taken (``NOTIFY_ACK=write``);
 None when nobody waits. A request that gave up cancels it: its line is withdrawn."""
+
+
+def kept_indices(waits: Sequence[Wait]) -> list[int] | None:
+    """The indices of the lines still wanted: not withdrawn by a request that gave up waiting
+    (and answered 503). None when every line is (as always with nobody waiting)."""
+    if not any(waits) or not any(wait is not None and wait.cancelled() for wait in waits):
+        return None
+    return [index for index, wait in enumerate(waits) if wait is None or not wait.cancelled()]
 
 
 def resolve_waits(waits: Iterable[Wait]) -> None:

@@ -46,6 +46,7 @@ from service.sinks.base import (
     SinkUnavailable,
     Wait,
     fail_waits,
+    kept_indices,
     resolve_waits,
 )
 
@@ -597,11 +598,9 @@ class _Batch:
 
     def live(self) -> _Batch:
         """This batch without the lines whose waiting request gave up (and answered 503)."""
-        if not any(self.waits):  # nobody waits (NOTIFY_ACK=background): nothing to leave out
+        kept = kept_indices(self.waits)
+        if kept is None:
             return self
-        kept = [
-            index for index, wait in enumerate(self.waits) if wait is None or not wait.cancelled()
-        ]
         return _Batch(
             [self.ids[index] for index in kept],
             [self.lines[index] for index in kept],

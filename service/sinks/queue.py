@@ -45,6 +45,7 @@ from service.sinks.base import (
     SinkUnavailable,
     Wait,
     fail_waits,
+    kept_indices,
     resolve_waits,
 )
 from service.sinks.file import RetryPolicy, claim_spools
@@ -123,7 +124,9 @@ class _HandOver:
 
     def live(self) -> _HandOver:
         """Without the lines whose waiting request gave up (and answered 503)."""
-        kept = [i for i, wait in enumerate(self.waits) if wait is None or not wait.cancelled()]
+        kept = kept_indices(self.waits)
+        if kept is None:
+            return self
         return _HandOver([self.records[i] for i in kept], [self.waits[i] for i in kept])
 
 
@@ -295,9 +298,7 @@ class QueueSink:
                     continue
             if self._options.batch_delay and len(self._queue) < self._options.batch_size:
                 await asyncio.sleep(self._options.batch_delay)
-            taken = self._queue.take(self._options.batch_size)
-            batch = taken.live() if any(taken.waits) else taken
-            self._held -= len(taken.records) - len(batch.records)  # withdrawn: answered 503
+            batch = self._without_withdrawn(self._queue.take(self._options.batch_size))
             if batch.records:
                 self._in_flight = batch
                 await self._hand_over(batch)
@@ -321,13 +322,10 @@ class QueueSink:
                     async with asyncio.timeout(self._options.retry.delay(attempt)):
                         await self._abandon.wait()
                 attempt += 1
-                if any(batch.waits):
-                    kept = batch.live()
-                    self._held -= len(batch.records) - len(kept.records)
-                    batch = self._in_flight = kept
-                    if not batch.records:
-                        self._in_flight = None
-                        return
+                batch = self._in_flight = self._without_withdrawn(batch)
+                if not batch.records:
+                    self._in_flight = None
+                    return
                 continue
             break
         records = batch.records
@@ -339,6 +337,12 @@ class QueueSink:
             self._replay_left -= min(self._replay_left, len(records))
             if self._replay_left == 0:
                 await self._forget_replays()
+
+    def _without_withdrawn(self, batch: _HandOver) -> _HandOver:
+        """``batch`` without its withdrawn lines, whose room is given back."""
+        kept = batch.live()
+        self._held -= len(batch.records) - len(kept.records)
+        return kept
 
     async def _check(self) -> None:
         try:
