@@ -26,11 +26,11 @@ from service.sinks.base import SinkUnavailable
 from service.sinks.queue import WireRecord
 from service.status import (
     Fingerprint,
-    IdempotencyConflict,
     NotificationStatus,
     State,
     StatusStore,
-    fingerprint_digest,
+    key_holder,
+    key_value,
 )
 
 __all__ = ["RedisLedger"]
@@ -100,21 +100,14 @@ class RedisLedger:
 
     async def claim(self, key: str, fingerprint: Fingerprint, notification_id: str) -> str | None:
         name = f"{self._prefix}:key:{key}"
-        digest = fingerprint_digest(fingerprint)
+        claimed = key_value(fingerprint, notification_id)
         with _unavailable_on_error():
             for _ in range(_CLAIM_TRIES):  # retried only if the key expired in between
-                if await self._redis.set(
-                    name, f"{digest} {notification_id}", nx=True, ex=self._key_ttl
-                ):
+                if await self._redis.set(name, claimed, nx=True, ex=self._key_ttl):
                     return None
                 held = await self._redis.get(name)
                 if held is not None:
-                    held_digest, _, held_id = _text(held).partition(" ")
-                    if held_digest != digest:
-                        raise IdempotencyConflict(
-                            "this Idempotency-Key was already used with a different request"
-                        )
-                    return held_id
+                    return key_holder(_text(held), claimed)
         raise SinkUnavailable("redis: the Idempotency-Key could not be claimed; retry")
 
     async def forget(self, key: str, notification_id: str) -> None:

@@ -23,7 +23,8 @@ __all__ = [
     "LocalLedger",
     "NotificationStatus",
     "StatusStore",
-    "fingerprint_digest",
+    "key_holder",
+    "key_value",
 ]
 
 State = Literal["queued", "written", "failed"]
@@ -31,9 +32,19 @@ Fingerprint = tuple[str, str, str | None]
 """What makes two requests with one Idempotency-Key the same: (email, message, q)."""
 
 
-def fingerprint_digest(fingerprint: Fingerprint) -> str:
-    """The SHA-256 of a request's fingerprint, in hex: what an Idempotency-Key keeps of it."""
-    return hashlib.sha256(json.dumps(fingerprint).encode()).hexdigest()
+def key_value(fingerprint: Fingerprint, notification_id: str) -> str:
+    """What an Idempotency-Key keeps, here and in Redis: ``<SHA-256 of the request> <id>``."""
+    digest = hashlib.sha256(json.dumps(fingerprint).encode()).hexdigest()
+    return f"{digest} {notification_id}"
+
+
+def key_holder(held: str, claimed: str) -> str:
+    """The id in ``held``, a key's kept value, when ``claimed`` (``key_value``) is for the same
+    request; raises ``IdempotencyConflict`` when the key was used for a different one."""
+    held_digest, _, held_id = held.partition(" ")
+    if held_digest != claimed.partition(" ")[0]:
+        raise IdempotencyConflict("this Idempotency-Key was already used with a different request")
+    return held_id
 
 
 K = TypeVar("K")
@@ -193,17 +204,12 @@ class Idempotency:
         """Take ``key`` for ``notification_id`` and return None if the key is new; else the id
         it created for this same request. Raises ``IdempotencyConflict`` when it was used for
         a different request."""
-        digest = fingerprint_digest(fingerprint)
-        known = self._keys.get(key)
-        if known is None:
-            self._keys.put(key, f"{digest} {notification_id}")
+        claimed = key_value(fingerprint, notification_id)
+        held = self._keys.get(key)
+        if held is None:
+            self._keys.put(key, claimed)
             return None
-        known_digest, _, known_id = known.partition(" ")
-        if known_digest != digest:
-            raise IdempotencyConflict(
-                "this Idempotency-Key was already used with a different request"
-            )
-        return known_id
+        return key_holder(held, claimed)
 
     def forget(self, key: str) -> None:
         self._keys.pop(key)
