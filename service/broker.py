@@ -35,6 +35,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 from taskiq import AckableMessage
+from taskiq.exceptions import SendTaskError
 from taskiq.kicker import AsyncKicker
 from taskiq_redis import RedisStreamBroker
 
@@ -201,6 +202,8 @@ class RedisPublisher:
             await kicker.with_task_id(batch_id).kiq(list(records))
         except (RedisError, OSError) as exc:
             raise HandoffFailed(describe_redis_error(exc)) from None
+        except SendTaskError as exc:  # taskiq wraps whatever the XADD raised
+            raise HandoffFailed(describe_redis_error(exc.__cause__ or exc)) from None
 
     async def ping(self) -> None:
         try:

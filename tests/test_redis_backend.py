@@ -250,6 +250,39 @@ async def test_redis_down_gets_503_and_the_service_recovers_by_itself(tmp_path: 
     )
 
 
+async def test_a_failing_xadd_is_retried_and_reported_not_the_end_of_the_sender(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Redis refuses the XADD itself (here the stream's key holds a string: WRONGTYPE) after
+    the statuses were set. taskiq reports that as its own SendTaskError, which once ended the
+    sender task silently while POST went on answering 200. Now it is a failed hand-over like
+    any other: logged once, 503 naming the error, retried, and handed over once Redis takes it."""
+    async with aioredis.Redis.from_url(redis_url) as redis:
+        await redis.set(STREAM, "not a stream")
+        settings = _backend(redis_url)
+        async with uvicorn_server(tmp_path, settings) as api, http_client(api.url) as client:
+            taken = await client.post("/send-notification/first@example.com")
+            assert taken.status_code == 200
+            async with asyncio.timeout(10):  # until the sender's hand-over has failed
+                while True:
+                    ready = await client.get("/readyz")
+                    if ready.status_code != 200:
+                        break
+                    await asyncio.sleep(0.02)
+            assert "WRONGTYPE" in ready.json()["reasons"][0], ready.text
+            refused = await client.post("/send-notification/second@example.com")
+            assert refused.status_code == 503
+            assert "WRONGTYPE" in refused.json()["detail"]
+            await redis.delete(STREAM)
+            await _until_ready(client)
+            batches = await _stream_batches(redis_url)
+            assert api.output().count("cannot hand lines over") == 1
+            assert "Traceback" not in api.output()
+    assert [record[2] for batch in batches for record in batch] == [
+        "notification for first@example.com: some notification\n"
+    ]
+
+
 async def test_ack_write_503_while_redis_is_down_means_the_line_is_never_handed_over(
     tmp_path: Path,
 ) -> None:
