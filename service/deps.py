@@ -37,7 +37,8 @@ class CoroutineTask(BackgroundTask):
 
     Starlette's constructor asks ``inspect`` whether ``func`` is one, on every call: about 11k
     instructions of each request (callgrind), for an answer that never changes here. Append it
-    to ``BackgroundTasks.tasks``, as ``add_task`` does.
+    to ``BackgroundTasks.tasks``, as ``add_task`` does, or give it to a response as its
+    ``background``.
     """
 
     def __init__(self, func: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:

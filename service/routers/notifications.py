@@ -5,6 +5,7 @@
 from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Path, Request, Response
+from starlette.background import BackgroundTask
 from starlette.background import BackgroundTasks as NoTasks
 from starlette.convertors import Convertor, register_url_convertor
 
@@ -64,7 +65,7 @@ class AcknowledgementResponse(Response):
         (b"content-type", b"application/json"),
     )
 
-    def __init__(self, notification_id: str, background: NoTasks | None = None) -> None:
+    def __init__(self, notification_id: str, background: BackgroundTask | None = None) -> None:
         self.status_code = 200
         self.background = background
         self.body = ACKNOWLEDGEMENT
@@ -151,9 +152,14 @@ def build_router(service: NotificationService, settings: Settings) -> APIRouter:
                 return AcknowledgementResponse(accepted.id, background=NoTasks())
             notification_id = accepted.id
         if in_background:
-            background_tasks.tasks.append(
-                CoroutineTask(service.notify, email, message, notification_id)
-            )
+            task = CoroutineTask(service.notify, email, message, notification_id)
+            # Without ?q= this is the request's only task: it goes on the response itself, as
+            # Starlette's Response(background=...), and FastAPI's BackgroundTasks runner (a
+            # coroutine and an OpenTelemetry context lookup per task) is skipped. With ?q= the
+            # query's task is already on background_tasks, and the notification goes after it.
+            if not background_tasks.tasks:
+                return AcknowledgementResponse(notification_id, background=task)
+            background_tasks.tasks.append(task)  # after the query's line, as in the guide
         else:
             try:
                 await service.notify_written(email, message, q, notification_id)
