@@ -51,6 +51,7 @@ format: $(STAMP)
 bench: $(STAMP) redis-server
 	$(BIN)/python -m bench --servers bare,same-signature,guide,service,service-ack-write,redis
 	$(BIN)/python -m bench.writer
+	$(BIN)/python -m bench.stores
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench --quick

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import time
 
 import pytest
 
@@ -34,26 +33,6 @@ def test_entries_expire_after_the_ttl() -> None:
     assert items.get("b") == 2
     items.put("c", 3)  # drops the expired "a" from the front
     assert len(items) == 2
-
-
-def _seconds_per_put(items: _Expiring[int, int], first: int, count: int) -> float:
-    started = time.perf_counter()
-    for key in range(first, first + count):
-        items.put(key, key)
-    return (time.perf_counter() - started) / count
-
-
-def test_a_put_at_the_limit_costs_what_one_below_it_does() -> None:
-    """Evicting from the front must not get slower as evictions accumulate (a plain dict
-    walks every slot deleted since its last resize to find its first entry)."""
-    limit = 20_000
-    full: _Expiring[int, int] = _Expiring(limit, ttl=3600.0, clock=lambda: 0.0)
-    roomy: _Expiring[int, int] = _Expiring(10 * limit, ttl=3600.0, clock=lambda: 0.0)
-    below = _seconds_per_put(roomy, 0, 2 * limit)
-    _seconds_per_put(full, 0, limit)
-    at_limit = _seconds_per_put(full, limit, 2 * limit)
-    assert len(full) == limit
-    assert at_limit < 5 * below
 
 
 def test_a_status_goes_from_queued_to_failed_to_written() -> None:
