@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import shutil
 import subprocess
 import tempfile
@@ -24,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.loadgen import run_load
-from bench.paths import REPO_ROOT, RESULTS_DIR
+from bench.paths import REPO_ROOT, RESULTS_DIR, save_json
 from bench.process import HOST, running_server
 from bench.redis_stack import running_redis
 from bench.servers import ServerSpec, select_servers
@@ -103,9 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name not in (base, "bare") and name in counts and base in counts:
             # Fewer instructions a request is more requests a second: base / name.
             print(f"{name} / {base}: {counts[base] / counts[name]:.3f} (by instructions)")
-    args.out.mkdir(parents=True, exist_ok=True)
     report = {"requests": args.requests, "warmup": args.warmup, "per_request": counts}
-    (args.out / "callgrind.json").write_text(json.dumps(report, indent=2) + "\n")
+    save_json(args.out / "callgrind.json", report)
     return 0
 
 

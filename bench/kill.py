@@ -35,7 +35,7 @@ from bench.errors import HarnessError
 from bench.loadgen import LoadResult
 from bench.logcheck import email_of
 from bench.machine import machine_info
-from bench.paths import REPO_ROOT, RESULTS_DIR
+from bench.paths import REPO_ROOT, RESULTS_DIR, save_json
 from bench.process import HOST, ServerProcess, running_server, tail_text
 from bench.servers import LOG_FILE_NAME, ServerSpec, select_servers
 
@@ -449,8 +449,7 @@ def write_json(
         "runs": [run.to_json() for run in runs],
         "elapsed_s": round(elapsed_s, 1),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    save_json(path, data)
 
 
 def main(settings: KillSettings | None = None) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -12,6 +11,7 @@ from statistics import median
 from typing import Any
 
 from bench.measure import RunResult
+from bench.paths import save_json
 from bench.servers import ServerSpec
 
 BASELINE = "bare"
@@ -261,4 +261,4 @@ def write_json(
         "servers": [summary.to_json() for summary in summaries],
         "runs": [run.to_json() for run in runs],
     }
-    path.write_text(json.dumps(document, indent=2) + "\n")
+    save_json(path, document)

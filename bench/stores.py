@@ -9,7 +9,6 @@ whether eviction stays as cheap as insertion.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -69,12 +68,11 @@ def format_store(result: StoreResult) -> str:
 
 def main() -> int:
     """``python -m bench.stores``: print the comparison and save it beside latest.json."""
-    from bench.paths import RESULTS_DIR
+    from bench.paths import RESULTS_DIR, save_json
 
     result = run_store_bench()
     print(format_store(result))
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / "stores.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    save_json(RESULTS_DIR / "stores.json", result.to_json())
     return 0
 
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import tempfile
 import time
@@ -82,12 +81,11 @@ def format_writer(result: WriterResult) -> str:
 
 def main() -> int:
     """``python -m bench.writer``: print the comparison and save it beside latest.json."""
-    from bench.paths import RESULTS_DIR
+    from bench.paths import RESULTS_DIR, save_json
 
     result = run_writer_bench()
     print(format_writer(result))
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / "writer.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    save_json(RESULTS_DIR / "writer.json", result.to_json())
     return 0
 
 
