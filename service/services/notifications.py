@@ -10,7 +10,7 @@ from typing import NamedTuple
 from service.ids import new_id
 from service.records import Record, notification_renderer, render_text
 from service.services.deadlines import Deadlines, wait_all
-from service.sinks.base import Sink, SinkUnavailable
+from service.sinks.base import Sink, SinkUnavailable, Wait
 from service.status import Fingerprint, Ledger, NotificationStatus, StatusStore
 
 __all__ = ["Acceptance", "NotificationService"]
@@ -92,13 +92,13 @@ class NotificationService:
         email: str,
         message: str,
         notification_id: str,
-        done: asyncio.Future[None] | None = None,
+        done: Wait = None,
     ) -> None:
         """Log ``notification for {email}: {message}`` (admitted by ``accept``)."""
         line = self._render_notification(email, message, notification_id)
         self._notifications.submit(notification_id, line, done)
 
-    async def log_query(self, q: str, done: asyncio.Future[None] | None = None) -> None:
+    async def log_query(self, q: str, done: Wait = None) -> None:
         """Log ``found query: {q}`` (admitted by ``accept``)."""
         record = Record("query", q=q)
         self._queries.submit(record.id, self._render(record), done)
