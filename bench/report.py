@@ -15,6 +15,8 @@ from bench.paths import save_json
 from bench.servers import ServerSpec
 
 BASELINE = "bare"
+REFERENCE = "same-signature"
+"""The second reference: ``rps_vs_reference`` is each server's throughput against it."""
 NOISY_OTHER_CPU = 0.25
 """Share of a core used by other processes above which a run is flagged as noisy."""
 
@@ -30,6 +32,8 @@ class Summary:
     p50_ms: float
     p99_ms: float
     rps_ratio: float | None
+    rps_vs_reference: float | None
+    """Req/s against same-signature, pair by pair (#3's "the background work costs ≤ 5 %")."""
     p99_ratio: float | None
     rss_mb: float
     rss_ratio: float | None
@@ -96,7 +100,10 @@ def _helper_rss_mb(runs: Sequence[RunResult]) -> dict[str, float]:
 
 
 def summarize_server(
-    spec: ServerSpec, runs: Sequence[RunResult], baseline: dict[int, RunResult]
+    spec: ServerSpec,
+    runs: Sequence[RunResult],
+    baseline: dict[int, RunResult],
+    reference: dict[int, RunResult] | None = None,
 ) -> Summary:
     pending = [run.pending_at_stop for run in runs if run.pending_at_stop is not None]
     drain_median, drain_max, undrained = _drain_stats(runs) if spec.writes_log else (None, None, 0)
@@ -111,6 +118,7 @@ def summarize_server(
         p50_ms=median(run.p50_ms for run in runs),
         p99_ms=median(run.p99_ms for run in runs),
         rps_ratio=_paired_ratio(runs, baseline, lambda run: run.rps),
+        rps_vs_reference=_paired_ratio(runs, reference or {}, lambda run: run.rps),
         p99_ratio=_paired_ratio(runs, baseline, lambda run: run.p99_ms),
         rss_mb=median(run.peak_rss_kb for run in runs) / 1024,
         rss_ratio=_paired_ratio(runs, baseline, lambda run: run.peak_rss_kb),
@@ -137,11 +145,12 @@ def summarize_server(
 def summarize(specs: Sequence[ServerSpec], runs: Sequence[RunResult]) -> list[Summary]:
     """One summary per server that has runs, in table order."""
     baseline = {run.round: run for run in runs if run.server == BASELINE}
+    reference = {run.round: run for run in runs if run.server == REFERENCE}
     summaries = []
     for spec in specs:
         own = [run for run in runs if run.server == spec.name]
         if own:
-            summaries.append(summarize_server(spec, own, baseline))
+            summaries.append(summarize_server(spec, own, baseline, reference))
     return summaries
 
 
@@ -174,6 +183,7 @@ def _row(summary: Summary) -> list[str]:
         summary.name,
         _number(summary.rps),
         _number(summary.rps_ratio, 2, "x"),
+        _number(summary.rps_vs_reference, 3, "x"),
         _number(summary.p50_ms, 1),
         _number(summary.p99_ms, 1),
         _number(summary.p99_ratio, 2, "x"),
@@ -190,6 +200,7 @@ _HEADER = [
     "server",
     "req/s",
     "vs bare",
+    "vs same-sig",
     "p50 ms",
     "p99 ms",
     "p99 vs bare",
