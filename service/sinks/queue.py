@@ -298,10 +298,9 @@ class QueueSink:
                     continue
             if self._options.batch_delay and len(self._queue) < self._options.batch_size:
                 await asyncio.sleep(self._options.batch_delay)
-            batch = self._without_withdrawn(self._queue.take(self._options.batch_size))
-            if batch.records:
-                self._in_flight = batch
-                await self._hand_over(batch)
+            await self._hand_over(
+                self._without_withdrawn(self._queue.take(self._options.batch_size))
+            )
 
     async def _hand_over(self, batch: _HandOver) -> None:
         """Publish ``batch``, retrying with backoff until the queue takes it.
@@ -313,7 +312,8 @@ class QueueSink:
         """
         batch_id = new_id()
         attempt = 0
-        while True:
+        while batch.records:
+            self._in_flight = batch  # what aclose spools if shutdown cancels us meanwhile
             try:
                 await self._publisher.publish(batch_id, batch.records)
             except HandoffFailed as exc:
@@ -322,14 +322,13 @@ class QueueSink:
                     async with asyncio.timeout(self._options.retry.delay(attempt)):
                         await self._abandon.wait()
                 attempt += 1
-                batch = self._in_flight = self._without_withdrawn(batch)
-                if not batch.records:
-                    self._in_flight = None
-                    return
-                continue
-            break
-        records = batch.records
+                batch = self._without_withdrawn(batch)
+            else:
+                break
         self._in_flight = None
+        records = batch.records
+        if not records:  # every line was withdrawn while the queue was down
+            return
         self._held -= len(records)
         self._recovered()
         resolve_waits(batch.waits)
