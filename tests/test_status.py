@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-
 import pytest
 
 from service.status import (
@@ -13,6 +11,7 @@ from service.status import (
     StatusStore,
     _Expiring,
 )
+from tests.support.collector import tracked_growth
 
 
 def test_oldest_entries_go_first_at_the_limit() -> None:
@@ -89,14 +88,14 @@ def test_remembered_keys_leave_no_object_for_the_garbage_collector() -> None:
     count = 10_000
     keys = Idempotency(limit=count, ttl=3600.0)
     requests = [(f"key-{i}", (f"u{i}@example.com", "hi", None), f"id-{i}") for i in range(count)]
-    gc.disable()  # so that no collection resets the count while we read it
-    try:
-        before = gc.get_count()[0]
+    claimed: list[str | None] = []
+
+    def claim_all() -> None:
         for key, fingerprint, notification_id in requests:
-            assert keys.claim(key, fingerprint, notification_id) is None
-        grown = gc.get_count()[0] - before
-    finally:
-        gc.enable()
+            claimed.append(keys.claim(key, fingerprint, notification_id))
+
+    grown = tracked_growth(claim_all)
+    assert claimed == [None] * count
     assert grown < count // 100, f"{grown} tracked objects for {count} keys"
     assert keys.claim("key-7", ("u7@example.com", "hi", None), "id-new") == "id-7"
     with pytest.raises(IdempotencyConflict, match="different request"):
