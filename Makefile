@@ -34,7 +34,7 @@ redis: redis-server
 
 # A worker of the redis backend (NOTIFY_BACKEND=redis on the API): same settings, same sinks.
 worker: $(STAMP)
-	$(BIN)/python -m service.worker
+	$(BIN)/python -m service.redis.worker
 
 test: $(STAMP) redis-server
 	$(BIN)/python -m pytest

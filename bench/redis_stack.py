@@ -1,9 +1,10 @@
 """The redis row's other processes: a ``redis-server`` and one worker, in the run's directory.
 
 Redis listens on a free loopback port with an append-only file (``appendfsync everysec``, no
-RDB snapshots), as ``make redis`` runs it; the worker is ``python -m service.worker`` (taskiq's
-worker with one worker process), as ``make worker`` runs it, with the API's ``NOTIFY_*``
-settings. Both run in their own process group and are killed when their block exits.
+RDB snapshots), as ``make redis`` runs it; the worker is ``python -m service.redis.worker``
+(taskiq's worker with one worker process), as ``make worker`` runs it, with the API's
+``NOTIFY_*`` settings. Both run in their own process group and are killed when their block
+exits.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ def running_worker(
 
     taskiq forks the worker from a managing process; both are measured (``track_group``).
     """
-    command = [sys.executable, "-m", "service.worker"]  # as `make worker`
+    command = [sys.executable, "-m", "service.redis.worker"]  # as `make worker`
     env = {**server_env(spec, run_dir, repo_root, redis_url), "PYTHONUNBUFFERED": "1"}
     output_path = run_dir / "worker.out"
     worker = ChildProcess("worker", spawn(command, run_dir, env, output_path), output_path)

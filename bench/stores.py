@@ -1,7 +1,7 @@
 """Expiring-store micro-benchmark: a ``put`` that evicts (store at its limit) against one that
 does not (store with room), per second, as a ratio.
 
-Statuses and Idempotency-Keys are held in ``_Expiring`` stores that drop their oldest entry
+Statuses and Idempotency-Keys are held in ``ExpiringMap`` stores that drop their oldest entry
 on every ``put`` once full. A plain ``dict`` emptied from the front makes that drop walk every
 slot deleted since its last resize (tens of µs a put at 20,000 entries); the ratio shows
 whether eviction stays as cheap as insertion.
@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from service.status import _Expiring
+from service.status import ExpiringMap
 
 LIMIT = 20_000
 
@@ -35,7 +35,7 @@ class StoreResult:
         return {**asdict(self), "ratio": self.ratio}
 
 
-def _seconds(items: _Expiring[int, int], first: int, count: int) -> float:
+def _seconds(items: ExpiringMap[int, int], first: int, count: int) -> float:
     started = time.perf_counter()
     for key in range(first, first + count):
         items.put(key, key)
@@ -49,9 +49,9 @@ def run_store_bench(limit: int = LIMIT, repeats: int = 3) -> StoreResult:
     roomy_s, full_s = [], []
     final_size = 0
     for _ in range(repeats):
-        roomy: _Expiring[int, int] = _Expiring(10 * limit, ttl=3600.0, clock=lambda: 0.0)
+        roomy: ExpiringMap[int, int] = ExpiringMap(10 * limit, ttl=3600.0, clock=lambda: 0.0)
         roomy_s.append(_seconds(roomy, 0, puts))
-        full: _Expiring[int, int] = _Expiring(limit, ttl=3600.0, clock=lambda: 0.0)
+        full: ExpiringMap[int, int] = ExpiringMap(limit, ttl=3600.0, clock=lambda: 0.0)
         _seconds(full, 0, limit)
         full_s.append(_seconds(full, limit, puts))
         final_size = len(full)

@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from service.sinks.file import FileSink, FileSinkOptions
+from service.sinks.core import BatchOptions
+from service.sinks.file import file_sink
 
 LINES = 200_000
 BATCH = 4096
@@ -37,12 +38,12 @@ def _lines(count: int) -> list[str]:
 
 
 async def _through_sink(path: Path, lines: list[str]) -> float:
-    sink = FileSink(path, FileSinkOptions(queue_size=len(lines), batch_size=BATCH))
+    sink = file_sink(path, BatchOptions(queue_size=len(lines), batch_size=BATCH))
     await sink.start()
     started = time.perf_counter()
     for number, line in enumerate(lines):
         sink.admit()
-        sink.submit(str(number), line)
+        sink.submit(str(number), "notification", line)
     await sink.aclose()
     return time.perf_counter() - started
 

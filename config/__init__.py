@@ -1,5 +1,5 @@
 """Configuration: the one place that reads the environment."""
 
-from config.settings import Settings, SettingsError, load_settings
+from config.settings import Settings, SettingsError, load_settings, settings_or_exit
 
-__all__ = ["Settings", "SettingsError", "load_settings"]
+__all__ = ["Settings", "SettingsError", "load_settings", "settings_or_exit"]

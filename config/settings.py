@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "SettingsError", "load_settings"]
+__all__ = ["Settings", "SettingsError", "load_settings", "settings_or_exit"]
 
 _ENV_PREFIX = "NOTIFY_"
 
@@ -198,3 +198,12 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         raise SettingsError(_describe(exc)) from None
+
+
+def settings_or_exit() -> Settings:
+    """The environment's settings, or exit with one line naming the bad variable (for the
+    command-line entry points)."""
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        raise SystemExit(f"error: {exc}") from None

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import uvicorn
 
-from service.main import create_app, settings_or_exit
+from config import settings_or_exit
+from service.main import create_app
 
 
 def main() -> None:

@@ -8,71 +8,53 @@ refer to values of the enclosing function.
 
 import hmac
 import math
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import BackgroundTasks, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import Field, TypeAdapter, ValidationError, create_model
-from starlette.background import BackgroundTask
 from starlette.datastructures import Headers
 
 from service.schemas import DEFAULT_MESSAGE, NotificationBody
-from service.services import NotificationService
+from service.services import NotificationService, QueryLine
 
 __all__ = [
     "BodyReader",
-    "CoroutineTask",
     "QueryLogger",
     "idempotency_key",
     "query_logger",
     "token_checker",
 ]
 
-QueryLogger = Callable[..., Awaitable[str | None]]
+QueryLogger = Callable[..., Awaitable[QueryLine | None]]
 
 
-class CoroutineTask(BackgroundTask):
-    """``BackgroundTask(func, *args)`` for a function known to be a coroutine function.
-
-    Starlette's constructor asks ``inspect`` whether ``func`` is one, on every call: about 11k
-    instructions of each request (callgrind), for an answer that never changes here. Append it
-    to ``BackgroundTasks.tasks``, as ``add_task`` does, or give it to a response as its
-    ``background``.
-    """
-
-    def __init__(self, func: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
-        # Starlette types args and kwargs with its constructor's ParamSpec, unnamable here (and
-        # typing.cast is a function call: this runs on every request).
-        arguments: Any = args
-        no_kwargs: Any = {}
-        self.func, self.args, self.kwargs = func, arguments, no_kwargs
-        self.is_async = True
-
-    def __call__(self) -> Coroutine[Any, Any, None]:
-        """The task's coroutine, for ``BackgroundTasks`` to await (Starlette's ``__call__`` is
-        a coroutine that awaits it: one more coroutine per task)."""
-        start: Callable[..., Coroutine[Any, Any, None]] = self.func
-        return start(*self.args)
-
-
-def query_logger(service: NotificationService, max_length: int, *, schedule: bool) -> QueryLogger:
+def query_logger(max_length: int, *, schedule: bool) -> QueryLogger:
     """The guide's ``get_query``: log ``found query: {q}`` in a background task when given.
 
-    With ``schedule=False`` (``NOTIFY_ACK=write``) it only reads ``q``; the endpoint writes the
-    query line itself, before the notification and before answering.
+    The task is the current run's ``NotificationService.log_query`` with the request's
+    ``QueryLine``; it writes only if the request was accepted as a new notification (an
+    idempotent replay, or a refused request, writes nothing). With ``schedule=False``
+    (``NOTIFY_ACK=write``) it only reads ``q``; the endpoint writes the query line itself,
+    before the notification and before answering.
     """
 
     async def log_query(
+        request: Request,
         background_tasks: BackgroundTasks,
         q: Annotated[
             str | None,
             Query(max_length=max_length, description="Logged as `found query: {q}`."),
         ] = None,
-    ) -> str | None:
-        if schedule and q is not None:
-            background_tasks.tasks.append(CoroutineTask(service.log_query, q))
-        return q
+    ) -> QueryLine | None:
+        if q is None:
+            return None
+        query = QueryLine(q)
+        if schedule:
+            service: NotificationService = request.state.notifications
+            background_tasks.add_task(service.log_query, query)
+        return query
 
     return log_query
 

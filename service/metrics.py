@@ -30,7 +30,6 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.utils import floatToGoString
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
@@ -106,7 +105,7 @@ class Metrics:
             buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
             registry=registry,
         )
-        self._sinks: list[SinkMetrics] = []
+        self._sinks: dict[str, SinkMetrics] = {}
         self.per_request: Tallies | DirectMetrics
         if multiprocess_dir is None:
             self.per_request = Tallies()
@@ -117,8 +116,11 @@ class Metrics:
         self._observe_http = self.per_request.observe_http
 
     def for_sink(self, name: str) -> SinkMetrics:
-        sink = SinkMetrics(self, name)
-        self._sinks.append(sink)
+        """The metrics of the sink ``name``: one per name, kept across lifespan runs (each run
+        tells it, with ``track``, where its current sink's held lines are)."""
+        sink = self._sinks.get(name)
+        if sink is None:
+            sink = self._sinks[name] = SinkMetrics(self, name)
         return sink
 
     def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
@@ -128,7 +130,7 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """The text format: this process's registry, or every worker's in multiprocess mode."""
-        for sink in self._sinks:
+        for sink in self._sinks.values():
             sink.refresh()
         if self.multiprocess_dir is None:
             return generate_latest(self.registry)
@@ -211,8 +213,9 @@ class Tallies:
 
 
 def _bucket_label(bound: float) -> str:
-    label: str = floatToGoString(bound)  # type: ignore[no-untyped-call]
-    return label
+    """A bucket's ``le`` label as prometheus-client writes it for these bounds: ``+Inf``, or
+    Python's shortest form (``0.0005``, ``1.0``); a test compares with its own objects'."""
+    return "+Inf" if bound == float("inf") else repr(bound)
 
 
 class DirectMetrics:

@@ -38,7 +38,8 @@ class Acknowledgement(BaseModel):
     message: str = Field(examples=["Notification sent in the background"])
 
 
-ACKNOWLEDGEMENT = b'{"message":"Notification sent in the background"}'
+ACKNOWLEDGEMENT = "Notification sent in the background"
+"""The guide's answer to ``POST``, in its ``message`` field."""
 
 
 class ErrorBody(BaseModel):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Generic, Literal, Protocol, TypeVar
 
 __all__ = [
+    "ExpiringMap",
     "Fingerprint",
     "Idempotency",
     "IdempotencyConflict",
@@ -51,7 +52,7 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
-class _Expiring(Generic[K, V]):
+class ExpiringMap(Generic[K, V]):
     """A dict whose entries expire ``ttl`` seconds after insertion, at most ``limit`` kept.
 
     An ``OrderedDict`` of expiry times, not a ``dict``: a dict emptied from the front keeps the
@@ -198,7 +199,7 @@ class Idempotency:
     """
 
     def __init__(self, limit: int, ttl: float, clock: Callable[[], float] = time.time) -> None:
-        self._keys: _Expiring[str, str] = _Expiring(limit, ttl, clock)
+        self._keys: ExpiringMap[str, str] = ExpiringMap(limit, ttl, clock)
 
     def claim(self, key: str, fingerprint: Fingerprint, notification_id: str) -> str | None:
         """Take ``key`` for ``notification_id`` and return None if the key is new; else the id

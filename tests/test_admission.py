@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from config import Settings
-from service.sinks.file import FileSink, FileSinkOptions
+from service.sinks.core import BatchOptions
+from service.sinks.file import file_sink
 from tests.conftest import make_settings, read_lines, running
 from tests.support.fifo import full_fifo
 from tests.test_file_sink import wait_for_lines, wait_for_readiness
@@ -81,13 +82,13 @@ async def test_refused_query_line_releases_the_notification_reservation(tmp_path
 
 async def test_shutdown_stops_at_its_deadline_even_while_writes_succeed(tmp_path: Path) -> None:
     """A slow but working sink does not hold shutdown past the drain timeout."""
-    sink = FileSink(
-        tmp_path / "log.txt", FileSinkOptions(queue_size=100_000, batch_size=1, drain_timeout=0.05)
+    sink = file_sink(
+        tmp_path / "log.txt", BatchOptions(queue_size=100_000, batch_size=1, drain_timeout=0.05)
     )
     await sink.start()
     for i in range(50_000):
         sink.admit()
-        sink.submit(str(i), f"line {i}\n")
+        sink.submit(str(i), "notification", f"line {i}\n")
     started = time.monotonic()
     async with asyncio.timeout(5):
         await sink.aclose()

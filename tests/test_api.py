@@ -62,8 +62,12 @@ async def test_status_of_a_notification_whose_write_fails(tmp_path: Path) -> Non
         location = (await client.post("/send-notification/a@example.com")).headers["location"]
         body = await wait_for_status(client, location, "failed")
         assert "No space left on device" in str(body["error"])
-        await asyncio.sleep(0.5)  # retries start at 50 ms and double: several by now
-        later = (await client.get(location)).json()
+        async with asyncio.timeout(5):  # until a later retry has failed too (backoff from 50 ms)
+            while True:
+                later = (await client.get(location)).json()
+                if later["attempts"] > body["attempts"]:
+                    break
+                await asyncio.sleep(0.01)
     assert later["status"] == "failed"
     assert later["attempts"] > body["attempts"]
 
@@ -80,8 +84,11 @@ async def test_statuses_expire(tmp_path: Path) -> None:
     """After the status TTL the id is forgotten (404)."""
     async with running(make_settings(tmp_path, status_ttl=0.05)) as client:
         location = (await client.post("/send-notification/a@example.com")).headers["location"]
-        await asyncio.sleep(0.1)
-        assert (await client.get(location)).status_code == 404
+        async with asyncio.timeout(5):  # until the 50 ms TTL has run out
+            while True:
+                if (await client.get(location)).status_code == 404:
+                    break
+                await asyncio.sleep(0.01)
 
 
 async def test_same_idempotency_key_and_request_writes_once(tmp_path: Path) -> None:

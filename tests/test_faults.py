@@ -157,7 +157,7 @@ async def test_sigterm_spools_what_a_stuck_sink_did_not_take_and_replays_it(
     assert statuses == {200: 200}
     assert errors == {}
     assert stop_s < 5, f"shutdown took {stop_s:.1f} s with NOTIFY_SHUTDOWN_TIMEOUT=1"
-    assert "not written by the shutdown deadline" in first.output()
+    assert "not delivered by the shutdown deadline" in first.output()
     assert drained.startswith(fifo.filler)
     spooled = spool.read_text(encoding="utf-8")
     from_fifo = _count_emails(drained[len(fifo.filler) :].decode(), where="the FIFO")
@@ -221,7 +221,10 @@ async def test_sigkill_with_ack_write_loses_nothing_acknowledged(tmp_path: Path)
 async def test_ack_write_on_dev_full_answers_503_after_the_timeout_then_at_once(
     tmp_path: Path,
 ) -> None:
-    """NOTIFY_ACK=write on /dev/full: 503 after the ack timeout, then 503 at once while failing."""
+    """NOTIFY_ACK=write on /dev/full: 503 after the ack timeout, then 503 at once while failing.
+    Once the line that timed out is withdrawn and a retry delay has passed, the log is tried
+    again (/readyz 200): the next POST gets its 503 after the ack timeout, the one after it at
+    once, and withdrawn lines never count as the log writing again."""
     settings = {
         "NOTIFY_LOG_PATH": "/dev/full",
         "NOTIFY_SPOOL_PATH": str(tmp_path / "notify.spool"),
@@ -238,6 +241,10 @@ async def test_ack_write_on_dev_full_answers_503_after_the_timeout_then_at_once(
             started = time.monotonic()
             response = await client.post(f"/send-notification/later{number}@example.com")
             later.append((response, time.monotonic() - started))
+        async with asyncio.timeout(10):  # every line withdrawn, and the retry delay over
+            await _wait_for_readyz(client, 200)
+        probe = await client.post("/send-notification/probe@example.com")
+        refused_again = await client.post("/send-notification/again@example.com")
         await _terminate(server, within=10)
 
     assert first.status_code == 503
@@ -250,7 +257,14 @@ async def test_ack_write_on_dev_full_answers_503_after_the_timeout_then_at_once(
         assert response.headers["retry-after"] == "1"
         detail = response.json()["detail"]
         assert detail.startswith("not accepted: ")
+        assert "writes failing" in detail
         assert NO_SPACE in detail
+    assert probe.status_code == 503
+    assert "did not confirm the write within 1 s" in probe.json()["detail"]
+    assert refused_again.status_code == 503
+    assert refused_again.json()["detail"].startswith("not accepted: ")
+    assert NO_SPACE in refused_again.json()["detail"]
+    assert "writing again" not in server.output()
     assert "Traceback" not in server.output()
 
 

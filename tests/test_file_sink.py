@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from service.sinks.file import FileSink, FileSinkOptions
+from service.sinks.core import BatchOptions
+from service.sinks.file import file_sink
 from tests.conftest import make_settings, read_lines, running
 from tests.support.collector import queue_lines
 
@@ -48,12 +49,12 @@ def write_syscalls() -> int:
 
 async def test_queued_lines_are_written_in_few_large_writes(tmp_path: Path) -> None:
     """20,000 queued lines reach the file in order, in about one write per batch."""
-    sink = FileSink(tmp_path / "log.txt", FileSinkOptions(queue_size=20_000, batch_size=1000))
+    sink = file_sink(tmp_path / "log.txt", BatchOptions(queue_size=20_000, batch_size=1000))
     await sink.start()
     before = write_syscalls()
     for i in range(20_000):
         sink.admit()
-        sink.submit(str(i), f"line {i}\n")
+        sink.submit(str(i), "notification", f"line {i}\n")
     await sink.aclose()
     writes = write_syscalls() - before
     assert read_lines(tmp_path / "log.txt") == [f"line {i}" for i in range(20_000)]
@@ -65,7 +66,7 @@ async def test_waiting_lines_leave_no_object_for_the_garbage_collector(tmp_path:
     add nothing to the collector's count (an object per line did: with ~50 requests per
     collection of the young generation under load, see ``Sink.submit``)."""
     count = 10_000
-    sink = FileSink(tmp_path / "log.txt", FileSinkOptions(queue_size=count))
+    sink = file_sink(tmp_path / "log.txt", BatchOptions(queue_size=count))
     _, _, grown = queue_lines(sink, count)
     assert grown < count // 100, f"{grown} tracked objects for {count} queued lines"
     await sink.start()

@@ -8,8 +8,8 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from service.lifespan import StartupError
 from service.main import create_app
+from service.runtime import StartupError
 from tests.conftest import make_settings
 
 

@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
-from fastapi import FastAPI
 
-from service.lifespan import Runtime
-from service.sinks.queue import QueueSink
+from service.metrics import Metrics
+from service.runtime import Runtime
 from tests.conftest import make_settings
 from tests.support.collector import queue_lines
 
@@ -23,13 +22,13 @@ async def test_waiting_lines_leave_no_object_for_the_garbage_collector(
     collections per 20,000 requests in ``NOTIFY_BACKEND=redis`` against 136 at startup alone
     in file mode, see ``Sink.submit``). Then all of them reach the stream, in order."""
     count = 10_000
-    runtime = Runtime(make_settings(tmp_path, backend="redis", redis_url=redis_url))
+    settings = make_settings(tmp_path, backend="redis", redis_url=redis_url)
+    runtime = Runtime(settings, Metrics())
     (sink,) = runtime.sinks
-    assert isinstance(sink, QueueSink)
-    ids, lines, grown = queue_lines(sink.lane("notification"), count)
+    ids, lines, grown = queue_lines(sink, count)
     assert grown < count // 100, f"{grown} tracked objects for {count} queued lines"
 
-    async with runtime.lifespan(FastAPI()):  # starts the sender; its end drains the queue
+    async with runtime:  # starts the sender; leaving it drains the queue
         pass
     async with aioredis.Redis.from_url(redis_url) as redis:
         entries: Any = await redis.xrange("notifications")

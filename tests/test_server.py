@@ -110,7 +110,7 @@ async def test_sigterm_writes_the_backlog_before_exiting(tmp_path: Path) -> None
             returncode = await server.wait_exit()
 
     assert returncode in (0, -signal.SIGTERM), server.output()
-    assert "not written by the shutdown deadline" not in server.output()
+    assert "not delivered by the shutdown deadline" not in server.output()
     assert drained.startswith(fifo.filler)
     lines = bytes(drained[len(fifo.filler) :]).decode().splitlines()
     assert sorted(lines) == [f"notification for {email}: some notification" for email in emails]

@@ -5,17 +5,17 @@ from __future__ import annotations
 import pytest
 
 from service.status import (
+    ExpiringMap,
     Idempotency,
     IdempotencyConflict,
     NotificationStatus,
     StatusStore,
-    _Expiring,
 )
 from tests.support.collector import tracked_growth
 
 
 def test_oldest_entries_go_first_at_the_limit() -> None:
-    items: _Expiring[int, str] = _Expiring(limit=3, ttl=60.0, clock=lambda: 0.0)
+    items: ExpiringMap[int, str] = ExpiringMap(limit=3, ttl=60.0, clock=lambda: 0.0)
     for key in range(5):
         items.put(key, str(key))
     assert [items.get(key) for key in range(5)] == [None, None, "2", "3", "4"]
@@ -23,7 +23,7 @@ def test_oldest_entries_go_first_at_the_limit() -> None:
 
 def test_entries_expire_after_the_ttl() -> None:
     now = [0.0]
-    items: _Expiring[str, int] = _Expiring(limit=10, ttl=5.0, clock=lambda: now[0])
+    items: ExpiringMap[str, int] = ExpiringMap(limit=10, ttl=5.0, clock=lambda: now[0])
     items.put("a", 1)
     now[0] = 4.0
     items.put("b", 2)

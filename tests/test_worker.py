@@ -13,12 +13,14 @@ import redis.asyncio as aioredis
 from taskiq import AckableMessage
 
 from config import Settings
-from service.broker import GROUP, NotificationBroker, RedisPublisher
-from service.redis_ledger import RedisLedger
-from service.services.delivery import DeliveryService
-from service.sinks.file import FileSink, FileSinkOptions
-from service.sinks.queue import WireRecord, parse_wire_record
+from service.redis.broker import GROUP, NotificationBroker
+from service.redis.delivery import DeliveryService
+from service.redis.ledger import RedisLedger
+from service.redis.publisher import StreamPublisher
+from service.sinks.core import Batch, BatchOptions, BatchSink
+from service.sinks.file import file_sink
 from service.status import NotificationStatus
+from service.wire import WireRecord, parse_wire_record
 from tests.conftest import read_lines
 
 
@@ -29,8 +31,8 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 
 
 @pytest.fixture
-async def log_sink(tmp_path: Path) -> AsyncIterator[FileSink]:
-    sink = FileSink(tmp_path / "log.txt", FileSinkOptions(refuse_while_failing=True))
+async def log_sink(tmp_path: Path) -> AsyncIterator[BatchSink]:
+    sink = file_sink(tmp_path / "log.txt", BatchOptions(refuse_while_failing=True))
     await sink.start()
     yield sink
     await sink.aclose()
@@ -40,7 +42,7 @@ def _ledger(redis: aioredis.Redis) -> RedisLedger:
     return RedisLedger(redis, "notifications", status_ttl=60, idempotency_ttl=60)
 
 
-def _delivery(sink: FileSink, redis: aioredis.Redis) -> DeliveryService:
+def _delivery(sink: BatchSink, redis: aioredis.Redis) -> DeliveryService:
     return DeliveryService(sink, sink, _ledger(redis), timeout=2.0)
 
 
@@ -52,7 +54,7 @@ def _batch(*names: str) -> list[list[object]]:
 
 
 async def test_a_batch_delivered_again_is_not_written_again(
-    tmp_path: Path, redis: aioredis.Redis, log_sink: FileSink
+    tmp_path: Path, redis: aioredis.Redis, log_sink: BatchSink
 ) -> None:
     """The same worker (its memory) and another worker (the ledger in Redis) skip lines
     already written; the batch still counts as done, so it gets acknowledged."""
@@ -72,7 +74,7 @@ async def test_a_batch_delivered_again_is_not_written_again(
 
 
 async def test_the_memory_window_is_bounded_and_redis_still_remembers(
-    tmp_path: Path, redis: aioredis.Redis, log_sink: FileSink
+    tmp_path: Path, redis: aioredis.Redis, log_sink: BatchSink
 ) -> None:
     """With a window of two ids, the oldest is forgotten in memory; a redelivery of it is
     still skipped, because Redis says it was written."""
@@ -86,7 +88,7 @@ async def test_the_memory_window_is_bounded_and_redis_still_remembers(
 
 
 async def test_a_record_that_is_not_one_printable_line_is_never_written(
-    tmp_path: Path, redis: aioredis.Redis, log_sink: FileSink
+    tmp_path: Path, redis: aioredis.Redis, log_sink: BatchSink
 ) -> None:
     """Whatever put it on the stream, a worker cannot be made to forge a log line."""
     forged = [
@@ -151,9 +153,9 @@ async def test_a_worker_stuck_on_a_full_log_leaves_the_batch_for_later(
 ) -> None:
     """A log that cannot take the lines: deliver says False (not acknowledged), records the
     failure, and the same batch is written once the log works again."""
-    full = FileSink(
+    full = file_sink(
         Path("/dev/full"),
-        FileSinkOptions(refuse_while_failing=True, drain_timeout=0.2),
+        BatchOptions(refuse_while_failing=True, drain_timeout=0.2),
         spool_path=tmp_path / "full.spool",
     )
     await full.start()
@@ -165,7 +167,7 @@ async def test_a_worker_stuck_on_a_full_log_leaves_the_batch_for_later(
         await full.aclose()
     status = json.loads(await redis.get("notifications:status:id-late") or "{}")
     assert status["status"] == "failed"
-    working = FileSink(tmp_path / "log.txt")
+    working = file_sink(tmp_path / "log.txt", BatchOptions())
     await working.start()
     try:
         assert await _delivery(working, redis).deliver(_batch("late"))
@@ -194,8 +196,8 @@ async def _next(messages: AsyncIterator[AckableMessage], within: float) -> Ackab
 
 async def _publish(broker: NotificationBroker, redis: aioredis.Redis, name: str) -> None:
     """Publish one batch holding the notification of ``{name}@example.com``."""
-    publisher = RedisPublisher(broker, _ledger(redis).queued)
-    await publisher.publish("batch-1", [parse_wire_record(record) for record in _batch(name)])
+    publisher = StreamPublisher(broker, _ledger(redis).queued)
+    await publisher.send(Batch.of(parse_wire_record(record) for record in _batch(name)))
 
 
 async def _acknowledge(message: AckableMessage) -> None:

@@ -1,18 +1,21 @@
 """Reference (2) "same signature": this service's exact request and response, scheduling and
 recording nothing. Comparing it with the service isolates what the background work costs.
 
-Same request: the service's validation, body and dependencies (``Email``, ``BodyReader``,
-``idempotency_key``, the route's declaration, the limits in ``Settings``). Same response: the
-guide's body with a fresh notification id in ``Location`` and ``X-Notification-Id``, from the
-service's app class behind its HTTP metrics middleware (metrics are on by default).
-``tests/test_bench_apps.py`` checks that its OpenAPI operation is the service's and that it
-answers with the same headers.
+Same request: the service's validation and body reading (``Email``, ``BodyReader``,
+``idempotency_key``, the limits in ``Settings``) and a query dependency declared as the
+service's is. Same response: the endpoint answers as the service's does, a ``dict`` (FastAPI
+encodes it, ``response_model=None``) with a fresh notification id set in ``Location`` and
+``X-Notification-Id`` on the injected ``Response``, from the service's app class behind its
+HTTP metrics middleware (metrics are on by default). The route's declaration (its OpenAPI
+operation) is this module's own; ``tests/test_bench_apps.py`` checks that its parameters and
+request body are the service's and that it answers with the same status, body and headers.
 
 What it leaves out is the background machinery: admission to the log's buffer, the status
-record, the Idempotency-Key ledger, the background task, the line and the writer.
+record, the Idempotency-Key ledger, the background task, the line and the writer. And the
+token guard: the benchmark configures no tokens.
 """
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Response
 
@@ -22,10 +25,43 @@ from service.emails import Email
 from service.ids import new_id
 from service.main import NotificationApp
 from service.metrics import HttpMetrics, Metrics
-from service.routers.notifications import AcknowledgementResponse, post_options, register_convertors
+from service.routers.notifications import register_convertors
 
 settings = Settings()
 body_reader = BodyReader(settings.max_message_length, settings.max_body_bytes)
+
+KEY_PARAMETER: dict[str, Any] = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Up to 255 printable ASCII characters. The same key with the same "
+    "request gives the same answer and writes no second line.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+}
+"""Read by ``idempotency_key`` from the headers, so declared by hand, as the service does."""
+
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Accepted (here: nothing is scheduled or recorded).",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"message": {"type": "string"}},
+                    "required": ["message"],
+                }
+            }
+        },
+        "headers": {
+            "Location": {"description": "`/notifications/{id}`", "schema": {"type": "string"}},
+            "X-Notification-Id": {
+                "description": "The notification's id",
+                "schema": {"type": "string"},
+            },
+        },
+    },
+    413: {"description": "The body is larger than the configured limit."},
+}
 
 
 async def read_query(
@@ -43,16 +79,26 @@ register_convertors()
 router = APIRouter(tags=["notifications"])
 
 
-@router.post("/send-notification/{email:address}", **post_options(settings, body_reader))
+@router.post(
+    "/send-notification/{email:address}",
+    response_model=None,
+    openapi_extra={**body_reader.openapi, "parameters": [KEY_PARAMETER]},
+    responses=RESPONSES,
+    summary="The service's request and response, scheduling and recording nothing",
+)
 async def send_notification(
     email: Email,
     background_tasks: BackgroundTasks,
     q: Annotated[str | None, Depends(read_query)],
     request: Request,
-) -> Response:
+    response: Response,
+) -> dict[str, str]:
     await body_reader.message(request)
     idempotency_key(request.headers)
-    return AcknowledgementResponse(new_id())
+    notification_id = new_id()
+    response.headers["Location"] = f"/notifications/{notification_id}"
+    response.headers["X-Notification-Id"] = notification_id
+    return {"message": "Notification sent in the background"}
 
 
 # Routes passed flat, as the service's are.

@@ -1,25 +1,17 @@
-"""Liveness and readiness."""
+"""Liveness, readiness and metrics."""
 
-from __future__ import annotations
-
-from collections.abc import Sequence
-from typing import Protocol
-
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from service.metrics import CONTENT_TYPE, Metrics
+from service.runtime import Runtime
 from service.schemas import Health, Readiness, SinkState
-from service.sinks.base import SinkHealth
 
 __all__ = ["build_router"]
 
 
-class _Reporting(Protocol):
-    def health(self) -> SinkHealth: ...
-
-
-def build_router(sinks: Sequence[_Reporting], metrics: Metrics) -> APIRouter:
+def build_router(metrics: Metrics) -> APIRouter:
+    """``/metrics`` of the app, and the health of the current run's sinks."""
     router = APIRouter(tags=["health"])
 
     @router.get(
@@ -41,8 +33,9 @@ def build_router(sinks: Sequence[_Reporting], metrics: Metrics) -> APIRouter:
         responses={503: {"model": Readiness, "description": "A writer cannot take lines."}},
         summary="Every log writer is running and its file is open",
     )
-    async def readyz() -> JSONResponse:
-        states = [sink.health() for sink in sinks]
+    async def readyz(request: Request) -> JSONResponse:
+        runtime: Runtime = request.state.runtime
+        states = [sink.health() for sink in runtime.sinks]
         reasons = [state.problem for state in states if state.problem is not None]
         body = Readiness(
             status="unavailable" if reasons else "ready",

@@ -1,32 +1,19 @@
 """``POST /send-notification/{email}`` (the guide's endpoint) and ``GET /notifications/{id}``."""
 
 # No ``from __future__ import annotations``: FastAPI evaluates these annotations, and one
-# refers to a value of ``build_router`` (the query dependency, bound to the service).
+# refers to a value of ``build_router`` (the query dependency, bound to the limits).
 from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Path, Request, Response
-from starlette.background import BackgroundTask
-from starlette.background import BackgroundTasks as NoTasks
 from starlette.convertors import Convertor, register_url_convertor
 
 from config import Settings
-from service.deps import (
-    BodyReader,
-    CoroutineTask,
-    idempotency_key,
-    query_logger,
-    token_checker,
-)
+from service.deps import BodyReader, idempotency_key, query_logger, token_checker
 from service.emails import Email
-from service.schemas import (
-    ACKNOWLEDGEMENT,
-    Acknowledgement,
-    ErrorBody,
-    NotificationStatusOut,
-)
-from service.services import NotificationService
+from service.schemas import ACKNOWLEDGEMENT, Acknowledgement, ErrorBody, NotificationStatusOut
+from service.services import NotificationService, QueryLine
 
-__all__ = ["AcknowledgementResponse", "build_router", "post_options", "register_convertors"]
+__all__ = ["build_router", "register_convertors"]
 
 _ACK_HEADERS = {
     "Location": {"description": "`/notifications/{id}`", "schema": {"type": "string"}},
@@ -51,35 +38,9 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-class AcknowledgementResponse(Response):
-    """The 200 of ``POST``, with ``Location`` and ``X-Notification-Id``.
-
-    The same response ``Response(ACKNOWLEDGEMENT, media_type=..., headers={...})`` gives (a
-    test checks), built as bytes directly: everything but the id is constant, and
-    ``Response.__init__`` would encode a headers dict and measure the body on every request.
-    """
-
-    media_type = "application/json"
-    _CONSTANT_HEADERS = (
-        (b"content-length", str(len(ACKNOWLEDGEMENT)).encode()),
-        (b"content-type", b"application/json"),
-    )
-
-    def __init__(self, notification_id: str, background: BackgroundTask | None = None) -> None:
-        self.status_code = 200
-        self.background = background
-        self.body = ACKNOWLEDGEMENT
-        id_bytes = notification_id.encode("latin-1")
-        self.raw_headers = [
-            (b"location", b"/notifications/" + id_bytes),
-            (b"x-notification-id", id_bytes),
-            *self._CONSTANT_HEADERS,
-        ]
-
-
-def post_options(settings: Settings, body_reader: BodyReader) -> dict[str, Any]:
+def _post_options(settings: Settings, body_reader: BodyReader) -> dict[str, Any]:
     """How ``POST /send-notification/{email}`` is declared: its documentation and its token
-    guard (only when tokens are configured). Shared with bench's same-signature app."""
+    guard (only when tokens are configured)."""
     tokens = settings.tokens
     key_parameter = {
         "name": "Idempotency-Key",
@@ -123,50 +84,45 @@ def register_convertors() -> None:
     register_url_convertor("address", _AnyText())
 
 
-def build_router(service: NotificationService, settings: Settings) -> APIRouter:
-    """The notification routes, bound to ``service`` and to the configured limits."""
+def build_router(settings: Settings) -> APIRouter:
+    """The notification routes, with the configured limits. The service they call is the
+    current run's, from the lifespan state (``request.state.notifications``)."""
     register_convertors()
     router = APIRouter(tags=["notifications"])
     in_background = settings.ack == "background"
-    log_query = query_logger(service, settings.max_query_length, schedule=in_background)
+    log_query = query_logger(settings.max_query_length, schedule=in_background)
     body_reader = BodyReader(settings.max_message_length, settings.max_body_bytes)
 
     # An address may hold "/" (a%2Fb@example.com is decoded before routing): see _AnyText.
-    @router.post("/send-notification/{email:address}", **post_options(settings, body_reader))
+    @router.post("/send-notification/{email:address}", **_post_options(settings, body_reader))
     async def send_notification(
         email: Email,
         background_tasks: BackgroundTasks,
-        q: Annotated[str | None, Depends(log_query)],
+        query: Annotated[QueryLine | None, Depends(log_query)],
         request: Request,
-    ) -> Response:
+        response: Response,
+    ) -> dict[str, str]:
+        service: NotificationService = request.state.notifications
         message = await body_reader.message(request)
         key = idempotency_key(request.headers)
+        q = None if query is None else query.q
         # SinkUnavailable -> 503 and IdempotencyConflict -> 422, raised before any task runs.
         if key is None:
-            notification_id = service.accept(query=q is not None)
+            notification_id = service.accept(query)
         else:
-            accepted = await service.accept_keyed(
-                query=q is not None, key=key, fingerprint=(email, message, q)
-            )
-            if not accepted.new:  # a replay: same answer, and none of the tasks scheduled above
-                return AcknowledgementResponse(accepted.id, background=NoTasks())
+            accepted = await service.accept_keyed(query, key=key, fingerprint=(email, message, q))
             notification_id = accepted.id
+            if not accepted.new:  # a replay: the same answer, and no line written again
+                return _acknowledge(response, notification_id)
         if in_background:
-            task = CoroutineTask(service.notify, email, message, notification_id)
-            # Without ?q= this is the request's only task: it goes on the response itself, as
-            # Starlette's Response(background=...), and FastAPI's BackgroundTasks runner (a
-            # coroutine and an OpenTelemetry context lookup per task) is skipped. With ?q= the
-            # query's task is already on background_tasks, and the notification goes after it.
-            if not background_tasks.tasks:
-                return AcknowledgementResponse(notification_id, background=task)
-            background_tasks.tasks.append(task)  # after the query's line, as in the guide
+            background_tasks.add_task(service.notify, email, message, notification_id)
         else:
             try:
                 await service.notify_written(email, message, q, notification_id)
             except Exception:
                 await service.forget(key, notification_id)
                 raise
-        return AcknowledgementResponse(notification_id)
+        return _acknowledge(response, notification_id)
 
     @router.get(
         "/notifications/{notification_id}",
@@ -176,7 +132,9 @@ def build_router(service: NotificationService, settings: Settings) -> APIRouter:
     )
     async def notification_status(
         notification_id: Annotated[str, Path(max_length=64)],
+        request: Request,
     ) -> NotificationStatusOut:
+        service: NotificationService = request.state.notifications
         status = await service.status(notification_id)
         if status is None:
             raise HTTPException(
@@ -186,3 +144,10 @@ def build_router(service: NotificationService, settings: Settings) -> APIRouter:
         return NotificationStatusOut.of(status)
 
     return router
+
+
+def _acknowledge(response: Response, notification_id: str) -> dict[str, str]:
+    """The guide's answer, with where to follow the notification."""
+    response.headers["Location"] = f"/notifications/{notification_id}"
+    response.headers["X-Notification-Id"] = notification_id
+    return {"message": ACKNOWLEDGEMENT}

@@ -1,5 +1,5 @@
 """Business logic. Never imports FastAPI."""
 
-from service.services.notifications import NotificationService
+from service.services.notifications import NotificationService, QueryLine
 
-__all__ = ["NotificationService"]
+__all__ = ["NotificationService", "QueryLine"]

@@ -10,10 +10,10 @@ from typing import NamedTuple
 from service.ids import new_id
 from service.records import Record, notification_renderer, render_text
 from service.services.deadlines import Deadlines, wait_all
-from service.sinks.base import Sink, SinkUnavailable, Wait
+from service.sinks.base import Lines, SinkUnavailable, Wait
 from service.status import Fingerprint, Ledger, NotificationStatus, StatusStore
 
-__all__ = ["Acceptance", "NotificationService"]
+__all__ = ["Acceptance", "NotificationService", "QueryLine"]
 
 Renderer = Callable[[Record], str]
 
@@ -23,6 +23,17 @@ class Acceptance(NamedTuple):
 
     id: str
     new: bool
+
+
+class QueryLine:
+    """A request's ``?q=``, and whether its ``found query`` line is to be written: only once
+    the request is accepted as a new notification (not for a refused one, nor a replay)."""
+
+    __slots__ = ("q", "wanted")
+
+    def __init__(self, q: str) -> None:
+        self.q = q
+        self.wanted = False
 
 
 class NotificationService:
@@ -35,8 +46,8 @@ class NotificationService:
 
     def __init__(
         self,
-        notifications: Sink,
-        queries: Sink,
+        notifications: Lines,
+        queries: Lines,
         *,
         statuses: StatusStore,
         ledger: Ledger,
@@ -54,14 +65,16 @@ class NotificationService:
         self._ack_timeout = ack_timeout
         self._deadlines = Deadlines(ack_timeout)
 
-    def accept(self, *, query: bool) -> str:
+    def accept(self, query: QueryLine | None) -> str:
         """Admit the lines of a request without an Idempotency-Key and give it a new id, or
         raise ``SinkUnavailable`` (nothing held). A plain call: nothing here waits."""
         notification_id = new_id()
         self._admit(notification_id, query)
         return notification_id
 
-    async def accept_keyed(self, *, query: bool, key: str, fingerprint: Fingerprint) -> Acceptance:
+    async def accept_keyed(
+        self, query: QueryLine | None, *, key: str, fingerprint: Fingerprint
+    ) -> Acceptance:
         """``accept`` for a request with an Idempotency-Key, claimed in the ledger first.
 
         With ``key`` seen before for the same ``fingerprint`` nothing is admitted and the first
@@ -96,24 +109,27 @@ class NotificationService:
     ) -> None:
         """Log ``notification for {email}: {message}`` (admitted by ``accept``)."""
         line = self._render_notification(email, message, notification_id)
-        self._notifications.submit(notification_id, line, done)
+        self._notifications.submit(notification_id, "notification", line, done)
 
-    async def log_query(self, q: str, done: Wait = None) -> None:
-        """Log ``found query: {q}`` (admitted by ``accept``)."""
-        record = Record("query", q=q)
-        self._queries.submit(record.id, self._render(record), done)
+    async def log_query(self, query: QueryLine, done: Wait = None) -> None:
+        """Log ``found query: {q}``, if its request was accepted (``accept`` admitted it)."""
+        if query.wanted:
+            record = Record("query", q=query.q)
+            self._queries.submit(record.id, "query", self._render(record), done)
 
     async def notify_written(
         self, email: str, message: str, q: str | None, notification_id: str
     ) -> None:
         """Hand over the request's lines (admitted by ``accept``) and wait until written: the
         query line (if any), then the notification. Raises ``SinkUnavailable`` when the write
-        is not done within ``ack_timeout``; the lines are then withdrawn (see FileSink)."""
+        is not done within ``ack_timeout``; the lines are then withdrawn (see the core)."""
         loop = asyncio.get_running_loop()
         waits: list[asyncio.Future[None]] = []
         if q is not None:
             waits.append(loop.create_future())
-            await self.log_query(q, waits[-1])
+            query = QueryLine(q)
+            query.wanted = True
+            await self.log_query(query, waits[-1])
         waits.append(loop.create_future())
         await self.notify(email, message, notification_id, waits[-1])
         self._deadlines.add(waits)  # cancels them (the writer then leaves their lines out)
@@ -132,14 +148,15 @@ class NotificationService:
             self._statuses.withdrawn(notification_id, reason)
             raise SinkUnavailable(reason) from None
 
-    def _admit(self, notification_id: str, query: bool) -> None:
+    def _admit(self, notification_id: str, query: QueryLine | None) -> None:
         """Reserve the request's lines (all or none) and record it as queued."""
         self._notifications.admit()
-        if query:
+        if query is not None:
             try:
                 self._queries.admit()
             except SinkUnavailable:
                 self._notifications.release()
                 raise
+            query.wanted = True
         self._statuses.accepted(notification_id, time.time())
         self._on_accept()

@@ -1,5 +1,5 @@
-"""Sinks: where rendered lines go. Services talk to the ``Sink`` protocol only."""
+"""Sinks: where rendered lines go. Services talk to the ``Lines`` protocol only."""
 
-from service.sinks.base import Sink, SinkFull, SinkHealth, SinkUnavailable
+from service.sinks.base import Lines, Resource, SinkFull, SinkHealth, SinkUnavailable
 
-__all__ = ["Sink", "SinkFull", "SinkHealth", "SinkUnavailable"]
+__all__ = ["Lines", "Resource", "SinkFull", "SinkHealth", "SinkUnavailable"]

@@ -1,23 +1,26 @@
-"""The small interface every sink implements, swapped whole (like httpx's transports)."""
+"""The small interfaces of sinks, swapped whole (like httpx's transports).
+
+A sink *takes lines* (``Lines``: what the services call) and *owns a resource* (``Resource``:
+what the lifespan starts and closes). ``service.sinks.core.BatchSink`` is both."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from service.records import Kind
+
 __all__ = [
+    "Lines",
     "Listeners",
-    "Sink",
+    "Resource",
     "SinkFull",
     "SinkHealth",
     "SinkListener",
     "SinkUnavailable",
     "Wait",
-    "fail_waits",
-    "kept_indices",
-    "resolve_waits",
 ]
 
 
@@ -32,28 +35,6 @@ class SinkFull(SinkUnavailable):
 Wait = asyncio.Future[None] | None
 """What a line's request waits on until the line is written or taken (``NOTIFY_ACK=write``);
 None when nobody waits. A request that gave up cancels it: its line is withdrawn."""
-
-
-def kept_indices(waits: Sequence[Wait]) -> list[int] | None:
-    """The indices of the lines still wanted: not withdrawn by a request that gave up waiting
-    (and answered 503). None when every line is (as always with nobody waiting)."""
-    if not any(waits) or not any(wait is not None and wait.cancelled() for wait in waits):
-        return None
-    return [index for index, wait in enumerate(waits) if wait is None or not wait.cancelled()]
-
-
-def resolve_waits(waits: Iterable[Wait]) -> None:
-    """Tell the requests still waiting that their lines are done."""
-    for wait in waits:
-        if wait is not None and not wait.done():
-            wait.set_result(None)
-
-
-def fail_waits(waits: Iterable[Wait], reason: str) -> None:
-    """Tell the requests still waiting that their lines will not be done now."""
-    for wait in waits:
-        if wait is not None and not wait.done():
-            wait.set_exception(SinkUnavailable(reason))
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +62,8 @@ class SinkHealth:
         return None
 
 
-class Sink(Protocol):
-    """Accepts finished lines; delivers them in order, eventually, exactly once.
+class Lines(Protocol):
+    """Takes finished lines; delivers them in order, eventually, at least once.
 
     Taking a line is two steps so that a request is refused *before* it is acknowledged:
     ``admit`` reserves room (or raises ``SinkUnavailable``) while the request is handled, and
@@ -95,22 +76,26 @@ class Sink(Protocol):
     def release(self) -> None:
         """Give back a reservation that will not be used."""
 
-    def submit(self, record_id: str, line: str, done: Wait = None) -> None:
+    def submit(self, record_id: str, kind: Kind, line: str, done: Wait = None) -> None:
         """Hand over ``line`` (one finished line, ending in a newline) of the record
         ``record_id``, admitted earlier; ``done``, when given, is resolved once the line is
-        written (``NOTIFY_ACK=write``). Never waits: ``admit`` already reserved its room, so
+        delivered (``NOTIFY_ACK=write``). Never waits: ``admit`` already reserved its room, so
         this only queues it (a plain call, not a coroutine: it runs once per line).
 
-        Three plain values rather than an object per line: a line outlives its request while
-        it waits for its batch, and an object per line that the garbage collector tracks
+        Plain values rather than an object per line: a line outlives its request while it
+        waits for its batch, and an object per line that the garbage collector tracks
         (strings it does not) set off a collection of its youngest generation every ~50
         requests under load."""
 
-    async def aclose(self) -> None:
-        """Deliver what was accepted (within the sink's deadline) and release resources."""
 
-    def health(self) -> SinkHealth:
-        """The sink's current state."""
+class Resource(Protocol):
+    """Something one lifespan run opens and closes: a sink's file, a Redis connection."""
+
+    async def start(self) -> None:
+        """Open it; ``OSError`` or ``ValueError`` (with a clear message) if it cannot be."""
+
+    async def aclose(self) -> None:
+        """Deliver what was accepted (within the deadline) and release it."""
 
 
 class SinkListener(Protocol):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Callable
 
-from service.sinks.base import Sink
+from service.sinks.base import Lines
 
 
 def tracked_growth(work: Callable[[], object]) -> int:
@@ -20,7 +20,7 @@ def tracked_growth(work: Callable[[], object]) -> int:
         gc.enable()
 
 
-def queue_lines(sink: Sink, count: int) -> tuple[list[str], list[str], int]:
+def queue_lines(sink: Lines, count: int) -> tuple[list[str], list[str], int]:
     """Admit and submit ``count`` lines (``line N``, id ``id-N``); returns the ids, the lines
     and the ``tracked_growth`` the waiting lines caused."""
     ids = [f"id-{i}" for i in range(count)]
@@ -29,6 +29,6 @@ def queue_lines(sink: Sink, count: int) -> tuple[list[str], list[str], int]:
     def submit_all() -> None:
         for record_id, line in zip(ids, lines, strict=True):
             sink.admit()
-            sink.submit(record_id, line)
+            sink.submit(record_id, "notification", line)
 
     return ids, lines, tracked_growth(submit_all)

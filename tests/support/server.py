@@ -265,8 +265,8 @@ async def uvicorn_server(
 
 
 def worker_command() -> list[str]:
-    """``python -m service.worker``, as ``make worker`` runs it (taskiq's worker, one process)."""
-    return [sys.executable, "-m", "service.worker"]
+    """``python -m service.redis.worker``, as ``make worker`` runs it (one taskiq worker)."""
+    return [sys.executable, "-m", "service.redis.worker"]
 
 
 @contextlib.asynccontextmanager

@@ -21,9 +21,8 @@ from contextlib import contextmanager
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from service.broker import describe_redis_error
+from service.redis.broker import describe_redis_error
 from service.sinks.base import SinkUnavailable
-from service.sinks.queue import WireRecord
 from service.status import (
     Fingerprint,
     NotificationStatus,
@@ -32,10 +31,11 @@ from service.status import (
     key_holder,
     key_value,
 )
+from service.wire import WireRecord
 
 __all__ = ["RedisLedger"]
 
-logger = logging.getLogger("service.redis_ledger")
+logger = logging.getLogger("service.redis.ledger")
 
 _CLAIM_TRIES = 3
 

@@ -4,10 +4,10 @@ writes them with the same file sinks, and the same settings, as the local backen
 Run it with ``make worker``, or on any machine that has the project installed with the
 ``redis`` extra and the same ``NOTIFY_*`` settings::
 
-    python -m service.worker            # checks settings and log paths, then taskiq's worker
-    taskiq worker service.worker:broker --workers 1      # taskiq's own command, unchecked
+    python -m service.redis.worker          # checks settings and log paths, then taskiq's worker
+    taskiq worker service.redis.worker:broker --workers 1   # taskiq's own command, unchecked
 
-``python -m service.worker`` stops at once, with one line, when a setting is invalid or a log
+``python -m service.redis.worker`` stops at once, with one line, when a setting is invalid or a log
 cannot be opened. taskiq's command starts the worker in a child process and restarts it every
 time it dies, so there such a worker would retry for ever instead of failing.
 
@@ -28,51 +28,67 @@ from taskiq import Context, TaskiqDepends, TaskiqEvents, TaskiqState
 from taskiq.cli.worker.args import WorkerArgs
 from taskiq.cli.worker.run import run_worker
 
-from config import Settings
-from service.broker import TASK_NAME, NotificationBroker, build_broker
-from service.lifespan import file_sink_options, os_error_reason, start_sinks
-from service.redis_ledger import RedisLedger
-from service.services.delivery import DeliveryService
-from service.sinks.file import FileSink, FileSinks
+from config import Settings, settings_or_exit
+from service.logs import configure_logging
+from service.redis.broker import TASK_NAME, NotificationBroker, build_broker
+from service.redis.delivery import DeliveryService
+from service.redis.ledger import RedisLedger
+from service.runtime import batch_options, file_options, start_sinks
+from service.sinks.core import BatchSink
+from service.sinks.file import FileSinks, file_sink
+from service.sinks.fs import os_error_reason
 
 __all__ = ["Worker", "build_worker", "main"]
 
-logger = logging.getLogger("service.worker")
+logger = logging.getLogger("service.redis.worker")
 
 
 class Worker:
-    """A worker process's resources: its file sinks and the ledger, and what it does with a
-    delivered batch."""
+    """A worker process's resources, built when the worker starts (on its event loop): its
+    file sinks and what it does with a delivered batch; and the ledger, in Redis."""
 
     def __init__(self, settings: Settings, broker: NotificationBroker) -> None:
-        options = file_sink_options(settings, waiting=True)
-
-        def file_sink(path: Path) -> FileSink:
-            return FileSink(path, options, spool_path=settings.spool_for(path))
-
-        self.sinks = FileSinks(file_sink)
+        self._settings = settings
         self.ledger = RedisLedger(
             broker.redis(),
             settings.redis_stream,
             status_ttl=settings.status_ttl,
             idempotency_ttl=settings.idempotency_ttl,
         )
-        self.delivery = DeliveryService(
-            self.sinks.for_path(settings.log_path),
-            self.sinks.for_path(settings.effective_query_log_path),
+        self._sinks: list[BatchSink] = []
+        self._delivery: DeliveryService | None = None
+
+    @property
+    def delivery(self) -> DeliveryService:
+        if self._delivery is None:
+            raise RuntimeError("the worker has not started")
+        return self._delivery
+
+    async def start(self, state: TaskiqState) -> None:
+        settings = self._settings
+        options = batch_options(settings, waiting=True)
+        writing = file_options(settings)
+
+        def make_sink(path: Path) -> BatchSink:
+            return file_sink(path, options, writing, spool_path=settings.spool_for(path))
+
+        files = FileSinks(make_sink)
+        self._delivery = DeliveryService(
+            files.for_path(settings.log_path),
+            files.for_path(settings.effective_query_log_path),
             self.ledger,
             # Give up on a batch well before Redis hands it to another worker.
             timeout=settings.redis_idle_timeout / 2,
         )
-        self._stream = settings.redis_stream
-
-    async def start(self, state: TaskiqState) -> None:
-        await start_sinks(self.sinks)
-        paths = ", ".join(str(sink.path) for sink in self.sinks)
-        logger.info("worker writing redis stream %s to %s", self._stream, paths)
+        self._sinks = list(files)
+        await start_sinks(self._sinks)
+        paths = ", ".join(sink.channel.name for sink in self._sinks)
+        logger.info("worker writing redis stream %s to %s", settings.redis_stream, paths)
 
     async def stop(self, state: TaskiqState) -> None:
-        await self.sinks.aclose()
+        for sink in self._sinks:
+            await sink.aclose()
+        self._sinks, self._delivery = [], None
 
 
 def build_worker(settings: Settings) -> NotificationBroker:
@@ -99,9 +115,7 @@ def _check_log(path: Path) -> None:
 
 
 def main(argv: Sequence[str] = ()) -> int:
-    """``python -m service.worker [taskiq worker options]``: check, then run one worker."""
-    from service.main import settings_or_exit
-
+    """``python -m service.redis.worker [taskiq worker options]``: check, then run one."""
     settings = settings_or_exit()
     for path in dict.fromkeys([settings.log_path, settings.effective_query_log_path]):
         try:
@@ -109,15 +123,13 @@ def main(argv: Sequence[str] = ()) -> int:
         except OSError as exc:
             reason = os_error_reason(exc, path)
             raise SystemExit(f"error: cannot open log file {path}: {reason}") from None
-    args = WorkerArgs.from_cli(["service.worker:broker", "--workers", "1", *argv])
+    args = WorkerArgs.from_cli(["service.redis.worker:broker", "--workers", "1", *argv])
     return run_worker(args) or 0
 
 
 def __getattr__(name: str) -> NotificationBroker:
-    # `taskiq worker service.worker:broker` looks `broker` up: build it then, once.
+    # `taskiq worker service.redis.worker:broker` looks `broker` up: build it then, once.
     if name == "broker":
-        from service.main import configure_logging, settings_or_exit
-
         settings = settings_or_exit()
         configure_logging(settings.log_level)
         # taskiq logs every task it runs at INFO: one line per batch is noise here.

@@ -17,16 +17,16 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from service.sinks.base import Sink, SinkUnavailable
-from service.sinks.queue import WireRecord, parse_wire_record
+from service.sinks.base import Lines, SinkUnavailable
+from service.wire import WireRecord, parse_wire_record
 
 __all__ = ["DeliveryService", "WrittenLedger"]
 
-logger = logging.getLogger("service.worker")
+logger = logging.getLogger("service.redis.worker")
 
 
 class WrittenLedger(Protocol):
-    """Where workers record what they wrote (``service.redis_ledger.RedisLedger``)."""
+    """Where workers record what they wrote (``service.redis.ledger.RedisLedger``)."""
 
     async def written_among(self, ids: Sequence[str]) -> set[str]: ...
 
@@ -40,8 +40,8 @@ class DeliveryService:
 
     def __init__(
         self,
-        notifications: Sink,
-        queries: Sink,
+        notifications: Lines,
+        queries: Lines,
         ledger: WrittenLedger,
         *,
         timeout: float,
@@ -78,7 +78,7 @@ class DeliveryService:
         for record_id, kind, line, _ in todo:
             waits.append(loop.create_future())
             self._remember(record_id)
-            self._sinks[kind].submit(record_id, line, waits[-1])
+            self._sinks[kind].submit(record_id, kind, line, waits[-1])
         try:
             async with asyncio.timeout(self._timeout):
                 await asyncio.gather(*waits)
@@ -94,7 +94,7 @@ class DeliveryService:
 
     def _admit(self, todo: list[WireRecord]) -> str | None:
         """Reserve room for every line, or none (and say why)."""
-        admitted: list[Sink] = []
+        admitted: list[Lines] = []
         try:
             for record in todo:
                 sink = self._sinks[record[1]]
@@ -119,7 +119,7 @@ class DeliveryService:
         self, todo: list[WireRecord], waits: list[asyncio.Future[None]], reason: str
     ) -> None:
         """The write did not finish in time: withdraw the lines whose write has not begun
-        (see ``FileSink``) and leave the batch to be delivered again."""
+        (see ``service.sinks.core``) and leave the batch to be delivered again."""
         for wait in waits:
             wait.cancel()
         for record in todo:

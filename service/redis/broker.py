@@ -1,7 +1,7 @@
 """taskiq over Redis Streams (``NOTIFY_BACKEND=redis``): the broker the API and workers share.
 
 The API publishes each batch of lines as one taskiq message (``TASK_NAME``) on the stream
-``NOTIFY_REDIS_STREAM``; worker processes (``service.worker``) read it in the consumer group
+``NOTIFY_REDIS_STREAM``; worker processes (``service.redis.worker``) read it in the consumer group
 ``writers`` and acknowledge a message only after its lines are in the log.
 
 ``NotificationBroker`` is taskiq-redis's ``RedisStreamBroker`` with the behaviours that would
@@ -29,24 +29,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 from taskiq import AckableMessage
-from taskiq.exceptions import SendTaskError
-from taskiq.kicker import AsyncKicker
 from taskiq_redis import RedisStreamBroker
 
 from config import Settings
-from service.sinks.queue import HandoffFailed, WireRecord
 
 __all__ = [
     "GROUP",
     "TASK_NAME",
     "NotificationBroker",
-    "RedisPublisher",
     "build_broker",
     "describe_redis_error",
 ]
@@ -54,7 +50,6 @@ __all__ = [
 logger = logging.getLogger("service.broker")
 
 TASK_NAME = "notify.write_lines"
-QueuedRecorder = Callable[[Sequence[WireRecord]], Awaitable[None]]
 GROUP = "writers"
 
 
@@ -182,35 +177,6 @@ class NotificationBroker(RedisStreamBroker):
                 pipe.xdel(self.queue_name, *foreign)
                 await pipe.execute()
         return messages
-
-
-class RedisPublisher:
-    """The API's ``Publisher``: records each line as queued, then sends the batch as one
-    taskiq message (one ``XADD``)."""
-
-    def __init__(self, broker: NotificationBroker, on_queued: QueuedRecorder) -> None:
-        self._broker = broker
-        self._on_queued = on_queued
-        self.description = f"redis stream {broker.queue_name}"
-
-    async def publish(self, batch_id: str, records: Sequence[WireRecord]) -> None:
-        kicker: AsyncKicker[Any, None] = AsyncKicker(
-            TASK_NAME, self._broker, {"ack_type": "manual"}
-        )
-        try:
-            await self._on_queued(records)
-            await kicker.with_task_id(batch_id).kiq(list(records))
-        except (RedisError, OSError) as exc:
-            raise HandoffFailed(describe_redis_error(exc)) from None
-        except SendTaskError as exc:  # taskiq wraps whatever the XADD raised
-            raise HandoffFailed(describe_redis_error(exc.__cause__ or exc)) from None
-
-    async def ping(self) -> None:
-        try:
-            async with self._broker.redis() as redis:
-                await redis.ping()
-        except (RedisError, OSError) as exc:
-            raise HandoffFailed(describe_redis_error(exc)) from None
 
 
 def build_broker(settings: Settings) -> NotificationBroker:

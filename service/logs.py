@@ -1,0 +1,25 @@
+"""The service's own log lines: where they go and at what level."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+__all__ = ["configure_logging"]
+
+_LOG_FORMAT = "%(levelname)s:    %(name)s: %(message)s"
+
+
+def configure_logging(level: str) -> None:
+    """Set the service logger's level; give it a handler when nothing would print it.
+
+    uvicorn configures only its own loggers, so under uvicorn the service adds a stderr
+    handler in uvicorn's style; where the root logger has handlers (an embedding app, pytest)
+    records propagate to them instead.
+    """
+    log = logging.getLogger("service")
+    log.setLevel("DEBUG" if level == "trace" else level.upper())
+    if not log.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+        log.addHandler(handler)

@@ -1,0 +1,1 @@
+"""The Redis backend (``NOTIFY_BACKEND=redis``): broker, ledger, publisher, worker."""

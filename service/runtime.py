@@ -1,0 +1,178 @@
+"""What one lifespan run owns: built, started, drained and closed per run.
+
+``create_app`` builds the app once; every run of its lifespan (uvicorn's start, each
+``TestClient`` block, each ``--reload``) builds a new ``Runtime`` on its own event loop: the
+sinks and their sender tasks, the status store, the Redis connections. Nothing loop-bound
+outlives its run, so the same app starts again, any number of times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from config import Settings
+from service.metrics import Metrics
+from service.records import RENDERERS
+from service.services import NotificationService
+from service.sinks.base import Lines, Listeners
+from service.sinks.core import BatchOptions, BatchSink, RetryPolicy
+from service.sinks.file import FileOptions, FileSinks, file_sink
+from service.sinks.fs import os_error_reason
+from service.status import Idempotency, Ledger, LocalLedger, StatusStore
+
+__all__ = ["Runtime", "StartupError", "batch_options", "file_options", "start_sinks"]
+
+logger = logging.getLogger("service")
+
+
+class StartupError(Exception):
+    """The service cannot start; ``str()`` is the one line to show the operator."""
+
+
+def batch_options(settings: Settings, *, waiting: bool) -> BatchOptions:
+    """How sinks batch under ``settings``; ``waiting`` when every line's caller waits for
+    its delivery (``NOTIFY_ACK=write``, or a worker): no linger, and refuse while failing."""
+    return BatchOptions(
+        queue_size=settings.queue_size,
+        batch_size=settings.batch_size,
+        batch_delay=0.0 if waiting else settings.batch_delay,
+        drain_timeout=settings.shutdown_timeout,
+        retry=RetryPolicy(initial=settings.retry_initial, maximum=settings.retry_max),
+        check_interval=settings.file_check_interval,
+        refuse_while_failing=waiting,
+    )
+
+
+def file_options(settings: Settings) -> FileOptions:
+    """How log files are written under ``settings``."""
+    return FileOptions(
+        fsync=settings.fsync,
+        fsync_interval=settings.fsync_interval,
+        rotate_bytes=settings.rotate_bytes,
+        rotate_keep=settings.rotate_keep,
+        check_interval=settings.file_check_interval,
+    )
+
+
+async def start_sinks(sinks: Sequence[BatchSink]) -> None:
+    """Start every sink, in order; if one cannot start, close those started and raise
+    ``StartupError`` with the one line naming what and why."""
+    started: list[BatchSink] = []
+    for sink in sinks:
+        try:
+            await sink.start()
+        except (OSError, ValueError) as exc:
+            await asyncio.gather(*(opened.aclose() for opened in started))
+            description = sink.channel.description
+            if isinstance(exc, OSError):
+                reason = os_error_reason(exc, Path(sink.channel.name))
+            else:
+                reason = str(exc)
+            raise StartupError(f"cannot open {description}: {reason}") from None
+        started.append(sink)
+
+
+class Runtime:
+    """Everything one run owns: the sinks, the services that write to them, the statuses.
+
+    An async context manager: entering starts the sinks (``StartupError`` if one cannot
+    start), leaving drains and closes them. With ``NOTIFY_BACKEND=redis`` the one sink hands
+    lines to a Redis stream, and worker processes (``service.redis.worker``) write the log.
+    """
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.statuses = StatusStore(settings.status_max_entries, settings.status_ttl)
+        self.sinks: list[BatchSink] = []
+        self._closers: list[Callable[[], Awaitable[None]]] = []  # after the sinks
+        if settings.backend == "redis":
+            self.notifications = self._redis_backend()
+        else:
+            self.notifications = self._local_backend()
+
+    async def __aenter__(self) -> Runtime:
+        try:
+            await start_sinks(self.sinks)
+        except StartupError:
+            await self._close_others()
+            raise
+        described = ", ".join(sink.channel.name for sink in self.sinks)
+        logger.info("writing notifications to %s", described)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await asyncio.gather(*(sink.aclose() for sink in self.sinks))
+        await self._close_others()
+        self.metrics.process_exited()
+
+    async def _close_others(self) -> None:
+        for close in self._closers:
+            await close()
+
+    def _service(self, notifications: Lines, queries: Lines, ledger: Ledger) -> NotificationService:
+        settings = self.settings
+        return NotificationService(
+            notifications=notifications,
+            queries=queries,
+            statuses=self.statuses,
+            ledger=ledger,
+            render=RENDERERS[settings.log_format],
+            on_accept=self.metrics.count_accepted,
+            ack_timeout=settings.ack_timeout,
+        )
+
+    def _local_backend(self) -> NotificationService:
+        settings, statuses, metrics = self.settings, self.statuses, self.metrics
+        options = batch_options(settings, waiting=settings.ack == "write")
+        writing = file_options(settings)
+
+        def make_sink(path: Path) -> BatchSink:
+            sink_metrics = metrics.for_sink(str(path))
+            sink = file_sink(
+                path,
+                options,
+                writing,
+                spool_path=settings.spool_for(path),
+                listener=Listeners(statuses, sink_metrics),
+            )
+            sink_metrics.track(lambda: sink.held)
+            return sink
+
+        files = FileSinks(make_sink)
+        notifications = files.for_path(settings.log_path)
+        queries = files.for_path(settings.effective_query_log_path)
+        self.sinks.extend(files)
+        keys = Idempotency(settings.status_max_entries, settings.idempotency_ttl)
+        return self._service(notifications, queries, LocalLedger(statuses, keys))
+
+    def _redis_backend(self) -> NotificationService:
+        # Imported here: the Redis packages are an optional extra, needed only for this backend.
+        from service.redis.broker import build_broker
+        from service.redis.ledger import RedisLedger
+        from service.redis.publisher import stream_sink
+
+        settings = self.settings
+        broker = build_broker(settings)
+        self._closers.append(broker.connection_pool.disconnect)
+        ledger = RedisLedger(
+            broker.redis(),
+            settings.redis_stream,
+            status_ttl=settings.status_ttl,
+            idempotency_ttl=settings.idempotency_ttl,
+            local=self.statuses,
+        )
+        options = batch_options(settings, waiting=settings.ack == "write")
+        sink = stream_sink(broker, ledger.queued, options, settings.queue_spool())
+        self.metrics.for_sink(sink.channel.name).track(lambda: sink.held)
+        self.sinks.append(sink)
+        return self._service(sink, sink, ledger)
