@@ -1,19 +1,31 @@
 # Every target that needs the virtualenv depends on it, so a fresh clone needs only
-# Python 3.11+ and make:  `make run`  and  `make test`.
+# Python 3.11+ and make:  `make run`  and  `make test`. Packages come from the lock file at
+# the versions CI passed with; `make lock` re-resolves pyproject.toml's ranges and pins again.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LOCK   := requirements.lock
 
-.PHONY: install run worker redis redis-server valgrind test lint format bench bench-quick bench-cg clean
+.PHONY: install lock run worker redis redis-server valgrind test lint format bench bench-quick bench-cg clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# Resolve pyproject.toml's ranges (every extra) in a fresh virtualenv and pin the result.
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --upgrade pip
+	.venv-lock/bin/python -m pip install --quiet -e '.[dev,bench]'
+	{ echo "# Pinned by 'make lock' from pyproject.toml (all extras); 'make install' installs these."; \
+	  .venv-lock/bin/python -m pip freeze --exclude-editable; } > $(LOCK)
+	rm -rf .venv-lock
 
 run: $(STAMP)
 	$(BIN)/uvicorn service.main:app --reload --host 127.0.0.1 --port 8000
@@ -69,5 +81,5 @@ bench-cg: $(STAMP) valgrind redis-server
 	$(BIN)/python -m bench.callgrind
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .redis-data bench/results/*.tmp
+	rm -rf $(VENV) .venv-lock .pytest_cache .mypy_cache .ruff_cache .redis-data bench/results/*.tmp
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

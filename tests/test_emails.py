@@ -107,6 +107,21 @@ def test_fast_path_covers_ordinary_addresses() -> None:
     assert sum(map(is_plain, valid)) >= 100
 
 
+RFC_2142_MAILBOXES = [
+    *("info", "marketing", "sales", "support", "abuse", "noc", "security", "postmaster"),
+    *("hostmaster", "usenet", "news", "webmaster", "www", "uucp", "ftp"),
+]
+
+
+@pytest.mark.parametrize("mailbox", [*RFC_2142_MAILBOXES, "admin", "root", "info2"])
+def test_mailbox_names_are_normalized_as_email_validator_does(mailbox: str) -> None:
+    """Every case of the RFC 2142 names (lowercased by email-validator), and names next to
+    them (kept as they are), give exactly what ``EmailStr`` gives."""
+    for local in (mailbox, mailbox.upper(), mailbox.capitalize()):
+        address = f"{local}@example.com"
+        assert normalize_email(address) == reference(address)
+
+
 def test_invalid_address_error_is_pydantics() -> None:
     """An invalid address fails with pydantic's own message."""
     with pytest.raises(PydanticCustomError, match="value is not a valid email address"):
