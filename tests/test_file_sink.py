@@ -39,6 +39,11 @@ async def wait_for_readiness(
         await asyncio.sleep(0.02)
 
 
+def count_lines(*paths: Path) -> int:
+    """How many lines ``paths`` hold together (a missing file holds none)."""
+    return sum(path.read_bytes().count(b"\n") for path in paths if path.exists())
+
+
 def write_syscalls() -> int:
     """This process's count of write system calls, from ``/proc/self/io``."""
     for line in Path("/proc/self/io").read_text().splitlines():
@@ -159,15 +164,28 @@ async def test_a_deleted_log_is_recreated_and_nothing_after_is_lost(tmp_path: Pa
 async def test_a_moved_log_is_reopened_and_nothing_is_lost(tmp_path: Path) -> None:
     """After an outside rename (logrotate), lines go to a new file; none is lost or doubled."""
     settings = make_settings(tmp_path, file_check_interval=0.05)
-    moved = tmp_path / "log.txt.1"
+    log, moved = settings.log_path, tmp_path / "log.txt.1"
     async with running(settings) as client:
         for i in range(10):
             await client.post(f"/send-notification/a{i}@example.com")
-        await wait_for_lines(settings.log_path, 10)
-        settings.log_path.rename(moved)
-        for i in range(10, 60):
+        await wait_for_lines(log, 10)
+        log.rename(moved)
+        # One line at a time, each written (to either file) before the next is sent, until
+        # the sink's next check of its file notices the move and a line lands at the path.
+        sent = 10
+        stop = time.monotonic() + 5.0
+        while count_lines(log) == 0:
+            assert time.monotonic() < stop, f"no new file at {log} after {sent} lines"
+            await client.post(f"/send-notification/a{sent}@example.com")
+            sent += 1
+            while count_lines(moved, log) < sent:
+                assert time.monotonic() < stop, f"a{sent - 1}@example.com was not written"
+                await asyncio.sleep(0.01)
+        for i in range(sent, sent + 20):
             await client.post(f"/send-notification/a{i}@example.com")
-            await asyncio.sleep(0.01)
-    old, new = read_lines(moved), read_lines(settings.log_path)
-    assert old + new == [f"notification for a{i}@example.com: some notification" for i in range(60)]
-    assert len(new) >= 30  # the new file was picked up within the check interval
+        sent += 20
+    expected = [f"notification for a{i}@example.com: some notification" for i in range(sent)]
+    old, new = read_lines(moved), read_lines(log)
+    assert old + new == expected
+    # The line that showed the new file, and every line sent after it, are in the new file.
+    assert new[-21:] == expected[-21:]

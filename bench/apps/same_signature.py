@@ -3,12 +3,13 @@ recording nothing. Comparing it with the service isolates what the background wo
 
 Same request: the service's validation and body reading (``Email``, ``BodyReader``,
 ``idempotency_key``, the limits in ``Settings``) and a query dependency declared as the
-service's is. Same response: the endpoint answers as the service's does, a ``dict`` (FastAPI
-encodes it, ``response_model=None``) with a fresh notification id set in ``Location`` and
-``X-Notification-Id`` on the injected ``Response``, from the service's app class behind its
-HTTP metrics middleware (metrics are on by default). The route's declaration (its OpenAPI
-operation) is this module's own; ``tests/test_bench_apps.py`` checks that its parameters and
-request body are the service's and that it answers with the same status, body and headers.
+service's is. Same response: the endpoint answers as the service's does, a ``dict`` that
+FastAPI validates and serializes through ``response_model=Acknowledgement``, with a fresh
+notification id set in ``Location`` and ``X-Notification-Id`` on the injected ``Response``,
+from the service's app class behind its HTTP metrics middleware (metrics are on by default).
+The route's declaration (its OpenAPI operation) is this module's own;
+``tests/test_bench_apps.py`` checks that its parameters and request body are the service's and
+that it answers with the same status, body and headers.
 
 What it leaves out is the background machinery: admission to the log's buffer, the status
 record, the Idempotency-Key ledger, the background task, the line and the writer. And the
@@ -26,6 +27,7 @@ from service.ids import new_id
 from service.main import NotificationApp
 from service.metrics import HttpMetrics, Metrics
 from service.routers.notifications import register_convertors
+from service.schemas import Acknowledgement
 
 settings = Settings()
 body_reader = BodyReader(settings.max_message_length, settings.max_body_bytes)
@@ -81,7 +83,7 @@ router = APIRouter(tags=["notifications"])
 
 @router.post(
     "/send-notification/{email:address}",
-    response_model=None,
+    response_model=Acknowledgement,
     openapi_extra={**body_reader.openapi, "parameters": [KEY_PARAMETER]},
     responses=RESPONSES,
     summary="The service's request and response, scheduling and recording nothing",

@@ -51,7 +51,7 @@ def _post_options(settings: Settings, body_reader: BodyReader) -> dict[str, Any]
         "schema": {"type": "string", "minLength": 1, "maxLength": 255},
     }
     return {
-        "response_model": None,
+        "response_model": Acknowledgement,
         "dependencies": [Depends(token_checker(tokens))] if tokens else [],
         "openapi_extra": {**body_reader.openapi, "parameters": [key_parameter]},
         "responses": {
