@@ -1,0 +1,335 @@
+"""The local outbox: pending deliveries in SQLite, shared by every process on the machine.
+
+One row per (notification, channel): who to deliver to, what, and where it stands (``queued``,
+``retrying``, ``delivered``, ``dead``), with its attempts, last error and next attempt. Rows are
+added in batches, one transaction per batch, as the log gets one write per batch. A process
+*claims* due rows with a lease (one ``UPDATE … RETURNING``, atomic in SQLite), so with
+``--workers N`` each delivery is sent by one live process at a time; a process that dies leaves
+its leases to expire, and another takes the rows over.
+
+The standard library's ``sqlite3`` in WAL mode, used from one thread of its own per outbox
+(``check_same_thread`` holds), so the event loop never waits on the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, TypeVar
+
+__all__ = [
+    "Delivery",
+    "DeliveryState",
+    "DeliveryStatus",
+    "NewDelivery",
+    "SqliteOutbox",
+]
+
+DeliveryStatus = Literal["queued", "retrying", "delivered", "dead"]
+NewDelivery = tuple[str, str, str, str, float]
+"""``(notification id, channel, recipient, message, accepted_at)``."""
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS deliveries (
+    id TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    message TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    accepted_at REAL NOT NULL,
+    next_attempt_at REAL NOT NULL,
+    delivered_at REAL,
+    lease_owner TEXT,
+    lease_until REAL,
+    PRIMARY KEY (id, channel)
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (channel, status, next_attempt_at);
+"""
+_PENDING = "('queued', 'retrying')"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A claimed delivery: send it, then report what happened."""
+
+    id: str
+    channel: str
+    recipient: str
+    message: str
+    accepted_at: float
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryState:
+    """Where one delivery stands (``GET /notifications/{id}``'s ``channels``)."""
+
+    id: str
+    channel: str
+    status: DeliveryStatus
+    attempts: int
+    last_error: str | None
+    accepted_at: float
+    next_attempt_at: float | None
+    delivered_at: float | None
+
+
+class SqliteOutbox:
+    """The outbox in the SQLite file ``path``; see the module docstring."""
+
+    def __init__(self, path: Path, *, owner: str, lease_seconds: float) -> None:
+        self.path = path
+        self._owner = owner
+        self._lease = lease_seconds
+        self._executor: ThreadPoolExecutor | None = None
+        self._db: sqlite3.Connection | None = None
+
+    async def open(self) -> None:
+        """Open (or create) the database; ``OSError`` or ``ValueError`` if it cannot be."""
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="outbox")
+        try:
+            await self._run(self._connect)
+        except sqlite3.Error as exc:
+            await self.close()
+            raise ValueError(f"outbox {self.path}: {exc}") from None
+
+    async def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        db, self._db = self._db, None
+        if db is not None:
+            await asyncio.get_running_loop().run_in_executor(executor, db.close)
+        executor.shutdown(wait=False)
+
+    # -- adding ---------------------------------------------------------------------------
+
+    async def add(self, rows: Sequence[NewDelivery]) -> None:
+        """Add new deliveries, due now, in one transaction (a repeated id is kept once)."""
+        now = time.time()
+
+        def add(db: sqlite3.Connection) -> None:
+            with db:
+                db.executemany(
+                    "INSERT OR IGNORE INTO deliveries (id, channel, recipient, message, status,"
+                    " accepted_at, next_attempt_at) VALUES (?, ?, ?, ?, 'queued', ?, ?)",
+                    [(*row, now) for row in rows],
+                )
+
+        await self._with_db(add)
+
+    # -- delivering -----------------------------------------------------------------------
+
+    async def claim(self, channel: str, limit: int) -> list[Delivery]:
+        """Lease up to ``limit`` due deliveries of ``channel`` to this process, oldest first."""
+        now = time.time()
+
+        def claim(db: sqlite3.Connection) -> list[Delivery]:
+            with db:
+                rows = db.execute(
+                    "UPDATE deliveries SET lease_owner = ?, lease_until = ? WHERE rowid IN ("
+                    " SELECT rowid FROM deliveries WHERE channel = ? AND status IN "
+                    f"{_PENDING} AND next_attempt_at <= ?"
+                    " AND (lease_until IS NULL OR lease_until < ?)"
+                    " ORDER BY next_attempt_at LIMIT ?)"
+                    " RETURNING id, channel, recipient, message, accepted_at, attempts",
+                    (self._owner, now + self._lease, channel, now, now, limit),
+                ).fetchall()
+            return sorted((Delivery(*row) for row in rows), key=lambda row: row.accepted_at)
+
+        return await self._with_db(claim)
+
+    async def delivered(self, delivery: Delivery) -> None:
+        await self._finish(delivery, "delivered", None, None)
+
+    async def retry_at(self, delivery: Delivery, error: str, at: float) -> None:
+        """A temporary failure: try again at ``at``."""
+        await self._finish(delivery, "retrying", error, at)
+
+    async def dead(self, delivery: Delivery, error: str) -> None:
+        """A permanent failure, or out of time: a dead letter, until retried by an operator."""
+        await self._finish(delivery, "dead", error, None)
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        """Give back leases of deliveries not attempted (the channel paused)."""
+
+        def release(db: sqlite3.Connection) -> None:
+            with db:
+                db.executemany(
+                    "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL"
+                    " WHERE id = ? AND channel = ? AND lease_owner = ?",
+                    [(row.id, row.channel, self._owner) for row in deliveries],
+                )
+
+        await self._with_db(release)
+
+    async def _finish(
+        self,
+        delivery: Delivery,
+        status: DeliveryStatus,
+        error: str | None,
+        next_at: float | None,
+    ) -> None:
+        now = time.time()
+
+        def finish(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute(
+                    "UPDATE deliveries SET status = ?, attempts = attempts + 1, last_error = ?,"
+                    " next_attempt_at = COALESCE(?, next_attempt_at), delivered_at = ?,"
+                    " lease_owner = NULL, lease_until = NULL WHERE id = ? AND channel = ?",
+                    (
+                        status,
+                        error,
+                        next_at,
+                        now if status == "delivered" else None,
+                        delivery.id,
+                        delivery.channel,
+                    ),
+                )
+
+        await self._with_db(finish)
+
+    # -- reading, and the operator's retry --------------------------------------------------
+
+    async def states(self, notification_id: str) -> list[DeliveryState]:
+        """Every channel's delivery of one notification."""
+
+        def states(db: sqlite3.Connection) -> list[DeliveryState]:
+            rows = db.execute(
+                f"SELECT {_STATE_COLUMNS} FROM deliveries WHERE id = ? ORDER BY channel",
+                (notification_id,),
+            ).fetchall()
+            return [_state(row) for row in rows]
+
+        return await self._with_db(states)
+
+    async def listed(
+        self, status: DeliveryStatus, *, limit: int, after: str | None
+    ) -> list[DeliveryState]:
+        """Deliveries in ``status``, by id, ``limit`` at a time after the id ``after``."""
+
+        def listed(db: sqlite3.Connection) -> list[DeliveryState]:
+            rows = db.execute(
+                f"SELECT {_STATE_COLUMNS} FROM deliveries WHERE status = ? AND id > ?"
+                " ORDER BY id, channel LIMIT ?",
+                (status, after or "", limit),
+            ).fetchall()
+            return [_state(row) for row in rows]
+
+        return await self._with_db(listed)
+
+    async def retry_dead(self, notification_id: str) -> int:
+        """Make the dead deliveries of one notification due now; how many there were."""
+        now = time.time()
+
+        def retry(db: sqlite3.Connection) -> int:
+            with db:
+                cursor = db.execute(
+                    "UPDATE deliveries SET status = 'queued', next_attempt_at = ?,"
+                    " accepted_at = ? WHERE id = ? AND status = 'dead'",
+                    (now, now, notification_id),
+                )
+            return cursor.rowcount
+
+        return await self._with_db(retry)
+
+    async def pending(self) -> int:
+        """Deliveries not yet delivered nor dead (the outbox's depth)."""
+
+        def pending(db: sqlite3.Connection) -> int:
+            (count,) = db.execute(
+                f"SELECT count(*) FROM deliveries WHERE status IN {_PENDING}"
+            ).fetchone()
+            return int(count)
+
+        return await self._with_db(pending)
+
+    async def next_due(self, channel: str) -> float | None:
+        """When the earliest pending delivery of ``channel`` is due, if any."""
+
+        def next_due(db: sqlite3.Connection) -> float | None:
+            (due,) = db.execute(
+                "SELECT min(max(next_attempt_at, coalesce(lease_until, 0))) FROM deliveries"
+                f" WHERE channel = ? AND status IN {_PENDING}",
+                (channel,),
+            ).fetchone()
+            return None if due is None else float(due)
+
+        return await self._with_db(next_due)
+
+    async def forget_finished(self, older_than: float) -> None:
+        """Drop delivered rows finished before ``older_than`` (their status has expired)."""
+
+        def forget(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute(
+                    "DELETE FROM deliveries WHERE status = 'delivered' AND delivered_at < ?",
+                    (older_than,),
+                )
+
+        await self._with_db(forget)
+
+    # -- the database thread ----------------------------------------------------------------
+
+    def _connect(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_SCHEMA)
+        db.isolation_level = "DEFERRED"  # `with db:` commits each batch as one transaction
+        self._db = db
+
+    async def _with_db(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        def run() -> T:
+            db = self._db
+            if db is None:
+                raise sqlite3.ProgrammingError("the outbox is closed")
+            return work(db)
+
+        return await self._run(run)
+
+    async def _run(self, work: Callable[[], T]) -> T:
+        executor = self._executor
+        if executor is None:
+            raise sqlite3.ProgrammingError("the outbox is closed")
+        return await asyncio.get_running_loop().run_in_executor(executor, work)
+
+
+_STATE_COLUMNS = (
+    "id, channel, status, attempts, last_error, accepted_at, next_attempt_at, delivered_at"
+)
+
+
+def _state(row: tuple[object, ...]) -> DeliveryState:
+    (
+        notification_id,
+        channel,
+        status,
+        attempts,
+        last_error,
+        accepted_at,
+        next_at,
+        delivered_at,
+    ) = row
+    pending = status in ("queued", "retrying")
+    return DeliveryState(
+        id=str(notification_id),
+        channel=str(channel),
+        status=status,  # type: ignore[arg-type]
+        attempts=int(attempts),  # type: ignore[call-overload]
+        last_error=None if last_error is None else str(last_error),
+        accepted_at=float(accepted_at),  # type: ignore[arg-type]
+        next_attempt_at=float(next_at) if pending else None,  # type: ignore[arg-type]
+        delivered_at=None if delivered_at is None else float(delivered_at),  # type: ignore[arg-type]
+    )
