@@ -3,9 +3,9 @@ recording nothing. Comparing it with the service isolates what the background wo
 
 Same request: the service's validation and body reading (``Email``, ``BodyReader``,
 ``idempotency_key``, the limits in ``Settings``) and a query dependency declared as the
-service's is. Same response: the endpoint answers as the service's does, a ``dict`` that
-FastAPI validates and serializes through ``response_model=Acknowledgement``, with a fresh
-notification id set in ``Location`` and ``X-Notification-Id`` on the injected ``Response``,
+service's is. Same response: the endpoint answers as the service's does, Starlette's
+``JSONResponse`` of the guide's body with a fresh notification id in ``Location`` and
+``X-Notification-Id`` and the request's (empty) ``BackgroundTasks`` as its background,
 from the service's app class behind its HTTP metrics middleware (metrics are on by default).
 The route's declaration (its OpenAPI operation) is this module's own;
 ``tests/test_bench_apps.py`` checks that its parameters and request body are the service's and
@@ -19,6 +19,7 @@ token guard: the benchmark configures no tokens.
 from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
 
 from config import Settings
 from service.deps import BodyReader, idempotency_key
@@ -27,7 +28,6 @@ from service.ids import new_id
 from service.main import NotificationApp
 from service.metrics import HttpMetrics, Metrics
 from service.routers.notifications import register_convertors
-from service.schemas import Acknowledgement
 
 settings = Settings()
 body_reader = BodyReader(settings.max_message_length, settings.max_body_bytes)
@@ -83,7 +83,7 @@ router = APIRouter(tags=["notifications"])
 
 @router.post(
     "/send-notification/{email:address}",
-    response_model=Acknowledgement,
+    response_model=None,
     openapi_extra={**body_reader.openapi, "parameters": [KEY_PARAMETER]},
     responses=RESPONSES,
     summary="The service's request and response, scheduling and recording nothing",
@@ -93,14 +93,19 @@ async def send_notification(
     background_tasks: BackgroundTasks,
     q: Annotated[str | None, Depends(read_query)],
     request: Request,
-    response: Response,
-) -> dict[str, str]:
+) -> Response:
     await body_reader.message(request)
     idempotency_key(request.headers)
     notification_id = new_id()
-    response.headers["Location"] = f"/notifications/{notification_id}"
-    response.headers["X-Notification-Id"] = notification_id
-    return {"message": "Notification sent in the background"}
+    headers = {
+        "Location": f"/notifications/{notification_id}",
+        "X-Notification-Id": notification_id,
+    }
+    return JSONResponse(
+        {"message": "Notification sent in the background"},
+        headers=headers,
+        background=background_tasks,
+    )
 
 
 # Routes passed flat, as the service's are.

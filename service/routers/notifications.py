@@ -5,6 +5,7 @@
 from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Path, Request, Response
+from fastapi.responses import JSONResponse
 from starlette.convertors import Convertor, register_url_convertor
 
 from config import Settings
@@ -51,7 +52,7 @@ def _post_options(settings: Settings, body_reader: BodyReader) -> dict[str, Any]
         "schema": {"type": "string", "minLength": 1, "maxLength": 255},
     }
     return {
-        "response_model": Acknowledgement,
+        "response_model": None,
         "dependencies": [Depends(token_checker(tokens))] if tokens else [],
         "openapi_extra": {**body_reader.openapi, "parameters": [key_parameter]},
         "responses": {
@@ -100,8 +101,7 @@ def build_router(settings: Settings) -> APIRouter:
         background_tasks: BackgroundTasks,
         query: Annotated[QueryLine | None, Depends(log_query)],
         request: Request,
-        response: Response,
-    ) -> dict[str, str]:
+    ) -> Response:
         service: NotificationService = request.state.notifications
         message = await body_reader.message(request)
         key = idempotency_key(request.headers)
@@ -113,7 +113,7 @@ def build_router(settings: Settings) -> APIRouter:
             accepted = await service.accept_keyed(query, key=key, fingerprint=(email, message, q))
             notification_id = accepted.id
             if not accepted.new:  # a replay: the same answer, and no line written again
-                return _acknowledge(response, notification_id)
+                return _acknowledge(notification_id, background_tasks)
         if in_background:
             background_tasks.add_task(service.notify, email, message, notification_id)
         else:
@@ -122,7 +122,7 @@ def build_router(settings: Settings) -> APIRouter:
             except Exception:
                 await service.forget(key, notification_id)
                 raise
-        return _acknowledge(response, notification_id)
+        return _acknowledge(notification_id, background_tasks)
 
     @router.get(
         "/notifications/{notification_id}",
@@ -146,8 +146,12 @@ def build_router(settings: Settings) -> APIRouter:
     return router
 
 
-def _acknowledge(response: Response, notification_id: str) -> dict[str, str]:
-    """The guide's answer, with where to follow the notification."""
-    response.headers["Location"] = f"/notifications/{notification_id}"
-    response.headers["X-Notification-Id"] = notification_id
-    return {"message": ACKNOWLEDGEMENT}
+def _acknowledge(notification_id: str, background: BackgroundTasks) -> Response:
+    """The guide's answer, with where to follow the notification. The request's tasks run
+    after it is sent, as its background (Starlette's documented ``Response(background=...)``):
+    the query's line first, then the notification's. A replay's query task writes nothing."""
+    headers = {
+        "Location": f"/notifications/{notification_id}",
+        "X-Notification-Id": notification_id,
+    }
+    return JSONResponse({"message": ACKNOWLEDGEMENT}, headers=headers, background=background)
