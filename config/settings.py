@@ -7,9 +7,11 @@ This module is the only code that reads the environment. Everything else receive
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self, get_args
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError
+from email_validator import EmailNotValidError, validate_email
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "SettingsError", "load_settings", "settings_or_exit"]
@@ -156,6 +158,65 @@ class Settings(BaseSettings):
     redis_timeout: float = Field(
         default=2.0, gt=0, description="Seconds to wait for Redis to connect or answer."
     )
+    smtp_url: SecretStr | None = Field(
+        default=None,
+        description="smtp://[user:password@]host[:port] (STARTTLS when offered) or smtps://... "
+        "(implicit TLS); unset: no email. Email delivery is not wired into the API yet.",
+    )
+    smtp_from: str | None = Field(
+        default=None, description="Sender address of the emails; needed with smtp_url."
+    )
+    email_subject: str = Field(
+        default="Notification", min_length=1, description="Subject of the emails."
+    )
+    smtp_require_tls: bool = Field(
+        default=False, description="Refuse an smtp:// server that does not offer STARTTLS."
+    )
+    smtp_connections: int = Field(
+        default=4, ge=1, le=100, description="SMTP connections kept open (and sends in flight)."
+    )
+    smtp_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds to wait for the SMTP server to connect (TLS and AUTH included) "
+        "or to answer a command.",
+    )
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp_url_has_its_shape(cls, url: SecretStr | None) -> SecretStr | None:
+        """The URL's scheme, host and port; the message never repeats the URL (it may hold
+        a password). The email channel parses it again, by the same rules."""
+        if url is not None:
+            problem = _smtp_url_problem(url.get_secret_value())
+            if problem is not None:
+                raise ValueError(problem)
+        return url
+
+    @field_validator("smtp_from")
+    @classmethod
+    def _smtp_from_is_an_address(cls, sender: str | None) -> str | None:
+        if sender is not None:
+            try:
+                validated = validate_email(sender, check_deliverability=False)
+            except EmailNotValidError as exc:
+                raise ValueError(f"not a valid sender address: {exc}") from None
+            if not validated.local_part.isascii():
+                raise ValueError("the sender's local part must be ASCII")
+        return sender
+
+    @field_validator("email_subject")
+    @classmethod
+    def _subject_is_one_line(cls, subject: str) -> str:
+        if not subject.isprintable():
+            raise ValueError("the subject must be printable text on one line")
+        return subject
+
+    @model_validator(mode="after")
+    def _smtp_has_a_sender(self) -> Self:
+        if self.smtp_url is not None and self.smtp_from is None:
+            raise ValueError("NOTIFY_SMTP_FROM must be set when NOTIFY_SMTP_URL is")
+        return self
 
     @property
     def tokens(self) -> tuple[str, ...]:
@@ -179,16 +240,51 @@ class Settings(BaseSettings):
         return log_path.with_name(log_path.name + ".spool")
 
 
+_SMTP_URL_SHAPE = "smtp://[user:password@]host[:port] or smtps://[user:password@]host[:port]"
+
+
+def _smtp_url_problem(url: str) -> str | None:
+    """What is wrong with an SMTP URL, without repeating it; None if nothing."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return f"not of the form {_SMTP_URL_SHAPE}"
+    if parts.scheme.lower() not in ("smtp", "smtps"):
+        return f"must start with smtp:// or smtps:// ({_SMTP_URL_SHAPE})"
+    if not parts.hostname:
+        return f"names no host ({_SMTP_URL_SHAPE})"
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return f"has something after the host and port ({_SMTP_URL_SHAPE})"
+    if port == 0:
+        return "the port must be 1 to 65535"
+    if parts.password and not parts.username:
+        return "has a password but no user"
+    return None
+
+
 class SettingsError(Exception):
     """Settings could not be loaded; ``str()`` is one line naming the variable(s)."""
+
+
+def _is_secret(field: str) -> bool:
+    info = Settings.model_fields.get(field)
+    return info is not None and (
+        info.annotation is SecretStr or SecretStr in get_args(info.annotation)
+    )
 
 
 def _describe(exc: ValidationError) -> str:
     problems = []
     for error in exc.errors():
-        field = ".".join(str(part) for part in error["loc"])
-        given = error.get("input")
-        problems.append(f"{_ENV_PREFIX}{field.upper()}={given!r}: {error['msg']}")
+        loc = error["loc"]
+        if not loc:  # a check across settings: its message names them
+            problems.append(error["msg"])
+            continue
+        field = ".".join(str(part) for part in loc)
+        # A secret (tokens, an SMTP URL with its password) is never repeated.
+        given = "<hidden>" if _is_secret(str(loc[0])) else repr(error.get("input"))
+        problems.append(f"{_ENV_PREFIX}{field.upper()}={given}: {error['msg']}")
     return "invalid setting " + "; ".join(problems)
 
 

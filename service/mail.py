@@ -1,0 +1,133 @@
+"""The email of a notification, built with the standard library: pure, no I/O.
+
+One ``email.message.EmailMessage`` per notification (policy ``email.policy.SMTP``, or its
+``SMTPUTF8`` twin when the recipient's local part is not ASCII), with exactly these headers:
+``From``, ``To``, ``Subject``, ``Date``, ``Message-ID: <{id}@{domain of From}>``,
+``X-Notification-Id: {id}``, and the MIME headers of a ``text/plain; charset="utf-8"`` body.
+``Date`` is not optional in RFC 5322 (3.6), so the caller passes the time to put in it.
+
+The recipient and the message are request input. Neither can add or change a header:
+
+- an address is validated again by ``email-validator`` (the API's own rules) and must come
+  back as one address whose ``addr-spec`` is exactly the envelope's; anything else, an
+  address with CR, LF or any other character outside an address, raises ``ValueError``;
+- the message is only ever the body, after the blank line that ends the headers. Its line
+  breaks (CRLF, CR or LF) become the email's line breaks; every other character is kept. A
+  body that is plain printable ASCII in short lines goes as ``7bit``; anything else
+  (non-ASCII, NUL or other control characters, U+2028, U+0085, lines over 78 characters) as
+  ``quoted-printable``, so the message is 7-bit clean and needs no ``8BITMIME``.
+
+Internationalised addresses: the envelope and ``To`` carry the ASCII (IDNA) form of the domain
+(``a@bücher.de`` goes to ``a@xn--bcher-kva.de``). A local part that is not ASCII has no ASCII
+form: such a message needs a server that offers SMTPUTF8 (``needs_smtputf8``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from email import policy
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime
+
+from email_validator import validate_email
+
+__all__ = ["Mail", "ascii_address", "build_mail", "needs_smtputf8"]
+
+# A notification id goes into Message-ID's left part and X-Notification-Id: letters, digits
+# and ". _ -" between letters or digits (ids are UUIDs; nothing else can reach a header).
+_ID = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,126}[A-Za-z0-9])?")
+# What may go as 7bit: tab, CR, LF and printable ASCII (no NUL, no other control character).
+_NOT_7BIT = re.compile(r"[^\t\n\r\x20-\x7e]")
+_MAX_7BIT_LINE = 78  # RFC 5322 2.1.1's SHOULD; longer lines go quoted-printable
+
+
+@dataclass(frozen=True, slots=True)
+class Mail:
+    """One notification's email, ready for SMTP: its envelope and its message.
+
+    ``sender`` and ``recipient`` are the envelope (``MAIL FROM``, ``RCPT TO``), with ASCII
+    domains; ``smtputf8`` says whether the server must offer SMTPUTF8 to take it."""
+
+    notification_id: str
+    sender: str
+    recipient: str
+    message: EmailMessage
+
+    @property
+    def smtputf8(self) -> bool:
+        return needs_smtputf8(self.recipient)
+
+    def as_bytes(self) -> bytes:
+        """The message as sent after ``DATA``: CRLF line ends, before SMTP's dot-stuffing."""
+        return self.message.as_bytes()
+
+
+def ascii_address(address: str) -> str:
+    """``address`` (validated as the API validates emails) with the ASCII (IDNA) form of its
+    domain: ``a@bücher.de`` gives ``a@xn--bcher-kva.de``. The local part is kept as it is.
+
+    Raises ``ValueError`` (``email_validator.EmailNotValidError``) if it is not valid."""
+    validated = validate_email(address, check_deliverability=False)
+    return f"{validated.local_part}@{validated.ascii_domain}"
+
+
+def needs_smtputf8(address: str) -> bool:
+    """Whether mail to (or from) ``address`` needs SMTPUTF8: its local part is not ASCII. An
+    internationalised domain alone does not: it goes in its IDNA form."""
+    local, _, _ = address.rpartition("@")
+    return not local.isascii()
+
+
+def build_mail(
+    notification_id: str,
+    email: str,
+    message: str,
+    *,
+    sender: str,
+    subject: str,
+    date: datetime,
+) -> Mail:
+    """The email of notification ``notification_id`` for ``email``, whose body is ``message``.
+
+    ``sender`` (``From`` and the envelope sender) must be an address with an ASCII local part;
+    ``subject`` printable text on one line; ``date`` an aware datetime. Raises ``ValueError``
+    naming the problem for an invalid id, address, subject or date (never for a message)."""
+    if not _ID.fullmatch(notification_id):
+        raise ValueError("a notification id must be letters, digits, '.', '_' or '-'")
+    if not subject.isprintable():
+        raise ValueError("the subject must be printable text on one line")
+    if date.tzinfo is None or date.utcoffset() is None:
+        raise ValueError("the date must be timezone-aware")
+    envelope_sender = ascii_address(sender)
+    if needs_smtputf8(envelope_sender):
+        raise ValueError("the sender's local part must be ASCII")
+    recipient = ascii_address(email)
+    smtputf8 = needs_smtputf8(recipient)
+    domain = envelope_sender.rpartition("@")[2]
+
+    mail = EmailMessage(policy=policy.SMTPUTF8 if smtputf8 else policy.SMTP)
+    mail["From"] = Address(addr_spec=envelope_sender)
+    # ``Address`` parses strictly, but refuses a non-ASCII local part (Python reports it as a
+    # defect): that one goes in as text, already validated; both are checked below.
+    mail["To"] = recipient if smtputf8 else Address(addr_spec=recipient)
+    mail["Subject"] = subject
+    mail["Date"] = format_datetime(date)
+    mail["Message-ID"] = f"<{notification_id}@{domain}>"
+    mail["X-Notification-Id"] = notification_id
+    for header, expected in (("From", envelope_sender), ("To", recipient)):
+        addresses = mail[header].addresses
+        if len(addresses) != 1 or addresses[0].addr_spec != expected:
+            raise ValueError(f"{header} would not be exactly the address given")
+    mail.set_content(message, charset="utf-8", cte=_transfer_encoding(message))
+    return Mail(notification_id, envelope_sender, recipient, mail)
+
+
+def _transfer_encoding(text: str) -> str:
+    """``7bit`` for printable ASCII in short lines, else ``quoted-printable`` (7-bit clean,
+    exact, and still readable as text)."""
+    if _NOT_7BIT.search(text) or any(len(line) > _MAX_7BIT_LINE for line in text.splitlines()):
+        return "quoted-printable"
+    return "7bit"
