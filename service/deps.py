@@ -16,8 +16,9 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import Field, TypeAdapter, ValidationError, create_model
 from starlette.datastructures import Headers
 
+from service.runtime import Current
 from service.schemas import DEFAULT_MESSAGE, NotificationBody
-from service.services import NotificationService, QueryLine
+from service.services import QueryLine
 
 __all__ = [
     "BodyReader",
@@ -30,7 +31,7 @@ __all__ = [
 QueryLogger = Callable[..., Awaitable[QueryLine | None]]
 
 
-def query_logger(max_length: int, *, schedule: bool) -> QueryLogger:
+def query_logger(current: Current, max_length: int, *, schedule: bool) -> QueryLogger:
     """The guide's ``get_query``: log ``found query: {q}`` in a background task when given.
 
     The task is the current run's ``NotificationService.log_query`` with the request's
@@ -41,7 +42,6 @@ def query_logger(max_length: int, *, schedule: bool) -> QueryLogger:
     """
 
     async def log_query(
-        request: Request,
         background_tasks: BackgroundTasks,
         q: Annotated[
             str | None,
@@ -52,8 +52,7 @@ def query_logger(max_length: int, *, schedule: bool) -> QueryLogger:
             return None
         query = QueryLine(q)
         if schedule:
-            service: NotificationService = request.state.notifications
-            background_tasks.add_task(service.log_query, query)
+            background_tasks.add_task(current.runtime.notifications.log_query, query)
         return query
 
     return log_query

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -19,7 +18,7 @@ from config import Settings, settings_or_exit
 from service.logs import configure_logging
 from service.metrics import HttpMetrics, Metrics
 from service.routers import health, notifications
-from service.runtime import Runtime, StartupError
+from service.runtime import Current, Runtime, StartupError
 from service.sinks import SinkUnavailable
 from service.status import IdempotencyConflict
 
@@ -43,15 +42,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings if settings is not None else settings_or_exit()
     configure_logging(settings.log_level)
     metrics = Metrics(settings.prometheus_multiproc_dir)
+    current = Current()
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with Runtime(settings, metrics) as runtime:
-            # Lifespan state: every request sees it as request.state (Starlette's documented
-            # way to hand per-run objects to the endpoints).
-            yield {"runtime": runtime, "notifications": runtime.notifications}
+            current.set(runtime)
+            try:
+                yield
+            finally:
+                current.set(None)
 
-    routers = [notifications.build_router(settings), health.build_router(metrics)]
+    routers = [notifications.build_router(settings, current), health.build_router(metrics, current)]
     app = NotificationApp(
         title="Notification service",
         summary="FastAPI's Background Tasks notification endpoint, production-grade.",

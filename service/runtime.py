@@ -18,13 +18,13 @@ from config import Settings
 from service.metrics import Metrics
 from service.records import RENDERERS
 from service.services import NotificationService
-from service.sinks.base import Lines, Listeners
+from service.sinks.base import Lines, Listeners, SinkUnavailable
 from service.sinks.core import BatchOptions, BatchSink, RetryPolicy
 from service.sinks.file import FileOptions, FileSinks, file_sink
 from service.sinks.fs import os_error_reason
 from service.status import Idempotency, Ledger, LocalLedger, StatusStore
 
-__all__ = ["Runtime", "StartupError", "batch_options", "file_options", "start_sinks"]
+__all__ = ["Current", "Runtime", "StartupError", "batch_options", "file_options", "start_sinks"]
 
 logger = logging.getLogger("service")
 
@@ -74,6 +74,26 @@ async def start_sinks(sinks: Sequence[BatchSink]) -> None:
                 reason = str(exc)
             raise StartupError(f"cannot open {description}: {reason}") from None
         started.append(sink)
+
+
+class Current:
+    """Which run is current: the one object the routes hold, built once per app. Each
+    lifespan run sets its ``Runtime`` here while it runs and clears it at its end; nothing
+    else is kept, so nothing of one run outlives it."""
+
+    def __init__(self) -> None:
+        self._runtime: Runtime | None = None
+
+    @property
+    def runtime(self) -> Runtime:
+        """The running runtime; ``SinkUnavailable`` (503) when no lifespan runs."""
+        runtime = self._runtime
+        if runtime is None:
+            raise SinkUnavailable("the service is not running (its lifespan has not started)")
+        return runtime
+
+    def set(self, runtime: Runtime | None) -> None:
+        self._runtime = runtime
 
 
 class Runtime:

@@ -1,16 +1,16 @@
 """Liveness, readiness and metrics."""
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from service.metrics import CONTENT_TYPE, Metrics
-from service.runtime import Runtime
+from service.runtime import Current
 from service.schemas import Health, Readiness, SinkState
 
 __all__ = ["build_router"]
 
 
-def build_router(metrics: Metrics) -> APIRouter:
+def build_router(metrics: Metrics, current: Current) -> APIRouter:
     """``/metrics`` of the app, and the health of the current run's sinks."""
     router = APIRouter(tags=["health"])
 
@@ -33,9 +33,8 @@ def build_router(metrics: Metrics) -> APIRouter:
         responses={503: {"model": Readiness, "description": "A writer cannot take lines."}},
         summary="Every log writer is running and its file is open",
     )
-    async def readyz(request: Request) -> JSONResponse:
-        runtime: Runtime = request.state.runtime
-        states = [sink.health() for sink in runtime.sinks]
+    async def readyz() -> JSONResponse:
+        states = [sink.health() for sink in current.runtime.sinks]
         reasons = [state.problem for state in states if state.problem is not None]
         body = Readiness(
             status="unavailable" if reasons else "ready",

@@ -11,8 +11,9 @@ from starlette.convertors import Convertor, register_url_convertor
 from config import Settings
 from service.deps import BodyReader, idempotency_key, query_logger, token_checker
 from service.emails import Email
+from service.runtime import Current
 from service.schemas import ACKNOWLEDGEMENT, Acknowledgement, ErrorBody, NotificationStatusOut
-from service.services import NotificationService, QueryLine
+from service.services import QueryLine
 
 __all__ = ["build_router", "register_convertors"]
 
@@ -85,13 +86,13 @@ def register_convertors() -> None:
     register_url_convertor("address", _AnyText())
 
 
-def build_router(settings: Settings) -> APIRouter:
+def build_router(settings: Settings, current: Current) -> APIRouter:
     """The notification routes, with the configured limits. The service they call is the
-    current run's, from the lifespan state (``request.state.notifications``)."""
+    current run's (``current``, set by each lifespan run)."""
     register_convertors()
     router = APIRouter(tags=["notifications"])
     in_background = settings.ack == "background"
-    log_query = query_logger(settings.max_query_length, schedule=in_background)
+    log_query = query_logger(current, settings.max_query_length, schedule=in_background)
     body_reader = BodyReader(settings.max_message_length, settings.max_body_bytes)
 
     # An address may hold "/" (a%2Fb@example.com is decoded before routing): see _AnyText.
@@ -102,7 +103,7 @@ def build_router(settings: Settings) -> APIRouter:
         query: Annotated[QueryLine | None, Depends(log_query)],
         request: Request,
     ) -> Response:
-        service: NotificationService = request.state.notifications
+        service = current.runtime.notifications
         message = await body_reader.message(request)
         key = idempotency_key(request.headers)
         q = None if query is None else query.q
@@ -132,10 +133,8 @@ def build_router(settings: Settings) -> APIRouter:
     )
     async def notification_status(
         notification_id: Annotated[str, Path(max_length=64)],
-        request: Request,
     ) -> NotificationStatusOut:
-        service: NotificationService = request.state.notifications
-        status = await service.status(notification_id)
+        status = await current.runtime.notifications.status(notification_id)
         if status is None:
             raise HTTPException(
                 status_code=404,

@@ -1,0 +1,262 @@
+"""Delivery from the outbox: claim what is due, send it, record what happened.
+
+One ``Dispatcher`` per channel (email) per process. It claims at most as many due deliveries as
+it may send at once (``concurrency``: the channel's connections), so after a kill at most that
+many are sent again by the next process; each is sent by the channel's ``send``, and its outcome
+goes back to the outbox:
+
+- delivered: done;
+- ``PermanentFailure`` (SMTP 5xx): dead at once, until an operator retries it;
+- ``TemporaryFailure`` (SMTP 4xx): this delivery alone waits, with capped exponential backoff
+  and jitter, and is tried again; after ``max_age`` since it was accepted it is dead;
+- ``ChannelUnavailable`` (unreachable, refused, timeout, 421, an unknown outcome): the whole
+  channel pauses with that backoff, as a failing disk pauses the log, instead of one failing
+  attempt per delivery; the delivery waits for the end of the pause.
+
+One log line marks the start of a failure episode and one its end; ``health`` says whether the
+channel is failing (``/readyz`` names it without refusing requests: the outbox holds the mail).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from service.outbox.sqlite import Delivery, SqliteOutbox
+
+__all__ = [
+    "ChannelFailure",
+    "DeliveryListener",
+    "DispatchOptions",
+    "Dispatcher",
+    "PermanentError",
+    "TemporaryError",
+]
+
+logger = logging.getLogger("service.outbox")
+
+
+class TemporaryError(Exception):
+    """This delivery failed for now; retry it alone, later."""
+
+
+class PermanentError(Exception):
+    """This delivery can never succeed as it is: dead at once."""
+
+
+class ChannelFailure(TemporaryError):
+    """The channel itself cannot deliver now: pause it, then retry."""
+
+
+class DeliveryListener(Protocol):
+    """Told each outcome (the metrics listen)."""
+
+    def delivered(self, channel: str, seconds: float) -> None:
+        """Delivered ``seconds`` after the notification was accepted."""
+
+    def retried(self, channel: str) -> None: ...
+
+    def dead(self, channel: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchOptions:
+    concurrency: int = 4
+    retry_initial: float = 0.05
+    retry_max: float = 300.0
+    max_age: float = 24 * 3600.0
+    poll_interval: float = 1.0
+    """Seconds between looks at the outbox when nothing told this process of new work (other
+    processes add rows too)."""
+    rate: float | None = None
+    """At most this many sends a second, if set."""
+    drain_timeout: float = 10.0
+
+
+def backoff(initial: float, maximum: float, attempt: int) -> float:
+    """Capped exponential backoff with jitter: between half and all of the ceiling."""
+    ceiling = min(maximum, initial * 2.0**attempt)
+    return random.uniform(ceiling / 2, ceiling)
+
+
+class Dispatcher:
+    """Delivers one channel's due deliveries; see the module docstring."""
+
+    def __init__(
+        self,
+        outbox: SqliteOutbox,
+        channel: str,
+        send: Callable[[Delivery], Awaitable[None]],
+        options: DispatchOptions,
+        listener: DeliveryListener | None = None,
+    ) -> None:
+        self.channel = channel
+        self._outbox = outbox
+        self._send = send
+        self._options = options
+        self._listener = listener
+        self._wake = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._error: str | None = None
+        self._failing_since = 0.0
+        self._channel_failures = 0
+        self._paused_until = 0.0
+        self._next_send = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def error(self) -> str | None:
+        """Why the channel is failing now, or None."""
+        return self._error
+
+    def wake(self) -> None:
+        """New deliveries were added: look now rather than at the next poll."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"{self.channel} dispatcher")
+
+    async def aclose(self) -> None:
+        """Claim nothing more; let the sends in flight finish (within the drain timeout);
+        leases of what was not sent expire, and the next start (or another process) sends it."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._in_flight:
+            await asyncio.wait(self._in_flight, timeout=self._options.drain_timeout)
+        for sending in self._in_flight:
+            sending.cancel()
+
+    # -- the loop -------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        options = self._options
+        while True:
+            pause = self._paused_until - time.monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
+                continue
+            free = options.concurrency - len(self._in_flight)
+            if free <= 0:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                continue
+            try:
+                claimed = await self._outbox.claim(self.channel, free)
+            except Exception:
+                logger.exception("%s: cannot read the outbox; trying again", self.channel)
+                await asyncio.sleep(options.poll_interval)
+                continue
+            if not claimed:
+                await self._idle()
+                continue
+            for delivery in claimed:
+                await self._pace()
+                sending = asyncio.create_task(self._deliver(delivery))
+                self._in_flight.add(sending)
+                sending.add_done_callback(self._done)
+
+    def _done(self, sending: asyncio.Task[None]) -> None:
+        self._in_flight.discard(sending)
+        self._slot_free.set()
+
+    async def _idle(self) -> None:
+        """Wait for new work: a wake, the next due delivery, or the poll interval."""
+        timeout = self._options.poll_interval
+        with contextlib.suppress(Exception):
+            due = await self._outbox.next_due(self.channel)
+            if due is not None:
+                timeout = min(timeout, max(0.0, due - time.time()))
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
+
+    async def _pace(self) -> None:
+        rate = self._options.rate
+        if not rate:
+            return
+        now = time.monotonic()
+        if self._next_send > now:
+            await asyncio.sleep(self._next_send - now)
+        self._next_send = max(now, self._next_send) + 1.0 / rate
+
+    # -- one delivery ---------------------------------------------------------------------
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        options, outbox = self._options, self._outbox
+        if time.time() - delivery.accepted_at > options.max_age:
+            await outbox.dead(delivery, f"not delivered within {options.max_age:g} s")
+            self._tell("dead")
+            return
+        try:
+            await self._send(delivery)
+        except PermanentError as exc:
+            await outbox.dead(delivery, str(exc))
+            self._tell("dead")
+            self._recovered()  # the server answered: the channel works
+        except ChannelFailure as exc:
+            delay = self._pause(str(exc))
+            await self._retry_or_die(delivery, str(exc), delay)
+        except TemporaryError as exc:
+            self._recovered()
+            delay = backoff(options.retry_initial, options.retry_max, delivery.attempts)
+            await self._retry_or_die(delivery, str(exc), delay)
+        except Exception as exc:  # a bug in the channel: loud, and the delivery is kept
+            logger.exception("%s: sending failed unexpectedly", self.channel)
+            delay = self._pause(f"{type(exc).__name__}: {exc}")
+            await self._retry_or_die(delivery, f"{type(exc).__name__}: {exc}", delay)
+        else:
+            await outbox.delivered(delivery)
+            self._recovered()
+            if self._listener is not None:
+                self._listener.delivered(self.channel, time.time() - delivery.accepted_at)
+
+    async def _retry_or_die(self, delivery: Delivery, error: str, delay: float) -> None:
+        at = time.time() + delay
+        if at - delivery.accepted_at > self._options.max_age:
+            await self._outbox.dead(delivery, f"{error}; not delivered within the time allowed")
+            self._tell("dead")
+            return
+        await self._outbox.retry_at(delivery, error, at)
+        self._tell("retried")
+
+    def _tell(self, outcome: str) -> None:
+        listener = self._listener
+        if listener is None:
+            return
+        if outcome == "dead":
+            listener.dead(self.channel)
+        else:
+            listener.retried(self.channel)
+
+    def _pause(self, error: str) -> float:
+        """Pause the channel (longer each time in a row); returns the pause in seconds."""
+        options = self._options
+        delay = backoff(options.retry_initial, options.retry_max, self._channel_failures)
+        self._channel_failures += 1
+        self._paused_until = max(self._paused_until, time.monotonic() + delay)
+        if self._error is None:
+            self._failing_since = time.monotonic()
+            logger.error("%s: cannot deliver: %s; pausing and retrying", self.channel, error)
+        self._error = error
+        return delay
+
+    def _recovered(self) -> None:
+        self._channel_failures = 0
+        if self._error is not None:
+            logger.info(
+                "%s: delivering again after %.1f s",
+                self.channel,
+                time.monotonic() - self._failing_since,
+            )
+            self._error = None
