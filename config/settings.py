@@ -182,6 +182,31 @@ class Settings(BaseSettings):
         "or to answer a command.",
     )
 
+    smtp_rate: float | None = Field(
+        default=None, gt=0, description="At most this many emails a second (unset: no limit)."
+    )
+    email_domains: str = Field(
+        default="",
+        description="Comma-separated recipient domains email may go to (a POST for another "
+        "gets 422); empty: any.",
+    )
+    outbox_path: Path | None = Field(
+        default=None, description="SQLite outbox of pending deliveries (default: <log>.outbox)."
+    )
+    outbox_max: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="Pending deliveries the outbox may hold; past it POST gets 503.",
+    )
+    delivery_max_age: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="Seconds a delivery is retried after acceptance before it is dead.",
+    )
+    delivery_retry_max: float = Field(
+        default=300.0, gt=0, description="Longest delay, in seconds, between delivery retries."
+    )
+
     @field_validator("smtp_url")
     @classmethod
     def _smtp_url_has_its_shape(cls, url: SecretStr | None) -> SecretStr | None:
@@ -223,6 +248,24 @@ class Settings(BaseSettings):
         """The configured API tokens (none: the API is open)."""
         raw = self.api_tokens.get_secret_value()
         return tuple(token.strip() for token in raw.split(",") if token.strip())
+
+    @property
+    def email_on(self) -> bool:
+        """Whether notifications are also sent as email."""
+        return self.smtp_url is not None
+
+    @property
+    def allowed_email_domains(self) -> frozenset[str]:
+        """Recipient domains email may go to, lowercased; empty: any."""
+        return frozenset(
+            domain.strip().lower() for domain in self.email_domains.split(",") if domain.strip()
+        )
+
+    def effective_outbox_path(self) -> Path:
+        """The SQLite outbox: ``outbox_path``, or beside the log."""
+        if self.outbox_path is not None:
+            return self.outbox_path
+        return self.log_path.with_name(self.log_path.name + ".outbox")
 
     @property
     def effective_query_log_path(self) -> Path:

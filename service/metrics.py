@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
     "CONTENT_TYPE",
+    "DeliveryMetrics",
     "DirectMetrics",
     "HttpMetrics",
     "Metrics",
@@ -105,6 +106,14 @@ class Metrics:
             buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
             registry=registry,
         )
+        self.deliveries = DeliveryMetrics(registry)
+        self.outbox_depth = Gauge(
+            "notify_outbox_depth",
+            "Deliveries pending in the outbox (queued or retrying), as last counted.",
+            registry=registry,
+            multiprocess_mode="max",
+        )
+        self._outbox_depth: Callable[[], int] | None = None
         self._sinks: dict[str, SinkMetrics] = {}
         self.per_request: Tallies | DirectMetrics
         if multiprocess_dir is None:
@@ -123,6 +132,10 @@ class Metrics:
             sink = self._sinks[name] = SinkMetrics(self, name)
         return sink
 
+    def track_outbox(self, depth: Callable[[], int]) -> None:
+        """Read the outbox's depth from ``depth`` at each scrape."""
+        self._outbox_depth = depth
+
     def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
         self._observe_http(route, method, status, seconds)
         if route == _NOTIFY_ROUTE and method == "POST" and status != 200:
@@ -132,6 +145,8 @@ class Metrics:
         """The text format: this process's registry, or every worker's in multiprocess mode."""
         for sink in self._sinks.values():
             sink.refresh()
+        if self._outbox_depth is not None:
+            self.outbox_depth.set(self._outbox_depth())
         if self.multiprocess_dir is None:
             return generate_latest(self.registry)
         registry = CollectorRegistry()
@@ -175,6 +190,10 @@ class Tallies:
 
     def count_accepted(self) -> None:
         self.accepted += 1
+
+    def track_outbox(self, depth: Callable[[], int]) -> None:
+        """Read the outbox's depth from ``depth`` at each scrape."""
+        self._outbox_depth = depth
 
     def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
         tally = self._http.get((route, method, status))
@@ -234,6 +253,10 @@ class DirectMetrics:
     def count_accepted(self) -> None:
         self.accepted.inc()
 
+    def track_outbox(self, depth: Callable[[], int]) -> None:
+        """Read the outbox's depth from ``depth`` at each scrape."""
+        self._outbox_depth = depth
+
     def observe_http(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)
         children = self._children.get(key)
@@ -276,6 +299,35 @@ class SinkMetrics:
         self._failed.inc()
         self._up.set(0)
         self.refresh()
+
+
+class DeliveryMetrics:
+    """A delivery listener: outcomes per channel, and acknowledged-to-delivered latency."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._outcomes = Counter(
+            "notify_deliveries",
+            "Delivery outcomes by channel: delivered, retried (a temporary failure), dead.",
+            ["channel", "outcome"],
+            registry=registry,
+        )
+        self._seconds = Histogram(
+            "notify_delivery_seconds",
+            "From the notification's acknowledgement to its delivery, by channel.",
+            ["channel"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 300, 3600),
+            registry=registry,
+        )
+
+    def delivered(self, channel: str, seconds: float) -> None:
+        self._outcomes.labels(channel, "delivered").inc()
+        self._seconds.labels(channel).observe(seconds)
+
+    def retried(self, channel: str) -> None:
+        self._outcomes.labels(channel, "retried").inc()
+
+    def dead(self, channel: str) -> None:
+        self._outcomes.labels(channel, "dead").inc()
 
 
 class HttpMetrics:

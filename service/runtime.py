@@ -11,15 +11,22 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 
 from config import Settings
+from service.ids import new_id
 from service.metrics import Metrics
+from service.outbox.dispatcher import Dispatcher, DispatchOptions
+from service.outbox.email import email_sender
+from service.outbox.sqlite import SqliteOutbox
+from service.outbox.writer import OutboxIntake, outbox_sink
 from service.records import RENDERERS
 from service.services import NotificationService
 from service.sinks.base import Lines, Listeners, SinkUnavailable
 from service.sinks.core import BatchOptions, BatchSink, RetryPolicy
+from service.sinks.email import EmailChannel, SmtpOptions, SmtpServer
 from service.sinks.file import FileOptions, FileSinks, file_sink
 from service.sinks.fs import os_error_reason
 from service.status import Idempotency, Ledger, LocalLedger, StatusStore
@@ -109,7 +116,16 @@ class Runtime:
         self.metrics = metrics
         self.statuses = StatusStore(settings.status_max_entries, settings.status_ttl)
         self.sinks: list[BatchSink] = []
+        self.dispatchers: list[Dispatcher] = []
+        self._openers: list[Callable[[], Awaitable[None]]] = []  # before the sinks
         self._closers: list[Callable[[], Awaitable[None]]] = []  # after the sinks
+        self._email: _Email | None = None
+        if settings.email_on:
+            if settings.backend == "redis":
+                raise StartupError(
+                    "email delivery (NOTIFY_SMTP_URL) works with NOTIFY_BACKEND=local only, for now"
+                )
+            self._email = self._email_channel()
         if settings.backend == "redis":
             self.notifications = self._redis_backend()
         else:
@@ -117,12 +133,26 @@ class Runtime:
 
     async def __aenter__(self) -> Runtime:
         try:
+            for open_ in self._openers:
+                try:
+                    await open_()
+                except (OSError, ValueError) as exc:
+                    raise StartupError(f"cannot start: {exc}") from None
             await start_sinks(self.sinks)
         except StartupError:
             await self._close_others()
             raise
+        for dispatcher in self.dispatchers:
+            await dispatcher.start()
         described = ", ".join(sink.channel.name for sink in self.sinks)
         logger.info("writing notifications to %s", described)
+        if self._email is not None:
+            logger.info("sending notifications by email through %s", self._email.channel.name)
+            if not self.settings.tokens:
+                logger.warning(
+                    "email is on and NOTIFY_API_TOKENS is empty: anyone who can reach the API "
+                    "can send mail through it"
+                )
         return self
 
     async def __aexit__(
@@ -131,6 +161,8 @@ class Runtime:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        for dispatcher in self.dispatchers:  # claim nothing more; sends in flight finish
+            await dispatcher.aclose()
         await asyncio.gather(*(sink.aclose() for sink in self.sinks))
         await self._close_others()
         self.metrics.process_exited()
@@ -140,8 +172,11 @@ class Runtime:
             await close()
 
     def _service(self, notifications: Lines, queries: Lines, ledger: Ledger) -> NotificationService:
-        settings = self.settings
+        settings, email = self.settings, self._email
         return NotificationService(
+            deliveries=None if email is None else email.intake,
+            outbox=None if email is None else email.outbox,
+            on_retry=None if email is None else email.dispatcher.wake,
             notifications=notifications,
             queries=queries,
             statuses=self.statuses,
@@ -150,6 +185,59 @@ class Runtime:
             on_accept=self.metrics.count_accepted,
             ack_timeout=settings.ack_timeout,
         )
+
+    def _email_channel(self) -> _Email:
+        """The outbox, its intake sink, the SMTP pool and the dispatcher between them."""
+        settings, metrics = self.settings, self.metrics
+        if settings.smtp_url is None or settings.smtp_from is None:  # Settings checks this too
+            raise StartupError("email needs NOTIFY_SMTP_URL and NOTIFY_SMTP_FROM")
+        outbox_path = settings.effective_outbox_path()
+        outbox = SqliteOutbox(
+            outbox_path,
+            owner=new_id(),
+            # Longer than any send can take (connect, then each reply, each within the timeout).
+            lease_seconds=6 * settings.smtp_timeout + 10,
+        )
+        channel = EmailChannel(
+            SmtpServer.from_url(settings.smtp_url),
+            SmtpOptions(
+                connections=settings.smtp_connections,
+                timeout=settings.smtp_timeout,
+                require_tls=settings.smtp_require_tls,
+            ),
+        )
+        dispatcher = Dispatcher(
+            outbox,
+            "email",
+            email_sender(channel, sender=settings.smtp_from, subject=settings.email_subject),
+            DispatchOptions(
+                concurrency=settings.smtp_connections,
+                retry_initial=settings.retry_initial,
+                retry_max=settings.delivery_retry_max,
+                max_age=settings.delivery_max_age,
+                poll_interval=settings.file_check_interval,
+                rate=settings.smtp_rate,
+                drain_timeout=settings.shutdown_timeout,
+            ),
+            listener=metrics.deliveries,
+        )
+        options = batch_options(settings, waiting=settings.ack == "write")
+        intake = outbox_sink(
+            outbox,
+            "email",
+            replace(options, queue_size=min(options.queue_size, settings.outbox_max)),
+            added=dispatcher.wake,
+            spool=outbox_path.with_name(outbox_path.name + ".spool"),
+        )
+        metrics.for_sink(intake.channel.name).track(lambda: intake.held)
+        metrics.track_outbox(lambda: dispatcher.depth)
+        self._openers.append(outbox.open)
+        self.sinks.append(intake)
+        self.dispatchers.append(dispatcher)
+        self._closers.extend([channel.close, outbox.close])
+        lines = OutboxIntake(intake, settings.outbox_max, lambda: dispatcher.depth)
+        self._openers.append(dispatcher.count)  # the depth, before the first request
+        return _Email(outbox, lines, channel, dispatcher)
 
     def _local_backend(self) -> NotificationService:
         settings, statuses, metrics = self.settings, self.statuses, self.metrics
@@ -196,3 +284,11 @@ class Runtime:
         self.metrics.for_sink(sink.channel.name).track(lambda: sink.held)
         self.sinks.append(sink)
         return self._service(sink, sink, ledger)
+
+
+@dataclass(frozen=True, slots=True)
+class _Email:
+    outbox: SqliteOutbox
+    intake: OutboxIntake
+    channel: EmailChannel
+    dispatcher: Dispatcher

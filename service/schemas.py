@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.outbox.sqlite import DeliveryState
 from service.records import rfc3339
 from service.status import NotificationStatus
 
@@ -13,11 +14,16 @@ __all__ = [
     "ACKNOWLEDGEMENT",
     "DEFAULT_MESSAGE",
     "Acknowledgement",
+    "ChannelState",
+    "ChannelStatusOut",
+    "DeadLetterOut",
+    "DeadLettersOut",
     "ErrorBody",
     "Health",
     "NotificationBody",
     "NotificationStatusOut",
     "Readiness",
+    "RetriedOut",
     "SinkState",
 ]
 
@@ -60,9 +66,26 @@ class NotificationStatusOut(BaseModel):
     written_at: str | None = Field(description="RFC 3339, UTC; null until written.")
     attempts: int = Field(description="Writes tried so far.")
     error: str | None
+    channels: dict[str, ChannelStatusOut] = Field(
+        default_factory=dict,
+        description="Each delivery channel's state (``email`` when email is on).",
+    )
 
     @classmethod
-    def of(cls, status: NotificationStatus) -> NotificationStatusOut:
+    def of(
+        cls, status: NotificationStatus, deliveries: list[DeliveryState] | None = None
+    ) -> NotificationStatusOut:
+        channels = {
+            "log": ChannelStatusOut(
+                status=status.status,
+                attempts=status.attempts,
+                last_error=status.error,
+                next_attempt_at=None,
+                delivered_at=None if status.written_at is None else rfc3339(status.written_at),
+            )
+        }
+        for delivery in deliveries or []:
+            channels[delivery.channel] = ChannelStatusOut.of(delivery)
         return cls(
             id=status.id,
             status=status.status,
@@ -70,7 +93,73 @@ class NotificationStatusOut(BaseModel):
             written_at=None if status.written_at is None else rfc3339(status.written_at),
             attempts=status.attempts,
             error=status.error,
+            channels=channels,
         )
+
+
+class ChannelStatusOut(BaseModel):
+    """One channel's delivery of a notification."""
+
+    status: Literal["queued", "written", "failed", "retrying", "delivered", "dead"] = Field(
+        description="log: queued, written or failed (as the top-level status); email: queued, "
+        "retrying (a temporary failure; next_attempt_at says when), delivered, or dead (failed "
+        "for good or ran out of time; POST /notifications/{id}/retry sends it again)."
+    )
+    attempts: int
+    last_error: str | None
+    next_attempt_at: str | None = Field(description="RFC 3339, UTC; while pending.")
+    delivered_at: str | None = Field(description="RFC 3339, UTC.")
+
+    @classmethod
+    def of(cls, delivery: DeliveryState) -> ChannelStatusOut:
+        return cls(
+            status=delivery.status,
+            attempts=delivery.attempts,
+            last_error=delivery.last_error,
+            next_attempt_at=None
+            if delivery.next_attempt_at is None
+            else rfc3339(delivery.next_attempt_at),
+            delivered_at=None if delivery.delivered_at is None else rfc3339(delivery.delivered_at),
+        )
+
+
+class DeadLetterOut(BaseModel):
+    """A delivery that failed for good or ran out of time."""
+
+    id: str
+    channel: str
+    attempts: int
+    last_error: str | None
+    accepted_at: str
+
+    @classmethod
+    def of(cls, delivery: DeliveryState) -> DeadLetterOut:
+        return cls(
+            id=delivery.id,
+            channel=delivery.channel,
+            attempts=delivery.attempts,
+            last_error=delivery.last_error,
+            accepted_at=rfc3339(delivery.accepted_at),
+        )
+
+
+class DeadLettersOut(BaseModel):
+    """A page of dead letters; ``next`` is the ``after`` of the next page (null: the last)."""
+
+    items: list[DeadLetterOut]
+    next: str | None
+
+
+class RetriedOut(BaseModel):
+    id: str
+    retried: int = Field(description="Deliveries made due again.")
+
+
+class ChannelState(BaseModel):
+    """A delivery channel in ``/readyz``: failing or not (the API accepts either way)."""
+
+    name: str
+    error: str | None
 
 
 class Health(BaseModel):
@@ -90,3 +179,8 @@ class Readiness(BaseModel):
     status: str = Field(examples=["ready", "unavailable"])
     reasons: list[str]
     sinks: list[SinkState]
+    channels: list[ChannelState] = Field(
+        default_factory=list,
+        description="Delivery channels (email); a failing one does not make the service "
+        "unready: the outbox holds the mail.",
+    )

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -109,6 +110,9 @@ class Dispatcher:
         self._channel_failures = 0
         self._paused_until = 0.0
         self._next_send = 0.0
+        self._counted_at = -math.inf
+        self.depth = 0
+        """Deliveries pending in the outbox (all processes), as last counted."""
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -138,9 +142,17 @@ class Dispatcher:
 
     # -- the loop -------------------------------------------------------------------------
 
+    async def count(self) -> None:
+        """Count the outbox's pending deliveries now (``depth``)."""
+        self.depth = await self._outbox.pending()
+        self._counted_at = time.monotonic()
+
     async def _run(self) -> None:
         options = self._options
         while True:
+            if time.monotonic() - self._counted_at >= options.poll_interval:
+                with contextlib.suppress(Exception):  # a failing outbox is reported below
+                    await self.count()
             pause = self._paused_until - time.monotonic()
             if pause > 0:
                 await asyncio.sleep(pause)

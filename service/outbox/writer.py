@@ -14,11 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from service.outbox.sqlite import NewDelivery, SqliteOutbox
+from service.records import Kind
+from service.sinks.base import SinkFull, Wait
 from service.sinks.core import Batch, BatchOptions, BatchSink, ChannelError
 from service.sinks.spool import JSON_RECORDS, Spool
 from service.wire import WireRecord
 
-__all__ = ["OutboxWriter", "delivery_line", "outbox_sink"]
+__all__ = ["OutboxIntake", "OutboxWriter", "delivery_line", "outbox_sink"]
 
 
 def delivery_line(recipient: str, message: str) -> str:
@@ -73,3 +75,24 @@ def outbox_sink(
     """The sink that takes deliveries of ``channel`` into ``outbox``."""
     writer = OutboxWriter(outbox, channel, added)
     return BatchSink(writer, options, spool=Spool(spool, JSON_RECORDS))
+
+
+class OutboxIntake:
+    """The intake's ``Lines``, refusing (503) once the outbox holds ``limit`` pending
+    deliveries: those counted in the outbox (``depth``) and those on their way in."""
+
+    def __init__(self, sink: BatchSink, limit: int, depth: Callable[[], int]) -> None:
+        self._sink = sink
+        self._limit = limit
+        self._depth = depth
+
+    def admit(self) -> None:
+        if self._depth() + self._sink.held >= self._limit:
+            raise SinkFull(f"the outbox is full ({self._limit} deliveries pending)")
+        self._sink.admit()
+
+    def release(self) -> None:
+        self._sink.release()
+
+    def submit(self, record_id: str, kind: Kind, line: str, done: Wait = None) -> None:
+        self._sink.submit(record_id, kind, line, done)

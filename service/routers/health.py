@@ -5,7 +5,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from service.metrics import CONTENT_TYPE, Metrics
 from service.runtime import Current
-from service.schemas import Health, Readiness, SinkState
+from service.schemas import ChannelState, Health, Readiness, SinkState
 
 __all__ = ["build_router"]
 
@@ -36,10 +36,15 @@ def build_router(metrics: Metrics, current: Current) -> APIRouter:
     async def readyz() -> JSONResponse:
         states = [sink.health() for sink in current.runtime.sinks]
         reasons = [state.problem for state in states if state.problem is not None]
+        channels = [
+            ChannelState(name=dispatcher.channel, error=dispatcher.error)
+            for dispatcher in current.runtime.dispatchers
+        ]
         body = Readiness(
             status="unavailable" if reasons else "ready",
             reasons=reasons,
             sinks=[SinkState.model_validate(state, from_attributes=True) for state in states],
+            channels=channels,
         )
         return JSONResponse(body.model_dump(), status_code=503 if reasons else 200)
 

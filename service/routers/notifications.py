@@ -2,9 +2,19 @@
 
 # No ``from __future__ import annotations``: FastAPI evaluates these annotations, and one
 # refers to a value of ``build_router`` (the query dependency, bound to the limits).
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, Path, Request, Response
+from fastapi import (
+    APIRouter,
+    BackgroundTasks,
+    Depends,
+    HTTPException,
+    Path,
+    Query,
+    Request,
+    Response,
+)
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.convertors import Convertor, register_url_convertor
 
@@ -12,7 +22,16 @@ from config import Settings
 from service.deps import BodyReader, idempotency_key, query_logger, token_checker
 from service.emails import Email
 from service.runtime import Current
-from service.schemas import ACKNOWLEDGEMENT, Acknowledgement, ErrorBody, NotificationStatusOut
+from service.schemas import (
+    ACKNOWLEDGEMENT,
+    Acknowledgement,
+    ChannelStatusOut,
+    DeadLetterOut,
+    DeadLettersOut,
+    ErrorBody,
+    NotificationStatusOut,
+    RetriedOut,
+)
 from service.services import QueryLine
 
 __all__ = ["build_router", "register_convertors"]
@@ -94,6 +113,7 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
     in_background = settings.ack == "background"
     log_query = query_logger(current, settings.max_query_length, schedule=in_background)
     body_reader = BodyReader(settings.max_message_length, settings.max_body_bytes)
+    allowed_domains = settings.allowed_email_domains if settings.email_on else frozenset()
 
     # An address may hold "/" (a%2Fb@example.com is decoded before routing): see _AnyText.
     @router.post("/send-notification/{email:address}", **_post_options(settings, body_reader))
@@ -103,6 +123,8 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
         query: Annotated[QueryLine | None, Depends(log_query)],
         request: Request,
     ) -> Response:
+        if allowed_domains and not _domain_allowed(email, allowed_domains):
+            raise _recipient_not_allowed(email, allowed_domains)
         service = current.runtime.notifications
         message = await body_reader.message(request)
         key = idempotency_key(request.headers)
@@ -134,15 +156,84 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
     async def notification_status(
         notification_id: Annotated[str, Path(max_length=64)],
     ) -> NotificationStatusOut:
-        status = await current.runtime.notifications.status(notification_id)
+        service = current.runtime.notifications
+        status = await service.status(notification_id)
         if status is None:
             raise HTTPException(
                 status_code=404,
                 detail=f"no notification {notification_id!r} here (unknown, or expired)",
             )
-        return NotificationStatusOut.of(status)
+        out = NotificationStatusOut.of(status, await service.deliveries(notification_id))
+        if settings.email_on and "email" not in out.channels:  # on its way into the outbox
+            out.channels["email"] = ChannelStatusOut(
+                status="queued", attempts=0, last_error=None, next_attempt_at=None,
+                delivered_at=None,
+            )  # fmt: skip
+        return out
+
+    guarded = [Depends(token_checker(settings.tokens))] if settings.tokens else []
+
+    @router.get(
+        "/notifications",
+        response_model=DeadLettersOut,
+        dependencies=guarded,
+        responses=_errors(*([401] if settings.tokens else []), 503),
+        summary="Dead letters: deliveries that failed for good or ran out of time, by page",
+    )
+    async def dead_letters(
+        status: Annotated[
+            Literal["dead"], Query(description="Only `dead` can be listed.")
+        ] = "dead",
+        limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
+        after: Annotated[
+            str | None, Query(max_length=64, description="The `next` of the previous page.")
+        ] = None,
+    ) -> DeadLettersOut:
+        page = await current.runtime.notifications.dead_letters(limit=limit, after=after)
+        items = [DeadLetterOut.of(delivery) for delivery in page]
+        return DeadLettersOut(items=items, next=page[-1].id if len(page) == limit else None)
+
+    @router.post(
+        "/notifications/{notification_id}/retry",
+        response_model=RetriedOut,
+        dependencies=guarded,
+        responses=_errors(*([401] if settings.tokens else []), 404, 503),
+        summary="Send a dead notification's deliveries again",
+    )
+    async def retry(notification_id: Annotated[str, Path(max_length=64)]) -> RetriedOut:
+        retried = await current.runtime.notifications.retry(notification_id)
+        if not retried:
+            raise HTTPException(
+                status_code=404,
+                detail=f"notification {notification_id!r} has no dead delivery to retry",
+            )
+        return RetriedOut(id=notification_id, retried=retried)
 
     return router
+
+
+def _domain_allowed(email: str, allowed: frozenset[str]) -> bool:
+    """Whether ``email``'s domain (as given, or in its IDNA form) is one of ``allowed``."""
+    domain = email.rpartition("@")[2].lower()
+    if domain in allowed:
+        return True
+    try:
+        return domain.encode("idna").decode("ascii") in allowed
+    except UnicodeError:
+        return False
+
+
+def _recipient_not_allowed(email: str, allowed: frozenset[str]) -> RequestValidationError:
+    return RequestValidationError(
+        [
+            {
+                "type": "recipient_domain",
+                "loc": ("path", "email"),
+                "msg": "email may go only to these domains: " + ", ".join(sorted(allowed)),
+                "input": email,
+            }
+        ]
+    )
 
 
 def _acknowledge(notification_id: str, background: BackgroundTasks) -> Response:

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from service.ids import new_id
+from service.outbox.sqlite import DeliveryState, SqliteOutbox
+from service.outbox.writer import delivery_line
 from service.records import Record, notification_renderer, render_text
 from service.services.deadlines import Deadlines, wait_all
 from service.sinks.base import Lines, SinkUnavailable, Wait
@@ -54,7 +56,13 @@ class NotificationService:
         render: Renderer = render_text,
         ack_timeout: float = 5.0,
         on_accept: Callable[[], object] = lambda: None,
+        deliveries: Lines | None = None,
+        outbox: SqliteOutbox | None = None,
+        on_retry: Callable[[], None] | None = None,
     ) -> None:
+        self._deliveries = deliveries
+        self._outbox = outbox
+        self._on_retry = on_retry
         self._on_accept = on_accept
         self._notifications = notifications
         self._queries = queries
@@ -100,6 +108,27 @@ class NotificationService:
     async def status(self, notification_id: str) -> NotificationStatus | None:
         return await self._ledger.status(notification_id)
 
+    async def deliveries(self, notification_id: str) -> list[DeliveryState]:
+        """Where each channel's delivery of the notification stands (none: email is off)."""
+        if self._outbox is None:
+            return []
+        return await self._outbox.states(notification_id)
+
+    async def dead_letters(self, *, limit: int, after: str | None) -> list[DeliveryState]:
+        """Deliveries that failed for good or ran out of time, by id, a page at a time."""
+        if self._outbox is None:
+            return []
+        return await self._outbox.listed("dead", limit=limit, after=after)
+
+    async def retry(self, notification_id: str) -> int:
+        """Make the notification's dead deliveries due again; how many there were."""
+        if self._outbox is None:
+            return 0
+        retried = await self._outbox.retry_dead(notification_id)
+        if retried and self._on_retry is not None:
+            self._on_retry()
+        return retried
+
     async def notify(
         self,
         email: str,
@@ -110,6 +139,8 @@ class NotificationService:
         """Log ``notification for {email}: {message}`` (admitted by ``accept``)."""
         line = self._render_notification(email, message, notification_id)
         self._notifications.submit(notification_id, "notification", line, done)
+        if self._deliveries is not None:  # email on: into the outbox too
+            self._deliveries.submit(notification_id, "notification", delivery_line(email, message))
 
     async def log_query(self, query: QueryLine, done: Wait = None) -> None:
         """Log ``found query: {q}``, if its request was accepted (``accept`` admitted it)."""
@@ -131,7 +162,12 @@ class NotificationService:
             query.wanted = True
             await self.log_query(query, waits[-1])
         waits.append(loop.create_future())
-        await self.notify(email, message, notification_id, waits[-1])
+        line = self._render_notification(email, message, notification_id)
+        self._notifications.submit(notification_id, "notification", line, waits[-1])
+        if self._deliveries is not None:  # and the outbox's commit
+            waits.append(loop.create_future())
+            pending = delivery_line(email, message)
+            self._deliveries.submit(notification_id, "notification", pending, waits[-1])
         self._deadlines.add(waits)  # cancels them (the writer then leaves their lines out)
         try:
             await wait_all(waits)
@@ -150,13 +186,21 @@ class NotificationService:
 
     def _admit(self, notification_id: str, query: QueryLine | None) -> None:
         """Reserve the request's lines (all or none) and record it as queued."""
-        self._notifications.admit()
+        admitted: list[Lines] = []
+        wanted = [self._notifications]
         if query is not None:
-            try:
-                self._queries.admit()
-            except SinkUnavailable:
-                self._notifications.release()
-                raise
+            wanted.append(self._queries)
+        if self._deliveries is not None:
+            wanted.append(self._deliveries)
+        try:
+            for lines in wanted:
+                lines.admit()
+                admitted.append(lines)
+        except SinkUnavailable:
+            for lines in admitted:
+                lines.release()
+            raise
+        if query is not None:
             query.wanted = True
         self._statuses.accepted(notification_id, time.time())
         self._on_accept()

@@ -80,10 +80,11 @@ class Recorder:
         with self._changed:
             return len(self._connections)
 
-    def wait_for(self, condition: Callable[[Recorder], bool]) -> bool:
-        """Block (up to 5 s) until ``condition(self)``; call through ``asyncio.to_thread``."""
+    def wait_for(self, condition: Callable[[Recorder], bool], timeout: float = _WAIT_S) -> bool:
+        """Block (up to ``timeout`` s) until ``condition(self)``; call through
+        ``asyncio.to_thread``."""
         with self._changed:
-            return self._changed.wait_for(lambda: condition(self), timeout=_WAIT_S)
+            return self._changed.wait_for(lambda: condition(self), timeout=timeout)
 
     def release(self) -> None:
         """Let held data through (and all data after it)."""
@@ -212,8 +213,10 @@ def smtp_server(
     starttls: ssl.SSLContext | None = None,
     implicit_tls: ssl.SSLContext | None = None,
     auth: tuple[str, str] | None = None,
+    port: int | None = None,
 ) -> Iterator[SmtpTestServer]:
-    """A running SMTP server on a free loopback port, stopped at the end of the block."""
+    """A running SMTP server on a free loopback port (or on ``port``), stopped at the end of
+    the block."""
     recorder = Recorder()
     options: dict[str, Any] = {"enable_SMTPUTF8": smtputf8}
     if starttls is not None:
@@ -226,7 +229,7 @@ def smtp_server(
         candidate = Controller(
             recorder,
             hostname=HOST,
-            port=free_port(),
+            port=port or free_port(),
             ssl_context=implicit_tls,
             server_hostname="mail.test",
             ready_timeout=_WAIT_S,
