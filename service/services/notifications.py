@@ -186,12 +186,21 @@ class NotificationService:
 
     def _admit(self, notification_id: str, query: QueryLine | None) -> None:
         """Reserve the request's lines (all or none) and record it as queued."""
-        admitted: list[Lines] = []
+        if query is None and self._deliveries is None:
+            self._notifications.admit()  # the usual request: one line
+        else:
+            self._admit_all(query)
+        self._statuses.accepted(notification_id, time.time())
+        self._on_accept()
+
+    def _admit_all(self, query: QueryLine | None) -> None:
+        """Reserve the log line, the query line and the delivery: all of them, or none."""
         wanted = [self._notifications]
         if query is not None:
             wanted.append(self._queries)
         if self._deliveries is not None:
             wanted.append(self._deliveries)
+        admitted: list[Lines] = []
         try:
             for lines in wanted:
                 lines.admit()
@@ -202,5 +211,3 @@ class NotificationService:
             raise
         if query is not None:
             query.wanted = True
-        self._statuses.accepted(notification_id, time.time())
-        self._on_accept()
