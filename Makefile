@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 LOCK   := requirements.lock
 
-.PHONY: install lock run worker redis redis-server valgrind test lint format bench bench-quick bench-cg clean
+.PHONY: install lock run mail worker redis redis-server valgrind test lint format bench bench-quick bench-cg clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ redis-server:
 redis: redis-server
 	@mkdir -p .redis-data
 	redis-server --bind 127.0.0.1 --port 6379 --appendonly yes --dir $(CURDIR)/.redis-data
+
+# A local SMTP server for trying email by hand: 127.0.0.1:8025, printing every message it gets.
+#   NOTIFY_SMTP_URL=smtp://127.0.0.1:8025 NOTIFY_SMTP_FROM=notify@example.com make run
+mail: $(STAMP)
+	$(BIN)/python -m aiosmtpd -n -l 127.0.0.1:8025 -c aiosmtpd.handlers.Debugging
 
 # A worker of the redis backend (NOTIFY_BACKEND=redis on the API): same settings, same sinks.
 worker: $(STAMP)

@@ -48,8 +48,6 @@ KILL_SERVERS = ("guide", "service", "service-ack-write")
 ROUNDS = 3
 REQUESTS = 20_000
 CONCURRENCY = 64
-BACKGROUND_GOAL_PCT = 0.1
-"""Goal for the service in background mode: lose at most this share of acknowledged lines."""
 BACKGROUND_GOAL_MS = 100.0
 """Goal for the service in background mode: lose at most this many milliseconds of
 acknowledgements (what a writer cycle acknowledges), at ``GOAL_CONCURRENCY``."""
@@ -447,11 +445,8 @@ def verdicts(
                 f" max {s.missing_max} (must be 0)"
             )
         elif s.ack_mode == "background":
-            met = s.loss_pct_max <= BACKGROUND_GOAL_PCT
-            lines.append(
-                f"{s.name}: goal {'met' if met else 'NOT met'}: loss max {s.loss_pct_max:.3f} %"
-                f" (median {s.loss_pct_median:.3f} %), goal <= {BACKGROUND_GOAL_PCT} %"
-            )
+            # The owner's promise for background mode is in milliseconds of acknowledgements
+            # (the last writer cycle); the share lost is shown in the table, not judged.
             lines.append(_ms_goal(s, concurrency))
     return lines, ok
 
@@ -488,7 +483,6 @@ def write_json(
         "kind": "kill",
         "machine": machine_info(),
         "settings": settings.to_json(),
-        "background_goal_pct": BACKGROUND_GOAL_PCT,
         "background_goal_ms": BACKGROUND_GOAL_MS,
         "background_goal_concurrency": GOAL_CONCURRENCY,
         "servers": [summary.to_json() for summary in summaries],

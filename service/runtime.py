@@ -16,7 +16,6 @@ from pathlib import Path
 from types import TracebackType
 
 from config import Settings
-from service.ids import new_id
 from service.metrics import Metrics
 from service.outbox.dispatcher import Dispatcher, DispatchOptions
 from service.outbox.email import email_sender
@@ -194,7 +193,6 @@ class Runtime:
         outbox_path = settings.effective_outbox_path()
         outbox = SqliteOutbox(
             outbox_path,
-            owner=new_id(),
             # Longer than any send can take (connect, then each reply, each within the timeout).
             lease_seconds=6 * settings.smtp_timeout + 10,
         )

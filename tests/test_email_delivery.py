@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +16,11 @@ import pytest
 
 from config import Settings
 from tests.conftest import make_settings, read_lines, running
-from tests.support.server import free_port
+from tests.support.server import free_port, post_notifications, uvicorn_server
 from tests.support.smtp import Recorder, smtp_server
 
 SENDER = "notify@service.example"
+ACKNOWLEDGEMENT = b'{"message":"Notification sent in the background"}'
 
 
 def email_settings(tmp_path: Path, url: str, **overrides: Any) -> Settings:
@@ -271,3 +274,42 @@ async def test_metrics_count_deliveries_and_the_outbox_depth(tmp_path: Path) -> 
     assert 'notify_deliveries_total{channel="email",outcome="delivered"} 1.0' in text
     assert 'notify_delivery_seconds_count{channel="email"} 1.0' in text
     assert "notify_outbox_depth" in text
+
+
+async def test_sigkill_with_mail_pending_then_restart_delivers_all_repeating_few(
+    tmp_path: Path,
+) -> None:
+    """NOTIFY_ACK=write, 1,000 deliveries pending (the mail server holds what is in flight),
+    SIGKILL, restart: every acknowledged notification is delivered; a repeat only for what was
+    in flight (at most one message per connection)."""
+    connections = 4
+    with smtp_server() as mail:
+        mail.recorder.hold_data = True
+        settings = {
+            "NOTIFY_ACK": "write",
+            "NOTIFY_SMTP_URL": mail.url(),
+            "NOTIFY_SMTP_FROM": SENDER,
+            "NOTIFY_SMTP_CONNECTIONS": str(connections),
+            "NOTIFY_RETRY_INITIAL": "0.02",
+            "NOTIFY_DELIVERY_RETRY_MAX": "0.2",
+        }
+        emails = [f"k{number:04d}@example.com" for number in range(1000)]
+        async with uvicorn_server(tmp_path, settings) as server:
+            async with asyncio.timeout(60):
+                results = await post_notifications(
+                    server.url, emails, concurrency=32, acknowledgement=ACKNOWLEDGEMENT
+                )
+            assert sorted(results.acknowledged) == emails
+            await until(mail.recorder, lambda r: r.held == connections)
+            server.send_signal(signal.SIGKILL)
+            assert await server.wait_exit() == -signal.SIGKILL
+        mail.recorder.release()
+        second = {**settings, "NOTIFY_LOG_PATH": str(tmp_path / "log.txt")}
+        async with uvicorn_server(tmp_path, second, output_name="second-output.txt"):
+            await until(
+                mail.recorder, lambda r: len({m.rcpt_tos for m in r.messages}) >= len(emails)
+            )
+    delivered = Counter(received.rcpt_tos[0] for received in mail.recorder.messages)
+    assert set(delivered) == set(emails)
+    repeated = {email: count for email, count in delivered.items() if count > 1}
+    assert sum(count - 1 for count in repeated.values()) <= connections, repeated

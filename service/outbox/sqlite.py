@@ -14,13 +14,17 @@ The standard library's ``sqlite3`` in WAL mode, used from one thread of its own 
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
+
+from service.sinks.fs import pid_alive
 
 __all__ = [
     "Delivery",
@@ -86,18 +90,22 @@ class DeliveryState:
 class SqliteOutbox:
     """The outbox in the SQLite file ``path``; see the module docstring."""
 
-    def __init__(self, path: Path, *, owner: str, lease_seconds: float) -> None:
+    def __init__(self, path: Path, *, lease_seconds: float, owner: str | None = None) -> None:
         self.path = path
-        self._owner = owner
+        # ``<pid>:<random>``: a later process can tell that the holder of a lease is gone.
+        self._owner = owner or f"{os.getpid()}:{uuid.uuid4().hex}"
         self._lease = lease_seconds
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
 
     async def open(self) -> None:
-        """Open (or create) the database; ``OSError`` or ``ValueError`` if it cannot be."""
+        """Open (or create) the database, and give back the leases of processes on this
+        machine that are gone (a killed process's deliveries are sent again at once, not when
+        their leases expire). ``OSError`` or ``ValueError`` if it cannot be opened."""
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="outbox")
         try:
             await self._run(self._connect)
+            await self._with_db(_release_leases_of_the_dead)
         except sqlite3.Error as exc:
             await self.close()
             raise ValueError(f"outbox {self.path}: {exc}") from None
@@ -304,6 +312,30 @@ class SqliteOutbox:
         if executor is None:
             raise sqlite3.ProgrammingError("the outbox is closed")
         return await asyncio.get_running_loop().run_in_executor(executor, work)
+
+
+def _release_leases_of_the_dead(db: sqlite3.Connection) -> None:
+    """Clear the leases whose holder (``<pid>:…``) is no process now, or is this process's
+    pid left by an earlier process (PID 1 in a container)."""
+    owners = [
+        str(owner)
+        for (owner,) in db.execute(
+            "SELECT DISTINCT lease_owner FROM deliveries WHERE lease_owner IS NOT NULL"
+        )
+    ]
+    me = os.getpid()
+    gone = []
+    for owner in owners:
+        pid = owner.partition(":")[0]
+        if pid.isdigit() and (int(pid) == me or not pid_alive(int(pid))):
+            gone.append(owner)
+    if gone:
+        with db:
+            db.executemany(
+                "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL"
+                " WHERE lease_owner = ?",
+                [(owner,) for owner in gone],
+            )
 
 
 _STATE_COLUMNS = (
