@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 LOCK   := requirements.lock
 
-.PHONY: install lock run mail worker redis redis-server valgrind test lint format bench bench-quick bench-cg clean
+.PHONY: install lock run mail worker redis redis-server browser valgrind test lint format bench bench-quick bench-cg clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,15 @@ redis-server:
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
+# Headless Chromium for the tests that render /docs and /redoc the way a person sees them:
+# Debian's package, installed when missing (as root, or through sudo).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium (Debian package) for the browser tests"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
 # A Redis for trying the redis backend by hand: loopback, port 6379, in the foreground.
 redis: redis-server
 	@mkdir -p .redis-data
@@ -53,7 +62,7 @@ mail: $(STAMP)
 worker: $(STAMP)
 	$(BIN)/python -m service.redis.worker
 
-test: $(STAMP) redis-server
+test: $(STAMP) redis-server browser
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

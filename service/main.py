@@ -18,6 +18,7 @@ from config import Settings, settings_or_exit
 from service.logs import configure_logging
 from service.metrics import HttpMetrics, Metrics
 from service.routers import health, notifications
+from service.routers.docs import docs_routes
 from service.runtime import Current, Runtime, StartupError
 from service.sinks import SinkUnavailable
 from service.status import IdempotencyConflict
@@ -25,6 +26,7 @@ from service.status import IdempotencyConflict
 __all__ = ["NotificationApp", "create_app"]
 
 RETRY_AFTER_SECONDS = 1
+TITLE = "Notification service"
 
 
 class NotificationApp(FastAPI):
@@ -55,14 +57,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     routers = [notifications.build_router(settings, current), health.build_router(metrics, current)]
     app = NotificationApp(
-        title="Notification service",
+        title=TITLE,
         summary="FastAPI's Background Tasks notification endpoint, production-grade.",
         version="0.1.0",
         lifespan=lifespan,
         # The routers' routes, flat (FastAPI's documented `routes` parameter): FastAPI 0.165's
         # `include_router` keeps each router as a level that every request walks through
         # again (two route matches a request instead of one, measured in bench/).
-        routes=[route for router in routers for route in router.routes],
+        routes=[
+            *(route for router in routers for route in router.routes),
+            *docs_routes(TITLE, "/openapi.json", "/docs/oauth2-redirect"),
+        ],
+        # /docs and /redoc are served from the package (service/routers/docs.py), not a CDN.
+        docs_url=None,
+        redoc_url=None,
         exception_handlers={
             SinkUnavailable: _unavailable,
             IdempotencyConflict: _idempotency_conflict,

@@ -1,0 +1,40 @@
+"""/docs and /redoc render in a real browser with no network but loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.support.browser import dump_dom, screenshot
+from tests.support.server import uvicorn_server
+
+ARTIFACTS = Path(
+    os.environ.get("NOTIFY_TEST_ARTIFACTS", Path(__file__).parent.parent / ".artifacts")
+)
+
+
+@pytest.mark.parametrize(
+    ("page", "rendered"),
+    [
+        # Swagger UI lists each operation under its tag, with its path.
+        ("/docs", 'class="opblock-summary-path"'),
+        # ReDoc renders the operations in its own menu.
+        ("/redoc", "redoc-wrap"),
+    ],
+)
+async def test_the_api_docs_render_without_internet(
+    tmp_path: Path, page: str, rendered: str
+) -> None:
+    """The page's scripts and styles come from the service itself: rendered offline, it lists
+    the operations (the notification endpoint among them). A screenshot is kept."""
+    async with uvicorn_server(tmp_path) as server:
+        dom = await dump_dom(server.url + page, tmp_path / "profile")
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ARTIFACTS / f"{page.strip('/')}.png"
+        await screenshot(server.url + page, tmp_path / "profile-shot", tmp_path / "page.png")
+        shutil.copyfile(tmp_path / "page.png", shot)
+    assert rendered in dom
+    assert "send-notification" in dom
