@@ -1,5 +1,19 @@
 """Configuration: the one place that reads the environment."""
 
-from config.settings import Settings, SettingsError, load_settings, settings_or_exit
+from config.settings import (
+    Settings,
+    SettingsError,
+    environment_name,
+    load_settings,
+    settings_or_exit,
+    unknown_variables,
+)
 
-__all__ = ["Settings", "SettingsError", "load_settings", "settings_or_exit"]
+__all__ = [
+    "Settings",
+    "SettingsError",
+    "environment_name",
+    "load_settings",
+    "settings_or_exit",
+    "unknown_variables",
+]

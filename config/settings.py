@@ -6,6 +6,8 @@ This module is the only code that reads the environment. Everything else receive
 
 from __future__ import annotations
 
+import difflib
+import os
 from pathlib import Path
 from typing import Literal, Self, get_args
 from urllib.parse import urlsplit
@@ -14,7 +16,14 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "SettingsError", "load_settings", "settings_or_exit"]
+__all__ = [
+    "Settings",
+    "SettingsError",
+    "environment_name",
+    "load_settings",
+    "settings_or_exit",
+    "unknown_variables",
+]
 
 _ENV_PREFIX = "NOTIFY_"
 
@@ -324,11 +333,54 @@ def _describe(exc: ValidationError) -> str:
         if not loc:  # a check across settings: its message names them
             problems.append(error["msg"])
             continue
-        field = ".".join(str(part) for part in loc)
+        name = environment_name(str(loc[0]))
         # A secret (tokens, an SMTP URL with its password) is never repeated.
         given = "<hidden>" if _is_secret(str(loc[0])) else repr(error.get("input"))
-        problems.append(f"{_ENV_PREFIX}{field.upper()}={given}: {error['msg']}")
+        source = "" if name in os.environ or not _in_dotenv(name) else " (from .env)"
+        problems.append(f"{name}={given}{source}: {error['msg']}")
     return "invalid setting " + "; ".join(problems)
+
+
+def environment_name(field: str) -> str:
+    """The variable that sets ``field``: ``NOTIFY_<FIELD>``, or its own alias."""
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info is not None else None
+    if isinstance(alias, str):
+        return alias
+    return f"{_ENV_PREFIX}{field.upper()}"
+
+
+def _dotenv_names() -> set[str]:
+    """The variable names set in ``.env`` (the working directory's), if there is one."""
+    path = Path(".env")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return set()
+    names = set()
+    for line in text.splitlines():
+        name, equals, _ = line.strip().removeprefix("export ").partition("=")
+        if equals and not name.startswith("#"):
+            names.add(name.strip())
+    return names
+
+
+def _in_dotenv(name: str) -> bool:
+    return name in _dotenv_names()
+
+
+def unknown_variables() -> list[str]:
+    """One warning per ``NOTIFY_*`` variable (environment or ``.env``) that is no setting,
+    naming the closest setting: a typo such as ``NOTIFY_PORTT`` is otherwise ignored."""
+    known = {environment_name(field) for field in Settings.model_fields}
+    given = {name for name in os.environ if name.startswith(_ENV_PREFIX)}
+    given |= {name for name in _dotenv_names() if name.startswith(_ENV_PREFIX)}
+    warnings = []
+    for name in sorted(given - known):
+        closest = difflib.get_close_matches(name, sorted(known), n=1)
+        hint = f"; did you mean {closest[0]}?" if closest else ""
+        warnings.append(f"unknown setting {name} is ignored{hint}")
+    return warnings
 
 
 def load_settings() -> Settings:

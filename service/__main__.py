@@ -1,23 +1,10 @@
-"""``python -m service``: serve with uvicorn on the configured host and port."""
+"""``python -m service``: see ``service.cli`` (``--help`` lists the options and settings)."""
 
 from __future__ import annotations
 
-import uvicorn
+import sys
 
-from config import settings_or_exit
-from service.main import create_app
-
-
-def main() -> None:
-    settings = settings_or_exit()
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=settings.graceful_timeout,
-    )
-
+from service.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -7,6 +7,7 @@ the ``Runtime`` it owns.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -14,7 +15,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from config import Settings, settings_or_exit
+from config import Settings, settings_or_exit, unknown_variables
 from service.logs import configure_logging
 from service.metrics import HttpMetrics, Metrics
 from service.routers import health, notifications
@@ -24,6 +25,8 @@ from service.sinks import SinkUnavailable
 from service.status import IdempotencyConflict
 
 __all__ = ["NotificationApp", "create_app"]
+
+logger = logging.getLogger("service")
 
 RETRY_AFTER_SECONDS = 1
 TITLE = "Notification service"
@@ -43,6 +46,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     runtime it owns. No I/O happens here."""
     settings = settings if settings is not None else settings_or_exit()
     configure_logging(settings.log_level)
+    for warning in unknown_variables():
+        logger.warning(warning)
     metrics = Metrics(settings.prometheus_multiproc_dir)
     current = Current()
 
