@@ -10,10 +10,16 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError, ResponseError
 from taskiq import AckableMessage
 
 from config import Settings
-from service.redis.broker import GROUP, NotificationBroker
+from service.redis.broker import (
+    GROUP,
+    NotificationBroker,
+    describe_redis_error,
+    public_redis_error,
+)
 from service.redis.delivery import DeliveryService
 from service.redis.ledger import RedisLedger
 from service.redis.publisher import StreamPublisher
@@ -245,3 +251,17 @@ async def test_an_entry_that_is_not_a_batch_is_dropped_not_delivered(
     assert await redis.xlen("notifications") == 0
     await messages.aclose()
     await broker.shutdown()
+
+
+def test_a_redis_error_shown_to_clients_has_no_address_and_the_log_line_has_it() -> None:
+    """What a 503 and /readyz say (public_redis_error) names the error, not where Redis is;
+    the service's own log line (describe_redis_error) keeps the address."""
+    refused = ConnectionError("Error 111 connecting to 10.1.2.3:6379. Connection refused.")
+    named = ConnectionError("Error -2 connecting to redis.internal:6380. Name not known.")
+    assert public_redis_error(refused) == (
+        "ConnectionError: Error 111 connecting to Redis. Connection refused."
+    )
+    assert "redis.internal" not in public_redis_error(named)
+    assert "10.1.2.3:6379" in describe_redis_error(refused)
+    wrong = ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
+    assert public_redis_error(wrong) == describe_redis_error(wrong)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
@@ -45,6 +46,7 @@ __all__ = [
     "NotificationBroker",
     "build_broker",
     "describe_redis_error",
+    "public_redis_error",
 ]
 
 logger = logging.getLogger("service.broker")
@@ -54,9 +56,19 @@ GROUP = "writers"
 
 
 def describe_redis_error(exc: BaseException) -> str:
-    """One line for an error talking to Redis."""
+    """One line for an error talking to Redis, for the service's own log (it may name
+    Redis's address)."""
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if type(exc).__name__ not in text else text
+
+
+_ADDRESS = re.compile(r"(?:[a-z]+://)?(?:[\w.-]+|\[[0-9a-fA-F:]+\]):\d+(?:/\d+)?")
+
+
+def public_redis_error(exc: BaseException) -> str:
+    """The same line without Redis's address, for a 503 and ``/readyz``: clients learn that
+    Redis is unavailable (and the kind of error), not where it lives."""
+    return _ADDRESS.sub("Redis", describe_redis_error(exc))
 
 
 class NotificationBroker(RedisStreamBroker):

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from service.redis.broker import describe_redis_error
+from service.redis.broker import describe_redis_error, public_redis_error
 from service.sinks.base import SinkUnavailable
 from service.status import (
     Fingerprint,
@@ -62,7 +62,8 @@ def _unavailable_on_error() -> Iterator[None]:
     try:
         yield
     except (RedisError, OSError) as exc:
-        raise SinkUnavailable(f"redis: {describe_redis_error(exc)}") from None
+        logger.debug("redis: %s", describe_redis_error(exc))
+        raise SinkUnavailable(f"redis: {public_redis_error(exc)}") from None
 
 
 def _text(value: bytes | str) -> str:

@@ -20,7 +20,12 @@ from taskiq.exceptions import SendTaskError
 from taskiq.kicker import AsyncKicker
 
 from service.ids import new_id
-from service.redis.broker import TASK_NAME, NotificationBroker, describe_redis_error
+from service.redis.broker import (
+    TASK_NAME,
+    NotificationBroker,
+    describe_redis_error,
+    public_redis_error,
+)
 from service.sinks.core import Batch, BatchOptions, BatchSink, ChannelError
 from service.sinks.spool import JSON_RECORDS, Spool
 from service.wire import WireRecord
@@ -53,9 +58,9 @@ class StreamPublisher:
             await self._on_queued(records)
             await kicker.with_task_id(self._id_of(batch)).kiq(records)
         except (RedisError, OSError) as exc:
-            raise ChannelError(describe_redis_error(exc)) from None
+            raise _unavailable(exc) from None
         except SendTaskError as exc:  # taskiq wraps whatever the XADD raised
-            raise ChannelError(describe_redis_error(exc.__cause__ or exc)) from None
+            raise _unavailable(exc.__cause__ or exc) from None
         self._batch_id = None
 
     async def check(self) -> bool:
@@ -63,7 +68,7 @@ class StreamPublisher:
             async with self._broker.redis() as redis:
                 await redis.ping()
         except (RedisError, OSError) as exc:
-            raise ChannelError(describe_redis_error(exc)) from None
+            raise _unavailable(exc) from None
         return True
 
     def unsent(self, batch: Batch) -> list[WireRecord]:
@@ -78,6 +83,11 @@ class StreamPublisher:
         if current is None or current[0] is not batch:
             current = self._batch_id = (batch, new_id())
         return current[1]
+
+
+def _unavailable(exc: BaseException) -> ChannelError:
+    """Redis's error for a 503 (no address) and, in full, for the service's log."""
+    return ChannelError(public_redis_error(exc), detail=describe_redis_error(exc))
 
 
 def stream_sink(

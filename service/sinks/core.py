@@ -60,8 +60,14 @@ logger = logging.getLogger("service.sinks")
 
 
 class ChannelError(Exception):
-    """A delivery (or a check) failed for now; ``str()`` says why in one line. The core
-    retries it; a channel raises this only for failures that may pass."""
+    """A delivery (or a check) failed for now; ``str()`` says why in one line, fit for a 503
+    and ``/readyz``. ``detail``, when given, is the fuller reason for the service's own log
+    (an address, say, that clients need not see). The core retries it; a channel raises this
+    only for failures that may pass."""
+
+    def __init__(self, reason: str, detail: str | None = None) -> None:
+        super().__init__(reason)
+        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,7 +454,7 @@ class BatchSink:
             except ChannelError as exc:
                 attempt += 1
                 self._probe_after = math.inf
-                self._failed(str(exc))
+                self._failed(str(exc), exc.detail)
                 if self._listener is not None:
                     self._listener.failed(batch.ids, str(exc), attempt)
                 await self._wait_before_retry(attempt - 1)
@@ -483,7 +489,7 @@ class BatchSink:
         try:
             works = await self.channel.check()
         except ChannelError as exc:
-            self._failed(str(exc))
+            self._failed(str(exc), exc.detail)
             raise
         if works:
             self._recovered()
@@ -495,13 +501,13 @@ class BatchSink:
         if self._abandon.is_set():
             raise _Abandoned
 
-    def _failed(self, error: str) -> None:
+    def _failed(self, error: str, detail: str | None = None) -> None:
         if self._error is None:
             self._failing_since = time.monotonic()
             logger.error(
                 "%s: write failed: %s; keeping the lines and retrying, %d waiting",
                 self.channel.description,
-                error,
+                detail or error,
                 self._held,
             )
         self._error = error
