@@ -1,0 +1,328 @@
+"""The outbox in Redis (``NOTIFY_BACKEND=redis``): pending deliveries shared by every API
+process and worker, with the same operations and guarantees as the SQLite outbox.
+
+Keys, under the stream's name as prefix ``p``:
+
+- ``p:dl:{id}:{channel}``: a hash, one delivery: recipient, message, status, attempts,
+  last error, accepted / next attempt / delivered times, and the lease (owner, until);
+- ``p:due:{channel}``: a sorted set of the channel's pending deliveries by when they are due.
+  A claim moves a delivery's score to the end of its lease, so one live worker holds it at a
+  time, and a worker that dies leaves it to come due again when the lease ends;
+- ``p:dead``: the dead deliveries (``{id}\\t{channel}``, listed in id order);
+- ``p:ch:{id}``: the channels of one notification; ``p:channels``: every channel seen.
+
+Each operation is one Lua script: atomic, one round trip. The scripts build key names from the
+prefix, so this outbox needs a single Redis (not a cluster), as the rest of the backend does.
+Delivered deliveries expire ``ttl`` seconds after delivery; dead ones stay until retried.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from service.outbox.sqlite import Delivery, DeliveryState, DeliveryStatus, NewDelivery
+from service.redis.broker import describe_redis_error, public_redis_error
+from service.sinks.core import ChannelError
+
+__all__ = ["RedisOutbox"]
+
+_ADD = """
+local p, now = ARGV[1], ARGV[2]
+local added = 0
+for i = 3, #ARGV, 5 do
+    local id, ch = ARGV[i], ARGV[i + 1]
+    local key = p .. ':dl:' .. id .. ':' .. ch
+    if redis.call('EXISTS', key) == 0 then
+        redis.call('HSET', key, 'id', id, 'channel', ch, 'recipient', ARGV[i + 2],
+            'message', ARGV[i + 3], 'status', 'queued', 'attempts', 0,
+            'accepted_at', ARGV[i + 4], 'next_attempt_at', now)
+        redis.call('ZADD', p .. ':due:' .. ch, now, id)
+        redis.call('SADD', p .. ':ch:' .. id, ch)
+        redis.call('SADD', p .. ':channels', ch)
+        added = added + 1
+    end
+end
+return added
+"""
+
+_CLAIM = """
+local p, ch, now, lease_until, limit, owner = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local due = p .. ':due:' .. ch
+local ids = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, limit)
+local out = {}
+for _, id in ipairs(ids) do
+    local key = p .. ':dl:' .. id .. ':' .. ch
+    redis.call('ZADD', due, lease_until, id)
+    redis.call('HSET', key, 'lease_owner', owner, 'lease_until', lease_until)
+    local f = redis.call('HMGET', key, 'recipient', 'message', 'accepted_at', 'attempts')
+    table.insert(out, {id, f[1], f[2], f[3], f[4]})
+end
+return out
+"""
+
+_FINISH = """
+local p, id, ch, status, err, next_at, now, ttl =
+    ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local key = p .. ':dl:' .. id .. ':' .. ch
+if redis.call('EXISTS', key) == 0 then return 0 end
+redis.call('HINCRBY', key, 'attempts', 1)
+redis.call('HDEL', key, 'lease_owner', 'lease_until')
+redis.call('HSET', key, 'status', status)
+if err ~= '' then redis.call('HSET', key, 'last_error', err) end
+local due = p .. ':due:' .. ch
+if status == 'retrying' then
+    redis.call('HSET', key, 'next_attempt_at', next_at)
+    redis.call('ZADD', due, next_at, id)
+else
+    redis.call('ZREM', due, id)
+end
+if status == 'delivered' then
+    redis.call('HSET', key, 'delivered_at', now)
+    redis.call('EXPIRE', key, ttl)
+    redis.call('EXPIRE', p .. ':ch:' .. id, ttl)
+elseif status == 'dead' then
+    redis.call('ZADD', p .. ':dead', 0, id .. '\\t' .. ch)
+end
+return 1
+"""
+
+_RELEASE = """
+local p, owner = ARGV[1], ARGV[2]
+for i = 3, #ARGV, 2 do
+    local id, ch = ARGV[i], ARGV[i + 1]
+    local key = p .. ':dl:' .. id .. ':' .. ch
+    if redis.call('HGET', key, 'lease_owner') == owner then
+        redis.call('HDEL', key, 'lease_owner', 'lease_until')
+        redis.call('ZADD', p .. ':due:' .. ch, redis.call('HGET', key, 'next_attempt_at'), id)
+    end
+end
+return 1
+"""
+
+_RETRY_DEAD = """
+local p, id, now = ARGV[1], ARGV[2], ARGV[3]
+local retried = 0
+for _, ch in ipairs(redis.call('SMEMBERS', p .. ':ch:' .. id)) do
+    local key = p .. ':dl:' .. id .. ':' .. ch
+    if redis.call('HGET', key, 'status') == 'dead' then
+        redis.call('HSET', key, 'status', 'queued', 'next_attempt_at', now, 'accepted_at', now)
+        redis.call('ZADD', p .. ':due:' .. ch, now, id)
+        redis.call('ZREM', p .. ':dead', id .. '\\t' .. ch)
+        retried = retried + 1
+    end
+end
+return retried
+"""
+
+_BURY = """
+local p, ch, err, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local due = p .. ':due:' .. ch
+local buried = 0
+for _, id in ipairs(redis.call('ZRANGE', due, 0, -1)) do
+    local key = p .. ':dl:' .. id .. ':' .. ch
+    local lease = tonumber(redis.call('HGET', key, 'lease_until') or '0')
+    if lease < now then
+        redis.call('HSET', key, 'status', 'dead', 'last_error', err)
+        redis.call('ZREM', due, id)
+        redis.call('ZADD', p .. ':dead', 0, id .. '\\t' .. ch)
+        buried = buried + 1
+    end
+end
+return buried
+"""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisOutbox:
+    """The outbox in Redis; see the module docstring. Redis errors are ``ChannelError``s
+    without Redis's address (which goes to the service's log through ``detail``)."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        prefix: str,
+        *,
+        lease_seconds: float,
+        ttl: float,
+        owner: str | None = None,
+    ) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._lease = lease_seconds
+        self._ttl = max(1, round(ttl))
+        self._owner = owner or f"{os.getpid()}:{uuid.uuid4().hex}"
+        self.path = f"redis {prefix}"
+        """What errors and ``/readyz`` call it."""
+        self._add = redis.register_script(_ADD)
+        self._claim = redis.register_script(_CLAIM)
+        self._finish_script = redis.register_script(_FINISH)
+        self._release = redis.register_script(_RELEASE)
+        self._retry_dead = redis.register_script(_RETRY_DEAD)
+        self._bury = redis.register_script(_BURY)
+
+    async def open(self) -> None:
+        """Nothing to open: the connection pool connects on first use."""
+
+    async def close(self) -> None:
+        """The connection pool belongs to the broker, which closes it."""
+
+    async def _call(self, script: Any, *args: Any) -> Any:
+        try:
+            return await script(args=[self._prefix, *args])
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from None
+
+    # -- adding and delivering --------------------------------------------------------------
+
+    async def add(self, rows: Sequence[NewDelivery]) -> None:
+        flat: list[Any] = []
+        for notification_id, channel, recipient, message, accepted_at in rows:
+            flat += [notification_id, channel, recipient, message, accepted_at]
+        if flat:
+            await self._call(self._add, time.time(), *flat)
+
+    async def claim(self, channel: str, limit: int) -> list[Delivery]:
+        now = time.time()
+        rows = await self._call(self._claim, channel, now, now + self._lease, limit, self._owner)
+        claimed = [
+            Delivery(
+                id=_text(notification_id),
+                channel=channel,
+                recipient=_text(recipient),
+                message=_text(message),
+                accepted_at=float(_text(accepted_at)),
+                attempts=int(_text(attempts)),
+            )
+            for notification_id, recipient, message, accepted_at, attempts in rows
+        ]
+        return sorted(claimed, key=lambda delivery: delivery.accepted_at)
+
+    async def delivered(self, delivery: Delivery) -> None:
+        await self._finish(delivery, "delivered", "", 0.0)
+
+    async def retry_at(self, delivery: Delivery, error: str, at: float) -> None:
+        await self._finish(delivery, "retrying", error, at)
+
+    async def dead(self, delivery: Delivery, error: str) -> None:
+        await self._finish(delivery, "dead", error, 0.0)
+
+    async def _finish(
+        self, delivery: Delivery, status: DeliveryStatus, error: str, next_at: float
+    ) -> None:
+        await self._call(
+            self._finish_script,
+            delivery.id,
+            delivery.channel,
+            status,
+            error,
+            next_at,
+            time.time(),
+            self._ttl,
+        )
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None:
+        flat: list[Any] = []
+        for delivery in deliveries:
+            flat += [delivery.id, delivery.channel]
+        if flat:
+            await self._call(self._release, self._owner, *flat)
+
+    async def bury(self, channel: str, error: str) -> int:
+        return int(await self._call(self._bury, channel, error, time.time()))
+
+    # -- reading, and the operator's retry --------------------------------------------------
+
+    async def states(self, notification_id: str) -> list[DeliveryState]:
+        try:
+            channels = sorted(
+                _text(channel)
+                for channel in await self._redis.smembers(f"{self._prefix}:ch:{notification_id}")
+            )
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for channel in channels:
+                    pipe.hgetall(f"{self._prefix}:dl:{notification_id}:{channel}")
+                found = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from None
+        return [
+            _state({_text(k): _text(v) for k, v in fields.items()}) for fields in found if fields
+        ]
+
+    async def listed(
+        self, status: DeliveryStatus, *, limit: int, after: str | None
+    ) -> list[DeliveryState]:
+        if status != "dead":
+            raise ValueError("only dead deliveries are listed")
+        start = f"({after}\t\xff" if after else "-"
+        try:
+            members = await self._redis.zrangebylex(
+                f"{self._prefix}:dead", start, "+", start=0, num=limit
+            )
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for member in members:
+                    notification_id, _, channel = _text(member).partition("\t")
+                    pipe.hgetall(f"{self._prefix}:dl:{notification_id}:{channel}")
+                found = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from None
+        return [
+            _state({_text(k): _text(v) for k, v in fields.items()}) for fields in found if fields
+        ]
+
+    async def retry_dead(self, notification_id: str) -> int:
+        return int(await self._call(self._retry_dead, notification_id, time.time()))
+
+    async def pending(self) -> int:
+        try:
+            channels = await self._redis.smembers(f"{self._prefix}:channels")
+            total = 0
+            for channel in channels:
+                total += await self._redis.zcard(f"{self._prefix}:due:{_text(channel)}")
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from None
+        return total
+
+    async def next_due(self, channel: str) -> float | None:
+        try:
+            first = await self._redis.zrange(f"{self._prefix}:due:{channel}", 0, 0, withscores=True)
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from None
+        return float(first[0][1]) if first else None
+
+    async def forget_finished(self, older_than: float) -> None:
+        """Delivered deliveries expire by themselves (``ttl``)."""
+
+
+def _unavailable(exc: BaseException) -> ChannelError:
+    return ChannelError(public_redis_error(exc), describe_redis_error(exc))
+
+
+def _states(found: list[Any]) -> list[DeliveryState]:
+    """The states of the hashes read (a hash gone meanwhile, as an expired one, is left out)."""
+    return [_state({_text(k): _text(v) for k, v in fields.items()}) for fields in found if fields]
+
+
+def _state(fields: dict[str, str]) -> DeliveryState:
+    status = fields["status"]
+    pending = status in ("queued", "retrying")
+    delivered_at = fields.get("delivered_at")
+    return DeliveryState(
+        id=fields["id"],
+        channel=fields["channel"],
+        status=status,  # type: ignore[arg-type]
+        attempts=int(fields.get("attempts", "0")),
+        last_error=fields.get("last_error"),
+        accepted_at=float(fields["accepted_at"]),
+        next_attempt_at=float(fields["next_attempt_at"]) if pending else None,
+        delivered_at=None if delivered_at is None else float(delivered_at),
+    )
