@@ -78,6 +78,7 @@ bench: $(STAMP) redis-server
 	$(BIN)/python -m bench --servers bare,same-signature,guide,service,service-ack-write,redis
 	$(BIN)/python -m bench.writer
 	$(BIN)/python -m bench.stores
+	$(BIN)/python -m bench.email
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench --quick
