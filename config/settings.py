@@ -6,6 +6,7 @@ This module is the only code that reads the environment. Everything else receive
 
 from __future__ import annotations
 
+import base64
 import difflib
 import os
 from pathlib import Path
@@ -170,7 +171,7 @@ class Settings(BaseSettings):
     smtp_url: SecretStr | None = Field(
         default=None,
         description="smtp://[user:password@]host[:port] (STARTTLS when offered) or smtps://... "
-        "(implicit TLS); unset: no email. Email delivery is not wired into the API yet.",
+        "(implicit TLS); unset: no email.",
     )
     smtp_from: str | None = Field(
         default=None, description="Sender address of the emails; needed with smtp_url."
@@ -216,6 +217,58 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="Longest delay, in seconds, between delivery retries."
     )
 
+    webhook_url: SecretStr | None = Field(
+        default=None,
+        description="One http(s) URL, or several comma-separated, each notification is POSTed "
+        "to (signed, Standard Webhooks); unset: no webhooks. Hidden in errors (it may hold a "
+        "token).",
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="The signing secret, whsec_ + base64 (Standard Webhooks); two "
+        "comma-separated while rotating: every delivery then carries a signature for each.",
+    )
+    webhook_timeout: float = Field(
+        default=15.0, gt=0, description="Seconds one webhook attempt may take, all included."
+    )
+    webhook_connections: int = Field(
+        default=4,
+        ge=1,
+        le=100,
+        description="Connections kept alive per webhook URL (and requests in flight to it).",
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_urls_have_their_shape(cls, urls: SecretStr | None) -> SecretStr | None:
+        """Each URL's scheme and host, no repeats; the message never repeats a URL."""
+        if urls is not None:
+            listed = _split(urls.get_secret_value())
+            if not listed:
+                raise ValueError("names no URL")
+            for number, url in enumerate(listed, 1):
+                problem = _webhook_url_problem(url)
+                if problem is not None:
+                    raise ValueError(f"URL {number} of {len(listed)} {problem}")
+            if len(set(listed)) != len(listed):
+                raise ValueError("names the same URL twice")
+        return urls
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secrets_have_their_shape(cls, secrets: SecretStr | None) -> SecretStr | None:
+        """``whsec_`` + base64 of at least one byte; the message never repeats a secret."""
+        if secrets is not None:
+            listed = _split(secrets.get_secret_value())
+            if not listed:
+                raise ValueError("names no secret")
+            for number, secret in enumerate(listed, 1):
+                if not _webhook_secret_key(secret):
+                    raise ValueError(
+                        f"secret {number} of {len(listed)} is not whsec_ followed by base64"
+                    )
+        return secrets
+
     @field_validator("smtp_url")
     @classmethod
     def _smtp_url_has_its_shape(cls, url: SecretStr | None) -> SecretStr | None:
@@ -251,6 +304,26 @@ class Settings(BaseSettings):
         if self.smtp_url is not None and self.smtp_from is None:
             raise ValueError("NOTIFY_SMTP_FROM must be set when NOTIFY_SMTP_URL is")
         return self
+
+    @model_validator(mode="after")
+    def _webhooks_have_a_secret(self) -> Self:
+        if self.webhook_url is not None and self.webhook_secret is None:
+            raise ValueError("NOTIFY_WEBHOOK_SECRET must be set when NOTIFY_WEBHOOK_URL is")
+        return self
+
+    @property
+    def webhook_urls(self) -> tuple[str, ...]:
+        """The webhook URLs, in the order given (none: webhooks are off)."""
+        if self.webhook_url is None:
+            return ()
+        return tuple(_split(self.webhook_url.get_secret_value()))
+
+    @property
+    def webhook_keys(self) -> tuple[bytes, ...]:
+        """The signing keys (the secrets' base64 decoded), in the order given."""
+        if self.webhook_secret is None:
+            return ()
+        return tuple(_webhook_secret_key(s) for s in _split(self.webhook_secret.get_secret_value()))
 
     @property
     def tokens(self) -> tuple[str, ...]:
@@ -313,6 +386,38 @@ def _smtp_url_problem(url: str) -> str | None:
     if parts.password and not parts.username:
         return "has a password but no user"
     return None
+
+
+def _split(values: str) -> list[str]:
+    return [value.strip() for value in values.split(",") if value.strip()]
+
+
+def _webhook_url_problem(url: str) -> str | None:
+    """What is wrong with a webhook URL, without repeating it; None if nothing."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "is not a URL"
+    if parts.scheme.lower() not in ("http", "https"):
+        return "must start with http:// or https://"
+    if not parts.hostname:
+        return "names no host"
+    if port == 0:
+        return "has port 0"
+    if parts.fragment:
+        return "has a #fragment"
+    return None
+
+
+def _webhook_secret_key(secret: str) -> bytes:
+    """The key of a ``whsec_<base64>`` secret; empty if it is not one."""
+    if not secret.startswith("whsec_"):
+        return b""
+    try:
+        return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except ValueError:
+        return b""
 
 
 class SettingsError(Exception):

@@ -15,10 +15,12 @@ def configure_logging(level: str) -> None:
 
     uvicorn configures only its own loggers, so under uvicorn the service adds a stderr
     handler in uvicorn's style; where the root logger has handlers (an embedding app, pytest)
-    records propagate to them instead.
+    records propagate to them instead. httpx (webhooks) says only its warnings.
     """
     log = logging.getLogger("service")
     log.setLevel("DEBUG" if level == "trace" else level.upper())
+    # httpx logs each request's full URL at INFO: a webhook URL's query may hold a token.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if not log.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(_LOG_FORMAT))

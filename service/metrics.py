@@ -318,6 +318,13 @@ class DeliveryMetrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60, 300, 3600),
             registry=registry,
         )
+        self._disabled = Gauge(
+            "notify_channel_disabled",
+            "1 while a delivery channel is disabled (a webhook URL answered 410 Gone), else 0.",
+            ["channel"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
 
     def delivered(self, channel: str, seconds: float) -> None:
         self._outcomes.labels(channel, "delivered").inc()
@@ -326,8 +333,11 @@ class DeliveryMetrics:
     def retried(self, channel: str) -> None:
         self._outcomes.labels(channel, "retried").inc()
 
-    def dead(self, channel: str) -> None:
-        self._outcomes.labels(channel, "dead").inc()
+    def dead(self, channel: str, count: int = 1) -> None:
+        self._outcomes.labels(channel, "dead").inc(count)
+
+    def disabled(self, channel: str, disabled: bool) -> None:
+        self._disabled.labels(channel).set(1 if disabled else 0)
 
 
 class HttpMetrics:

@@ -20,7 +20,8 @@ from service.metrics import Metrics
 from service.outbox.dispatcher import Dispatcher, DispatchOptions
 from service.outbox.email import email_sender
 from service.outbox.sqlite import SqliteOutbox
-from service.outbox.writer import OutboxIntake, outbox_sink
+from service.outbox.webhook import WebhookTarget, webhook_rows, webhook_sender
+from service.outbox.writer import OutboxIntake, RowBuilder, email_rows, outbox_sink
 from service.records import RENDERERS
 from service.services import NotificationService
 from service.sinks.base import Lines, Listeners, SinkUnavailable
@@ -118,13 +119,23 @@ class Runtime:
         self.dispatchers: list[Dispatcher] = []
         self._openers: list[Callable[[], Awaitable[None]]] = []  # before the sinks
         self._closers: list[Callable[[], Awaitable[None]]] = []  # after the sinks
-        self._email: _Email | None = None
-        if settings.email_on:
-            if settings.backend == "redis":
+        self._email: EmailChannel | None = None
+        self.webhooks: dict[str, Dispatcher] = {}
+        """The webhook channels' dispatchers, by channel name."""
+        self.targets: dict[str, str] = {}
+        """What each delivery channel delivers to, as shown (a webhook's URL without secrets)."""
+        self._outbox: _Outbox | None = None
+        if settings.backend == "redis":
+            if settings.email_on:
                 raise StartupError(
                     "email delivery (NOTIFY_SMTP_URL) works with NOTIFY_BACKEND=local only, for now"
                 )
-            self._email = self._email_channel()
+            if settings.webhook_urls:
+                raise StartupError(
+                    "webhooks (NOTIFY_WEBHOOK_URL) work with NOTIFY_BACKEND=local only, for now"
+                )
+        if settings.email_on or settings.webhook_urls:
+            self._outbox = self._outbox_channels()
         if settings.backend == "redis":
             self.notifications = self._redis_backend()
         else:
@@ -146,13 +157,29 @@ class Runtime:
         described = ", ".join(sink.channel.name for sink in self.sinks)
         logger.info("writing notifications to %s", described)
         if self._email is not None:
-            logger.info("sending notifications by email through %s", self._email.channel.name)
+            logger.info("sending notifications by email through %s", self._email.name)
             if not self.settings.tokens:
                 logger.warning(
                     "email is on and NOTIFY_API_TOKENS is empty: anyone who can reach the API "
                     "can send mail through it"
                 )
+        for name in self.webhooks:
+            logger.info("sending notifications to the webhook %s as %s", self.targets[name], name)
         return self
+
+    @property
+    def channel_names(self) -> list[str]:
+        """The delivery channels of the outbox (``email``, ``webhook-…``), none when it is off."""
+        return [dispatcher.channel for dispatcher in self.dispatchers]
+
+    def enable_webhooks(self, names: Sequence[str] | None = None) -> list[str]:
+        """Enable the webhook channels ``names`` (all when None) that a 410 disabled; the names
+        of those that were disabled."""
+        enabled = []
+        for name, dispatcher in self.webhooks.items():
+            if (names is None or name in names) and dispatcher.enable():
+                enabled.append(name)
+        return enabled
 
     async def __aexit__(
         self,
@@ -171,11 +198,11 @@ class Runtime:
             await close()
 
     def _service(self, notifications: Lines, queries: Lines, ledger: Ledger) -> NotificationService:
-        settings, email = self.settings, self._email
+        settings, box = self.settings, self._outbox
         return NotificationService(
-            deliveries=None if email is None else email.intake,
-            outbox=None if email is None else email.outbox,
-            on_retry=None if email is None else email.dispatcher.wake,
+            deliveries=None if box is None else box.intake,
+            outbox=None if box is None else box.outbox,
+            on_retry=None if box is None else self._wake_dispatchers,
             notifications=notifications,
             queries=queries,
             statuses=self.statuses,
@@ -185,57 +212,99 @@ class Runtime:
             ack_timeout=settings.ack_timeout,
         )
 
-    def _email_channel(self) -> _Email:
-        """The outbox, its intake sink, the SMTP pool and the dispatcher between them."""
+    def _wake_dispatchers(self) -> None:
+        for dispatcher in self.dispatchers:
+            dispatcher.wake()
+
+    def _outbox_channels(self) -> _Outbox:
+        """The outbox, its intake sink (one row per channel for each notification, in one
+        transaction), and a dispatcher per channel: email through the SMTP pool, each webhook
+        URL through its own HTTP client."""
         settings, metrics = self.settings, self.metrics
-        if settings.smtp_url is None or settings.smtp_from is None:  # Settings checks this too
-            raise StartupError("email needs NOTIFY_SMTP_URL and NOTIFY_SMTP_FROM")
         outbox_path = settings.effective_outbox_path()
-        outbox = SqliteOutbox(
-            outbox_path,
-            # Longer than any send can take (connect, then each reply, each within the timeout).
-            lease_seconds=6 * settings.smtp_timeout + 10,
-        )
-        channel = EmailChannel(
-            SmtpServer.from_url(settings.smtp_url),
-            SmtpOptions(
-                connections=settings.smtp_connections,
-                timeout=settings.smtp_timeout,
-                require_tls=settings.smtp_require_tls,
-            ),
-        )
-        dispatcher = Dispatcher(
-            outbox,
-            "email",
-            email_sender(channel, sender=settings.smtp_from, subject=settings.email_subject),
-            DispatchOptions(
-                concurrency=settings.smtp_connections,
+        # Leases outlive any attempt: an SMTP send (connect, then each reply, each within the
+        # timeout) or a webhook request (within its timeout, all included).
+        lease = 10.0
+        if settings.email_on:
+            lease = max(lease, 6 * settings.smtp_timeout + 10)
+        if settings.webhook_urls:
+            lease = max(lease, 2 * settings.webhook_timeout + 10)
+        outbox = SqliteOutbox(outbox_path, lease_seconds=lease)
+
+        def options(concurrency: int, rate: float | None = None) -> DispatchOptions:
+            return DispatchOptions(
+                concurrency=concurrency,
                 retry_initial=settings.retry_initial,
                 retry_max=settings.delivery_retry_max,
                 max_age=settings.delivery_max_age,
                 poll_interval=settings.file_check_interval,
-                rate=settings.smtp_rate,
+                rate=rate,
                 drain_timeout=settings.shutdown_timeout,
-            ),
-            listener=metrics.deliveries,
-        )
-        options = batch_options(settings, waiting=settings.ack == "write")
+            )
+
+        builders: list[RowBuilder] = []
+        if settings.email_on:
+            if settings.smtp_url is None or settings.smtp_from is None:  # Settings checks this
+                raise StartupError("email needs NOTIFY_SMTP_URL and NOTIFY_SMTP_FROM")
+            email = self._email = EmailChannel(
+                SmtpServer.from_url(settings.smtp_url),
+                SmtpOptions(
+                    connections=settings.smtp_connections,
+                    timeout=settings.smtp_timeout,
+                    require_tls=settings.smtp_require_tls,
+                ),
+            )
+            send = email_sender(email, sender=settings.smtp_from, subject=settings.email_subject)
+            self.dispatchers.append(
+                Dispatcher(
+                    outbox,
+                    "email",
+                    send,
+                    options(settings.smtp_connections, settings.smtp_rate),
+                    listener=metrics.deliveries,
+                )
+            )
+            self.targets["email"] = email.name
+            self._closers.append(email.close)
+            builders.append(email_rows)
+        targets = [
+            WebhookTarget(
+                url, connections=settings.webhook_connections, timeout=settings.webhook_timeout
+            )
+            for url in settings.webhook_urls
+        ]
+        for target in targets:
+            dispatcher = Dispatcher(
+                outbox,
+                target.name,
+                webhook_sender(target, settings.webhook_keys),
+                options(settings.webhook_connections),
+                listener=metrics.deliveries,
+            )
+            metrics.deliveries.disabled(target.name, False)
+            self.dispatchers.append(dispatcher)
+            self.webhooks[target.name] = dispatcher
+            self.targets[target.name] = target.shown
+            self._closers.append(target.close)
+        if targets:
+            builders.append(webhook_rows([target.name for target in targets]))
+        self._closers.append(outbox.close)
+        first = self.dispatchers[0]  # each counts the whole outbox
+        batching = batch_options(settings, waiting=settings.ack == "write")
         intake = outbox_sink(
             outbox,
-            "email",
-            replace(options, queue_size=min(options.queue_size, settings.outbox_max)),
-            added=dispatcher.wake,
+            builders,
+            replace(batching, queue_size=min(batching.queue_size, settings.outbox_max)),
+            added=self._wake_dispatchers,
             spool=outbox_path.with_name(outbox_path.name + ".spool"),
         )
         metrics.for_sink(intake.channel.name).track(lambda: intake.held)
-        metrics.track_outbox(lambda: dispatcher.depth)
+        metrics.track_outbox(lambda: first.depth)
         self._openers.append(outbox.open)
         self.sinks.append(intake)
-        self.dispatchers.append(dispatcher)
-        self._closers.extend([channel.close, outbox.close])
-        lines = OutboxIntake(intake, settings.outbox_max, lambda: dispatcher.depth)
-        self._openers.append(dispatcher.count)  # the depth, before the first request
-        return _Email(outbox, lines, channel, dispatcher)
+        lines = OutboxIntake(intake, settings.outbox_max, lambda: first.depth)
+        self._openers.append(first.count)  # the depth, before the first request
+        return _Outbox(outbox, lines)
 
     def _local_backend(self) -> NotificationService:
         settings, statuses, metrics = self.settings, self.statuses, self.metrics
@@ -285,8 +354,6 @@ class Runtime:
 
 
 @dataclass(frozen=True, slots=True)
-class _Email:
+class _Outbox:
     outbox: SqliteOutbox
     intake: OutboxIntake
-    channel: EmailChannel
-    dispatcher: Dispatcher

@@ -18,6 +18,7 @@ __all__ = [
     "ChannelStatusOut",
     "DeadLetterOut",
     "DeadLettersOut",
+    "EnabledOut",
     "ErrorBody",
     "Health",
     "NotificationBody",
@@ -68,7 +69,8 @@ class NotificationStatusOut(BaseModel):
     error: str | None
     channels: dict[str, ChannelStatusOut] = Field(
         default_factory=dict,
-        description="Each delivery channel's state (``email`` when email is on).",
+        description="Each delivery channel's state: ``email`` when email is on, "
+        "``webhook-<8 hex>`` for each webhook URL (see /readyz for which is which).",
     )
 
     @classmethod
@@ -101,7 +103,8 @@ class ChannelStatusOut(BaseModel):
     """One channel's delivery of a notification."""
 
     status: Literal["queued", "written", "failed", "retrying", "delivered", "dead"] = Field(
-        description="log: queued, written or failed (as the top-level status); email: queued, "
+        description="log: queued, written or failed (as the top-level status); email and "
+        "webhooks: queued, "
         "retrying (a temporary failure; next_attempt_at says when), delivered, or dead (failed "
         "for good or ran out of time; POST /notifications/{id}/retry sends it again)."
     )
@@ -155,11 +158,27 @@ class RetriedOut(BaseModel):
     retried: int = Field(description="Deliveries made due again.")
 
 
+class EnabledOut(BaseModel):
+    """``POST /webhooks/enable``: the webhook channels that were disabled and now deliver."""
+
+    enabled: list[str]
+
+
 class ChannelState(BaseModel):
     """A delivery channel in ``/readyz``: failing or not (the API accepts either way)."""
 
     name: str
     error: str | None
+    target: str | None = Field(
+        default=None,
+        description="Where it delivers: the SMTP server, or the webhook URL without its user, "
+        "password or query.",
+    )
+    disabled: bool = Field(
+        default=False,
+        description="A webhook URL that answered 410 Gone: its deliveries are dead until "
+        "POST /webhooks/enable or a restart.",
+    )
 
 
 class Health(BaseModel):
@@ -181,6 +200,6 @@ class Readiness(BaseModel):
     sinks: list[SinkState]
     channels: list[ChannelState] = Field(
         default_factory=list,
-        description="Delivery channels (email); a failing one does not make the service "
-        "unready: the outbox holds the mail.",
+        description="Delivery channels (email, webhooks); a failing or disabled one does not "
+        "make the service unready: the outbox holds the deliveries.",
     )

@@ -11,7 +11,12 @@ goes back to the outbox:
   and jitter, and is tried again; after ``max_age`` since it was accepted it is dead;
 - ``ChannelUnavailable`` (unreachable, refused, timeout, 421, an unknown outcome): the whole
   channel pauses with that backoff, as a failing disk pauses the log, instead of one failing
-  attempt per delivery; the delivery waits for the end of the pause.
+  attempt per delivery; the delivery waits for the end of the pause;
+- a temporary failure's ``retry_after`` (HTTP ``Retry-After``) is a minimum: the delivery (or
+  the channel) waits at least that long, the backoff when it is longer;
+- ``ChannelGone`` (a webhook's 410): the delivery is dead and the channel *disabled*: its
+  pending deliveries, and those that arrive later, become dead without an attempt, until
+  ``enable`` (an operator's call, or a restart).
 
 One log line marks the start of a failure episode and one its end; ``health`` says whether the
 channel is failing (``/readyz`` names it without refusing requests: the outbox holds the mail).
@@ -33,6 +38,7 @@ from service.outbox.sqlite import Delivery, SqliteOutbox
 
 __all__ = [
     "ChannelFailure",
+    "ChannelGone",
     "DeliveryListener",
     "DispatchOptions",
     "Dispatcher",
@@ -44,7 +50,12 @@ logger = logging.getLogger("service.outbox")
 
 
 class TemporaryError(Exception):
-    """This delivery failed for now; retry it alone, later."""
+    """This delivery failed for now; retry it alone, later: not before ``retry_after``
+    seconds when the receiver asked for that (HTTP ``Retry-After``), else after the backoff."""
+
+    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
 
 
 class PermanentError(Exception):
@@ -52,7 +63,13 @@ class PermanentError(Exception):
 
 
 class ChannelFailure(TemporaryError):
-    """The channel itself cannot deliver now: pause it, then retry."""
+    """The channel itself cannot deliver now: pause it (at least ``retry_after`` seconds when
+    given), then retry."""
+
+
+class ChannelGone(PermanentError):
+    """The destination is gone for good (HTTP 410): this delivery is dead, and the channel is
+    disabled, its pending deliveries dead too, until an operator enables it again."""
 
 
 class DeliveryListener(Protocol):
@@ -63,7 +80,10 @@ class DeliveryListener(Protocol):
 
     def retried(self, channel: str) -> None: ...
 
-    def dead(self, channel: str) -> None: ...
+    def dead(self, channel: str, count: int = 1) -> None: ...
+
+    def disabled(self, channel: str, disabled: bool) -> None:
+        """The channel was disabled (its destination is gone) or enabled again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,14 +131,44 @@ class Dispatcher:
         self._paused_until = 0.0
         self._next_send = 0.0
         self._counted_at = -math.inf
+        self._disabled: str | None = None
         self.depth = 0
         """Deliveries pending in the outbox (all processes), as last counted."""
         self._task: asyncio.Task[None] | None = None
 
     @property
     def error(self) -> str | None:
-        """Why the channel is failing now, or None."""
+        """Why the channel is failing (or disabled) now, or None."""
+        if self._disabled is not None:
+            return self._disabled
         return self._error
+
+    @property
+    def disabled(self) -> bool:
+        """Whether the channel is disabled (its destination said it is gone)."""
+        return self._disabled is not None
+
+    def disable(self, reason: str) -> None:
+        """Send nothing more: pending deliveries become dead with ``reason``, until
+        ``enable``."""
+        if self._disabled is None:
+            logger.error("%s: disabled: %s", self.channel, reason)
+            if self._listener is not None:
+                self._listener.disabled(self.channel, True)
+        self._disabled = reason
+        self._wake.set()
+
+    def enable(self) -> bool:
+        """Deliver again after ``disable``; whether the channel was disabled."""
+        if self._disabled is None:
+            return False
+        self._disabled = None
+        self._recovered()
+        logger.info("%s: enabled again", self.channel)
+        if self._listener is not None:
+            self._listener.disabled(self.channel, False)
+        self._wake.set()
+        return True
 
     def wake(self) -> None:
         """New deliveries were added: look now rather than at the next poll."""
@@ -153,6 +203,9 @@ class Dispatcher:
             if time.monotonic() - self._counted_at >= options.poll_interval:
                 with contextlib.suppress(Exception):  # a failing outbox is reported below
                     await self.count()
+            if self._disabled is not None:
+                await self._bury_pending(self._disabled)
+                continue
             pause = self._paused_until - time.monotonic()
             if pause > 0:
                 await asyncio.sleep(pause)
@@ -176,6 +229,21 @@ class Dispatcher:
                 sending = asyncio.create_task(self._deliver(delivery))
                 self._in_flight.add(sending)
                 sending.add_done_callback(self._done)
+
+    async def _bury_pending(self, reason: str) -> None:
+        """While disabled: make the channel's pending deliveries dead, then wait for more (a
+        wake or the poll interval)."""
+        self._wake.clear()
+        try:
+            buried = await self._outbox.bury(self.channel, f"disabled: {reason}")
+        except Exception:
+            logger.exception("%s: cannot read the outbox; trying again", self.channel)
+            buried = 0
+        if buried and self._listener is not None:
+            self._listener.dead(self.channel, buried)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._options.poll_interval):
+                await self._wake.wait()
 
     def _done(self, sending: asyncio.Task[None]) -> None:
         self._in_flight.discard(sending)
@@ -210,18 +278,28 @@ class Dispatcher:
             await outbox.dead(delivery, f"not delivered within {options.max_age:g} s")
             self._tell("dead")
             return
+        if self._disabled is not None:  # disabled while this one waited for its turn
+            await outbox.dead(delivery, f"disabled: {self._disabled}")
+            self._tell("dead")
+            return
         try:
             await self._send(delivery)
+        except ChannelGone as exc:
+            await outbox.dead(delivery, str(exc))
+            self._tell("dead")
+            self.disable(str(exc))
         except PermanentError as exc:
             await outbox.dead(delivery, str(exc))
             self._tell("dead")
             self._recovered()  # the server answered: the channel works
         except ChannelFailure as exc:
-            delay = self._pause(str(exc))
+            delay = self._pause(str(exc), exc.retry_after)
             await self._retry_or_die(delivery, str(exc), delay)
         except TemporaryError as exc:
             self._recovered()
             delay = backoff(options.retry_initial, options.retry_max, delivery.attempts)
+            if exc.retry_after is not None:
+                delay = max(delay, exc.retry_after)
             await self._retry_or_die(delivery, str(exc), delay)
         except Exception as exc:  # a bug in the channel: loud, and the delivery is kept
             logger.exception("%s: sending failed unexpectedly", self.channel)
@@ -251,10 +329,13 @@ class Dispatcher:
         else:
             listener.retried(self.channel)
 
-    def _pause(self, error: str) -> float:
-        """Pause the channel (longer each time in a row); returns the pause in seconds."""
+    def _pause(self, error: str, at_least: float | None = None) -> float:
+        """Pause the channel (longer each time in a row, and at least ``at_least`` seconds
+        when given); returns the pause in seconds."""
         options = self._options
         delay = backoff(options.retry_initial, options.retry_max, self._channel_failures)
+        if at_least is not None:
+            delay = max(delay, at_least)
         self._channel_failures += 1
         self._paused_until = max(self._paused_until, time.monotonic() + delay)
         if self._error is None:

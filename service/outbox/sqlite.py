@@ -180,6 +180,22 @@ class SqliteOutbox:
 
         await self._with_db(release)
 
+    async def bury(self, channel: str, error: str) -> int:
+        """Make every pending delivery of ``channel`` that no process holds dead with
+        ``error`` (the channel is disabled); how many there were."""
+        now = time.time()
+
+        def bury(db: sqlite3.Connection) -> int:
+            with db:
+                cursor = db.execute(
+                    "UPDATE deliveries SET status = 'dead', last_error = ? WHERE channel = ?"
+                    f" AND status IN {_PENDING} AND (lease_until IS NULL OR lease_until < ?)",
+                    (error, channel, now),
+                )
+            return cursor.rowcount
+
+        return await self._with_db(bury)
+
     async def _finish(
         self,
         delivery: Delivery,

@@ -2,15 +2,17 @@
 in one transaction, behind the delivery core (admission, batching, retries, the shutdown
 deadline and the spool are the core's, as for the log).
 
-A delivery travels through the core as a record whose line is the JSON array
-``[recipient, message]`` (ASCII, one line), so it spools and replays like any other record.
+A notification travels through the core as one record whose line is the JSON array
+``[email, message, q]`` (ASCII, one line), so it spools and replays like any other record. The
+writer turns each record into one row per delivery channel (``email``, one per webhook URL),
+all of a batch's rows in one transaction: a notification enters every channel, or none.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from service.outbox.sqlite import NewDelivery, SqliteOutbox
@@ -20,22 +22,43 @@ from service.sinks.core import Batch, BatchOptions, BatchSink, ChannelError
 from service.sinks.spool import JSON_RECORDS, Spool
 from service.wire import WireRecord
 
-__all__ = ["OutboxIntake", "OutboxWriter", "delivery_line", "outbox_sink"]
+__all__ = [
+    "OutboxIntake",
+    "OutboxWriter",
+    "RowBuilder",
+    "delivery_line",
+    "email_rows",
+    "outbox_sink",
+]
+
+RowBuilder = Callable[[str, str, str, str | None, float], Iterable[NewDelivery]]
+"""The outbox rows of one notification ``(id, email, message, q, accepted_at)`` for one kind of
+channel."""
 
 
-def delivery_line(recipient: str, message: str) -> str:
-    """The record line of one delivery: ``[recipient, message]`` as ASCII JSON, one line."""
-    return json.dumps([recipient, message], ensure_ascii=True, separators=(",", ":")) + "\n"
+def delivery_line(email: str, message: str, q: str | None = None) -> str:
+    """The record line of one notification's deliveries: ``[email, message, q]`` as ASCII
+    JSON, one line."""
+    return json.dumps([email, message, q], ensure_ascii=True, separators=(",", ":")) + "\n"
+
+
+def email_rows(
+    notification_id: str, email: str, message: str, q: str | None, accepted_at: float
+) -> list[NewDelivery]:
+    """The email channel's one row: to the notification's address, the message as body."""
+    return [(notification_id, "email", email, message, accepted_at)]
 
 
 class OutboxWriter:
-    """Adds batches of deliveries of ``channel`` (``email``) to the outbox."""
+    """Adds batches of notifications to the outbox, one row per channel (``builders``)."""
 
     is_open = True
 
-    def __init__(self, outbox: SqliteOutbox, channel: str, added: Callable[[], None]) -> None:
+    def __init__(
+        self, outbox: SqliteOutbox, builders: Sequence[RowBuilder], added: Callable[[], None]
+    ) -> None:
         self._outbox = outbox
-        self._channel = channel
+        self._builders = tuple(builders)
         self._added = added
         self.name = f"outbox {outbox.path}"
         self.description = f"the outbox {outbox.path}"
@@ -46,8 +69,10 @@ class OutboxWriter:
     async def send(self, batch: Batch) -> None:
         rows: list[NewDelivery] = []
         for record_id, line, accepted_at in zip(batch.ids, batch.lines, batch.times, strict=True):
-            recipient, message = json.loads(line)
-            rows.append((record_id, self._channel, recipient, message, accepted_at))
+            email, message, *rest = json.loads(line)  # a spool of before q: [email, message]
+            q = rest[0] if rest else None
+            for build in self._builders:
+                rows.extend(build(record_id, email, message, q, accepted_at))
         try:
             await self._outbox.add(rows)
         except sqlite3.Error as exc:
@@ -66,14 +91,14 @@ class OutboxWriter:
 
 def outbox_sink(
     outbox: SqliteOutbox,
-    channel: str,
+    builders: Sequence[RowBuilder],
     options: BatchOptions,
     *,
     added: Callable[[], None],
     spool: Path,
 ) -> BatchSink:
-    """The sink that takes deliveries of ``channel`` into ``outbox``."""
-    writer = OutboxWriter(outbox, channel, added)
+    """The sink that takes notifications into ``outbox``, a row per channel (``builders``)."""
+    writer = OutboxWriter(outbox, builders, added)
     return BatchSink(writer, options, spool=Spool(spool, JSON_RECORDS))
 
 

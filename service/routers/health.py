@@ -34,11 +34,17 @@ def build_router(metrics: Metrics, current: Current) -> APIRouter:
         summary="Every log writer is running and its file is open",
     )
     async def readyz() -> JSONResponse:
-        states = [sink.health() for sink in current.runtime.sinks]
+        runtime = current.runtime
+        states = [sink.health() for sink in runtime.sinks]
         reasons = [state.problem for state in states if state.problem is not None]
         channels = [
-            ChannelState(name=dispatcher.channel, error=dispatcher.error)
-            for dispatcher in current.runtime.dispatchers
+            ChannelState(
+                name=dispatcher.channel,
+                error=dispatcher.error,
+                target=runtime.targets.get(dispatcher.channel),
+                disabled=dispatcher.disabled,
+            )
+            for dispatcher in runtime.dispatchers
         ]
         body = Readiness(
             status="unavailable" if reasons else "ready",

@@ -28,6 +28,7 @@ from service.schemas import (
     ChannelStatusOut,
     DeadLetterOut,
     DeadLettersOut,
+    EnabledOut,
     ErrorBody,
     NotificationStatusOut,
     RetriedOut,
@@ -138,7 +139,10 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
             if not accepted.new:  # a replay: the same answer, and no line written again
                 return _acknowledge(notification_id, background_tasks)
         if in_background:
-            background_tasks.add_task(service.notify, email, message, notification_id)
+            if q is None:
+                background_tasks.add_task(service.notify, email, message, notification_id)
+            else:  # the webhooks' payload carries q
+                background_tasks.add_task(service.notify, email, message, notification_id, q=q)
         else:
             try:
                 await service.notify_written(email, message, q, notification_id)
@@ -163,12 +167,14 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
                 status_code=404,
                 detail=f"no notification {notification_id!r} here (unknown, or expired)",
             )
+        runtime = current.runtime
         out = NotificationStatusOut.of(status, await service.deliveries(notification_id))
-        if settings.email_on and "email" not in out.channels:  # on its way into the outbox
-            out.channels["email"] = ChannelStatusOut(
-                status="queued", attempts=0, last_error=None, next_attempt_at=None,
-                delivered_at=None,
-            )  # fmt: skip
+        for channel in runtime.channel_names:
+            if channel not in out.channels:  # on its way into the outbox
+                out.channels[channel] = ChannelStatusOut(
+                    status="queued", attempts=0, last_error=None, next_attempt_at=None,
+                    delivered_at=None,
+                )  # fmt: skip
         return out
 
     guarded = [Depends(token_checker(settings.tokens))] if settings.tokens else []
@@ -208,6 +214,22 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
                 detail=f"notification {notification_id!r} has no dead delivery to retry",
             )
         return RetriedOut(id=notification_id, retried=retried)
+
+    @router.post(
+        "/webhooks/enable",
+        response_model=EnabledOut,
+        dependencies=guarded,
+        responses=_errors(*([401] if settings.tokens else []), 503),
+        summary="Deliver again to webhook URLs disabled by a 410 Gone",
+        tags=["webhooks"],
+    )
+    async def enable_webhooks(
+        channel: Annotated[
+            list[str] | None,
+            Query(description="Only these channels (`webhook-…`); all when absent."),
+        ] = None,
+    ) -> EnabledOut:
+        return EnabledOut(enabled=current.runtime.enable_webhooks(channel))
 
     return router
 

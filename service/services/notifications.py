@@ -109,7 +109,7 @@ class NotificationService:
         return await self._ledger.status(notification_id)
 
     async def deliveries(self, notification_id: str) -> list[DeliveryState]:
-        """Where each channel's delivery of the notification stands (none: email is off)."""
+        """Where each channel's delivery of the notification stands (none: no outbox)."""
         if self._outbox is None:
             return []
         return await self._outbox.states(notification_id)
@@ -135,12 +135,15 @@ class NotificationService:
         message: str,
         notification_id: str,
         done: Wait = None,
+        q: str | None = None,
     ) -> None:
-        """Log ``notification for {email}: {message}`` (admitted by ``accept``)."""
+        """Log ``notification for {email}: {message}`` (admitted by ``accept``); with email or
+        webhooks on, the deliveries (``q`` is in the webhooks' payload) go into the outbox."""
         line = self._render_notification(email, message, notification_id)
         self._notifications.submit(notification_id, "notification", line, done)
-        if self._deliveries is not None:  # email on: into the outbox too
-            self._deliveries.submit(notification_id, "notification", delivery_line(email, message))
+        if self._deliveries is not None:  # email or webhooks on: into the outbox too
+            pending = delivery_line(email, message, q)
+            self._deliveries.submit(notification_id, "notification", pending)
 
     async def log_query(self, query: QueryLine, done: Wait = None) -> None:
         """Log ``found query: {q}``, if its request was accepted (``accept`` admitted it)."""
@@ -166,7 +169,7 @@ class NotificationService:
         self._notifications.submit(notification_id, "notification", line, waits[-1])
         if self._deliveries is not None:  # and the outbox's commit
             waits.append(loop.create_future())
-            pending = delivery_line(email, message)
+            pending = delivery_line(email, message, q)
             self._deliveries.submit(notification_id, "notification", pending, waits[-1])
         self._deadlines.add(waits)  # cancels them (the writer then leaves their lines out)
         try:

@@ -1,0 +1,226 @@
+"""Webhooks as outbox channels: each notification POSTed, signed, to each configured URL.
+
+The request follows the Standard Webhooks specification (https://www.standardwebhooks.com/),
+so a receiver verifies it with that spec's libraries:
+
+- the body is the JSON ``{"type": "notification", "id", "time", "email", "message", "q"}``,
+  built once when the notification enters the outbox (the row's ``message``), so every retry
+  sends the same bytes;
+- ``webhook-id`` is the notification's id (the same on every retry: receivers drop repeats by
+  it), ``webhook-timestamp`` this attempt's Unix time in seconds, and ``webhook-signature``
+  ``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">``, one per secret, space-separated
+  (two while a secret is rotated).
+
+One outbox channel per URL, named ``webhook-<first 8 hex digits of the URL's SHA-256>``: stable
+across restarts and reorderings of ``NOTIFY_WEBHOOK_URL``, and free of the URL itself (which may
+hold a token) in statuses and metrics. Each URL has its own ``httpx.AsyncClient`` with kept-alive
+connections (at most ``NOTIFY_WEBHOOK_CONNECTIONS``), no redirects followed, no proxy variables
+read. What each answer means for the dispatcher:
+
+- 2xx: delivered;
+- 408, 500, 501, 505… (a failure of this request): ``TemporaryError``, this delivery backs off;
+- 429, 502, 503, 504, a timeout, a refused or lost connection (the receiver, not the payload):
+  ``ChannelFailure``, the URL's channel pauses;
+- ``Retry-After`` (seconds or an HTTP date) with any of these: waited at least that long;
+- 410 Gone: ``ChannelGone``, the URL is disabled until enabled again;
+- 3xx (redirects are not followed) and the other 4xx: ``PermanentError``, dead.
+
+A timeout after the request was sent may have been delivered: it is sent again with the same
+``webhook-id`` (at least once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit
+
+import httpx
+
+from service.outbox.dispatcher import (
+    ChannelFailure,
+    ChannelGone,
+    PermanentError,
+    TemporaryError,
+)
+from service.outbox.sqlite import Delivery, NewDelivery
+from service.records import rfc3339
+
+__all__ = [
+    "WebhookTarget",
+    "channel_name",
+    "payload",
+    "retry_after",
+    "shown_url",
+    "signature",
+    "webhook_rows",
+    "webhook_sender",
+]
+
+_MAX_ANSWER_BYTES = 64 * 1024
+"""Read at most this much of an answer's body (it is not used); past it the connection closes."""
+_PAUSE_CHANNEL = frozenset({429, 502, 503, 504})
+_RETRY_DELIVERY = frozenset({408})
+
+
+def channel_name(url: str) -> str:
+    """The outbox channel of ``url``: ``webhook-`` and 8 hex digits of its SHA-256."""
+    return "webhook-" + hashlib.sha256(url.encode()).hexdigest()[:8]
+
+
+def shown_url(url: str) -> str:
+    """``url`` as logs and ``/readyz`` show it: scheme, host, port and path; no user or password,
+    and ``?…`` for a query (either may hold a token)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port is not None else ""
+    query = "?…" if parts.query else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}{query}"
+
+
+def payload(
+    notification_id: str, email: str, message: str, q: str | None, accepted_at: float
+) -> str:
+    """The body of a notification's webhook: compact JSON, UTF-8."""
+    body = {
+        "type": "notification",
+        "id": notification_id,
+        "time": rfc3339(accepted_at),
+        "email": email,
+        "message": message,
+        "q": q,
+    }
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+
+def webhook_rows(
+    names: Sequence[str],
+) -> Callable[[str, str, str, str | None, float], list[NewDelivery]]:
+    """The outbox rows of one notification for the webhook channels ``names``: the payload,
+    built once, as each row's message; the email as its recipient."""
+    channels = tuple(names)
+
+    def rows(
+        notification_id: str, email: str, message: str, q: str | None, accepted_at: float
+    ) -> list[NewDelivery]:
+        body = payload(notification_id, email, message, q, accepted_at)
+        return [(notification_id, name, email, body, accepted_at) for name in channels]
+
+    return rows
+
+
+def signature(keys: Sequence[bytes], message_id: str, timestamp: int, body: bytes) -> str:
+    """``webhook-signature``: ``v1,<base64 HMAC-SHA256>`` for each key, space-separated."""
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    return " ".join(
+        "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode("ascii")
+        for key in keys
+    )
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds a ``Retry-After`` value asks to wait (delay-seconds or an HTTP date); None when
+    absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    current = time.time() if now is None else now
+    return max(0.0, moment.timestamp() - current)
+
+
+class WebhookTarget:
+    """One URL: its channel name, how it is shown, and its own kept-alive client."""
+
+    def __init__(self, url: str, *, connections: int, timeout: float) -> None:
+        self.url = url
+        self.name = channel_name(url)
+        self.shown = shown_url(url)
+        self.timeout = timeout
+        self.client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+            timeout=httpx.Timeout(timeout),
+            follow_redirects=False,
+            trust_env=False,
+            headers={"user-agent": "notify-service"},
+        )
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def webhook_sender(
+    target: WebhookTarget, keys: Sequence[bytes]
+) -> Callable[[Delivery], Awaitable[None]]:
+    """``send`` for one URL's dispatcher: POST the delivery's payload, signed with ``keys``."""
+    keys = tuple(keys)
+    client, url, timeout = target.client, target.url, target.timeout
+
+    async def send(delivery: Delivery) -> None:
+        body = delivery.message.encode()
+        timestamp = int(time.time())
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": delivery.id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": signature(keys, delivery.id, timestamp, body),
+        }
+        try:
+            async with asyncio.timeout(timeout):  # the whole attempt, not each read
+                async with client.stream("POST", url, content=body, headers=headers) as answer:
+                    await _drain(answer)
+        except (TimeoutError, httpx.TimeoutException):
+            raise ChannelFailure(f"no answer within {timeout:g} s") from None
+        except httpx.TransportError as exc:  # refused, reset, DNS, TLS, a broken answer
+            raise ChannelFailure(_transport_error(exc, url, target.shown)) from None
+        _judge(answer)
+
+    return send
+
+
+async def _drain(answer: httpx.Response) -> None:
+    """Read the answer's body (unused) so its connection can be reused; a large one is cut."""
+    read = 0
+    async for chunk in answer.aiter_raw():
+        read += len(chunk)
+        if read > _MAX_ANSWER_BYTES:
+            return
+
+
+def _transport_error(exc: Exception, url: str, shown: str) -> str:
+    reason = str(exc).replace(url, shown) or "connection failed"
+    return f"{type(exc).__name__}: {reason}"
+
+
+def _judge(answer: httpx.Response) -> None:
+    """Raise what ``answer``'s status means (see the module docstring); 2xx returns."""
+    status = answer.status_code
+    if 200 <= status < 300:
+        return
+    described = f"HTTP {status} {httpx.codes.get_reason_phrase(status)}".rstrip()
+    wait = retry_after(answer.headers.get("retry-after"))
+    if status == 410:
+        raise ChannelGone(f"{described}: the receiver says this URL is gone")
+    if status in _PAUSE_CHANNEL:
+        raise ChannelFailure(described, retry_after=wait)
+    if status in _RETRY_DELIVERY or status >= 500:
+        raise TemporaryError(described, retry_after=wait)
+    if 300 <= status < 400:
+        raise PermanentError(f"{described}: a redirect, not followed")
+    raise PermanentError(described)

@@ -1,0 +1,161 @@
+"""The webhook channel's pieces: signatures (checked against ``standardwebhooks``), the answers'
+meaning, Retry-After, how URLs are named and shown, and the settings."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from config import Settings
+from config.settings import SettingsError, load_settings
+from service.outbox.dispatcher import (
+    ChannelFailure,
+    ChannelGone,
+    PermanentError,
+    TemporaryError,
+)
+from service.outbox.webhook import (
+    _judge,
+    channel_name,
+    payload,
+    retry_after,
+    shown_url,
+    signature,
+)
+
+KEY_A = b"0123456789abcdef0123456789abcdef"
+KEY_B = b"fedcba9876543210fedcba9876543210"
+SECRET_A = "whsec_" + base64.b64encode(KEY_A).decode()
+SECRET_B = "whsec_" + base64.b64encode(KEY_B).decode()
+
+
+def test_the_signature_is_the_reference_librarys() -> None:
+    body = payload("id-1", "ada@example.com", "héllo\n", None, 1_700_000_000.25).encode()
+    timestamp = 1_700_000_123
+    moment = datetime.fromtimestamp(timestamp, tz=UTC)
+    ours = signature([KEY_A, KEY_B], "id-1", timestamp, body)
+    theirs = [Webhook(s).sign("id-1", moment, body.decode()) for s in (SECRET_A, SECRET_B)]
+    assert ours == " ".join(theirs)
+
+
+def test_the_payload_is_the_documented_json() -> None:
+    assert payload("n1", "a@example.com", "m", "q1", 0.5) == (
+        '{"type":"notification","id":"n1","time":"1970-01-01T00:00:00.500Z",'
+        '"email":"a@example.com","message":"m","q":"q1"}'
+    )
+
+
+def _answer(status: int, **headers: str) -> httpx.Response:
+    return httpx.Response(status, headers=headers)
+
+
+@pytest.mark.parametrize(
+    ("status", "raised"),
+    [
+        (408, TemporaryError),
+        (500, TemporaryError),
+        (501, TemporaryError),
+        (429, ChannelFailure),
+        (502, ChannelFailure),
+        (503, ChannelFailure),
+        (504, ChannelFailure),
+        (410, ChannelGone),
+        (301, PermanentError),
+        (307, PermanentError),
+        (400, PermanentError),
+        (404, PermanentError),
+    ],
+)
+def test_what_each_answer_means(status: int, raised: type[Exception]) -> None:
+    with pytest.raises(raised) as caught:
+        _judge(_answer(status))
+    assert type(caught.value) is raised
+    assert str(status) in str(caught.value)
+
+
+@pytest.mark.parametrize("status", [200, 201, 202, 204, 299])
+def test_2xx_is_delivered(status: int) -> None:
+    _judge(_answer(status))
+
+
+def test_retry_after_is_carried_by_the_error() -> None:
+    with pytest.raises(ChannelFailure) as paused:
+        _judge(_answer(429, **{"Retry-After": "7"}))
+    assert paused.value.retry_after == 7.0
+    with pytest.raises(TemporaryError) as backed_off:
+        _judge(_answer(500, **{"Retry-After": "3"}))
+    assert backed_off.value.retry_after == 3.0
+
+
+def test_retry_after_reads_seconds_and_http_dates() -> None:
+    now = 1_700_000_000.0
+    later = format_datetime(datetime.fromtimestamp(now + 90, tz=UTC), usegmt=True)
+    assert retry_after("120", now) == 120.0
+    assert retry_after(later, now) == 90.0
+    assert retry_after(format_datetime(datetime.fromtimestamp(now - 5, tz=UTC)), now) == 0.0
+    assert retry_after(None) is None
+    assert retry_after("soon") is None
+    assert retry_after("-3") is None
+
+
+def test_channel_names_are_stable_and_urls_shown_without_secrets() -> None:
+    url = "https://user:pa55@hooks.example.com:8443/in/abc?token=t0k"
+    assert channel_name(url) == channel_name(url)
+    assert channel_name(url) != channel_name(url + "x")
+    assert channel_name(url).startswith("webhook-")
+    assert len(channel_name(url)) == len("webhook-") + 8
+    assert shown_url(url) == "https://hooks.example.com:8443/in/abc?…"
+    assert shown_url("http://[::1]/h") == "http://[::1]/h"
+
+
+def _settings(**values: str) -> Settings:
+    return Settings(_env_file=None, log_path=Path("log.txt"), **values)  # type: ignore[arg-type]
+
+
+def test_settings_read_urls_and_secrets() -> None:
+    settings = _settings(
+        webhook_url=" http://a.example/h , https://b.example/h ",
+        webhook_secret=f"{SECRET_A}, {SECRET_B}",
+    )
+    assert settings.webhook_urls == ("http://a.example/h", "https://b.example/h")
+    assert settings.webhook_keys == (KEY_A, KEY_B)
+    assert settings.webhook_timeout == 15.0
+    assert _settings().webhook_urls == ()
+
+
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        ({"NOTIFY_WEBHOOK_URL": "ftp://x.example/h"}, "must start with http:// or https://"),
+        ({"NOTIFY_WEBHOOK_URL": "http:///h"}, "names no host"),
+        ({"NOTIFY_WEBHOOK_URL": "http://a.example/h,http://a.example/h"}, "the same URL twice"),
+        ({"NOTIFY_WEBHOOK_URL": "http://a.example/h"}, "NOTIFY_WEBHOOK_SECRET must be set"),
+        (
+            {"NOTIFY_WEBHOOK_URL": "http://a.example/h", "NOTIFY_WEBHOOK_SECRET": "hunter2-secret"},
+            "secret 1 of 1 is not whsec_ followed by base64",
+        ),
+        (
+            {"NOTIFY_WEBHOOK_URL": "http://a.example/h", "NOTIFY_WEBHOOK_SECRET": "whsec_!!!"},
+            "is not whsec_ followed by base64",
+        ),
+    ],
+)
+def test_bad_webhook_settings_are_one_line_hiding_the_values(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], expected: str
+) -> None:
+    monkeypatch.chdir(Path(__file__).parent)  # no .env here
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert expected in message
+    for value in variables.values():
+        assert value not in message
