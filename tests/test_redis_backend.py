@@ -400,9 +400,10 @@ async def _pending_records(redis: aioredis.Redis) -> tuple[str, set[str]]:
 async def test_a_killed_workers_batches_are_written_by_another_within_10_s(
     tmp_path: Path, redis_url: str
 ) -> None:
-    """5,000 notifications, no further traffic; the worker writing them is SIGKILLed midway.
-    Another worker takes its batches over by itself (the reclaim timer), writes every
-    acknowledged line within 10 s, and only lines of the killed worker's batches repeat."""
+    """5,000 notifications, no further traffic; the worker writing them is frozen right after
+    a write (SIGSTOP once lines appear), then SIGKILLed. Another worker takes its batches over
+    by itself (the reclaim timer) within 10 s: every acknowledged line is in the log exactly
+    once, the killed worker's written-but-unacknowledged lines included (service.redis.writes)."""
     settings = _backend(redis_url, NOTIFY_ACK="write", NOTIFY_BATCH_SIZE="50")
     log = tmp_path / "log.txt"
     emails = [f"n{number:05d}@example.com" for number in range(5000)]
@@ -441,12 +442,9 @@ async def test_a_killed_workers_batches_are_written_by_another_within_10_s(
             counts = Counter(read_lines(log))  # every batch acknowledged: the log is final
 
     assert set(counts) == expected
-    repeated = {line for line, n in counts.items() if n > 1}
-    assert all(n == 2 for n in counts.values() if n > 1)
+    repeated = {line: n for line, n in counts.items() if n > 1}
+    assert repeated == {}
     assert redelivered < 10
-    # Only a line the killed worker had written but not yet recorded can repeat.
-    assert repeated <= set(written_by_first)
-    assert len(repeated) <= len(in_flight)
 
 
 async def test_the_api_spools_what_redis_did_not_take_by_shutdown_and_sends_it_next_start(

@@ -14,10 +14,14 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
+from service.records import Kind
+from service.redis.writes import WriteLedger
 from service.sinks.base import Lines, SinkUnavailable
+from service.sinks.core import ChannelError
+from service.sinks.file import LogFile
 from service.wire import WireRecord, parse_wire_record
 
 __all__ = ["DeliveryService", "WrittenLedger"]
@@ -46,8 +50,12 @@ class DeliveryService:
         *,
         timeout: float,
         window: int = 100_000,
+        files: Mapping[Kind, LogFile] | None = None,
+        writes: WriteLedger | None = None,
     ) -> None:
         self._sinks = {"notification": notifications, "query": queries}
+        self._files = files or {}
+        self._writes = writes
         self._ledger = ledger
         self._timeout = timeout
         self._window = window
@@ -67,6 +75,14 @@ class DeliveryService:
             logger.error("cannot tell which lines were written (%s); batch left for later", exc)
             return False
         todo = [record for record in fresh if record[0] not in done]
+        try:
+            already = await self._in_the_log(todo)
+        except ChannelError as exc:
+            logger.error("cannot tell which lines reached the log (%s); batch left for later", exc)
+            return False
+        if already:  # written by a worker that died before recording it: not written again
+            await self._record_written([r for r in todo if r[0] in already])
+            todo = [record for record in todo if record[0] not in already]
         if not todo:
             return True
         refused = self._admit(todo)
@@ -91,6 +107,28 @@ class DeliveryService:
             logger.error("lines written but not recorded as written (%s)", exc)
             return False
         return True
+
+    async def _in_the_log(self, todo: list[WireRecord]) -> set[str]:
+        """Which of ``todo`` a worker already wrote to the log this worker writes (see
+        ``service.redis.writes``): checked under each file's lock."""
+        writes = self._writes
+        if writes is None or not todo:
+            return set()
+        found: set[str] = set()
+        for kind, log in self._files.items():
+            ids = [record[0] for record in todo if record[1] == kind]
+            if ids:
+
+                async def check(file: str, size: int, ids: list[str] = ids) -> set[str]:
+                    assert writes is not None
+                    return await writes.written(file, size, ids)
+
+                found |= await log.under_lock(check)
+        return found
+
+    async def _record_written(self, records: list[WireRecord]) -> None:
+        with contextlib.suppress(SinkUnavailable):
+            await self._ledger.written(records, time.time(), attempts=1)
 
     def _admit(self, todo: list[WireRecord]) -> str | None:
         """Reserve room for every line, or none (and say why)."""

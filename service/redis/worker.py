@@ -30,12 +30,14 @@ from taskiq.cli.worker.run import run_worker
 
 from config import Settings, settings_or_exit
 from service.logs import configure_logging
+from service.records import Kind
 from service.redis.broker import TASK_NAME, NotificationBroker, build_broker
 from service.redis.delivery import DeliveryService
 from service.redis.ledger import RedisLedger
+from service.redis.writes import WriteLedger
 from service.runtime import batch_options, file_options, start_sinks
 from service.sinks.core import BatchSink
-from service.sinks.file import FileSinks, file_sink
+from service.sinks.file import FileSinks, LogFile, file_sink
 from service.sinks.fs import os_error_reason
 
 __all__ = ["Worker", "build_worker", "main"]
@@ -55,6 +57,8 @@ class Worker:
             status_ttl=settings.status_ttl,
             idempotency_ttl=settings.idempotency_ttl,
         )
+        # Where each write goes, so that a batch taken over is not written twice.
+        self.writes = WriteLedger(broker.redis(), settings.redis_stream, ttl=settings.status_ttl)
         self._sinks: list[BatchSink] = []
         self._delivery: DeliveryService | None = None
 
@@ -70,15 +74,28 @@ class Worker:
         writing = file_options(settings)
 
         def make_sink(path: Path) -> BatchSink:
-            return file_sink(path, options, writing, spool_path=settings.spool_for(path))
+            spool = settings.spool_for(path)
+            return file_sink(path, options, writing, spool_path=spool, guard=self.writes)
 
         files = FileSinks(make_sink)
+        notifications = files.for_path(settings.log_path)
+        queries = files.for_path(settings.effective_query_log_path)
+        logs: dict[Kind, LogFile] = {}
+        kinds: tuple[tuple[Kind, BatchSink], ...] = (
+            ("notification", notifications),
+            ("query", queries),
+        )
+        for kind, sink in kinds:
+            if isinstance(sink.channel, LogFile):
+                logs[kind] = sink.channel
         self._delivery = DeliveryService(
-            files.for_path(settings.log_path),
-            files.for_path(settings.effective_query_log_path),
+            notifications,
+            queries,
             self.ledger,
             # Give up on a batch well before Redis hands it to another worker.
             timeout=settings.redis_idle_timeout / 2,
+            files=logs,
+            writes=self.writes,
         )
         self._sinks = list(files)
         await start_sinks(self._sinks)

@@ -21,13 +21,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import os
+import socket
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol, TypeVar
 
 import aiofiles.os
 from aiofiles.threadpool.binary import AsyncFileIO
@@ -38,7 +40,10 @@ from service.sinks.fs import file_state, open_append, pipe_sized, rotate
 from service.sinks.spool import RAW_LINES, Spool
 from service.wire import WireRecord
 
-__all__ = ["FileOptions", "FileSinks", "LogFile", "file_sink"]
+__all__ = ["FileOptions", "FileSinks", "LogFile", "WriteGuard", "file_key", "file_sink"]
+
+T = TypeVar("T")
+_MACHINE = socket.gethostname()
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +61,11 @@ class FileOptions:
 class LogFile:
     """Appends batches of lines to the file at ``path``; see the module docstring."""
 
-    def __init__(self, path: Path, options: FileOptions | None = None) -> None:
+    def __init__(
+        self, path: Path, options: FileOptions | None = None, *, guard: WriteGuard | None = None
+    ) -> None:
         self.path = path
+        self._guard = guard
         self.name = str(path)
         self.description = f"log file {path}"
         self._options = options or FileOptions()
@@ -88,7 +96,10 @@ class LogFile:
             rest = data[batch.progress :]
             if not rest:
                 break
-            batch.progress += await self._write_some(rest)
+            if self._guard is not None and batch.ids and not self._fifo:
+                batch.progress += await self._guarded_write(rest, batch.ids)
+            else:
+                batch.progress += await self._write_some(rest)
         self._encoded = None
         await self._fsync_after_batch()
 
@@ -142,7 +153,33 @@ class LogFile:
         await self._close_handle()
         return owed
 
+    async def under_lock(self, work: Callable[[str, int], Awaitable[T]]) -> T:
+        """``work(file key, size)`` holding the file's exclusive lock, so that no writer of
+        it (in any process) appends meanwhile. ``ChannelError`` if the file cannot be opened."""
+        handle = await self._locked_handle(0)
+        async with _flocked(handle.fileno()) as opened:
+            return await work(file_key(opened.st_dev, opened.st_ino), opened.st_size)
+
     # -- helpers --------------------------------------------------------------------------
+
+    async def _guarded_write(self, data: bytes, ids: Sequence[str]) -> int:
+        """A write preceded, under the file's lock, by its intent (see ``WriteGuard``)."""
+        guard = self._guard
+        assert guard is not None
+        handle = await self._locked_handle(len(data))
+        async with _flocked(handle.fileno()) as opened:
+            key = file_key(opened.st_dev, opened.st_ino)
+            await guard.before_write(key, opened.st_size, len(data), ids)
+            return await self._write_some(data)
+
+    async def _locked_handle(self, incoming: int) -> AsyncFileIO:
+        try:
+            handle = await self._ready_handle(incoming)
+        except OSError as exc:
+            self._open_failed = True
+            raise ChannelError(_reason(exc)) from None
+        self._open_failed = False
+        return handle
 
     def _bytes_of(self, batch: Batch) -> bytes:
         """The batch's bytes, encoded once however many times it is retried."""
@@ -236,6 +273,36 @@ class LogFile:
             self._last_fsync = now
 
 
+class WriteGuard(Protocol):
+    """Told of each write before it happens, holding the file's lock (the Redis backend's
+    workers record where each batch goes: ``service.redis.writes``)."""
+
+    async def before_write(
+        self, file: str, offset: int, length: int, ids: Sequence[str]
+    ) -> None: ...
+
+
+def file_key(device: int, inode: int) -> str:
+    """A log file's identity across processes: this machine, the file's device and inode."""
+    return f"{_MACHINE}:{device}:{inode}"
+
+
+@contextlib.asynccontextmanager
+async def _flocked(fd: int) -> AsyncIterator[os.stat_result]:
+    """An exclusive ``flock`` of the open file ``fd`` (taken in a worker thread: it may wait
+    for another process), and the file's state once held. The lock is on a duplicate of the
+    descriptor, so that closing the handle meanwhile cannot unlock some other file."""
+    locked = os.dup(fd)
+    try:
+        await asyncio.to_thread(fcntl.flock, locked, fcntl.LOCK_EX)
+        try:
+            yield await asyncio.to_thread(os.fstat, locked)
+        finally:
+            fcntl.flock(locked, fcntl.LOCK_UN)
+    finally:
+        os.close(locked)
+
+
 def _reason(exc: OSError) -> str:
     return f"[Errno {exc.errno}] {exc.strerror or exc}"
 
@@ -247,11 +314,13 @@ def file_sink(
     *,
     spool_path: Path | None = None,
     listener: SinkListener | None = None,
+    guard: WriteGuard | None = None,
 ) -> BatchSink:
     """The sink of one log file: ``LogFile`` behind the delivery core, spooling to
     ``spool_path`` (default ``<log>.spool``) as plain lines."""
     spool = Spool(spool_path or path.with_name(path.name + ".spool"), RAW_LINES)
-    return BatchSink(LogFile(path, file_options), options, spool=spool, listener=listener)
+    log = LogFile(path, file_options, guard=guard)
+    return BatchSink(log, options, spool=spool, listener=listener)
 
 
 class FileSinks:
