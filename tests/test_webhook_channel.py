@@ -4,6 +4,7 @@ meaning, Retry-After, how URLs are named and shown, and the settings."""
 from __future__ import annotations
 
 import base64
+import json
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
@@ -20,6 +21,7 @@ from service.outbox.dispatcher import (
     PermanentError,
     TemporaryError,
 )
+from service.outbox.sqlite import SqliteOutbox
 from service.outbox.webhook import (
     _judge,
     channel_name,
@@ -27,7 +29,10 @@ from service.outbox.webhook import (
     retry_after,
     shown_url,
     signature,
+    webhook_rows,
 )
+from service.outbox.writer import OutboxWriter, delivery_line, email_rows
+from service.sinks.core import Batch
 
 KEY_A = b"0123456789abcdef0123456789abcdef"
 KEY_B = b"fedcba9876543210fedcba9876543210"
@@ -159,3 +164,34 @@ def test_bad_webhook_settings_are_one_line_hiding_the_values(
     assert expected in message
     for value in variables.values():
         assert value not in message
+
+
+async def test_the_intake_makes_one_row_per_channel_and_reads_old_spools(tmp_path: Path) -> None:
+    """One record per notification becomes a row per channel in one transaction; a record
+    spooled before q was carried (``[email, message]``) still goes in, with q null."""
+    outbox = SqliteOutbox(tmp_path / "outbox.db", lease_seconds=60)
+    await outbox.open()
+    try:
+        names = ["webhook-aaaaaaaa", "webhook-bbbbbbbb"]
+        writer = OutboxWriter(outbox, [email_rows, webhook_rows(names)], added=lambda: None)
+        lines = [delivery_line("a@example.com", "hi", "q1"), '["b@example.com","old"]\n']
+        await writer.send(Batch(["n1", "n2"], ["notification"] * 2, lines, [1.0, 2.0], [None] * 2))
+        states = await outbox.states("n1") + await outbox.states("n2")
+        assert sorted((s.id, s.channel) for s in states) == [
+            (i, c) for i in ("n1", "n2") for c in ["email", *names]
+        ]
+        claimed = await outbox.claim("webhook-aaaaaaaa", 10)
+        bodies = {d.id: json.loads(d.message) for d in claimed}
+        assert bodies["n1"]["q"] == "q1"
+        assert bodies["n2"] == {
+            "type": "notification",
+            "id": "n2",
+            "time": "1970-01-01T00:00:02.000Z",
+            "email": "b@example.com",
+            "message": "old",
+            "q": None,
+        }
+        [email] = await outbox.claim("email", 1)
+        assert (email.recipient, email.message) == ("a@example.com", "hi")
+    finally:
+        await outbox.close()

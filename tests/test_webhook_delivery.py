@@ -232,6 +232,30 @@ async def test_a_receiver_that_hangs_past_the_timeout_gets_it_again(tmp_path: Pa
     assert second.at - first.at >= timeout
 
 
+async def test_ack_write_answers_after_the_outbox_commit_with_q_in_the_payload(
+    tmp_path: Path,
+) -> None:
+    """NOTIFY_ACK=write: the 200 comes once every URL's delivery is in the outbox (its status
+    is there at once), and the payload carries q as the background path does."""
+    with webhook_receiver(SECRET) as hooks:
+        hooks.receiver.hold_all = True
+        name = channel_name(hooks.url())
+        async with running(webhook_settings(tmp_path, hooks.url(), ack="write")) as client:
+            response = await client.post(
+                "/send-notification/w@example.com", params={"q": "ack"}, json={"message": "m"}
+            )
+            assert response.status_code == 200
+            notification_id = response.headers["x-notification-id"]
+            state = (await client.get(f"/notifications/{notification_id}")).json()
+            assert state["channels"][name]["status"] in ("queued", "retrying", "delivered")
+            await until(hooks.receiver, lambda r: r.held == 1)
+            hooks.receiver.release()
+            await until_status(client, notification_id, name, "delivered")
+    [request] = hooks.receiver.received
+    assert request.json()["q"] == "ack"
+    assert request.json()["message"] == "m"
+
+
 async def test_redirects_and_other_4xx_are_dead_at_once(tmp_path: Path) -> None:
     with webhook_receiver(SECRET) as hooks:
         hooks.receiver.script("/hook", Answer(301, location="/elsewhere"), Answer(400))
