@@ -133,13 +133,15 @@ async def test_statuses_in_redis_queued_keeps_what_a_worker_already_recorded(
 ) -> None:
     """The API sets ``queued`` for a whole batch at once, only where no status is set (a
     hand-over retried after a worker wrote the line must not undo ``written``); ``written``
-    and ``failed`` replace it. Every status expires with the status TTL."""
+    replaces it, and so does ``failed``, except a ``written`` one. Every status expires with
+    the status TTL."""
     ledger = _ledger(redis)
     a, b, c = (parse_wire_record(record) for record in _batch("a", "b", "c"))
     await ledger.queued([a, b])
     await ledger.written([a], at=5.0, attempts=2)
     await ledger.queued([a, b, c])
     await ledger.failed([b], "disk full", 3)
+    await ledger.failed([a], "a redelivered copy timed out", 1)  # a is in the log: kept
     assert await ledger.status("id-a") == NotificationStatus(
         id="id-a", status="written", accepted_at=1.0, written_at=5.0, attempts=2
     )

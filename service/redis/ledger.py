@@ -42,12 +42,19 @@ _CLAIM_TRIES = 3
 # Sets many statuses in one command, one round trip and one reply, instead of a pipeline of one
 # SET per line (whose commands and replies cost the API ~30 % of its time per request in redis
 # mode, measured with cProfile). KEYS: the status keys; ARGV: their values, then the TTL in
-# seconds, then "NX" to keep a status already there or "" to replace it.
+# seconds, then the mode: "NX" keeps any status already there, "UNLESS_WRITTEN" keeps a
+# "written" one (a line written once is never reported failed by a later, redelivered copy),
+# "" replaces.
 _SET_STATUSES = """
-local ttl, nx = ARGV[#ARGV - 1], ARGV[#ARGV]
+local ttl, mode = ARGV[#ARGV - 1], ARGV[#ARGV]
 for i, key in ipairs(KEYS) do
-    if nx == "NX" then
+    if mode == "NX" then
         redis.call("SET", key, ARGV[i], "NX", "EX", ttl)
+    elseif mode == "UNLESS_WRITTEN" then
+        local current = redis.call("GET", key)
+        if not (current and string.find(current, '"status": "written"', 1, true)) then
+            redis.call("SET", key, ARGV[i], "EX", ttl)
+        end
     else
         redis.call("SET", key, ARGV[i], "EX", ttl)
     end
@@ -169,7 +176,9 @@ class RedisLedger:
         attempts: int = 0,
         error: str | None = None,
     ) -> None:
-        """Set the status of every record in one command; ``keep``: only where none is set."""
+        """Set the status of every record in one command; ``keep``: only where none is set.
+        A ``failed`` never replaces a ``written``: the line is in the log."""
+        mode = "NX" if keep else "UNLESS_WRITTEN" if state == "failed" else ""
         keys: list[str] = []
         values: list[str] = []
         for record_id, _, _, accepted_at in records:
@@ -184,5 +193,5 @@ class RedisLedger:
             values.append(json.dumps(status))
         if keys:
             await self._set_statuses(
-                keys=keys, args=[*values, self._status_ttl, "NX" if keep else ""]
+                keys=keys, args=[*values, self._status_ttl, mode]
             )
