@@ -192,6 +192,4 @@ class RedisLedger:
             }
             values.append(json.dumps(status))
         if keys:
-            await self._set_statuses(
-                keys=keys, args=[*values, self._status_ttl, mode]
-            )
+            await self._set_statuses(keys=keys, args=[*values, self._status_ttl, mode])
