@@ -168,6 +168,16 @@ class Settings(BaseSettings):
     redis_timeout: float = Field(
         default=2.0, gt=0, description="Seconds to wait for Redis to connect or answer."
     )
+    worker_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="With backend=redis: the port a worker serves /metrics, /healthz and "
+        "/readyz on (0: none).",
+    )
+    worker_host: str = Field(
+        default="127.0.0.1", description="The address a worker serves them on."
+    )
     smtp_url: SecretStr | None = Field(
         default=None,
         description="smtp://[user:password@]host[:port] (STARTTLS when offered) or smtps://... "

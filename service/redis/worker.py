@@ -17,6 +17,7 @@ does nothing else.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -30,10 +31,12 @@ from taskiq.cli.worker.run import run_worker
 
 from config import Settings, settings_or_exit
 from service.logs import configure_logging
+from service.metrics import Metrics
 from service.records import Kind
 from service.redis.broker import TASK_NAME, NotificationBroker, build_broker
 from service.redis.delivery import DeliveryService
 from service.redis.ledger import RedisLedger
+from service.redis.monitor import WorkerMonitor, monitor_app
 from service.redis.writes import WriteLedger
 from service.runtime import batch_options, file_options, start_sinks
 from service.sinks.core import BatchSink
@@ -61,6 +64,8 @@ class Worker:
         self.writes = WriteLedger(broker.redis(), settings.redis_stream, ttl=settings.status_ttl)
         self._sinks: list[BatchSink] = []
         self._delivery: DeliveryService | None = None
+        self.metrics = Metrics()  # this process's write side: the local backend's names
+        self._monitor: WorkerMonitor | None = None
 
     @property
     def delivery(self) -> DeliveryService:
@@ -75,7 +80,17 @@ class Worker:
 
         def make_sink(path: Path) -> BatchSink:
             spool = settings.spool_for(path)
-            return file_sink(path, options, writing, spool_path=spool, guard=self.writes)
+            sink_metrics = self.metrics.for_sink(str(path))
+            sink = file_sink(
+                path,
+                options,
+                writing,
+                spool_path=spool,
+                guard=self.writes,
+                listener=sink_metrics,
+            )
+            sink_metrics.track(lambda: sink.held)
+            return sink
 
         files = FileSinks(make_sink)
         notifications = files.for_path(settings.log_path)
@@ -99,10 +114,23 @@ class Worker:
         )
         self._sinks = list(files)
         await start_sinks(self._sinks)
+        if settings.worker_port:
+            sinks = self._sinks
+            app = monitor_app(
+                self.metrics,
+                lambda: [sink.health() for sink in sinks],
+                settings.redis_url,
+                settings.redis_timeout,
+            )
+            self._monitor = WorkerMonitor(app, settings.worker_host, settings.worker_port)
+            self._monitor.start()
         paths = ", ".join(sink.channel.name for sink in self._sinks)
         logger.info("worker writing redis stream %s to %s", settings.redis_stream, paths)
 
     async def stop(self, state: TaskiqState) -> None:
+        if self._monitor is not None:
+            await asyncio.to_thread(self._monitor.stop)
+            self._monitor = None
         for sink in self._sinks:
             await sink.aclose()
         self._sinks, self._delivery = [], None

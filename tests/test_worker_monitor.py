@@ -1,0 +1,62 @@
+"""A worker an operator can watch (NOTIFY_WORKER_PORT): its metrics, its health."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.support.redis import RedisServer
+from tests.support.server import free_port, http_client, running_worker, uvicorn_server
+
+
+async def _until(monitor: httpx.AsyncClient, path: str, status: int, text: str = "") -> str:
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            response = await monitor.get(path)
+            if response.status_code == status and text in response.text:
+                return response.text
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"{path} never answered {status} with {text!r}"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_worker_serves_metrics_and_health_and_says_when_redis_is_gone(
+    tmp_path: Path,
+) -> None:
+    """/metrics counts what this worker wrote, under the local backend's names; /healthz is
+    200; /readyz is 200, then 503 naming Redis (without its address) once Redis stops."""
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    try:
+        port = free_port()
+        settings = {
+            "NOTIFY_BACKEND": "redis",
+            "NOTIFY_REDIS_URL": redis.url,
+            "NOTIFY_WORKER_PORT": str(port),
+            "NOTIFY_REDIS_TIMEOUT": "0.5",
+        }
+        async with (
+            uvicorn_server(tmp_path, settings) as api,
+            running_worker(tmp_path, settings),
+            http_client(api.url) as client,
+            http_client(f"http://127.0.0.1:{port}") as monitor,
+        ):
+            for number in range(10):
+                response = await client.post(f"/send-notification/w{number}@example.com")
+                assert response.status_code == 200
+            metrics = await _until(
+                monitor, "/metrics", 200, "notify_notifications_written_total 10.0"
+            )
+            assert "notify_write_seconds_count" in metrics
+            assert (await monitor.get("/healthz")).json() == {"status": "ok"}
+            assert (await monitor.get("/readyz")).json() == {"status": "ready", "reasons": []}
+            redis.stop()
+            body = await _until(monitor, "/readyz", 503, "redis")
+            assert redis.url.removeprefix("redis://").split("/")[0] not in body
+    finally:
+        redis.stop()
