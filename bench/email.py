@@ -36,6 +36,7 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
+from bench.cpu import MachineCpu
 from bench.email_report import (
     CEILING,
     EMAIL_FAST,
@@ -62,6 +63,7 @@ from bench.openloop import OpenLoopResult
 from bench.options import Options
 from bench.paths import REPO_ROOT, RESULTS_DIR, save_json
 from bench.process import HOST, running_server, tail_text
+from bench.report import NOISY_OTHER_CPU
 from bench.servers import SERVERS, ServerSpec
 from bench.smtp_sink import SmtpSink, smtp_sink
 from config.settings import Settings
@@ -159,12 +161,30 @@ class ApiRun:
     """Emails the SMTP server received while the load generator's measured phase lasted."""
     emails_by_stop: int
     """Emails it received from the server's start until the server had stopped."""
+    smtp_cpu_s: float
+    """CPU time of the SMTP server's thread over the whole run."""
+
+    @property
+    def smtp_cpu_in_phase_s(self) -> float:
+        """Its share of the measured phase, estimated by the emails that arrived then."""
+        if self.emails_by_stop == 0:
+            return 0.0
+        return self.smtp_cpu_s * self.emails_in_phase / self.emails_by_stop
+
+    @property
+    def noise_cpu_s(self) -> float:
+        """CPU time of processes other than the server, the load generator and the SMTP
+        server during the measured phase."""
+        return max(0.0, self.run.other_cpu_s - self.smtp_cpu_in_phase_s)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "row": self.row,
             "emails_in_phase": self.emails_in_phase,
             "emails_by_stop": self.emails_by_stop,
+            "smtp_cpu_s": self.smtp_cpu_s,
+            "smtp_cpu_in_phase_s": self.smtp_cpu_in_phase_s,
+            "noise_cpu_s": self.noise_cpu_s,
             **self.run.to_json(),
         }
 
@@ -179,12 +199,15 @@ def _api_once(
 ) -> ApiRun:
     if sink is not None:
         sink.recorder.clear()
+    smtp_cpu = sink.cpu_seconds() if sink is not None else 0.0
     run = run_once(spec, round_index, options, run_dir)
+    if sink is not None:
+        smtp_cpu = sink.cpu_seconds() - smtp_cpu
     load = LoadResult.from_json(json.loads((run_dir / "loadgen.json").read_text()))
     end = load.last_response_wall
     arrivals = sink.recorder.arrivals() if sink is not None else []
     in_phase = sum(end - load.duration_s <= arrival.at <= end for arrival in arrivals)
-    return ApiRun(row, run, in_phase, len(arrivals))
+    return ApiRun(row, run, in_phase, len(arrivals), smtp_cpu)
 
 
 def run_api(options: EmailOptions, work_dir: Path, say: Say) -> list[ApiRun]:
@@ -239,12 +262,15 @@ def api_summary(runs: Sequence[ApiRun]) -> dict[str, Any]:
             "rps_vs_log_only": median_or_none(ratios),
             "ratios": ratios,
             "emails_in_phase": median(api.emails_in_phase for api in mine),
+            "emails_by_stop": median(api.emails_by_stop for api in mine),
+            "acked": median(api.run.acked for api in mine),
             "emails_per_s_in_phase": median(
                 api.emails_in_phase / api.run.duration_s if api.run.duration_s > 0 else 0.0
                 for api in mine
             ),
             "server_cpu": median(_share(api.run.server_cpu_s, api.run) for api in mine),
-            "other_cpu": median(_share(api.run.other_cpu_s, api.run) for api in mine),
+            "smtp_cpu": median(_share(api.smtp_cpu_in_phase_s, api.run) for api in mine),
+            "noise_cpu": median(_share(api.noise_cpu_s, api.run) for api in mine),
             "exactly_once": all(api.run.exactly_once for api in mine),
             "non_200": sum(sum(api.run.non_200.values()) for api in mine),
         }
@@ -261,6 +287,7 @@ def format_api(summary: dict[str, Any]) -> str:
         ratio = data["rps_vs_log_only"]
         spread = f"{min(data['ratios']):.2f}-{max(data['ratios']):.2f}" if data["ratios"] else "-"
         emails = "-" if row == LOG_ONLY else f"{data['emails_per_s_in_phase']:,.0f}"
+        by_stop = "-" if row == LOG_ONLY else f"{data['emails_by_stop']:,.0f}/{data['acked']:,.0f}"
         rows.append(
             (
                 row,
@@ -269,8 +296,10 @@ def format_api(summary: dict[str, Any]) -> str:
                 spread,
                 f"{data['p99_ms']:.1f}",
                 emails,
+                by_stop,
                 f"{data['server_cpu']:.2f}",
-                f"{data['other_cpu']:.2f}",
+                f"{data['smtp_cpu']:.2f}",
+                f"{data['noise_cpu']:.2f}",
                 "ok" if data["exactly_once"] else "FAILED",
             )
         )
@@ -281,7 +310,9 @@ def format_api(summary: dict[str, Any]) -> str:
         "per round",
         "p99 ms",
         "emails/s meanwhile",
+        "sent by stop",
         "server cpu",
+        "smtp cpu",
         "other cpu",
         "log once",
     )
@@ -701,10 +732,25 @@ def parse_options(argv: list[str] | None = None) -> EmailOptions:
     return replace(base, **chosen, **warmup, parts=parts, out=out)
 
 
+def idle_busy(seconds: float = 1.0) -> float:
+    """Cores' worth of CPU the machine used over ``seconds`` while this benchmark ran nothing:
+    other processes' load, which the figures then share the machine with."""
+    before = MachineCpu.read()
+    time.sleep(seconds)
+    return (MachineCpu.read() - before).busy / seconds
+
+
 def run(options: EmailOptions, work_dir: Path, say: Say = print) -> tuple[dict[str, Any], bool]:
     """Run the chosen parts; the JSON to save, and whether every log held each ack once."""
     data: dict[str, Any] = {"machine": machine_info(), "code": _code_state()}
     data["options"] = options.to_json()
+    busy = idle_busy()
+    data["busy_before_start"] = busy
+    if busy > NOISY_OTHER_CPU:
+        say(
+            f"warning: other processes used {busy:.2f} of a core just before the start:"
+            " the figures share the machine with them"
+        )
     tables: list[str] = []
     api_fast = api_slow = delivery = latency = None
     once = True

@@ -21,6 +21,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from bench.cpu import process_cpu_seconds
 from bench.process import HOST, free_port
 
 _READY_TIMEOUT_S = 10.0
@@ -89,10 +90,20 @@ class Recorder:
 class SmtpSink:
     recorder: Recorder
     port: int
+    thread_id: int
+    """The native id of the server's thread."""
 
     @property
     def url(self) -> str:
         return f"smtp://{HOST}:{self.port}"
+
+    def cpu_seconds(self) -> float:
+        """CPU time the server's thread has used so far."""
+        return process_cpu_seconds(self.thread_id)
+
+
+async def _native_thread_id() -> int:
+    return threading.get_native_id()
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -121,7 +132,10 @@ def smtp_sink(delay_s: float = 0.0) -> Iterator[SmtpSink]:
     else:
         raise RuntimeError("no free loopback port for the SMTP server")
     try:
-        yield SmtpSink(recorder, controller.port)
+        thread_id = asyncio.run_coroutine_threadsafe(_native_thread_id(), loop).result(
+            _READY_TIMEOUT_S
+        )
+        yield SmtpSink(recorder, controller.port, thread_id)
     finally:
         controller.stop()
         if not loop.is_closed():
