@@ -1,0 +1,34 @@
+"""Smoke test of ``python -m bench.email --quick``: real servers and a real SMTP server; it
+must finish, deliver what was acknowledged and judge every goal (the figures are not
+asserted: they depend on the machine)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quick_email_benchmark_delivers_everything_and_judges_every_goal(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.email", "--quick", "--out", str(tmp_path)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    results = json.loads((tmp_path / "email.json").read_text())
+    rows = results["api"]["rows"]
+    assert rows.keys() == {"log-only", "email-fast", "email-slow"}
+    assert all(row["exactly_once"] and row["non_200"] == 0 for row in rows.values())
+    for run in results["delivery"]["runs"]:
+        assert run["delivered"] == run["acked"] == run["posted"], run
+    latency = results["latency"]["runs"][0]
+    assert latency["delivered"] == latency["acked"] == latency["sent"]
+    assert (latency["missing"], latency["repeats"]) == (0, 0)
+    assert [goal["verdict"] in ("met", "NOT met") for goal in results["goals"]] == [True] * 4
