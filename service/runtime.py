@@ -14,22 +14,27 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from config import Settings
 from service.metrics import Metrics
-from service.outbox.dispatcher import Dispatcher, DispatchOptions
-from service.outbox.email import email_sender
+from service.outbox.base import Outbox
+from service.outbox.channels import OutboxDepth, delivery_channels, lease_seconds, row_builders
+from service.outbox.dispatcher import Dispatcher
 from service.outbox.sqlite import SqliteOutbox
-from service.outbox.webhook import WebhookTarget, webhook_rows, webhook_sender
-from service.outbox.writer import OutboxIntake, RowBuilder, email_rows, outbox_sink
+from service.outbox.webhook import channel_name
+from service.outbox.writer import OutboxIntake, outbox_sink
 from service.records import RENDERERS
 from service.services import NotificationService
 from service.sinks.base import Lines, Listeners, SinkUnavailable
 from service.sinks.core import BatchOptions, BatchSink, RetryPolicy
-from service.sinks.email import EmailChannel, SmtpOptions, SmtpServer
+from service.sinks.email import EmailChannel
 from service.sinks.file import FileOptions, FileSinks, file_sink
 from service.sinks.fs import os_error_reason
 from service.status import Idempotency, Ledger, LocalLedger, StatusStore
+
+if TYPE_CHECKING:  # the redis extra is optional: imported where the backend is built
+    from service.redis.broker import NotificationBroker
 
 __all__ = ["Current", "Runtime", "StartupError", "batch_options", "file_options", "start_sinks"]
 
@@ -125,15 +130,9 @@ class Runtime:
         self.targets: dict[str, str] = {}
         """What each delivery channel delivers to, as shown (a webhook's URL without secrets)."""
         self._outbox: _Outbox | None = None
+        self._broker: NotificationBroker | None = None
         if settings.backend == "redis":
-            if settings.email_on:
-                raise StartupError(
-                    "email delivery (NOTIFY_SMTP_URL) works with NOTIFY_BACKEND=local only, for now"
-                )
-            if settings.webhook_urls:
-                raise StartupError(
-                    "webhooks (NOTIFY_WEBHOOK_URL) work with NOTIFY_BACKEND=local only, for now"
-                )
+            self._broker = self._redis_broker()
         if settings.email_on or settings.webhook_urls:
             self._outbox = self._outbox_channels()
         if settings.backend == "redis":
@@ -158,19 +157,21 @@ class Runtime:
         logger.info("writing notifications to %s", described)
         if self._email is not None:
             logger.info("sending notifications by email through %s", self._email.name)
-            if not self.settings.tokens:
-                logger.warning(
-                    "email is on and NOTIFY_API_TOKENS is empty: anyone who can reach the API "
-                    "can send mail through it"
-                )
+        if self.settings.email_on and not self.settings.tokens:
+            logger.warning(
+                "email is on and NOTIFY_API_TOKENS is empty: anyone who can reach the API "
+                "can send mail through it"
+            )
         for name in self.webhooks:
             logger.info("sending notifications to the webhook %s as %s", self.targets[name], name)
         return self
 
     @property
     def channel_names(self) -> list[str]:
-        """The delivery channels of the outbox (``email``, ``webhook-…``), none when it is off."""
-        return [dispatcher.channel for dispatcher in self.dispatchers]
+        """The delivery channels of the outbox (``email``, ``webhook-…``), none when it is off
+        (from the settings: with Redis the workers run the dispatchers)."""
+        names = ["email"] if self.settings.email_on else []
+        return names + [channel_name(url) for url in self.settings.webhook_urls]
 
     def enable_webhooks(self, names: Sequence[str] | None = None) -> list[str]:
         """Enable the webhook channels ``names`` (all when None) that a 410 disabled; the names
@@ -218,92 +219,57 @@ class Runtime:
 
     def _outbox_channels(self) -> _Outbox:
         """The outbox, its intake sink (one row per channel for each notification, in one
-        transaction), and a dispatcher per channel: email through the SMTP pool, each webhook
-        URL through its own HTTP client."""
+        transaction), and, with the local backend, a dispatcher per channel: email through
+        the SMTP pool, each webhook URL through its own HTTP client. With Redis the outbox is
+        in Redis and the workers deliver (``service.redis.worker``)."""
         settings, metrics = self.settings, self.metrics
-        outbox_path = settings.effective_outbox_path()
-        # Leases outlive any attempt: an SMTP send (connect, then each reply, each within the
-        # timeout) or a webhook request (within its timeout, all included).
-        lease = 10.0
-        if settings.email_on:
-            lease = max(lease, 6 * settings.smtp_timeout + 10)
-        if settings.webhook_urls:
-            lease = max(lease, 2 * settings.webhook_timeout + 10)
-        outbox = SqliteOutbox(outbox_path, lease_seconds=lease)
+        outbox: Outbox
+        if self._broker is None:
+            outbox_path = settings.effective_outbox_path()
+            outbox = SqliteOutbox(outbox_path, lease_seconds=lease_seconds(settings))
+            spool = outbox_path.with_name(outbox_path.name + ".spool")
+            try:
+                channels = delivery_channels(settings, outbox, metrics.deliveries)
+            except ValueError as exc:
+                raise StartupError(str(exc)) from None
+            self.dispatchers.extend(channels.dispatchers)
+            self.webhooks.update(channels.webhooks)
+            self.targets.update(channels.targets)
+            self._email = channels.email
+            self._closers.extend(channels.closers)
+            for name in channels.webhooks:
+                metrics.deliveries.disabled(name, False)
+            first = self.dispatchers[0]  # each counts the whole outbox
+            depth: Callable[[], int] = lambda: first.depth  # noqa: E731
+            self._openers.append(first.count)  # the depth, before the first request
+        else:
+            from service.outbox.redis import RedisOutbox  # the redis extra: only here
 
-        def options(concurrency: int, rate: float | None = None) -> DispatchOptions:
-            return DispatchOptions(
-                concurrency=concurrency,
-                retry_initial=settings.retry_initial,
-                retry_max=settings.delivery_retry_max,
-                max_age=settings.delivery_max_age,
-                poll_interval=settings.file_check_interval,
-                rate=rate,
-                drain_timeout=settings.shutdown_timeout,
+            outbox = RedisOutbox(
+                self._broker.redis(),
+                settings.redis_stream,
+                lease_seconds=lease_seconds(settings),
+                ttl=settings.status_ttl,
             )
-
-        builders: list[RowBuilder] = []
-        if settings.email_on:
-            if settings.smtp_url is None or settings.smtp_from is None:  # Settings checks this
-                raise StartupError("email needs NOTIFY_SMTP_URL and NOTIFY_SMTP_FROM")
-            email = self._email = EmailChannel(
-                SmtpServer.from_url(settings.smtp_url),
-                SmtpOptions(
-                    connections=settings.smtp_connections,
-                    timeout=settings.smtp_timeout,
-                    require_tls=settings.smtp_require_tls,
-                ),
-            )
-            send = email_sender(email, sender=settings.smtp_from, subject=settings.email_subject)
-            self.dispatchers.append(
-                Dispatcher(
-                    outbox,
-                    "email",
-                    send,
-                    options(settings.smtp_connections, settings.smtp_rate),
-                    listener=metrics.deliveries,
-                )
-            )
-            self.targets["email"] = email.name
-            self._closers.append(email.close)
-            builders.append(email_rows)
-        targets = [
-            WebhookTarget(
-                url, connections=settings.webhook_connections, timeout=settings.webhook_timeout
-            )
-            for url in settings.webhook_urls
-        ]
-        for target in targets:
-            dispatcher = Dispatcher(
-                outbox,
-                target.name,
-                webhook_sender(target, settings.webhook_keys),
-                options(settings.webhook_connections),
-                listener=metrics.deliveries,
-            )
-            metrics.deliveries.disabled(target.name, False)
-            self.dispatchers.append(dispatcher)
-            self.webhooks[target.name] = dispatcher
-            self.targets[target.name] = target.shown
-            self._closers.append(target.close)
-        if targets:
-            builders.append(webhook_rows([target.name for target in targets]))
+            spool = settings.queue_spool().with_name(settings.queue_spool().name + ".outbox")
+            counter = OutboxDepth(outbox, settings.file_check_interval)
+            depth = lambda: counter.depth  # noqa: E731
+            self._openers.append(counter.start)
+            self._closers.insert(0, counter.aclose)
         self._closers.append(outbox.close)
-        first = self.dispatchers[0]  # each counts the whole outbox
         batching = batch_options(settings, waiting=settings.ack == "write")
         intake = outbox_sink(
             outbox,
-            builders,
+            row_builders(settings),
             replace(batching, queue_size=min(batching.queue_size, settings.outbox_max)),
             added=self._wake_dispatchers,
-            spool=outbox_path.with_name(outbox_path.name + ".spool"),
+            spool=spool,
         )
         metrics.for_sink(intake.channel.name).track(lambda: intake.held)
-        metrics.track_outbox(lambda: first.depth)
-        self._openers.append(outbox.open)
+        metrics.track_outbox(depth)
+        self._openers.insert(0, outbox.open)
         self.sinks.append(intake)
-        lines = OutboxIntake(intake, settings.outbox_max, lambda: first.depth)
-        self._openers.append(first.count)  # the depth, before the first request
+        lines = OutboxIntake(intake, settings.outbox_max, depth)
         return _Outbox(outbox, lines)
 
     def _local_backend(self) -> NotificationService:
@@ -330,15 +296,20 @@ class Runtime:
         keys = Idempotency(settings.status_max_entries, settings.idempotency_ttl)
         return self._service(notifications, queries, LocalLedger(statuses, keys))
 
+    def _redis_broker(self) -> NotificationBroker:
+        from service.redis.broker import build_broker
+
+        broker = build_broker(self.settings)
+        self._closers.append(broker.connection_pool.disconnect)
+        return broker
+
     def _redis_backend(self) -> NotificationService:
         # Imported here: the Redis packages are an optional extra, needed only for this backend.
-        from service.redis.broker import build_broker
         from service.redis.ledger import RedisLedger
         from service.redis.publisher import stream_sink
 
-        settings = self.settings
-        broker = build_broker(settings)
-        self._closers.append(broker.connection_pool.disconnect)
+        settings, broker = self.settings, self._broker
+        assert broker is not None  # built first, by __init__
         ledger = RedisLedger(
             broker.redis(),
             settings.redis_stream,
@@ -355,5 +326,5 @@ class Runtime:
 
 @dataclass(frozen=True, slots=True)
 class _Outbox:
-    outbox: SqliteOutbox
+    outbox: Outbox
     intake: OutboxIntake

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from collections import Counter
@@ -16,7 +17,13 @@ import pytest
 
 from config import Settings
 from tests.conftest import make_settings, read_lines, running
-from tests.support.server import free_port, post_notifications, uvicorn_server
+from tests.support.server import (
+    free_port,
+    http_client,
+    post_notifications,
+    running_worker,
+    uvicorn_server,
+)
 from tests.support.smtp import Recorder, smtp_server
 
 SENDER = "notify@service.example"
@@ -313,3 +320,55 @@ async def test_sigkill_with_mail_pending_then_restart_delivers_all_repeating_few
     assert set(delivered) == set(emails)
     repeated = {email: count for email, count in delivered.items() if count > 1}
     assert sum(count - 1 for count in repeated.values()) <= connections, repeated
+
+
+async def test_with_redis_workers_deliver_and_a_killed_one_is_taken_over_within_10_s(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """NOTIFY_BACKEND=redis: the outbox is in Redis and workers deliver. A worker SIGKILLed
+    with sends in flight: the next worker gives its leases back at once and delivers every
+    notification within 10 s; a repeat only for what was in flight. The API answers each
+    notification's email status from Redis."""
+    connections = 4
+    with smtp_server() as mail:
+        mail.recorder.hold_data = True
+        settings = {
+            "NOTIFY_BACKEND": "redis",
+            "NOTIFY_REDIS_URL": redis_url,
+            "NOTIFY_SMTP_URL": mail.url(),
+            "NOTIFY_SMTP_FROM": SENDER,
+            "NOTIFY_SMTP_CONNECTIONS": str(connections),
+            "NOTIFY_RETRY_INITIAL": "0.02",
+            "NOTIFY_DELIVERY_RETRY_MAX": "0.2",
+            "NOTIFY_FILE_CHECK_INTERVAL": "0.1",
+        }
+        emails = [f"r{number:03d}@example.com" for number in range(100)]
+        async with uvicorn_server(tmp_path, settings) as api:
+            async with asyncio.timeout(30):
+                results = await post_notifications(
+                    api.url, emails, concurrency=16, acknowledgement=ACKNOWLEDGEMENT
+                )
+            assert sorted(results.acknowledged) == emails
+            async with running_worker(tmp_path, settings, output_name="first.txt") as first:
+                await until(mail.recorder, lambda r: r.held == connections)
+                os.killpg(first.pid, signal.SIGKILL)
+                await first.wait_exit()
+            mail.recorder.release()
+            killed_at = time.monotonic()
+            async with (
+                running_worker(tmp_path, settings, output_name="second.txt"),
+                http_client(api.url) as client,
+            ):
+                await until(
+                    mail.recorder,
+                    lambda r: len({m.rcpt_tos for m in r.messages}) >= len(emails),
+                    within=10,
+                )
+                assert time.monotonic() - killed_at < 10
+                late = await client.post("/send-notification/late@example.com")
+                await until_email_status(client, late.headers["x-notification-id"], "delivered")
+                response = await client.get("/notifications")  # dead letters: none
+                assert response.json() == {"items": [], "next": None}
+    delivered = Counter(received.rcpt_tos[0] for received in mail.recorder.messages)
+    assert set(delivered) == {*emails, "late@example.com"}
+    assert sum(count - 1 for count in delivered.values()) <= connections

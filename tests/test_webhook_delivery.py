@@ -16,9 +16,7 @@ import httpx
 import pytest
 
 from config import Settings
-from service.metrics import Metrics
 from service.outbox.webhook import channel_name
-from service.runtime import Runtime, StartupError
 from tests.conftest import make_settings, read_lines, running
 from tests.support.server import post_notifications, uvicorn_server
 from tests.support.webhooks import Answer, Receiver, webhook_receiver
@@ -317,15 +315,6 @@ async def test_secrets_are_in_no_log_status_readyz_or_metric(
     for text in [caplog.text, *shown]:
         for secret in [*secrets, token]:
             assert secret not in text
-
-
-def test_webhooks_with_the_redis_backend_are_refused_in_one_line(tmp_path: Path) -> None:
-    settings = webhook_settings(tmp_path, "http://127.0.0.1:9/hook", backend="redis")
-    with pytest.raises(StartupError) as caught:
-        Runtime(settings, Metrics())
-    assert str(caught.value) == (
-        "webhooks (NOTIFY_WEBHOOK_URL) work with NOTIFY_BACKEND=local only, for now"
-    )
 
 
 async def test_sigkill_with_webhooks_in_flight_then_restart_delivers_all_repeating_few(

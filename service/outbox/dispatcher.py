@@ -34,7 +34,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from service.outbox.sqlite import Delivery, SqliteOutbox
+from service.outbox.base import Outbox
+from service.outbox.sqlite import Delivery
 
 __all__ = [
     "ChannelFailure",
@@ -111,7 +112,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        outbox: SqliteOutbox,
+        outbox: Outbox,
         channel: str,
         send: Callable[[Delivery], Awaitable[None]],
         options: DispatchOptions,

@@ -18,7 +18,9 @@ Delivered deliveries expire ``ttl`` seconds after delivery; dead ones stay until
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import time
 import uuid
 from collections.abc import Sequence
@@ -30,8 +32,11 @@ from redis.exceptions import RedisError
 from service.outbox.sqlite import Delivery, DeliveryState, DeliveryStatus, NewDelivery
 from service.redis.broker import describe_redis_error, public_redis_error
 from service.sinks.core import ChannelError
+from service.sinks.fs import pid_alive
 
 __all__ = ["RedisOutbox"]
+
+_MACHINE = socket.gethostname()
 
 _ADD = """
 local p, now = ARGV[1], ARGV[2]
@@ -160,7 +165,9 @@ class RedisOutbox:
         self._prefix = prefix
         self._lease = lease_seconds
         self._ttl = max(1, round(ttl))
-        self._owner = owner or f"{os.getpid()}:{uuid.uuid4().hex}"
+        # ``<machine>:<pid>:<random>``: a later process on the same machine can tell that the
+        # holder of a lease is gone, and give the lease back at once.
+        self._owner = owner or f"{_MACHINE}:{os.getpid()}:{uuid.uuid4().hex}"
         self.path = f"redis {prefix}"
         """What errors and ``/readyz`` call it."""
         self._add = redis.register_script(_ADD)
@@ -171,7 +178,29 @@ class RedisOutbox:
         self._bury = redis.register_script(_BURY)
 
     async def open(self) -> None:
-        """Nothing to open: the connection pool connects on first use."""
+        """Give back the leases held by processes of this machine that are gone (a killed
+        worker's deliveries are sent again at once, not when their leases end). The
+        connection pool connects on first use; Redis down here is not fatal."""
+        with contextlib.suppress(ChannelError):
+            await self._release_leases_of_the_dead()
+
+    async def _release_leases_of_the_dead(self) -> None:
+        now = time.time()
+        by_owner: dict[str, list[Any]] = {}
+        try:
+            for channel in await self._redis.smembers(f"{self._prefix}:channels"):
+                name = _text(channel)
+                leased = await self._redis.zrangebyscore(f"{self._prefix}:due:{name}", now, "+inf")
+                for member in leased:
+                    notification_id = _text(member)
+                    key = f"{self._prefix}:dl:{notification_id}:{name}"
+                    owner = await self._redis.hget(key, "lease_owner")
+                    if owner is not None and _gone(_text(owner)):
+                        by_owner.setdefault(_text(owner), []).extend([notification_id, name])
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from None
+        for owner, flat in by_owner.items():
+            await self._call(self._release, owner, *flat)
 
     async def close(self) -> None:
         """The connection pool belongs to the broker, which closes it."""
@@ -301,6 +330,16 @@ class RedisOutbox:
 
     async def forget_finished(self, older_than: float) -> None:
         """Delivered deliveries expire by themselves (``ttl``)."""
+
+
+def _gone(owner: str) -> bool:
+    """Whether the lease holder ``<machine>:<pid>:…`` is a process of this machine that no
+    longer runs (or this process's pid, left by an earlier process: PID 1 in a container)."""
+    machine, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if machine != _MACHINE or not pid.isdigit():
+        return False
+    return int(pid) == os.getpid() or not pid_alive(int(pid))
 
 
 def _unavailable(exc: BaseException) -> ChannelError:

@@ -15,7 +15,8 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from service.outbox.sqlite import NewDelivery, SqliteOutbox
+from service.outbox.base import Outbox
+from service.outbox.sqlite import NewDelivery
 from service.records import Kind
 from service.sinks.base import SinkFull, Wait
 from service.sinks.core import Batch, BatchOptions, BatchSink, ChannelError
@@ -55,7 +56,7 @@ class OutboxWriter:
     is_open = True
 
     def __init__(
-        self, outbox: SqliteOutbox, builders: Sequence[RowBuilder], added: Callable[[], None]
+        self, outbox: Outbox, builders: Sequence[RowBuilder], added: Callable[[], None]
     ) -> None:
         self._outbox = outbox
         self._builders = tuple(builders)
@@ -90,7 +91,7 @@ class OutboxWriter:
 
 
 def outbox_sink(
-    outbox: SqliteOutbox,
+    outbox: Outbox,
     builders: Sequence[RowBuilder],
     options: BatchOptions,
     *,

@@ -32,6 +32,8 @@ from taskiq.cli.worker.run import run_worker
 from config import Settings, settings_or_exit
 from service.logs import configure_logging
 from service.metrics import Metrics
+from service.outbox.channels import DeliveryChannels, delivery_channels, lease_seconds
+from service.outbox.redis import RedisOutbox
 from service.records import Kind
 from service.redis.broker import TASK_NAME, NotificationBroker, build_broker
 from service.redis.delivery import DeliveryService
@@ -66,6 +68,8 @@ class Worker:
         self._delivery: DeliveryService | None = None
         self.metrics = Metrics()  # this process's write side: the local backend's names
         self._monitor: WorkerMonitor | None = None
+        self._redis = broker.redis()
+        self._channels: DeliveryChannels | None = None
 
     @property
     def delivery(self) -> DeliveryService:
@@ -114,6 +118,8 @@ class Worker:
         )
         self._sinks = list(files)
         await start_sinks(self._sinks)
+        if settings.email_on or settings.webhook_urls:
+            await self._start_deliveries()
         if settings.worker_port:
             sinks = self._sinks
             app = monitor_app(
@@ -127,10 +133,33 @@ class Worker:
         paths = ", ".join(sink.channel.name for sink in self._sinks)
         logger.info("worker writing redis stream %s to %s", settings.redis_stream, paths)
 
+    async def _start_deliveries(self) -> None:
+        """Deliver the outbox in Redis: a dispatcher per channel (email, each webhook URL),
+        as the API does with the local backend."""
+        settings = self._settings
+        outbox = RedisOutbox(
+            self._redis,
+            settings.redis_stream,
+            lease_seconds=lease_seconds(settings),
+            ttl=settings.status_ttl,
+        )
+        channels = self._channels = delivery_channels(settings, outbox, self.metrics.deliveries)
+        first = channels.dispatchers[0]  # each counts the whole outbox
+        self.metrics.track_outbox(lambda: first.depth)
+        for dispatcher in channels.dispatchers:
+            await dispatcher.start()
+        logger.info("worker delivering to %s", ", ".join(channels.targets.values()))
+
     async def stop(self, state: TaskiqState) -> None:
         if self._monitor is not None:
             await asyncio.to_thread(self._monitor.stop)
             self._monitor = None
+        channels, self._channels = self._channels, None
+        if channels is not None:
+            for dispatcher in channels.dispatchers:  # claim nothing more; in flight finish
+                await dispatcher.aclose()
+            for close in channels.closers:
+                await close()
         for sink in self._sinks:
             await sink.aclose()
         self._sinks, self._delivery = [], None

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from service.ids import new_id
-from service.outbox.sqlite import DeliveryState, SqliteOutbox
+from service.outbox.base import Outbox
+from service.outbox.sqlite import DeliveryState
 from service.outbox.writer import delivery_line
 from service.records import Record, notification_renderer, render_text
 from service.services.deadlines import Deadlines, wait_all
@@ -57,7 +58,7 @@ class NotificationService:
         ack_timeout: float = 5.0,
         on_accept: Callable[[], object] = lambda: None,
         deliveries: Lines | None = None,
-        outbox: SqliteOutbox | None = None,
+        outbox: Outbox | None = None,
         on_retry: Callable[[], None] | None = None,
     ) -> None:
         self._deliveries = deliveries

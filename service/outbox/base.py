@@ -1,0 +1,49 @@
+"""What an outbox does, whichever store keeps it: SQLite (``sqlite.SqliteOutbox``, one
+machine) or Redis (``redis.RedisOutbox``, shared by the API processes and workers)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from service.outbox.sqlite import Delivery, DeliveryState, DeliveryStatus, NewDelivery
+
+__all__ = ["Outbox"]
+
+
+class Outbox(Protocol):
+    """Pending deliveries: added in batches, claimed with a lease, finished once."""
+
+    @property
+    def path(self) -> object:
+        """What errors and ``/readyz`` call it."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def add(self, rows: Sequence[NewDelivery]) -> None: ...
+
+    async def claim(self, channel: str, limit: int) -> list[Delivery]: ...
+
+    async def delivered(self, delivery: Delivery) -> None: ...
+
+    async def retry_at(self, delivery: Delivery, error: str, at: float) -> None: ...
+
+    async def dead(self, delivery: Delivery, error: str) -> None: ...
+
+    async def release(self, deliveries: Sequence[Delivery]) -> None: ...
+
+    async def bury(self, channel: str, error: str) -> int: ...
+
+    async def states(self, notification_id: str) -> list[DeliveryState]: ...
+
+    async def listed(
+        self, status: DeliveryStatus, *, limit: int, after: str | None
+    ) -> list[DeliveryState]: ...
+
+    async def retry_dead(self, notification_id: str) -> int: ...
+
+    async def pending(self) -> int: ...
+
+    async def next_due(self, channel: str) -> float | None: ...

@@ -1,0 +1,151 @@
+"""The delivery channels the settings ask for (email, each webhook URL), built the same way
+wherever they run: in the API process with the local backend, in each worker with Redis.
+
+``row_builders`` is what the intake needs (one outbox row per channel for each notification);
+``delivery_channels`` adds what sends: a ``Dispatcher`` per channel over the outbox, with the
+SMTP pool or the webhook's HTTP client, and what to close at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from config import Settings
+from service.outbox.base import Outbox
+from service.outbox.dispatcher import DeliveryListener, Dispatcher, DispatchOptions
+from service.outbox.email import email_sender
+from service.outbox.webhook import WebhookTarget, channel_name, webhook_rows, webhook_sender
+from service.outbox.writer import RowBuilder, email_rows
+from service.sinks.email import EmailChannel, SmtpOptions, SmtpServer
+
+__all__ = [
+    "DeliveryChannels",
+    "OutboxDepth",
+    "delivery_channels",
+    "dispatch_options",
+    "lease_seconds",
+    "row_builders",
+]
+
+
+def lease_seconds(settings: Settings) -> float:
+    """A claim's lease: longer than any attempt (an SMTP send: connect, then each reply, each
+    within the timeout; a webhook request, within its timeout, all included)."""
+    lease = 10.0
+    if settings.email_on:
+        lease = max(lease, 6 * settings.smtp_timeout + 10)
+    if settings.webhook_urls:
+        lease = max(lease, 2 * settings.webhook_timeout + 10)
+    return lease
+
+
+def dispatch_options(
+    settings: Settings, concurrency: int, rate: float | None = None
+) -> DispatchOptions:
+    return DispatchOptions(
+        concurrency=concurrency,
+        retry_initial=settings.retry_initial,
+        retry_max=settings.delivery_retry_max,
+        max_age=settings.delivery_max_age,
+        poll_interval=settings.file_check_interval,
+        rate=rate,
+        drain_timeout=settings.shutdown_timeout,
+    )
+
+
+def row_builders(settings: Settings) -> list[RowBuilder]:
+    """The outbox rows of one notification: email's, then each webhook URL's."""
+    builders: list[RowBuilder] = []
+    if settings.email_on:
+        builders.append(email_rows)
+    if settings.webhook_urls:
+        builders.append(webhook_rows([channel_name(url) for url in settings.webhook_urls]))
+    return builders
+
+
+@dataclass
+class DeliveryChannels:
+    """What sends: a dispatcher per channel, and what to close after them."""
+
+    dispatchers: list[Dispatcher] = field(default_factory=list)
+    webhooks: dict[str, Dispatcher] = field(default_factory=dict)
+    """The webhook channels' dispatchers, by channel name."""
+    targets: dict[str, str] = field(default_factory=dict)
+    """What each channel delivers to, as shown (a webhook's URL without secrets)."""
+    email: EmailChannel | None = None
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+def delivery_channels(
+    settings: Settings, outbox: Outbox, listener: DeliveryListener
+) -> DeliveryChannels:
+    """A dispatcher over ``outbox`` for each channel the settings configure.
+
+    ``outbox`` is the SQLite outbox or the Redis one (the same operations)."""
+    built = DeliveryChannels()
+    if settings.email_on:
+        if settings.smtp_url is None or settings.smtp_from is None:  # Settings checks this
+            raise ValueError("email needs NOTIFY_SMTP_URL and NOTIFY_SMTP_FROM")
+        email = built.email = EmailChannel(
+            SmtpServer.from_url(settings.smtp_url),
+            SmtpOptions(
+                connections=settings.smtp_connections,
+                timeout=settings.smtp_timeout,
+                require_tls=settings.smtp_require_tls,
+            ),
+        )
+        send = email_sender(email, sender=settings.smtp_from, subject=settings.email_subject)
+        options = dispatch_options(settings, settings.smtp_connections, settings.smtp_rate)
+        built.dispatchers.append(Dispatcher(outbox, "email", send, options, listener=listener))
+        built.targets["email"] = email.name
+        built.closers.append(email.close)
+    for url in settings.webhook_urls:
+        target = WebhookTarget(
+            url, connections=settings.webhook_connections, timeout=settings.webhook_timeout
+        )
+        dispatcher = Dispatcher(
+            outbox,
+            target.name,
+            webhook_sender(target, settings.webhook_keys),
+            dispatch_options(settings, settings.webhook_connections),
+            listener=listener,
+        )
+        built.dispatchers.append(dispatcher)
+        built.webhooks[target.name] = dispatcher
+        built.targets[target.name] = target.shown
+        built.closers.append(target.close)
+    return built
+
+
+class OutboxDepth:
+    """The outbox's pending deliveries, counted every ``interval`` seconds, for a process
+    that admits deliveries but runs no dispatcher (the API with the Redis backend)."""
+
+    def __init__(self, outbox: Outbox, interval: float) -> None:
+        self._outbox = outbox
+        self._interval = interval
+        self.depth = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def count(self) -> None:
+        self.depth = await self._outbox.pending()
+
+    async def start(self) -> None:
+        await self.count()
+        self._task = asyncio.create_task(self._run(), name="outbox depth")
+
+    async def aclose(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            with contextlib.suppress(Exception):  # Redis down: the 503s say so elsewhere
+                await self.count()
