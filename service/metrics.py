@@ -32,6 +32,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.records import Kind
+
 __all__ = [
     "CONTENT_TYPE",
     "DeliveryMetrics",
@@ -65,7 +67,14 @@ class Metrics:
         self.registry = registry = CollectorRegistry()
         self.written = Counter(
             "notify_notifications_written",
-            "Notification lines written to the log.",
+            "Notifications written to the log (found query lines are counted apart, in "
+            "notify_lines_written_total).",
+            registry=registry,
+        )
+        self.lines_written = Counter(
+            "notify_lines_written",
+            "Lines written to the log, by kind: notification, or query (found query: ...).",
+            ["kind"],
             registry=registry,
         )
         self.failed = Counter(
@@ -288,8 +297,21 @@ class SinkMetrics:
     def refresh(self) -> None:
         self._depth.set(self._held())
 
-    def written(self, ids: Sequence[str], attempts: int, seconds: float) -> None:
-        self._metrics.written.inc(len(ids))
+    def written(
+        self, ids: Sequence[str], attempts: int, seconds: float, kinds: Sequence[Kind] = ()
+    ) -> None:
+        notifications = kinds.count("notification") if kinds else len(ids)
+        if notifications:
+            self._metrics.written.inc(notifications)
+        lines = self._metrics.lines_written
+        if kinds:
+            queries = len(kinds) - notifications
+            if notifications:
+                lines.labels("notification").inc(notifications)
+            if queries:
+                lines.labels("query").inc(queries)
+        else:
+            lines.labels("notification").inc(len(ids))
         self._metrics.batch_size.observe(len(ids))
         self._metrics.write_seconds.observe(seconds)
         self._up.set(1)

@@ -11,9 +11,11 @@ import hashlib
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Literal, Protocol, TypeVar
+
+from service.records import Kind
 
 __all__ = [
     "ExpiringMap",
@@ -156,7 +158,13 @@ class StatusStore:
             outcome.error,
         )
 
-    def written(self, ids: Iterable[str], attempts: int, seconds: float = 0.0) -> None:
+    def written(
+        self,
+        ids: Iterable[str],
+        attempts: int,
+        seconds: float = 0.0,
+        kinds: Sequence[Kind] = (),
+    ) -> None:
         now = self._clock()
         self._record(ids, _Outcome("written", now, attempts, None))
         self._expire(now)

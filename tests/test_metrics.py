@@ -156,3 +156,22 @@ def test_tallies_expose_what_prometheus_client_objects_do() -> None:
 
     assert comparable(fast) == comparable(slow)
     assert value(comparable(fast), "notify_notifications_accepted_total") == 3
+
+
+async def test_written_counts_notifications_and_query_lines_apart(tmp_path: Path) -> None:
+    """10 notifications with ?q= are 10 written notifications (as accepted), and 10 + 10
+    lines by kind: accepted and written can be compared."""
+    async with running(make_settings(tmp_path)) as client:
+        for number in range(10):
+            response = await client.post(f"/send-notification/m{number}@example.com?q=x")
+            assert response.status_code == 200
+        async with asyncio.timeout(5):  # until the writer has recorded both batches' lines
+            while True:
+                samples = await scrape(client)
+                if value(samples, "notify_lines_written_total", kind="query") >= 10:
+                    break
+                await asyncio.sleep(0.01)
+    assert value(samples, "notify_notifications_accepted_total") == 10
+    assert value(samples, "notify_notifications_written_total") == 10
+    assert value(samples, "notify_lines_written_total", kind="notification") == 10
+    assert value(samples, "notify_lines_written_total", kind="query") == 10

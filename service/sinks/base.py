@@ -101,9 +101,11 @@ class Resource(Protocol):
 class SinkListener(Protocol):
     """Told what happened to each batch (the status store listens)."""
 
-    def written(self, ids: Sequence[str], attempts: int, seconds: float) -> None:
-        """The lines of the records ``ids`` are in the log, after ``attempts`` tries taking
-        ``seconds``."""
+    def written(
+        self, ids: Sequence[str], attempts: int, seconds: float, kinds: Sequence[Kind] = ()
+    ) -> None:
+        """The lines of the records ``ids`` (of ``kinds``, when given) are in the log, after
+        ``attempts`` tries taking ``seconds``."""
 
     def failed(self, ids: Sequence[str], error: str, attempts: int) -> None:
         """Writing the lines of ``ids`` failed ``attempts`` times so far; they are kept and
@@ -116,9 +118,11 @@ class Listeners:
     def __init__(self, *listeners: SinkListener) -> None:
         self._listeners = listeners
 
-    def written(self, ids: Sequence[str], attempts: int, seconds: float) -> None:
+    def written(
+        self, ids: Sequence[str], attempts: int, seconds: float, kinds: Sequence[Kind] = ()
+    ) -> None:
         for listener in self._listeners:
-            listener.written(ids, attempts, seconds)
+            listener.written(ids, attempts, seconds, kinds)
 
     def failed(self, ids: Sequence[str], error: str, attempts: int) -> None:
         for listener in self._listeners:

@@ -473,7 +473,8 @@ class BatchSink:
         self._recovered()
         batch.resolve()
         if self._listener is not None:
-            self._listener.written(batch.ids, attempt + 1, time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self._listener.written(batch.ids, attempt + 1, elapsed, batch.kinds)
         if self._replay_left:
             self._replay_left -= min(self._replay_left, len(batch))
             if not self._replay_left:
