@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 LOCK   := requirements.lock
 
-.PHONY: install lock run mail worker redis redis-server browser valgrind test lint format bench bench-quick bench-cg clean
+.PHONY: install lock run mail worker redis redis-server browser logrotate valgrind test lint format bench bench-quick bench-cg clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,15 @@ browser:
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
+# The log-rotation tests run Debian's logrotate against a live server (docs/operations.md);
+# installed when missing (as root, or through sudo).
+logrotate:
+	@command -v logrotate >/dev/null 2>&1 || { \
+	  echo "installing logrotate (Debian package) for the log-rotation tests"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq logrotate >/dev/null; }
+
 # A Redis for trying the redis backend by hand: loopback, port 6379, in the foreground.
 redis: redis-server
 	@mkdir -p .redis-data
@@ -62,7 +71,7 @@ mail: $(STAMP)
 worker: $(STAMP)
 	$(BIN)/python -m service.redis.worker
 
-test: $(STAMP) redis-server browser
+test: $(STAMP) redis-server browser logrotate
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
