@@ -67,6 +67,11 @@ class Settings(BaseSettings):
         description="Seconds `python -m service` gives requests in progress when stopping.",
     )
     log_level: LogLevel = Field(default="info", description="Level of the service's own logs.")
+    log_json: bool = Field(
+        default=False,
+        description="The service's own log lines as one JSON object each (else aligned "
+        "with uvicorn's).",
+    )
     max_message_length: int = Field(
         default=1000, ge=1, description="Longest accepted `message`, in characters."
     )

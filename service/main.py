@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application: routes, metrics and a lifespan that builds, per run, the
     runtime it owns. No I/O happens here."""
     settings = settings if settings is not None else settings_or_exit()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, json_lines=settings.log_json)
     for warning in unknown_variables():
         logger.warning(warning)
     metrics = Metrics(settings.prometheus_multiproc_dir)

@@ -205,7 +205,7 @@ def __getattr__(name: str) -> NotificationBroker:
     # `taskiq worker service.redis.worker:broker` looks `broker` up: build it then, once.
     if name == "broker":
         settings = settings_or_exit()
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, json_lines=settings.log_json)
         # taskiq logs every task it runs at INFO: one line per batch is noise here.
         logging.getLogger("taskiq.receiver.receiver").setLevel(logging.WARNING)
         broker = build_worker(settings)

@@ -515,7 +515,7 @@ class BatchSink:
 
     def _recovered(self) -> None:
         if self._error is not None:
-            logger.warning(
+            logger.info(
                 "%s: writing again after %.1f s; %d lines had waited",
                 self.channel.description,
                 time.monotonic() - self._failing_since,

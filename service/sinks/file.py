@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import socket
 import stat
@@ -39,6 +40,8 @@ from service.sinks.core import Batch, BatchOptions, BatchSink, ChannelError
 from service.sinks.fs import file_state, open_append, pipe_sized, rotate
 from service.sinks.spool import RAW_LINES, Spool
 from service.wire import WireRecord
+
+logger = logging.getLogger("service.sinks.file")
 
 __all__ = ["FileOptions", "FileSinks", "LogFile", "WriteGuard", "file_key", "file_sink"]
 
@@ -232,6 +235,13 @@ class LogFile:
         await self._close_handle()
         if state == "unlinked":
             self._rewrite = b"".join(unverified) + self._rewrite
+            logger.warning(
+                "%s was deleted: writing it again at its path, with the last %d lines",
+                self.description,
+                sum(part.count(b"\n") for part in unverified),
+            )
+        else:
+            logger.info("%s was moved away (rotated): reopening it at its path", self.description)
 
     async def _ready_handle(self, incoming: int) -> AsyncFileIO:
         """The open handle, reopened if needed and rotated first if ``incoming`` overflows it."""
