@@ -36,6 +36,7 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
+from bench.arrivals import Sink, wait_for_arrivals
 from bench.cpu import MachineCpu
 from bench.email_report import (
     CEILING,
@@ -72,8 +73,6 @@ SENDER = "bench@example.com"
 SLOW_DELAY_S = 0.2
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 20.0
-STALL_S = 5.0
-"""Waiting for emails ends when none has arrived for this long."""
 DELIVERY_LIMIT_S = 60.0
 PARTS = ("api", "delivery", "latency")
 POOL_SIZE: int = Settings.model_fields["smtp_connections"].default
@@ -136,20 +135,6 @@ def guide_spec(sink: SmtpSink) -> ServerSpec:
     )
 
 
-def _wait_for_emails(sink: SmtpSink, expected: int, limit_s: float) -> bool:
-    """Until ``expected`` emails arrived, none arrived for ``STALL_S``, or ``limit_s`` passed."""
-    deadline = time.monotonic() + limit_s
-    seen, changed = sink.recorder.count(), time.monotonic()
-    while True:
-        if sink.recorder.wait_for(lambda count: count >= expected, timeout=0.25):
-            return True
-        now, count = time.monotonic(), sink.recorder.count()
-        if count != seen:
-            seen, changed = count, now
-        if now - changed >= STALL_S or now >= deadline:
-            return False
-
-
 # -- 1. the API with email on ---------------------------------------------------------------
 
 
@@ -157,88 +142,113 @@ def _wait_for_emails(sink: SmtpSink, expected: int, limit_s: float) -> bool:
 class ApiRun:
     row: str
     run: RunResult
-    emails_in_phase: int
-    """Emails the SMTP server received while the load generator's measured phase lasted."""
-    emails_by_stop: int
-    """Emails it received from the server's start until the server had stopped."""
-    smtp_cpu_s: float
-    """CPU time of the SMTP server's thread over the whole run."""
+    arrived_in_phase: int
+    """Deliveries (emails, webhooks) the receiver got while the load generator's measured
+    phase lasted."""
+    arrived_by_stop: int
+    """Deliveries it got from the server's start until the server had stopped."""
+    sink_cpu_s: float
+    """CPU time of the receiver's thread over the whole run."""
 
     @property
-    def smtp_cpu_in_phase_s(self) -> float:
-        """Its share of the measured phase, estimated by the emails that arrived then."""
-        if self.emails_by_stop == 0:
+    def sink_cpu_in_phase_s(self) -> float:
+        """Its share of the measured phase, estimated by the deliveries that arrived then."""
+        if self.arrived_by_stop == 0:
             return 0.0
-        return self.smtp_cpu_s * self.emails_in_phase / self.emails_by_stop
+        return self.sink_cpu_s * self.arrived_in_phase / self.arrived_by_stop
 
     @property
     def noise_cpu_s(self) -> float:
-        """CPU time of processes other than the server, the load generator and the SMTP
-        server during the measured phase."""
-        return max(0.0, self.run.other_cpu_s - self.smtp_cpu_in_phase_s)
+        """CPU time of processes other than the server, the load generator and the receiver
+        during the measured phase."""
+        return max(0.0, self.run.other_cpu_s - self.sink_cpu_in_phase_s)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "row": self.row,
-            "emails_in_phase": self.emails_in_phase,
-            "emails_by_stop": self.emails_by_stop,
-            "smtp_cpu_s": self.smtp_cpu_s,
-            "smtp_cpu_in_phase_s": self.smtp_cpu_in_phase_s,
+            "arrived_in_phase": self.arrived_in_phase,
+            "arrived_by_stop": self.arrived_by_stop,
+            "sink_cpu_s": self.sink_cpu_s,
+            "sink_cpu_in_phase_s": self.sink_cpu_in_phase_s,
             "noise_cpu_s": self.noise_cpu_s,
             **self.run.to_json(),
         }
 
 
-def _api_once(
+def api_once(
     row: str,
     spec: ServerSpec,
-    sink: SmtpSink | None,
+    sink: Sink | None,
     round_index: int,
     options: Options,
     run_dir: Path,
 ) -> ApiRun:
+    """One ``run_once`` of ``spec``, with what ``sink`` received meanwhile."""
     if sink is not None:
         sink.recorder.clear()
-    smtp_cpu = sink.cpu_seconds() if sink is not None else 0.0
+    sink_cpu = sink.cpu_seconds() if sink is not None else 0.0
     run = run_once(spec, round_index, options, run_dir)
     if sink is not None:
-        smtp_cpu = sink.cpu_seconds() - smtp_cpu
+        sink_cpu = sink.cpu_seconds() - sink_cpu
     load = LoadResult.from_json(json.loads((run_dir / "loadgen.json").read_text()))
     end = load.last_response_wall
     arrivals = sink.recorder.arrivals() if sink is not None else []
     in_phase = sum(end - load.duration_s <= arrival.at <= end for arrival in arrivals)
-    return ApiRun(row, run, in_phase, len(arrivals), smtp_cpu)
+    return ApiRun(row, run, in_phase, len(arrivals), sink_cpu)
+
+
+def log_only_spec() -> ServerSpec:
+    """The ``service`` row as it is (nothing delivered): the API rows' baseline."""
+    return replace(_service_spec(), name=LOG_ONLY)
+
+
+def run_api_rows(
+    rows: Sequence[tuple[str, ServerSpec, Sink | None]],
+    load: Options,
+    work_dir: Path,
+    say: Say,
+    unit: str = "emails",
+) -> list[ApiRun]:
+    """``load.rounds`` interleaved rounds of ``rows`` (name, server, its receiver)."""
+    runs: list[ApiRun] = []
+    for round_index in range(1, load.rounds + 1):
+        for row, spec, sink in rows:
+            run_dir = work_dir / f"api-round{round_index}-{row}"
+            result = api_once(row, spec, sink, round_index, load, run_dir)
+            runs.append(result)
+            say(
+                f"  api round {round_index}/{load.rounds} {row:<12}"
+                f" {result.run.rps:8,.0f} req/s  p99 {result.run.p99_ms:6.1f} ms"
+                f"  {unit} in phase {result.arrived_in_phase:,}"
+            )
+    return runs
+
+
+def api_load(rounds: int, requests: int, concurrency: int, warmup: int, out: Path) -> Options:
+    """The closed-loop load of the API rows, as ``run_once`` takes it."""
+    return Options(
+        rounds=rounds,
+        requests=requests,
+        concurrency=concurrency,
+        warmup=warmup,
+        servers=None,
+        out=out,
+        quick=False,
+    )
 
 
 def run_api(options: EmailOptions, work_dir: Path, say: Say) -> list[ApiRun]:
     """Interleaved rounds of log-only, email-fast, email-slow."""
-    load = Options(
-        rounds=options.api_rounds,
-        requests=options.api_requests,
-        concurrency=options.concurrency,
-        warmup=options.warmup,
-        servers=None,
-        out=options.out,
-        quick=False,
+    load = api_load(
+        options.api_rounds, options.api_requests, options.concurrency, options.warmup, options.out
     )
-    runs: list[ApiRun] = []
     with smtp_sink() as fast, smtp_sink(SLOW_DELAY_S) as slow:
-        rows: list[tuple[str, ServerSpec, SmtpSink | None]] = [
-            (LOG_ONLY, replace(_service_spec(), name=LOG_ONLY), None),
+        rows: list[tuple[str, ServerSpec, Sink | None]] = [
+            (LOG_ONLY, log_only_spec(), None),
             (EMAIL_FAST, email_spec(EMAIL_FAST, fast), fast),
             (EMAIL_SLOW, email_spec(EMAIL_SLOW, slow), slow),
         ]
-        for round_index in range(1, options.api_rounds + 1):
-            for row, spec, sink in rows:
-                run_dir = work_dir / f"api-round{round_index}-{row}"
-                result = _api_once(row, spec, sink, round_index, load, run_dir)
-                runs.append(result)
-                say(
-                    f"  api round {round_index}/{options.api_rounds} {row:<10}"
-                    f" {result.run.rps:8,.0f} req/s  p99 {result.run.p99_ms:6.1f} ms"
-                    f"  emails in phase {result.emails_in_phase:,}"
-                )
-    return runs
+        return run_api_rows(rows, load, work_dir, say)
 
 
 def api_ratios(runs: Sequence[ApiRun], row: str) -> list[float]:
@@ -248,9 +258,13 @@ def api_ratios(runs: Sequence[ApiRun], row: str) -> list[float]:
     return paired_ratios(by_round, row, LOG_ONLY)
 
 
-def api_summary(runs: Sequence[ApiRun]) -> dict[str, Any]:
+def api_summary(
+    runs: Sequence[ApiRun], names: Sequence[str] = (LOG_ONLY, EMAIL_FAST, EMAIL_SLOW)
+) -> dict[str, Any]:
+    """Per row (in the order of ``names``): medians over its runs, and its ratios to
+    log-only round by round."""
     rows: dict[str, Any] = {}
-    for row in (LOG_ONLY, EMAIL_FAST, EMAIL_SLOW):
+    for row in names:
         mine = [api for api in runs if api.row == row]
         if not mine:
             continue
@@ -261,15 +275,15 @@ def api_summary(runs: Sequence[ApiRun]) -> dict[str, Any]:
             "p99_ms": median(api.run.p99_ms for api in mine),
             "rps_vs_log_only": median_or_none(ratios),
             "ratios": ratios,
-            "emails_in_phase": median(api.emails_in_phase for api in mine),
-            "emails_by_stop": median(api.emails_by_stop for api in mine),
+            "arrived_in_phase": median(api.arrived_in_phase for api in mine),
+            "arrived_by_stop": median(api.arrived_by_stop for api in mine),
             "acked": median(api.run.acked for api in mine),
-            "emails_per_s_in_phase": median(
-                api.emails_in_phase / api.run.duration_s if api.run.duration_s > 0 else 0.0
+            "arrived_per_s_in_phase": median(
+                api.arrived_in_phase / api.run.duration_s if api.run.duration_s > 0 else 0.0
                 for api in mine
             ),
             "server_cpu": median(_share(api.run.server_cpu_s, api.run) for api in mine),
-            "smtp_cpu": median(_share(api.smtp_cpu_in_phase_s, api.run) for api in mine),
+            "sink_cpu": median(_share(api.sink_cpu_in_phase_s, api.run) for api in mine),
             "noise_cpu": median(_share(api.noise_cpu_s, api.run) for api in mine),
             "exactly_once": all(api.run.exactly_once for api in mine),
             "non_200": sum(sum(api.run.non_200.values()) for api in mine),
@@ -281,13 +295,14 @@ def _share(cpu_s: float, run: RunResult) -> float:
     return cpu_s / run.duration_s if run.duration_s > 0 else 0.0
 
 
-def format_api(summary: dict[str, Any]) -> str:
+def format_api(summary: dict[str, Any], unit: str = "emails", sink: str = "smtp") -> str:
+    """The API rows' table; ``unit`` and ``sink`` name the deliveries and their receiver."""
     rows = []
     for row, data in summary.items():
         ratio = data["rps_vs_log_only"]
         spread = f"{min(data['ratios']):.2f}-{max(data['ratios']):.2f}" if data["ratios"] else "-"
-        emails = "-" if row == LOG_ONLY else f"{data['emails_per_s_in_phase']:,.0f}"
-        by_stop = "-" if row == LOG_ONLY else f"{data['emails_by_stop']:,.0f}/{data['acked']:,.0f}"
+        arrived = "-" if row == LOG_ONLY else f"{data['arrived_per_s_in_phase']:,.0f}"
+        by_stop = "-" if row == LOG_ONLY else f"{data['arrived_by_stop']:,.0f}/{data['acked']:,.0f}"
         rows.append(
             (
                 row,
@@ -295,10 +310,10 @@ def format_api(summary: dict[str, Any]) -> str:
                 "-" if ratio is None else f"{ratio:.3f}x",
                 spread,
                 f"{data['p99_ms']:.1f}",
-                emails,
+                arrived,
                 by_stop,
                 f"{data['server_cpu']:.2f}",
-                f"{data['smtp_cpu']:.2f}",
+                f"{data['sink_cpu']:.2f}",
                 f"{data['noise_cpu']:.2f}",
                 "ok" if data["exactly_once"] else "FAILED",
             )
@@ -309,10 +324,10 @@ def format_api(summary: dict[str, Any]) -> str:
         "vs log-only",
         "per round",
         "p99 ms",
-        "emails/s meanwhile",
+        f"{unit}/s meanwhile",
         "sent by stop",
         "server cpu",
-        "smtp cpu",
+        f"{sink} cpu",
         "other cpu",
         "log once",
     )
@@ -341,7 +356,9 @@ class DeliveryRun:
     (None for the ceiling)."""
 
 
-def _loadgen_command(port: int, requests: int, concurrency: int, out: Path) -> list[str]:
+def closed_loop_command(port: int, requests: int, concurrency: int, out: Path) -> list[str]:
+    """``bench.loadgen`` posting ``requests`` notifications over ``concurrency`` connections,
+    no warmup."""
     return [
         *(sys.executable, "-m", "bench.loadgen", "--host", HOST, "--port", str(port)),
         *("--requests", str(requests), "--concurrency", str(concurrency), "--warmup", "0"),
@@ -350,7 +367,8 @@ def _loadgen_command(port: int, requests: int, concurrency: int, out: Path) -> l
     ]
 
 
-def _run_child(command: list[str], run_dir: Path, name: str, timeout: float) -> None:
+def run_child(command: list[str], run_dir: Path, name: str, timeout: float) -> None:
+    """Run ``command`` to its end (stderr to ``{name}.err``); HarnessError unless it exits 0."""
     stderr_path = run_dir / f"{name}.err"
     with stderr_path.open("w") as stderr:
         completed = subprocess.run(
@@ -368,24 +386,25 @@ def _run_child(command: list[str], run_dir: Path, name: str, timeout: float) -> 
 def deliver_once(
     way: str,
     spec: ServerSpec,
-    sink: SmtpSink,
+    sink: Sink,
     round_index: int,
-    options: EmailOptions,
+    requests: int,
+    concurrency: int,
     run_dir: Path,
 ) -> DeliveryRun:
-    """Post the emails through ``spec``'s server; time them until the last one arrived."""
+    """Post ``requests`` notifications through ``spec``'s server over ``concurrency``
+    connections; time them until the last delivery reached ``sink``."""
     run_dir.mkdir(parents=True)
     sink.recorder.clear()
-    requests = options.delivery_emails
     with running_server(spec, run_dir, REPO_ROOT) as server:
         server.wait_ready(READY_TIMEOUT_S)
         out = run_dir / "loadgen.json"
-        command = _loadgen_command(server.port, requests, options.concurrency, out)
+        command = closed_loop_command(server.port, requests, concurrency, out)
         cpu_start = server.cpu_seconds()
-        _run_child(command, run_dir, "loadgen", 60 + requests / 100)
+        run_child(command, run_dir, "loadgen", 60 + requests / 100)
         load = LoadResult.from_json(json.loads(out.read_text()))
         acked = len(load.acked_emails)
-        complete = _wait_for_emails(sink, acked, DELIVERY_LIMIT_S)
+        complete = wait_for_arrivals(sink.recorder, acked, DELIVERY_LIMIT_S)
         server_cpu_s = server.cpu_seconds() - cpu_start
         arrivals = [arrival.at for arrival in sink.recorder.arrivals()]
         server.stop(STOP_TIMEOUT_S)
@@ -418,9 +437,9 @@ def ceiling_once(
         *(sys.executable, "-m", "bench.smtp_ceiling", "--host", HOST, "--port", str(sink.port)),
         *("--emails", str(emails), "--connections", str(POOL_SIZE), "--out", str(out)),
     ]
-    _run_child(command, run_dir, "smtp_ceiling", 60 + emails / 100)
+    run_child(command, run_dir, "smtp_ceiling", 60 + emails / 100)
     started = float(json.loads(out.read_text())["started"])
-    complete = _wait_for_emails(sink, emails, DELIVERY_LIMIT_S)
+    complete = wait_for_arrivals(sink.recorder, emails, DELIVERY_LIMIT_S)
     arrivals = [arrival.at for arrival in sink.recorder.arrivals()]
     return DeliveryRun(
         way=CEILING,
@@ -448,7 +467,15 @@ def run_delivery(options: EmailOptions, work_dir: Path, say: Say) -> list[Delive
                 if spec is None:
                     result = ceiling_once(sink, round_index, options, run_dir)
                 else:
-                    result = deliver_once(way, spec, sink, round_index, options, run_dir)
+                    result = deliver_once(
+                        way,
+                        spec,
+                        sink,
+                        round_index,
+                        options.delivery_emails,
+                        options.concurrency,
+                        run_dir,
+                    )
                 runs.append(result)
                 api = "" if result.api_rps is None else f" (API {result.api_rps:,.0f} req/s)"
                 say(
@@ -460,16 +487,20 @@ def run_delivery(options: EmailOptions, work_dir: Path, say: Say) -> list[Delive
 
 
 def delivery_ratios(runs: Sequence[DeliveryRun], way: str, baseline: str) -> list[float]:
-    """``way``'s emails/s over ``baseline``'s, round by round (0 when not all arrived)."""
+    """``way``'s deliveries/s over ``baseline``'s, round by round (0 when not all arrived)."""
     by_round: dict[int, dict[str, float]] = {}
     for run in runs:
         by_round.setdefault(run.round, {})[run.way] = run.rate if run.complete else 0.0
     return paired_ratios(by_round, way, baseline)
 
 
-def delivery_summary(runs: Sequence[DeliveryRun]) -> dict[str, Any]:
+def delivery_summary(
+    runs: Sequence[DeliveryRun], names: Sequence[str] = (SERVICE, GUIDE, CEILING)
+) -> dict[str, Any]:
+    """Per way (in the order of ``names``): medians, and its ratios to the guide's way and
+    to the ceiling, round by round."""
     ways: dict[str, Any] = {}
-    for way in (SERVICE, GUIDE, CEILING):
+    for way in names:
         mine = [run for run in runs if run.way == way]
         if mine:
             posts = [run.post_s for run in mine if run.post_s is not None]
@@ -477,7 +508,7 @@ def delivery_summary(runs: Sequence[DeliveryRun]) -> dict[str, Any]:
             ratios = delivery_ratios(runs, way, GUIDE)
             ways[way] = {
                 "runs": len(mine),
-                "emails_per_s": median(run.rate for run in mine),
+                "per_s": median(run.rate for run in mine),
                 "vs_guide": median_or_none(ratios),
                 "vs_guide_per_round": ratios,
                 "of_ceiling": median_or_none(delivery_ratios(runs, way, CEILING)),
@@ -495,7 +526,7 @@ def delivery_summary(runs: Sequence[DeliveryRun]) -> dict[str, Any]:
     return {"ways": ways, "service_vs_guide": service_vs_guide}
 
 
-def format_delivery(summary: dict[str, Any], emails: int) -> str:
+def format_delivery(summary: dict[str, Any], count: int, unit: str = "emails") -> str:
     rows = []
     for way, data in summary["ways"].items():
         ratio, of_ceiling, post_s = data["vs_guide"], data["of_ceiling"], data["post_s"]
@@ -503,7 +534,7 @@ def format_delivery(summary: dict[str, Any], emails: int) -> str:
         rows.append(
             (
                 way,
-                f"{data['emails_per_s']:,.0f}",
+                f"{data['per_s']:,.0f}",
                 "-" if ratio is None else f"{ratio:.2f}x",
                 "-" if of_ceiling is None else f"{of_ceiling:.2f}",
                 f"{data['deliver_s']:.2f}",
@@ -513,8 +544,8 @@ def format_delivery(summary: dict[str, Any], emails: int) -> str:
             )
         )
     header = (
-        f"delivery ({emails:,} emails)",
-        "emails/s",
+        f"delivery ({count:,} {unit})",
+        f"{unit}/s",
         "vs guide",
         "of ceiling",
         "all in, s",
@@ -563,9 +594,9 @@ def latency_once(
             *("--rate", str(options.latency_rate), "--seconds", str(options.latency_seconds)),
             *("--warmup", "1", "--out", str(out)),
         ]
-        _run_child(command, run_dir, "openloop", 60 + options.latency_seconds)
+        run_child(command, run_dir, "openloop", 60 + options.latency_seconds)
         load = OpenLoopResult.from_json(json.loads(out.read_text()))
-        _wait_for_emails(sink, load.warmup_acked + len(load.acks), DELIVERY_LIMIT_S)
+        wait_for_arrivals(sink.recorder, load.warmup_acked + len(load.acks), DELIVERY_LIMIT_S)
         arrivals = sink.recorder.arrivals()
         server.stop(STOP_TIMEOUT_S)
     matched = match_latencies(load.acks, arrivals)
@@ -657,7 +688,7 @@ def format_latency(runs: Sequence[LatencyRun], pooled: Sequence[float], rate: fl
 # -- the whole -------------------------------------------------------------------------------
 
 
-def _code_state() -> dict[str, Any]:
+def code_state() -> dict[str, Any]:
     """The commit measured, and which files of the service differed from it."""
 
     def git(*args: str) -> str:
@@ -740,10 +771,10 @@ def idle_busy(seconds: float = 1.0) -> float:
     return (MachineCpu.read() - before).busy / seconds
 
 
-def run(options: EmailOptions, work_dir: Path, say: Say = print) -> tuple[dict[str, Any], bool]:
-    """Run the chosen parts; the JSON to save, and whether every log held each ack once."""
-    data: dict[str, Any] = {"machine": machine_info(), "code": _code_state()}
-    data["options"] = options.to_json()
+def results_head(options: dict[str, Any], say: Say) -> dict[str, Any]:
+    """The start of a results file: machine, code, options and the load before the start
+    (warned about when other processes used more than ``NOISY_OTHER_CPU``)."""
+    data: dict[str, Any] = {"machine": machine_info(), "code": code_state(), "options": options}
     busy = idle_busy()
     data["busy_before_start"] = busy
     if busy > NOISY_OTHER_CPU:
@@ -751,6 +782,12 @@ def run(options: EmailOptions, work_dir: Path, say: Say = print) -> tuple[dict[s
             f"warning: other processes used {busy:.2f} of a core just before the start:"
             " the figures share the machine with them"
         )
+    return data
+
+
+def run(options: EmailOptions, work_dir: Path, say: Say = print) -> tuple[dict[str, Any], bool]:
+    """Run the chosen parts; the JSON to save, and whether every log held each ack once."""
+    data = results_head(options.to_json(), say)
     tables: list[str] = []
     api_fast = api_slow = delivery = latency = None
     once = True
@@ -804,19 +841,24 @@ def _finite_ms(seconds: float | None) -> float | None:
     return seconds * 1000
 
 
-def main(argv: list[str] | None = None) -> int:
-    options = parse_options(argv)
-    work_dir = Path(tempfile.mkdtemp(prefix="bench-email-runs-"))
+Runner = Callable[[Path], tuple[dict[str, Any], bool]]
+"""Runs a benchmark in a work directory: its results (with ``tables``), and whether every log
+held each acknowledgement once."""
+
+
+def run_and_save(run: Runner, path: Path, prefix: str) -> int:
+    """``run`` in a fresh work directory, its tables printed and its results saved to
+    ``path``; the exit code (1: the harness failed or a log check did; the runs are kept)."""
+    work_dir = Path(tempfile.mkdtemp(prefix=prefix))
     started = time.monotonic()
     try:
-        data, once = run(options, work_dir)
+        data, once = run(work_dir)
     except HarnessError as exc:
         print(f"harness failed: {exc}\nruns kept in {work_dir}", file=sys.stderr)
         return 1
     data["elapsed_s"] = time.monotonic() - started
     print()
     print("\n\n".join(data["tables"]))
-    path = options.out / "email.json"
     save_json(path, data)
     print(f"\nresults: {path}\ntook {data['elapsed_s']:.0f} s")
     if not once:
@@ -824,6 +866,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     shutil.rmtree(work_dir, ignore_errors=True)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_options(argv)
+    return run_and_save(
+        lambda work_dir: run(options, work_dir), options.out / "email.json", "bench-email-runs-"
+    )
 
 
 if __name__ == "__main__":
