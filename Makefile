@@ -88,6 +88,7 @@ bench: $(STAMP) redis-server
 	$(BIN)/python -m bench.writer
 	$(BIN)/python -m bench.stores
 	$(BIN)/python -m bench.email
+	$(BIN)/python -m bench.webhooks
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench --quick
