@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import stat
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,7 +37,15 @@ from service.status import Idempotency, Ledger, LocalLedger, StatusStore
 if TYPE_CHECKING:  # the redis extra is optional: imported where the backend is built
     from service.redis.broker import NotificationBroker
 
-__all__ = ["Current", "Runtime", "StartupError", "batch_options", "file_options", "start_sinks"]
+__all__ = [
+    "Current",
+    "Runtime",
+    "StartupError",
+    "batch_options",
+    "check_spool_places",
+    "file_options",
+    "start_sinks",
+]
 
 logger = logging.getLogger("service")
 
@@ -86,6 +95,39 @@ async def start_sinks(sinks: Sequence[BatchSink]) -> None:
                 reason = str(exc)
             raise StartupError(f"cannot open {description}: {reason}") from None
         started.append(sink)
+
+
+def _spool_problem(settings: Settings) -> str | None:
+    """Why a log path needs an explicit spool: it is not a regular file or a FIFO (a device
+    such as ``/dev/full``, a socket), and its spool would go beside it (in ``/dev``)."""
+    logs = [(settings.log_path, settings.spool_path is None)]
+    if settings.query_log_path is not None and settings.query_log_path != settings.log_path:
+        logs.append((settings.query_log_path, True))
+    for path, default_spool in logs:
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            continue  # missing: made as a regular file; unreadable: the open says why
+        special = stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode)
+        if default_spool and special:  # (a directory: the open says what is wrong)
+            if path != settings.log_path:
+                return (
+                    f"NOTIFY_QUERY_LOG_PATH={path} is not a regular file or a FIFO, and its "
+                    f"spool would be made beside it, in {path.parent}"
+                )
+            return (
+                f"NOTIFY_LOG_PATH={path} is not a regular file or a FIFO: set "
+                f"NOTIFY_SPOOL_PATH to a file for the lines not written by shutdown (none is "
+                f"made in {path.parent})"
+            )
+    return None
+
+
+async def check_spool_places(settings: Settings) -> None:
+    """``StartupError`` when a log needs an explicit spool (see ``_spool_problem``)."""
+    problem = await asyncio.to_thread(_spool_problem, settings)
+    if problem is not None:
+        raise StartupError(problem)
 
 
 class Current:
@@ -141,6 +183,8 @@ class Runtime:
             self.notifications = self._local_backend()
 
     async def __aenter__(self) -> Runtime:
+        if self._broker is None:  # the local backend writes (and spools) the logs here
+            await check_spool_places(self.settings)
         try:
             for open_ in self._openers:
                 try:

@@ -9,7 +9,8 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from service.main import create_app
-from service.runtime import StartupError
+from service.metrics import Metrics
+from service.runtime import Runtime, StartupError
 from tests.conftest import make_settings
 
 
@@ -62,3 +63,16 @@ async def test_unopenable_log_stops_startup_with_one_line(
     assert "\n" not in message
     assert message.startswith(f"cannot open log file {path}: ")
     assert reason in message
+
+
+async def test_a_device_as_the_log_needs_an_explicit_spool(tmp_path: Path) -> None:
+    """A log path that is not a regular file or a FIFO (/dev/full) would put its spool in /dev:
+    startup stops with one line asking for NOTIFY_SPOOL_PATH, and starts once it is set."""
+    settings = make_settings(tmp_path, log_path=Path("/dev/full"))
+    with pytest.raises(StartupError, match="NOTIFY_LOG_PATH=/dev/full is not a regular file"):
+        async with Runtime(settings, Metrics()):
+            pass
+    spooled = make_settings(tmp_path, log_path=Path("/dev/full"), spool_path=tmp_path / "spool")
+    async with Runtime(spooled, Metrics()):
+        pass
+    assert not Path("/dev/full.spool").exists()

@@ -40,7 +40,7 @@ from service.redis.delivery import DeliveryService
 from service.redis.ledger import RedisLedger
 from service.redis.monitor import WorkerMonitor, monitor_app
 from service.redis.writes import WriteLedger
-from service.runtime import batch_options, file_options, start_sinks
+from service.runtime import batch_options, check_spool_places, file_options, start_sinks
 from service.sinks.core import BatchSink
 from service.sinks.file import FileSinks, LogFile, file_sink
 from service.sinks.fs import os_error_reason
@@ -79,6 +79,7 @@ class Worker:
 
     async def start(self, state: TaskiqState) -> None:
         settings = self._settings
+        await check_spool_places(settings)
         options = batch_options(settings, waiting=True)
         writing = file_options(settings)
 
