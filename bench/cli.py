@@ -61,8 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--kill",
         action="store_true",
-        help="instead: SIGKILL guide, service and service-ack-write under load and count the"
-        " acknowledged notifications missing from the log (3 rounds; writes kill.json)",
+        help="instead: SIGKILL guide, service and service-ack-write under load, and a redis"
+        " worker right after a write, and count the acknowledged notifications missing from"
+        " (or repeated in) the log (3 rounds; writes kill.json)",
     )
     return parser
 
