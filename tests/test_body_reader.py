@@ -116,3 +116,50 @@ async def test_reader_names_problems_fastapi_leaves_vague(
     assert actual.status_code == 422
     assert named in actual.json()["detail"][0]["msg"]
     assert lines == []
+
+
+#: README.md: "The body: none, `null`, `{}` or `{"message": "<text>"}`, as JSON
+#: (`application/json` or `…+json`)"; "`422` … for any other body (another type or field, not
+#: JSON, no JSON `Content-Type`) … or a `message` … too long".
+README_ACCEPTED: list[tuple[bytes, dict[str, str], str]] = [
+    (b"", {}, DEFAULT_MESSAGE),
+    (b"null", JSON, DEFAULT_MESSAGE),
+    (b"{}", JSON, DEFAULT_MESSAGE),
+    (b'{"message": "hi"}', JSON, "hi"),
+    (b'{"message": "hi"}', {"content-type": "application/merge-patch+json"}, "hi"),
+]
+README_REFUSED: list[tuple[bytes, dict[str, str]]] = [
+    (b'{"message": 5}', JSON),
+    (b'{"message": null}', JSON),
+    (b'{"message": "hi", "x": 1}', JSON),
+    (b'{"note": "hi"}', JSON),
+    (b"[]", JSON),
+    (b'"hi"', JSON),
+    (b"5", JSON),
+    (b'{"message":', JSON),
+    (b'{"message": "hi"}', {}),
+    (b'{"message": "hi"}', {"content-type": "text/plain"}),
+    (b'{"message": "' + b"x" * 11 + b'"}', JSON),
+]
+
+
+async def test_the_bodies_the_readme_promises_are_taken_and_the_rest_refused(
+    tmp_path: Path,
+) -> None:
+    """Exactly the README's statement: those bodies log their message (or the default), every
+    other one is 422 and logs nothing."""
+    settings = make_settings(tmp_path, max_message_length=10)
+    async with running(settings) as client:
+        for body, headers, _ in README_ACCEPTED:
+            response = await client.post(
+                "/send-notification/a@example.com", content=body, headers=headers
+            )
+            assert response.status_code == 200, (body, headers, response.text)
+        for body, headers in README_REFUSED:
+            response = await client.post(
+                "/send-notification/a@example.com", content=body, headers=headers
+            )
+            assert response.status_code == 422, (body, headers, response.text)
+            assert response.json()["detail"], body
+    expected = [f"notification for a@example.com: {escape(m)}" for _, _, m in README_ACCEPTED]
+    assert read_lines(settings.log_path) == expected
