@@ -20,22 +20,21 @@ from typing import TYPE_CHECKING
 from config import Settings
 from service.metrics import Metrics
 from service.outbox.base import Outbox
-from service.outbox.channels import OutboxDepth, delivery_channels, lease_seconds, row_builders
 from service.outbox.dispatcher import Dispatcher
 from service.outbox.sqlite import SqliteOutbox
-from service.outbox.webhook import channel_name
 from service.outbox.writer import OutboxIntake, outbox_sink
 from service.records import RENDERERS
 from service.services import NotificationService
 from service.sinks.base import Lines, Listeners, SinkUnavailable
 from service.sinks.core import BatchOptions, BatchSink, RetryPolicy
-from service.sinks.email import EmailChannel
 from service.sinks.file import FileOptions, FileSinks, file_sink
 from service.sinks.fs import os_error_reason
 from service.status import Idempotency, Ledger, LocalLedger, StatusStore
 
-if TYPE_CHECKING:  # the redis extra is optional: imported where the backend is built
+if TYPE_CHECKING:  # imported where they are used: the redis extra is optional, and email
+    # and webhooks (aiosmtplib, httpx) cost a process that uses neither its memory
     from service.redis.broker import NotificationBroker
+    from service.sinks.email import EmailChannel
 
 __all__ = [
     "Current",
@@ -215,7 +214,11 @@ class Runtime:
         """The delivery channels of the outbox (``email``, ``webhook-…``), none when it is off
         (from the settings: with Redis the workers run the dispatchers)."""
         names = ["email"] if self.settings.email_on else []
-        return names + [channel_name(url) for url in self.settings.webhook_urls]
+        if self.settings.webhook_urls:
+            from service.outbox.webhook import channel_name
+
+            names += [channel_name(url) for url in self.settings.webhook_urls]
+        return names
 
     def enable_webhooks(self, names: Sequence[str] | None = None) -> list[str]:
         """Enable the webhook channels ``names`` (all when None) that a 410 disabled; the names
@@ -266,6 +269,13 @@ class Runtime:
         transaction), and, with the local backend, a dispatcher per channel: email through
         the SMTP pool, each webhook URL through its own HTTP client. With Redis the outbox is
         in Redis and the workers deliver (``service.redis.worker``)."""
+        from service.outbox.channels import (
+            OutboxDepth,
+            delivery_channels,
+            lease_seconds,
+            row_builders,
+        )
+
         settings, metrics = self.settings, self.metrics
         outbox: Outbox
         if self._broker is None:
