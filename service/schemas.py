@@ -59,9 +59,11 @@ class NotificationStatusOut(BaseModel):
     """``GET /notifications/{id}``: what happened to one accepted notification."""
 
     id: str
-    status: Literal["queued", "written", "failed"] = Field(
+    status: Literal["queued", "written", "failed", "unknown"] = Field(
         description="queued: waiting for its write; written: in the log; failed: its last "
-        "write failed and it is kept and retried (error says why)."
+        "write failed and it is kept and retried (error says why); unknown: another process "
+        "accepted it (with --workers N a log status lives in the process that accepted the "
+        "request; its deliveries, in the shared outbox, are under channels)."
     )
     accepted_at: str = Field(description="RFC 3339, UTC.")
     written_at: str | None = Field(description="RFC 3339, UTC; null until written.")
@@ -72,6 +74,21 @@ class NotificationStatusOut(BaseModel):
         description="Each delivery channel's state: ``email`` when email is on, "
         "``webhook-<8 hex>`` for each webhook URL (see /readyz for which is which).",
     )
+
+    @classmethod
+    def of_deliveries(
+        cls, notification_id: str, deliveries: list[DeliveryState]
+    ) -> NotificationStatusOut:
+        """What the shared outbox knows of a notification another process accepted."""
+        return cls(
+            id=notification_id,
+            status="unknown",
+            accepted_at=rfc3339(min(delivery.accepted_at for delivery in deliveries)),
+            written_at=None,
+            attempts=0,
+            error=None,
+            channels={delivery.channel: ChannelStatusOut.of(delivery) for delivery in deliveries},
+        )
 
     @classmethod
     def of(

@@ -372,3 +372,24 @@ async def test_with_redis_workers_deliver_and_a_killed_one_is_taken_over_within_
     delivered = Counter(received.rcpt_tos[0] for received in mail.recorder.messages)
     assert set(delivered) == {*emails, "late@example.com"}
     assert sum(count - 1 for count in delivered.values()) <= connections
+
+
+async def test_every_process_sharing_the_outbox_answers_the_email_status(tmp_path: Path) -> None:
+    """Two processes (two apps, one outbox file, as --workers 2): the one that did not accept
+    the notification still answers its email status, from the outbox; its log status is
+    ``unknown`` there (it lives in the accepting process)."""
+    with smtp_server() as server:
+        settings = email_settings(tmp_path, server.url())
+        async with running(settings) as first, running(settings) as second:
+            response = await first.post("/send-notification/both@example.com")
+            notification_id = response.headers["x-notification-id"]
+            await until_email_status(first, notification_id, "delivered")
+            other = await second.get(f"/notifications/{notification_id}")
+            assert other.status_code == 200
+            body = other.json()
+            assert body["status"] == "unknown"
+            assert body["channels"]["email"]["status"] == "delivered"
+            assert "log" not in body["channels"]
+            mine = (await first.get(f"/notifications/{notification_id}")).json()
+            assert mine["channels"]["email"] == body["channels"]["email"]
+    assert len(server.recorder.messages) == 1

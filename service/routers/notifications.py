@@ -162,13 +162,16 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
     ) -> NotificationStatusOut:
         service = current.runtime.notifications
         status = await service.status(notification_id)
+        deliveries = await service.deliveries(notification_id)
         if status is None:
+            if deliveries:  # accepted by another process sharing the outbox (--workers N)
+                return NotificationStatusOut.of_deliveries(notification_id, deliveries)
             raise HTTPException(
                 status_code=404,
                 detail=f"no notification {notification_id!r} here (unknown, or expired)",
             )
         runtime = current.runtime
-        out = NotificationStatusOut.of(status, await service.deliveries(notification_id))
+        out = NotificationStatusOut.of(status, deliveries)
         for channel in runtime.channel_names:
             if channel not in out.channels:  # on its way into the outbox
                 out.channels[channel] = ChannelStatusOut(
