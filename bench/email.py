@@ -695,10 +695,14 @@ def code_state() -> dict[str, Any]:
         completed = subprocess.run(
             ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False
         )
-        return completed.stdout.strip()
+        return completed.stdout
 
+    # Porcelain lines are "XY path": X may be a space, so the output is not stripped.
     changed = git("status", "--porcelain", "--", "service", "config").splitlines()
-    return {"commit": git("rev-parse", "HEAD"), "uncommitted": [line[3:] for line in changed]}
+    return {
+        "commit": git("rev-parse", "HEAD").strip(),
+        "uncommitted": [line[3:] for line in changed if line.strip()],
+    }
 
 
 def _parser() -> argparse.ArgumentParser:

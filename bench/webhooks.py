@@ -68,7 +68,7 @@ UNIT = "webhooks"
 @dataclass(frozen=True)
 class WebhookOptions:
     delivery_rounds: int = 3
-    delivery_webhooks: int = 2_000
+    delivery_webhooks: int = 1_000
     api_rounds: int = 5
     api_requests: int = 10_000
     concurrency: int = 64
