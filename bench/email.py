@@ -81,17 +81,16 @@ Say = Callable[[str], None]
 
 
 @dataclass(frozen=True)
-class EmailOptions:
+class RoundOptions:
+    """What the delivery benchmarks (email, webhooks) share: the API rows' load and rounds,
+    the delivery rounds, the parts to run and where the results go."""
+
     api_rounds: int = 5
     api_requests: int = 10_000
     concurrency: int = 64
     warmup: int = 256
     delivery_rounds: int = 3
-    delivery_emails: int = 2_000
-    latency_rounds: int = 3
-    latency_rate: float = 500.0
-    latency_seconds: float = 4.0
-    parts: tuple[str, ...] = PARTS
+    parts: tuple[str, ...] = ()
     out: Path = RESULTS_DIR
 
     def to_json(self) -> dict[str, Any]:
@@ -99,6 +98,27 @@ class EmailOptions:
         data["out"] = str(self.out)
         data["parts"] = list(self.parts)
         return data
+
+    def api_load(self) -> Options:
+        """The closed-loop load of the API rows, as ``run_once`` takes it."""
+        return Options(
+            rounds=self.api_rounds,
+            requests=self.api_requests,
+            concurrency=self.concurrency,
+            warmup=self.warmup,
+            servers=None,
+            out=self.out,
+            quick=False,
+        )
+
+
+@dataclass(frozen=True)
+class EmailOptions(RoundOptions):
+    delivery_emails: int = 2_000
+    latency_rounds: int = 3
+    latency_rate: float = 500.0
+    latency_seconds: float = 4.0
+    parts: tuple[str, ...] = PARTS
 
 
 QUICK = EmailOptions(
@@ -224,24 +244,9 @@ def run_api_rows(
     return runs
 
 
-def api_load(rounds: int, requests: int, concurrency: int, warmup: int, out: Path) -> Options:
-    """The closed-loop load of the API rows, as ``run_once`` takes it."""
-    return Options(
-        rounds=rounds,
-        requests=requests,
-        concurrency=concurrency,
-        warmup=warmup,
-        servers=None,
-        out=out,
-        quick=False,
-    )
-
-
 def run_api(options: EmailOptions, work_dir: Path, say: Say) -> list[ApiRun]:
     """Interleaved rounds of log-only, email-fast, email-slow."""
-    load = api_load(
-        options.api_rounds, options.api_requests, options.concurrency, options.warmup, options.out
-    )
+    load = options.api_load()
     with smtp_sink() as fast, smtp_sink(SLOW_DELAY_S) as slow:
         rows: list[tuple[str, ServerSpec, Sink | None]] = [
             (LOG_ONLY, log_only_spec(), None),

@@ -33,8 +33,8 @@ from bench.arrivals import Sink
 from bench.email import (
     ApiRun,
     DeliveryRun,
+    RoundOptions,
     Say,
-    api_load,
     api_summary,
     deliver_once,
     delivery_summary,
@@ -66,18 +66,9 @@ UNIT = "webhooks"
 
 
 @dataclass(frozen=True)
-class WebhookOptions:
-    delivery_rounds: int = 3
+class WebhookOptions(RoundOptions):
     delivery_webhooks: int = 1_000
-    api_rounds: int = 5
-    api_requests: int = 10_000
-    concurrency: int = 64
-    warmup: int = 256
     parts: tuple[str, ...] = PARTS
-    out: Path = RESULTS_DIR
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "out": str(self.out), "parts": list(self.parts)}
 
 
 QUICK = WebhookOptions(
@@ -130,9 +121,7 @@ def run_delivery(
 
 def run_api(options: WebhookOptions, secret: str, work_dir: Path, say: Say) -> list[ApiRun]:
     """Interleaved rounds of log-only and webhook-slow."""
-    load = api_load(
-        options.api_rounds, options.api_requests, options.concurrency, options.warmup, options.out
-    )
+    load = options.api_load()
     with webhook_sink(SLOW_DELAY_S) as slow:
         rows: list[tuple[str, ServerSpec, Sink | None]] = [
             (LOG_ONLY, log_only_spec(), None),
