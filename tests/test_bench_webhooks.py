@@ -126,7 +126,7 @@ def test_goals_and_verdicts() -> None:
 
 
 def test_options(tmp_path: Path) -> None:
-    quick = webhook_bench.parse_options(["--quick", "--parts", "delivery"])
+    quick = webhook_bench.parse_options(["--quick", "--parts", "delivery", "--out", str(tmp_path)])
     assert quick.parts == ("delivery",)
     assert (quick.delivery_rounds, quick.api_rounds) == (1, 1)
     full = webhook_bench.parse_options(["--concurrency", "8", "--out", str(tmp_path)])
