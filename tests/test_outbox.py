@@ -1,30 +1,54 @@
-"""The SQLite outbox on real files: batches in, leases out, outcomes recorded, dead letters."""
+"""Both outboxes, SQLite on real files and Redis on a real Redis, held to the same promises:
+batches in, leases out (one holder at a time, a dead holder's lease ends), outcomes recorded,
+dead letters listed by page and retried, a disabled channel buried."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
+from service.outbox.base import Outbox
+from service.outbox.redis import RedisOutbox
 from service.outbox.sqlite import NewDelivery, SqliteOutbox
+from service.sinks.core import ChannelError
+
+OutboxFactory = Callable[..., Awaitable[Outbox]]
+"""``await make(owner, lease=60)``: an open outbox (of the test's kind) held by ``owner``;
+every one a test makes shares the same store, as processes do."""
 
 
-def _rows(*names: str) -> list[NewDelivery]:
-    return [(f"id-{name}", "email", f"{name}@example.com", f"hi {name}", 1.0) for name in names]
+def _rows(*names: str, channel: str = "email") -> list[NewDelivery]:
+    return [(f"id-{name}", channel, f"{name}@example.com", f"hi {name}", 1.0) for name in names]
 
 
-@pytest.fixture
-async def outbox(tmp_path: Path) -> AsyncIterator[SqliteOutbox]:
-    box = SqliteOutbox(tmp_path / "outbox.db", owner="a", lease_seconds=60)
-    await box.open()
-    yield box
-    await box.close()
+@pytest.fixture(params=["sqlite", "redis"])
+async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OutboxFactory]:
+    async with AsyncExitStack() as stack:
+        if request.param == "redis":
+            url: str = request.getfixturevalue("redis_url")
+            redis = await stack.enter_async_context(aioredis.Redis.from_url(url))
+
+        async def make(owner: str, lease: float = 60) -> Outbox:
+            box: Outbox
+            if request.param == "sqlite":
+                box = SqliteOutbox(tmp_path / "outbox.db", owner=owner, lease_seconds=lease)
+            else:
+                box = RedisOutbox(redis, "notifications", lease_seconds=lease, ttl=60, owner=owner)
+            await box.open()
+            stack.push_async_callback(box.close)
+            return box
+
+        yield make
 
 
-async def test_added_deliveries_are_claimed_once_in_order(outbox: SqliteOutbox) -> None:
+async def test_added_deliveries_are_claimed_once_in_order(make: OutboxFactory) -> None:
     """A batch goes in; claims hand each delivery out once, oldest first, while leased."""
+    outbox = await make("a")
     await outbox.add(_rows("a", "b", "c"))
     await outbox.add(_rows("a"))  # a repeated id is kept once
     first = await outbox.claim("email", 2)
@@ -38,46 +62,31 @@ async def test_added_deliveries_are_claimed_once_in_order(outbox: SqliteOutbox) 
     assert await outbox.pending() == 3
 
 
-async def test_two_processes_never_hold_the_same_delivery(tmp_path: Path) -> None:
-    """Two outboxes on one file (two worker processes) split the work; nothing twice."""
-    path = tmp_path / "outbox.db"
-    one = SqliteOutbox(path, owner="one", lease_seconds=60)
-    two = SqliteOutbox(path, owner="two", lease_seconds=60)
-    await one.open()
-    await two.open()
-    try:
-        await one.add(_rows(*(str(i) for i in range(100))))
-        taken: list[str] = []
-        while batch := (await one.claim("email", 7)) + (await two.claim("email", 5)):
-            taken += [delivery.id for delivery in batch]
-        assert sorted(taken) == sorted(f"id-{i}" for i in range(100))
-    finally:
-        await one.close()
-        await two.close()
+async def test_two_processes_never_hold_the_same_delivery(make: OutboxFactory) -> None:
+    """Two holders of one store (two processes) split the work; nothing twice."""
+    one, two = await make("one"), await make("two")
+    await one.add(_rows(*(str(i) for i in range(100))))
+    taken: list[str] = []
+    while batch := (await one.claim("email", 7)) + (await two.claim("email", 5)):
+        taken += [delivery.id for delivery in batch]
+    assert sorted(taken) == sorted(f"id-{i}" for i in range(100))
 
 
-async def test_a_dead_processes_lease_expires_and_another_takes_over(tmp_path: Path) -> None:
-    """A lease not finished in time (its holder died) is claimed by the next process."""
-    path = tmp_path / "outbox.db"
-    dying = SqliteOutbox(path, owner="dying", lease_seconds=-1.0)  # already expired
-    await dying.open()
+async def test_a_dead_processes_lease_ends_and_another_takes_over(make: OutboxFactory) -> None:
+    """A lease not finished in time (its holder died) is claimed by the next holder."""
+    dying = await make("dying", lease=-1.0)  # its lease is over at once
     await dying.add(_rows("x"))
     [held] = await dying.claim("email", 1)
-    await dying.close()
-    heir = SqliteOutbox(path, owner="heir", lease_seconds=60)
-    await heir.open()
-    try:
-        [taken] = await heir.claim("email", 1)
-        assert taken.id == held.id
-    finally:
-        await heir.close()
+    [taken] = await (await make("heir")).claim("email", 1)
+    assert taken.id == held.id
 
 
 async def test_outcomes_are_recorded_and_dead_letters_can_be_retried(
-    outbox: SqliteOutbox,
+    make: OutboxFactory,
 ) -> None:
     """delivered, retrying (not due before its time), dead; an operator's retry makes the dead
     one due again; listing pages by id."""
+    outbox = await make("a")
     await outbox.add(_rows("ok", "later", "gone1", "gone2"))
     claimed = {d.id: d for d in await outbox.claim("email", 10)}
     await outbox.delivered(claimed["id-ok"])
@@ -85,7 +94,8 @@ async def test_outcomes_are_recorded_and_dead_letters_can_be_retried(
     await outbox.dead(claimed["id-gone1"], "550 no such mailbox")
     await outbox.dead(claimed["id-gone2"], "550 no such mailbox")
     [ok] = await outbox.states("id-ok")
-    assert (ok.status, ok.attempts, ok.delivered_at is not None) == ("delivered", 1, True)
+    assert (ok.status, ok.attempts) == ("delivered", 1)
+    assert ok.delivered_at is not None
     [later] = await outbox.states("id-later")
     assert (later.status, later.last_error) == ("retrying", "451 try later")
     assert later.next_attempt_at is not None
@@ -95,8 +105,40 @@ async def test_outcomes_are_recorded_and_dead_letters_can_be_retried(
     assert [state.id for state in page] == ["id-gone1"]
     page = await outbox.listed("dead", limit=1, after=page[-1].id)
     assert [state.id for state in page] == ["id-gone2"]
+    assert await outbox.listed("dead", limit=1, after=page[-1].id) == []
     assert await outbox.retry_dead("id-gone1") == 1
     assert await outbox.retry_dead("id-ok") == 0
     [again] = await outbox.claim("email", 10)
     assert (again.id, again.attempts) == ("id-gone1", 1)
     assert await outbox.pending() == 2
+
+
+async def test_a_disabled_channel_buries_what_nobody_holds(make: OutboxFactory) -> None:
+    outbox = await make("a")
+    await outbox.add(_rows("held", "waiting", channel="webhook-1"))
+    [held] = await outbox.claim("webhook-1", 1)
+    assert await outbox.bury("webhook-1", "disabled: 410 Gone") == 1
+    dead = await outbox.listed("dead", limit=10, after=None)
+    assert {state.id: state.status for state in dead} == {"id-waiting": "dead"}
+    assert held.id == "id-held"
+
+
+async def test_delivered_ones_expire_from_redis(redis_url: str) -> None:
+    """Redis keeps a delivered delivery for the status TTL only; dead ones stay."""
+    async with aioredis.Redis.from_url(redis_url) as redis:
+        outbox = RedisOutbox(redis, "notifications", lease_seconds=60, ttl=60, owner="a")
+        await outbox.add(_rows("ok"))
+        [ok] = await outbox.claim("email", 1)
+        await outbox.delivered(ok)
+        assert 0 < await redis.ttl("notifications:dl:id-ok:email") <= 60
+
+
+async def test_redis_down_is_a_channel_error_without_the_address() -> None:
+    """An unreachable Redis fails as ChannelError; the address only in its detail."""
+    async with aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1) as down:
+        outbox = RedisOutbox(down, "notifications", lease_seconds=60, ttl=60, owner="a")
+        with pytest.raises(ChannelError) as failed:
+            await outbox.add(_rows("x"))
+    assert "127.0.0.1:1" not in str(failed.value)
+    assert failed.value.detail is not None
+    assert "127.0.0.1:1" in failed.value.detail

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 import signal
 import time
 from collections import Counter
@@ -18,7 +19,7 @@ import pytest
 from config import Settings
 from service.outbox.webhook import channel_name
 from tests.conftest import make_settings, read_lines, running
-from tests.support.server import post_notifications, uvicorn_server
+from tests.support.server import post_notifications, running_worker, uvicorn_server
 from tests.support.webhooks import Answer, Receiver, webhook_receiver
 
 SECRET = "whsec_" + base64.b64encode(b"the-first-secret-key-0123456789").decode()
@@ -367,3 +368,56 @@ async def test_sigkill_with_webhooks_in_flight_then_restart_delivers_all_repeati
     for output in (first_output, second_output):
         assert f"sending notifications to the webhook {hooks.url()}" in output
         assert SECRET.removeprefix("whsec_") not in output
+
+
+async def test_with_redis_a_killed_worker_is_taken_over_and_a_repeat_keeps_its_webhook_id(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """NOTIFY_BACKEND=redis: workers deliver the webhooks. One SIGKILLed with requests in
+    flight (the receiver holds them): the next worker delivers every notification within
+    10 s, each verified; a repeat only for what was in flight, with the same webhook-id."""
+    connections = 4
+    with webhook_receiver(SECRET) as hooks:
+        hooks.receiver.hold_all = True
+        settings = {
+            "NOTIFY_BACKEND": "redis",
+            "NOTIFY_REDIS_URL": redis_url,
+            "NOTIFY_WEBHOOK_URL": hooks.url(),
+            "NOTIFY_WEBHOOK_SECRET": SECRET,
+            "NOTIFY_WEBHOOK_CONNECTIONS": str(connections),
+            "NOTIFY_RETRY_INITIAL": "0.02",
+            "NOTIFY_DELIVERY_RETRY_MAX": "0.2",
+            "NOTIFY_FILE_CHECK_INTERVAL": "0.1",
+        }
+        emails = [f"w{number:03d}@example.com" for number in range(100)]
+        async with uvicorn_server(tmp_path, settings) as api:
+            async with asyncio.timeout(30):
+                results = await post_notifications(
+                    api.url, emails, concurrency=16, acknowledgement=ACKNOWLEDGEMENT
+                )
+            assert sorted(results.acknowledged) == emails
+            async with running_worker(tmp_path, settings, output_name="first.txt") as first:
+                await until(hooks.receiver, lambda r: r.held == connections)
+                os.killpg(first.pid, signal.SIGKILL)
+                await first.wait_exit()
+            hooks.receiver.release()
+            killed_at = time.monotonic()
+            async with running_worker(tmp_path, settings, output_name="second.txt"):
+                await until(
+                    hooks.receiver,
+                    lambda r: (
+                        len({m.json()["email"] for m in r.received if m.answered == 200})
+                        >= len(emails)
+                    ),
+                    within=10,
+                )
+            assert time.monotonic() - killed_at < 10
+    delivered = [m for m in hooks.receiver.received if m.answered == 200]
+    assert all(m.verified_with for m in delivered)
+    by_email = Counter(m.json()["email"] for m in delivered)
+    assert set(by_email) == set(emails)
+    assert sum(count - 1 for count in by_email.values()) <= connections
+    webhook_ids: dict[str, set[str]] = {}
+    for received in delivered:  # a repeat carries the same webhook-id: the receiver drops it
+        webhook_ids.setdefault(received.json()["email"], set()).add(received.webhook_id)
+    assert all(len(ids) == 1 for ids in webhook_ids.values())
