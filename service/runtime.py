@@ -280,7 +280,11 @@ class Runtime:
         outbox: Outbox
         if self._broker is None:
             outbox_path = settings.effective_outbox_path()
-            outbox = SqliteOutbox(outbox_path, lease_seconds=lease_seconds(settings))
+            outbox = SqliteOutbox(
+                outbox_path,
+                lease_seconds=lease_seconds(settings),
+                durable=settings.fsync == "batch",
+            )
             spool = outbox_path.with_name(outbox_path.name + ".spool")
             try:
                 channels = delivery_channels(settings, outbox, metrics.deliveries)

@@ -90,8 +90,19 @@ class DeliveryState:
 class SqliteOutbox:
     """The outbox in the SQLite file ``path``; see the module docstring."""
 
-    def __init__(self, path: Path, *, lease_seconds: float, owner: str | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        lease_seconds: float,
+        owner: str | None = None,
+        durable: bool = False,
+    ) -> None:
         self.path = path
+        # WAL with synchronous=NORMAL: a commit survives the process's death (SIGKILL), as a
+        # write to the log does; with ``durable`` (NOTIFY_FSYNC=batch) each commit is also
+        # fsynced, so it survives power loss, as the log's batches then do.
+        self._synchronous = "FULL" if durable else "NORMAL"
         # ``<pid>:<random>``: a later process can tell that the holder of a lease is gone.
         self._owner = owner or f"{os.getpid()}:{uuid.uuid4().hex}"
         self._lease = lease_seconds
@@ -309,7 +320,7 @@ class SqliteOutbox:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
+        db.execute(f"PRAGMA synchronous={self._synchronous}")
         db.executescript(_SCHEMA)
         db.isolation_level = "DEFERRED"  # `with db:` commits each batch as one transaction
         self._db = db
