@@ -24,15 +24,18 @@ form: such a message needs a server that offers SMTPUTF8 (``needs_smtputf8``).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import datetime
 from email import policy
-from email.headerregistry import Address
+from email.headerregistry import Address, BaseHeader
 from email.message import EmailMessage
 from email.utils import format_datetime
 
 from email_validator import validate_email
+
+from service.emails import is_plain
 
 __all__ = ["Mail", "ascii_address", "build_mail", "needs_smtputf8"]
 
@@ -69,7 +72,11 @@ def ascii_address(address: str) -> str:
     """``address`` (validated as the API validates emails) with the ASCII (IDNA) form of its
     domain: ``a@bücher.de`` gives ``a@xn--bcher-kva.de``. The local part is kept as it is.
 
-    Raises ``ValueError`` (``email_validator.EmailNotValidError``) if it is not valid."""
+    Raises ``ValueError`` (``email_validator.EmailNotValidError``) if it is not valid. A plain
+    ASCII address (``service.emails.is_plain``: valid and its own normalized form, checked
+    against email-validator by the tests) is returned as it is, without asking again."""
+    if is_plain(address):
+        return address
     validated = validate_email(address, check_deliverability=False)
     return f"{validated.local_part}@{validated.ascii_domain}"
 
@@ -101,19 +108,17 @@ def build_mail(
         raise ValueError("the subject must be printable text on one line")
     if date.tzinfo is None or date.utcoffset() is None:
         raise ValueError("the date must be timezone-aware")
-    envelope_sender = ascii_address(sender)
-    if needs_smtputf8(envelope_sender):
-        raise ValueError("the sender's local part must be ASCII")
+    envelope_sender, from_header, subject_header = _constant_headers(sender, subject)
     recipient = ascii_address(email)
     smtputf8 = needs_smtputf8(recipient)
     domain = envelope_sender.rpartition("@")[2]
 
     mail = EmailMessage(policy=policy.SMTPUTF8 if smtputf8 else policy.SMTP)
-    mail["From"] = Address(addr_spec=envelope_sender)
+    mail["From"] = from_header
     # ``Address`` parses strictly, but refuses a non-ASCII local part (Python reports it as a
     # defect): that one goes in as text, already validated; both are checked below.
     mail["To"] = recipient if smtputf8 else Address(addr_spec=recipient)
-    mail["Subject"] = subject
+    mail["Subject"] = subject_header
     mail["Date"] = format_datetime(date)
     mail["Message-ID"] = f"<{notification_id}@{domain}>"
     mail["X-Notification-Id"] = notification_id
@@ -123,6 +128,22 @@ def build_mail(
             raise ValueError(f"{header} would not be exactly the address given")
     mail.set_content(message, charset="utf-8", cte=_transfer_encoding(message))
     return Mail(notification_id, envelope_sender, recipient, mail)
+
+
+@functools.lru_cache(maxsize=8)
+def _constant_headers(sender: str, subject: str) -> tuple[str, BaseHeader, BaseHeader]:
+    """The envelope sender and the ``From`` and ``Subject`` headers, parsed once for every
+    message of a process (they come from the settings). A header object set on a message is
+    kept as it is (``EmailPolicy.header_store_parse``, documented)."""
+    envelope_sender = ascii_address(sender)
+    if needs_smtputf8(envelope_sender):
+        raise ValueError("the sender's local part must be ASCII")
+    factory = policy.SMTP.header_factory
+    return (
+        envelope_sender,
+        factory("From", str(Address(addr_spec=envelope_sender))),
+        factory("Subject", subject),
+    )
 
 
 def _transfer_encoding(text: str) -> str:
