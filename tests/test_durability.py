@@ -6,12 +6,15 @@ import asyncio
 import os
 import select
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from service.sinks.core import RetryPolicy
-from service.sinks.fs import pipe_sized
+from service.sinks.fs import pid_alive, pipe_sized
 from tests.conftest import make_settings, read_lines, running
 from tests.support.fifo import full_fifo, read_available
 from tests.test_file_sink import wait_for_lines, wait_for_readiness
@@ -192,3 +195,22 @@ async def test_a_503_in_write_mode_withdraws_the_line(tmp_path: Path) -> None:
             assert kept.status_code == 200
             written = read_available(fifo.read_fd)
     assert written == b"notification for kept@example.com: some notification\n"
+
+
+def test_a_zombie_is_not_alive(tmp_path: Path) -> None:
+    """A process that has exited but is not yet reaped (a killed worker whose parent died too)
+    holds no lease and no spool: pid_alive says so, as it does for a running one."""
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        assert pid_alive(running.pid)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{exited.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the child did not exit"
+            time.sleep(0.01)  # polling the child's state in /proc until it is a zombie
+        assert not pid_alive(exited.pid)
+    finally:
+        running.kill()
+        running.wait()
+        exited.wait()
+    assert not pid_alive(exited.pid)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import time
 from collections import Counter
@@ -21,10 +20,10 @@ from tests.support.server import (
     free_port,
     http_client,
     post_notifications,
-    running_worker,
     uvicorn_server,
 )
 from tests.support.smtp import Recorder, smtp_server
+from tests.support.takeover import worker_killed_mid_delivery
 
 SENDER = "notify@service.example"
 ACKNOWLEDGEMENT = b'{"message":"Notification sent in the background"}'
@@ -343,32 +342,26 @@ async def test_with_redis_workers_deliver_and_a_killed_one_is_taken_over_within_
             "NOTIFY_FILE_CHECK_INTERVAL": "0.1",
         }
         emails = [f"r{number:03d}@example.com" for number in range(100)]
-        async with uvicorn_server(tmp_path, settings) as api:
-            async with asyncio.timeout(30):
-                results = await post_notifications(
-                    api.url, emails, concurrency=16, acknowledgement=ACKNOWLEDGEMENT
-                )
-            assert sorted(results.acknowledged) == emails
-            async with running_worker(tmp_path, settings, output_name="first.txt") as first:
-                await until(mail.recorder, lambda r: r.held == connections)
-                os.killpg(first.pid, signal.SIGKILL)
-                await first.wait_exit()
-            mail.recorder.release()
-            killed_at = time.monotonic()
-            async with (
-                running_worker(tmp_path, settings, output_name="second.txt"),
-                http_client(api.url) as client,
-            ):
-                await until(
-                    mail.recorder,
-                    lambda r: len({m.rcpt_tos for m in r.messages}) >= len(emails),
-                    within=10,
-                )
-                assert time.monotonic() - killed_at < 10
-                late = await client.post("/send-notification/late@example.com")
-                await until_email_status(client, late.headers["x-notification-id"], "delivered")
-                response = await client.get("/notifications")  # dead letters: none
-                assert response.json() == {"items": [], "next": None}
+
+        async def in_flight() -> None:
+            await until(mail.recorder, lambda r: r.held == connections)
+
+        async with (
+            worker_killed_mid_delivery(
+                tmp_path, settings, emails, in_flight=in_flight, release=mail.recorder.release
+            ) as takeover,
+            http_client(takeover.api.url) as client,
+        ):
+            await until(
+                mail.recorder,
+                lambda r: len({m.rcpt_tos for m in r.messages}) >= len(emails),
+                within=10,
+            )
+            assert time.monotonic() - takeover.killed_at < 10
+            late = await client.post("/send-notification/late@example.com")
+            await until_email_status(client, late.headers["x-notification-id"], "delivered")
+            response = await client.get("/notifications")  # dead letters: none
+            assert response.json() == {"items": [], "next": None}
     delivered = Counter(received.rcpt_tos[0] for received in mail.recorder.messages)
     assert set(delivered) == {*emails, "late@example.com"}
     assert sum(count - 1 for count in delivered.values()) <= connections

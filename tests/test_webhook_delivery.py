@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import os
 import signal
 import time
 from collections import Counter
@@ -19,7 +18,8 @@ import pytest
 from config import Settings
 from service.outbox.webhook import channel_name
 from tests.conftest import make_settings, read_lines, running
-from tests.support.server import post_notifications, running_worker, uvicorn_server
+from tests.support.server import post_notifications, uvicorn_server
+from tests.support.takeover import worker_killed_mid_delivery
 from tests.support.webhooks import Answer, Receiver, webhook_receiver
 
 SECRET = "whsec_" + base64.b64encode(b"the-first-secret-key-0123456789").decode()
@@ -390,28 +390,21 @@ async def test_with_redis_a_killed_worker_is_taken_over_and_a_repeat_keeps_its_w
             "NOTIFY_FILE_CHECK_INTERVAL": "0.1",
         }
         emails = [f"w{number:03d}@example.com" for number in range(100)]
-        async with uvicorn_server(tmp_path, settings) as api:
-            async with asyncio.timeout(30):
-                results = await post_notifications(
-                    api.url, emails, concurrency=16, acknowledgement=ACKNOWLEDGEMENT
-                )
-            assert sorted(results.acknowledged) == emails
-            async with running_worker(tmp_path, settings, output_name="first.txt") as first:
-                await until(hooks.receiver, lambda r: r.held == connections)
-                os.killpg(first.pid, signal.SIGKILL)
-                await first.wait_exit()
-            hooks.receiver.release()
-            killed_at = time.monotonic()
-            async with running_worker(tmp_path, settings, output_name="second.txt"):
-                await until(
-                    hooks.receiver,
-                    lambda r: (
-                        len({m.json()["email"] for m in r.received if m.answered == 200})
-                        >= len(emails)
-                    ),
-                    within=10,
-                )
-            assert time.monotonic() - killed_at < 10
+
+        async def in_flight() -> None:
+            await until(hooks.receiver, lambda r: r.held == connections)
+
+        async with worker_killed_mid_delivery(
+            tmp_path, settings, emails, in_flight=in_flight, release=hooks.receiver.release
+        ) as takeover:
+            await until(
+                hooks.receiver,
+                lambda r: (
+                    len({m.json()["email"] for m in r.received if m.answered == 200}) >= len(emails)
+                ),
+                within=10,
+            )
+            assert time.monotonic() - takeover.killed_at < 10
     delivered = [m for m in hooks.receiver.received if m.answered == 200]
     assert all(m.verified_with for m in delivered)
     by_email = Counter(m.json()["email"] for m in delivered)

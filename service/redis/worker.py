@@ -144,6 +144,7 @@ class Worker:
             lease_seconds=lease_seconds(settings),
             ttl=settings.status_ttl,
         )
+        await outbox.open()  # gives back at once the leases of this machine's dead workers
         channels = self._channels = delivery_channels(settings, outbox, self.metrics.deliveries)
         first = channels.dispatchers[0]  # each counts the whole outbox
         self.metrics.track_outbox(lambda: first.depth)

@@ -60,14 +60,19 @@ def rotate(path: Path, keep: int) -> None:
 
 
 def pid_alive(pid: int) -> bool:
-    """Is there a process ``pid`` (ours to signal or not)?"""
+    """Is there a running process ``pid`` (ours to signal or not)? A zombie (dead, not yet
+    reaped: a killed worker whose parent was killed too) is not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # Linux: the state is the field after the command's closing parenthesis
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
 def pipe_sized(data: bytes) -> bytes:
