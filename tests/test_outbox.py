@@ -142,3 +142,23 @@ async def test_redis_down_is_a_channel_error_without_the_address() -> None:
     assert "127.0.0.1:1" not in str(failed.value)
     assert failed.value.detail is not None
     assert "127.0.0.1:1" in failed.value.detail
+
+
+async def test_sqlite_forgets_what_was_delivered_long_enough_ago(tmp_path: Path) -> None:
+    """What was delivered before the horizon is dropped; pending and dead ones stay. (Redis
+    lets a delivered one expire by itself: see the test above.)"""
+    outbox = SqliteOutbox(tmp_path / "outbox.db", owner="a", lease_seconds=60)
+    await outbox.open()
+    try:
+        await outbox.add(_rows("old", "pending", "gone"))
+        claimed = {d.id: d for d in await outbox.claim("email", 10)}
+        await outbox.delivered(claimed["id-old"])
+        await outbox.dead(claimed["id-gone"], "550")
+        await outbox.forget_finished(time.time() - 3600)  # delivered just now: kept
+        assert [state.status for state in await outbox.states("id-old")] == ["delivered"]
+        await outbox.forget_finished(time.time() + 1)  # its time is over
+        assert await outbox.states("id-old") == []
+        assert [state.status for state in await outbox.states("id-gone")] == ["dead"]
+        assert await outbox.pending() == 1
+    finally:
+        await outbox.close()

@@ -47,3 +47,6 @@ class Outbox(Protocol):
     async def pending(self) -> int: ...
 
     async def next_due(self, channel: str) -> float | None: ...
+
+    async def forget_finished(self, older_than: float) -> None:
+        """Drop what was delivered before ``older_than``."""

@@ -53,6 +53,7 @@ def dispatch_options(
         poll_interval=settings.file_check_interval,
         rate=rate,
         drain_timeout=settings.shutdown_timeout,
+        keep_delivered=settings.status_ttl,
     )
 
 

@@ -99,6 +99,13 @@ class DispatchOptions:
     rate: float | None = None
     """At most this many sends a second, if set."""
     drain_timeout: float = 10.0
+    keep_delivered: float = 3600.0
+    """Seconds a delivered delivery stays in the outbox (its status is answered meanwhile),
+    then it is dropped, so the outbox holds only what is pending, dead or recent."""
+
+
+_FORGET_INTERVAL = 60.0
+"""Seconds between drops of what was delivered long enough ago."""
 
 
 def backoff(initial: float, maximum: float, attempt: int) -> float:
@@ -132,6 +139,7 @@ class Dispatcher:
         self._paused_until = 0.0
         self._next_send = 0.0
         self._counted_at = -math.inf
+        self._forgot_at = -math.inf
         self._disabled: str | None = None
         self.depth = 0
         """Deliveries pending in the outbox (all processes), as last counted."""
@@ -194,9 +202,14 @@ class Dispatcher:
     # -- the loop -------------------------------------------------------------------------
 
     async def count(self) -> None:
-        """Count the outbox's pending deliveries now (``depth``)."""
+        """Count the outbox's pending deliveries now (``depth``); once a minute, drop the
+        deliveries delivered longer than ``keep_delivered`` ago."""
         self.depth = await self._outbox.pending()
-        self._counted_at = time.monotonic()
+        now = time.monotonic()
+        self._counted_at = now
+        if now - self._forgot_at >= _FORGET_INTERVAL:
+            self._forgot_at = now
+            await self._outbox.forget_finished(time.time() - self._options.keep_delivered)
 
     async def _run(self) -> None:
         options = self._options

@@ -57,6 +57,9 @@ CREATE TABLE IF NOT EXISTS deliveries (
     PRIMARY KEY (id, channel)
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (channel, status, next_attempt_at);
+-- Partial: a new (queued) row is not in it, so adding costs nothing more.
+CREATE INDEX IF NOT EXISTS deliveries_delivered ON deliveries (delivered_at)
+    WHERE status = 'delivered';
 """
 _PENDING = "('queued', 'retrying')"
 
