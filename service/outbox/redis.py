@@ -19,10 +19,7 @@ Delivered deliveries expire ``ttl`` seconds after delivery; dead ones stay until
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,11 +29,10 @@ from redis.exceptions import RedisError
 from service.outbox.sqlite import Delivery, DeliveryState, DeliveryStatus, NewDelivery
 from service.redis.broker import describe_redis_error, public_redis_error
 from service.sinks.core import ChannelError
-from service.sinks.fs import pid_alive
+from service.sinks.fs import holder_gone, process_token
 
 __all__ = ["RedisOutbox"]
 
-_MACHINE = socket.gethostname()
 
 _ADD = """
 local p, now = ARGV[1], ARGV[2]
@@ -165,9 +161,7 @@ class RedisOutbox:
         self._prefix = prefix
         self._lease = lease_seconds
         self._ttl = max(1, round(ttl))
-        # ``<machine>:<pid>:<random>``: a later process on the same machine can tell that the
-        # holder of a lease is gone, and give the lease back at once.
-        self._owner = owner or f"{_MACHINE}:{os.getpid()}:{uuid.uuid4().hex}"
+        self._owner = owner or process_token()  # a later process can tell it is gone
         self.path = f"redis {prefix}"
         """What errors and ``/readyz`` call it."""
         self._add = redis.register_script(_ADD)
@@ -195,7 +189,7 @@ class RedisOutbox:
                     notification_id = _text(member)
                     key = f"{self._prefix}:dl:{notification_id}:{name}"
                     owner = await self._redis.hget(key, "lease_owner")
-                    if owner is not None and _gone(_text(owner)):
+                    if owner is not None and holder_gone(_text(owner)):
                         by_owner.setdefault(_text(owner), []).extend([notification_id, name])
         except (RedisError, OSError) as exc:
             raise _unavailable(exc) from None
@@ -258,13 +252,6 @@ class RedisOutbox:
             time.time(),
             self._ttl,
         )
-
-    async def release(self, deliveries: Sequence[Delivery]) -> None:
-        flat: list[Any] = []
-        for delivery in deliveries:
-            flat += [delivery.id, delivery.channel]
-        if flat:
-            await self._call(self._release, self._owner, *flat)
 
     async def bury(self, channel: str, error: str) -> int:
         return int(await self._call(self._bury, channel, error, time.time()))
@@ -330,16 +317,6 @@ class RedisOutbox:
 
     async def forget_finished(self, older_than: float) -> None:
         """Delivered deliveries expire by themselves (``ttl``)."""
-
-
-def _gone(owner: str) -> bool:
-    """Whether the lease holder ``<machine>:<pid>:…`` is a process of this machine that no
-    longer runs (or this process's pid, left by an earlier process: PID 1 in a container)."""
-    machine, _, rest = owner.partition(":")
-    pid = rest.partition(":")[0]
-    if machine != _MACHINE or not pid.isdigit():
-        return False
-    return int(pid) == os.getpid() or not pid_alive(int(pid))
 
 
 def _unavailable(exc: BaseException) -> ChannelError:

@@ -14,17 +14,16 @@ The standard library's ``sqlite3`` in WAL mode, used from one thread of its own 
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from service.sinks.fs import pid_alive
+from service.sinks.core import ChannelError
+from service.sinks.fs import holder_gone, process_token
 
 __all__ = [
     "Delivery",
@@ -106,8 +105,7 @@ class SqliteOutbox:
         # write to the log does; with ``durable`` (NOTIFY_FSYNC=batch) each commit is also
         # fsynced, so it survives power loss, as the log's batches then do.
         self._synchronous = "FULL" if durable else "NORMAL"
-        # ``<pid>:<random>``: a later process can tell that the holder of a lease is gone.
-        self._owner = owner or f"{os.getpid()}:{uuid.uuid4().hex}"
+        self._owner = owner or process_token()  # a later process can tell it is gone
         self._lease = lease_seconds
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
@@ -147,7 +145,10 @@ class SqliteOutbox:
                     [(*row, now) for row in rows],
                 )
 
-        await self._with_db(add)
+        try:
+            await self._with_db(add)
+        except sqlite3.Error as exc:  # a full disk, a locked database: retried by the core
+            raise ChannelError(f"{type(exc).__name__}: {exc}") from None
 
     # -- delivering -----------------------------------------------------------------------
 
@@ -180,19 +181,6 @@ class SqliteOutbox:
     async def dead(self, delivery: Delivery, error: str) -> None:
         """A permanent failure, or out of time: a dead letter, until retried by an operator."""
         await self._finish(delivery, "dead", error, None)
-
-    async def release(self, deliveries: Sequence[Delivery]) -> None:
-        """Give back leases of deliveries not attempted (the channel paused)."""
-
-        def release(db: sqlite3.Connection) -> None:
-            with db:
-                db.executemany(
-                    "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL"
-                    " WHERE id = ? AND channel = ? AND lease_owner = ?",
-                    [(row.id, row.channel, self._owner) for row in deliveries],
-                )
-
-        await self._with_db(release)
 
     async def bury(self, channel: str, error: str) -> int:
         """Make every pending delivery of ``channel`` that no process holds dead with
@@ -345,26 +333,15 @@ class SqliteOutbox:
 
 
 def _release_leases_of_the_dead(db: sqlite3.Connection) -> None:
-    """Clear the leases whose holder (``<pid>:…``) is no process now, or is this process's
-    pid left by an earlier process (PID 1 in a container)."""
-    owners = [
-        str(owner)
-        for (owner,) in db.execute(
-            "SELECT DISTINCT lease_owner FROM deliveries WHERE lease_owner IS NOT NULL"
-        )
-    ]
-    me = os.getpid()
-    gone = []
-    for owner in owners:
-        pid = owner.partition(":")[0]
-        if pid.isdigit() and (int(pid) == me or not pid_alive(int(pid))):
-            gone.append(owner)
+    """Clear the leases whose holder is a process of this machine that is gone."""
+    owners = db.execute("SELECT DISTINCT lease_owner FROM deliveries WHERE lease_owner IS NOT NULL")
+    gone = [(str(owner),) for (owner,) in owners if holder_gone(str(owner))]
     if gone:
         with db:
             db.executemany(
                 "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL"
                 " WHERE lease_owner = ?",
-                [(owner,) for owner in gone],
+                gone,
             )
 
 

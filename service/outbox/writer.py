@@ -11,7 +11,6 @@ all of a batch's rows in one transaction: a notification enters every channel, o
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from service.outbox.base import Outbox
 from service.outbox.sqlite import NewDelivery
 from service.records import Kind
 from service.sinks.base import SinkFull, Wait
-from service.sinks.core import Batch, BatchOptions, BatchSink, ChannelError
+from service.sinks.core import Batch, BatchOptions, BatchSink
 from service.sinks.spool import JSON_RECORDS, Spool
 from service.wire import WireRecord
 
@@ -74,10 +73,7 @@ class OutboxWriter:
             q = rest[0] if rest else None
             for build in self._builders:
                 rows.extend(build(record_id, email, message, q, accepted_at))
-        try:
-            await self._outbox.add(rows)
-        except sqlite3.Error as exc:
-            raise ChannelError(f"{type(exc).__name__}: {exc}") from None
+        await self._outbox.add(rows)  # ChannelError if the outbox cannot take them now
         self._added()
 
     async def check(self) -> bool:

@@ -24,7 +24,6 @@ import errno
 import fcntl
 import logging
 import os
-import socket
 import stat
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -37,7 +36,7 @@ from aiofiles.threadpool.binary import AsyncFileIO
 
 from service.sinks.base import SinkListener
 from service.sinks.core import Batch, BatchOptions, BatchSink, ChannelError
-from service.sinks.fs import file_state, open_append, pipe_sized, rotate
+from service.sinks.fs import MACHINE, file_state, open_append, pipe_sized, rotate
 from service.sinks.spool import RAW_LINES, Spool
 from service.wire import WireRecord
 
@@ -46,7 +45,6 @@ logger = logging.getLogger("service.sinks.file")
 __all__ = ["FileOptions", "FileSinks", "LogFile", "WriteGuard", "file_key", "file_sink"]
 
 T = TypeVar("T")
-_MACHINE = socket.gethostname()
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,7 +292,7 @@ class WriteGuard(Protocol):
 
 def file_key(device: int, inode: int) -> str:
     """A log file's identity across processes: this machine, the file's device and inode."""
-    return f"{_MACHINE}:{device}:{inode}"
+    return f"{MACHINE}:{device}:{inode}"
 
 
 @contextlib.asynccontextmanager

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import select
+import socket
+import uuid
 from pathlib import Path
 from typing import Literal
 
@@ -13,16 +15,23 @@ import aiofiles
 from aiofiles.threadpool.binary import AsyncFileIO
 
 __all__ = [
+    "MACHINE",
     "FileState",
     "file_state",
+    "holder_gone",
     "open_append",
     "os_error_reason",
     "pid_alive",
+    "pid_gone",
     "pipe_sized",
+    "process_token",
     "rotate",
 ]
 
 FileState = Literal["same", "moved", "unlinked"]
+
+MACHINE = socket.gethostname()
+"""This machine, in what one process leaves for another (leases, a log file's identity)."""
 
 
 def _nonblocking_opener(path: str, flags: int) -> int:
@@ -73,6 +82,27 @@ def pid_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return True
     return state not in ("Z", "X")
+
+
+def pid_gone(pid: int) -> bool:
+    """Whether what process ``pid`` of this machine holds (a lease, a claimed spool) is free:
+    it runs no more, or it is our own pid, left by an earlier process (PID 1 in a container:
+    we have not taken anything yet)."""
+    return pid == os.getpid() or not pid_alive(pid)
+
+
+def process_token() -> str:
+    """``<machine>:<pid>:<random>``: who holds something, so that another process can tell
+    (``holder_gone``) when the holder is gone."""
+    return f"{MACHINE}:{os.getpid()}:{uuid.uuid4().hex}"
+
+
+def holder_gone(holder: str) -> bool:
+    """Whether the holder ``process_token()`` names is a process of this machine that is
+    gone (see ``pid_gone``); a holder on another machine is never known to be gone."""
+    machine, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    return machine == MACHINE and pid.isdigit() and pid_gone(int(pid))
 
 
 def pipe_sized(data: bytes) -> bytes:

@@ -22,7 +22,7 @@ from typing import Protocol
 import aiofiles
 import aiofiles.os
 
-from service.sinks.fs import pid_alive
+from service.sinks.fs import pid_gone
 from service.wire import WireRecord, decode_record, encode_record
 
 __all__ = ["JSON_RECORDS", "RAW_LINES", "Spool", "SpoolCodec", "claim_spools"]
@@ -76,7 +76,7 @@ def claim_spools(spool: Path) -> list[Path]:
     claimed = []
     for stale in sorted(spool.parent.glob(f"{spool.name}.*.replay"), key=_claim_order):
         pid = stale.name.removeprefix(f"{spool.name}.").split(".")[0]
-        if pid.isdigit() and (int(pid) == me or not pid_alive(int(pid))):
+        if pid.isdigit() and pid_gone(int(pid)):
             with contextlib.suppress(FileNotFoundError):
                 claimed.append(claim(stale))
     with contextlib.suppress(FileNotFoundError):
