@@ -27,7 +27,7 @@ from service.records import RENDERERS
 from service.services import NotificationService
 from service.sinks.base import Lines, Listeners, SinkUnavailable
 from service.sinks.core import BatchOptions, BatchSink, RetryPolicy
-from service.sinks.file import FileOptions, FileSinks, file_sink
+from service.sinks.file import FileOptions, FileSinks, WriteGuard, file_sink
 from service.sinks.fs import os_error_reason
 from service.status import Idempotency, Ledger, LocalLedger, StatusStore
 
@@ -43,6 +43,7 @@ __all__ = [
     "batch_options",
     "check_spool_places",
     "file_options",
+    "log_sinks",
     "start_sinks",
 ]
 
@@ -76,6 +77,40 @@ def file_options(settings: Settings) -> FileOptions:
         rotate_keep=settings.rotate_keep,
         check_interval=settings.file_check_interval,
     )
+
+
+def log_sinks(
+    settings: Settings,
+    metrics: Metrics,
+    *,
+    waiting: bool,
+    statuses: StatusStore | None = None,
+    guard: WriteGuard | None = None,
+) -> FileSinks:
+    """The sinks of the log and the query log (one, when both paths are one file), each
+    recorded in ``metrics`` and, when given, in ``statuses``; ``guard``: told of each write
+    (a Redis worker's write intents)."""
+    options = batch_options(settings, waiting=waiting)
+    writing = file_options(settings)
+
+    def make_sink(path: Path) -> BatchSink:
+        sink_metrics = metrics.for_sink(str(path))
+        listener = sink_metrics if statuses is None else Listeners(statuses, sink_metrics)
+        sink = file_sink(
+            path,
+            options,
+            writing,
+            spool_path=settings.spool_for(path),
+            listener=listener,
+            guard=guard,
+        )
+        sink_metrics.track(lambda: sink.held)
+        return sink
+
+    files = FileSinks(make_sink)
+    files.for_path(settings.log_path)
+    files.for_path(settings.effective_query_log_path)
+    return files
 
 
 async def start_sinks(sinks: Sequence[BatchSink]) -> None:
@@ -331,23 +366,10 @@ class Runtime:
         return _Outbox(outbox, lines)
 
     def _local_backend(self) -> NotificationService:
-        settings, statuses, metrics = self.settings, self.statuses, self.metrics
-        options = batch_options(settings, waiting=settings.ack == "write")
-        writing = file_options(settings)
-
-        def make_sink(path: Path) -> BatchSink:
-            sink_metrics = metrics.for_sink(str(path))
-            sink = file_sink(
-                path,
-                options,
-                writing,
-                spool_path=settings.spool_for(path),
-                listener=Listeners(statuses, sink_metrics),
-            )
-            sink_metrics.track(lambda: sink.held)
-            return sink
-
-        files = FileSinks(make_sink)
+        settings, statuses = self.settings, self.statuses
+        files = log_sinks(
+            settings, self.metrics, waiting=settings.ack == "write", statuses=statuses
+        )
         notifications = files.for_path(settings.log_path)
         queries = files.for_path(settings.effective_query_log_path)
         self.sinks.extend(files)

@@ -40,9 +40,9 @@ from service.redis.delivery import DeliveryService
 from service.redis.ledger import RedisLedger
 from service.redis.monitor import WorkerMonitor, monitor_app
 from service.redis.writes import WriteLedger
-from service.runtime import batch_options, check_spool_places, file_options, start_sinks
+from service.runtime import check_spool_places, log_sinks, start_sinks
 from service.sinks.core import BatchSink
-from service.sinks.file import FileSinks, LogFile, file_sink
+from service.sinks.file import LogFile
 from service.sinks.fs import os_error_reason
 
 __all__ = ["Worker", "build_worker", "main"]
@@ -80,24 +80,7 @@ class Worker:
     async def start(self, state: TaskiqState) -> None:
         settings = self._settings
         await check_spool_places(settings)
-        options = batch_options(settings, waiting=True)
-        writing = file_options(settings)
-
-        def make_sink(path: Path) -> BatchSink:
-            spool = settings.spool_for(path)
-            sink_metrics = self.metrics.for_sink(str(path))
-            sink = file_sink(
-                path,
-                options,
-                writing,
-                spool_path=spool,
-                guard=self.writes,
-                listener=sink_metrics,
-            )
-            sink_metrics.track(lambda: sink.held)
-            return sink
-
-        files = FileSinks(make_sink)
+        files = log_sinks(settings, self.metrics, waiting=True, guard=self.writes)
         notifications = files.for_path(settings.log_path)
         queries = files.for_path(settings.effective_query_log_path)
         logs: dict[Kind, LogFile] = {}
