@@ -131,6 +131,17 @@ class ChannelStatusOut(BaseModel):
     delivered_at: str | None = Field(description="RFC 3339, UTC.")
 
     @classmethod
+    def on_its_way(cls) -> ChannelStatusOut:
+        """A delivery accepted and not yet in the outbox (its batch is being written)."""
+        return cls(
+            status="queued",
+            attempts=0,
+            last_error=None,
+            next_attempt_at=None,
+            delivered_at=None,
+        )
+
+    @classmethod
     def of(cls, delivery: DeliveryState) -> ChannelStatusOut:
         return cls(
             status=delivery.status,

@@ -138,11 +138,8 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
             notification_id = accepted.id
             if not accepted.new:  # a replay: the same answer, and no line written again
                 return _acknowledge(notification_id, background_tasks)
-        if in_background:
-            if q is None:
-                background_tasks.add_task(service.notify, email, message, notification_id)
-            else:  # the webhooks' payload carries q
-                background_tasks.add_task(service.notify, email, message, notification_id, q=q)
+        if in_background:  # (q: the webhooks' payload carries it)
+            background_tasks.add_task(service.notify, email, message, notification_id, q)
         else:
             try:
                 await service.notify_written(email, message, q, notification_id)
@@ -170,14 +167,10 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
                 status_code=404,
                 detail=f"no notification {notification_id!r} here (unknown, or expired)",
             )
-        runtime = current.runtime
         out = NotificationStatusOut.of(status, deliveries)
-        for channel in runtime.channel_names:
+        for channel in current.runtime.channel_names:
             if channel not in out.channels:  # on its way into the outbox
-                out.channels[channel] = ChannelStatusOut(
-                    status="queued", attempts=0, last_error=None, next_attempt_at=None,
-                    delivered_at=None,
-                )  # fmt: skip
+                out.channels[channel] = ChannelStatusOut.on_its_way()
         return out
 
     guarded = [Depends(token_checker(settings.tokens))] if settings.tokens else []

@@ -135,16 +135,20 @@ class NotificationService:
         email: str,
         message: str,
         notification_id: str,
-        done: Wait = None,
         q: str | None = None,
+        *,
+        written: Wait = None,
+        queued: Wait = None,
     ) -> None:
         """Log ``notification for {email}: {message}`` (admitted by ``accept``); with email or
-        webhooks on, the deliveries (``q`` is in the webhooks' payload) go into the outbox."""
+        webhooks on, the deliveries (``q`` is in the webhooks' payload) go into the outbox.
+        ``written`` and ``queued``, when given, are resolved once the line is in the log and
+        the deliveries in the outbox (``NOTIFY_ACK=write``)."""
         line = self._render_notification(email, message, notification_id)
-        self._notifications.submit(notification_id, "notification", line, done)
+        self._notifications.submit(notification_id, "notification", line, written)
         if self._deliveries is not None:  # email or webhooks on: into the outbox too
             pending = delivery_line(email, message, q)
-            self._deliveries.submit(notification_id, "notification", pending)
+            self._deliveries.submit(notification_id, "notification", pending, queued)
 
     async def log_query(self, query: QueryLine, done: Wait = None) -> None:
         """Log ``found query: {q}``, if its request was accepted (``accept`` admitted it)."""
@@ -165,13 +169,13 @@ class NotificationService:
             query = QueryLine(q)
             query.wanted = True
             await self.log_query(query, waits[-1])
-        waits.append(loop.create_future())
-        line = self._render_notification(email, message, notification_id)
-        self._notifications.submit(notification_id, "notification", line, waits[-1])
-        if self._deliveries is not None:  # and the outbox's commit
-            waits.append(loop.create_future())
-            pending = delivery_line(email, message, q)
-            self._deliveries.submit(notification_id, "notification", pending, waits[-1])
+        written: asyncio.Future[None] = loop.create_future()
+        waits.append(written)
+        # With email or webhooks on, the 200 waits for the outbox's commit too.
+        queued = None if self._deliveries is None else loop.create_future()
+        if queued is not None:
+            waits.append(queued)
+        await self.notify(email, message, notification_id, q, written=written, queued=queued)
         self._deadlines.add(waits)  # cancels them (the writer then leaves their lines out)
         try:
             await wait_all(waits)
