@@ -332,9 +332,6 @@ class Runtime:
             self._closers.extend(channels.closers)
             for name in channels.webhooks:
                 metrics.deliveries.disabled(name, False)
-            first = self.dispatchers[0]  # each counts the whole outbox
-            depth: Callable[[], int] = lambda: first.depth  # noqa: E731
-            self._openers.append(first.count)  # the depth, before the first request
         else:
             from service.outbox.redis import RedisOutbox  # the redis extra: only here
 
@@ -345,10 +342,11 @@ class Runtime:
                 ttl=settings.status_ttl,
             )
             spool = settings.queue_spool().with_name(settings.queue_spool().name + ".outbox")
-            counter = OutboxDepth(outbox, settings.file_check_interval)
-            depth = lambda: counter.depth  # noqa: E731
-            self._openers.append(counter.start)
-            self._closers.insert(0, counter.aclose)
+        counter = OutboxDepth(
+            outbox, settings.file_check_interval, keep_delivered=settings.status_ttl
+        )
+        self._openers.append(counter.start)  # the depth, before the first request
+        self._closers.insert(0, counter.aclose)
         self._closers.append(outbox.close)
         batching = batch_options(settings, waiting=settings.ack == "write")
         intake = outbox_sink(
@@ -359,10 +357,10 @@ class Runtime:
             spool=spool,
         )
         metrics.for_sink(intake.channel.name).track(lambda: intake.held)
-        metrics.track_outbox(depth)
+        metrics.track_outbox(lambda: counter.depth)
         self._openers.insert(0, outbox.open)
         self.sinks.append(intake)
-        lines = OutboxIntake(intake, settings.outbox_max, depth)
+        lines = OutboxIntake(intake, settings.outbox_max, lambda: counter.depth)
         return _Outbox(outbox, lines)
 
     def _local_backend(self) -> NotificationService:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -29,6 +31,10 @@ __all__ = [
     "lease_seconds",
     "row_builders",
 ]
+
+
+_FORGET_INTERVAL = 60.0
+"""Seconds between drops of what was delivered long enough ago."""
 
 
 def lease_seconds(settings: Settings) -> float:
@@ -53,7 +59,6 @@ def dispatch_options(
         poll_interval=settings.file_check_interval,
         rate=rate,
         drain_timeout=settings.shutdown_timeout,
-        keep_delivered=settings.status_ttl,
     )
 
 
@@ -122,17 +127,24 @@ def delivery_channels(
 
 
 class OutboxDepth:
-    """The outbox's pending deliveries, counted every ``interval`` seconds, for a process
-    that admits deliveries but runs no dispatcher (the API with the Redis backend)."""
+    """The outbox's upkeep in one process: its pending deliveries counted every ``interval``
+    seconds (``depth``: the intake's size limit, the metric), and, once a minute, what was
+    delivered more than ``keep_delivered`` seconds ago dropped (Redis lets it expire)."""
 
-    def __init__(self, outbox: Outbox, interval: float) -> None:
+    def __init__(self, outbox: Outbox, interval: float, *, keep_delivered: float) -> None:
         self._outbox = outbox
         self._interval = interval
+        self._keep_delivered = keep_delivered
+        self._forgot_at = -math.inf
         self.depth = 0
         self._task: asyncio.Task[None] | None = None
 
     async def count(self) -> None:
         self.depth = await self._outbox.pending()
+        now = time.monotonic()
+        if now - self._forgot_at >= _FORGET_INTERVAL:
+            self._forgot_at = now
+            await self._outbox.forget_finished(time.time() - self._keep_delivered)
 
     async def start(self) -> None:
         await self.count()
@@ -148,5 +160,5 @@ class OutboxDepth:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
-            with contextlib.suppress(Exception):  # Redis down: the 503s say so elsewhere
+            with contextlib.suppress(Exception):  # a failing outbox: the 503s say so
                 await self.count()

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -99,13 +98,6 @@ class DispatchOptions:
     rate: float | None = None
     """At most this many sends a second, if set."""
     drain_timeout: float = 10.0
-    keep_delivered: float = 3600.0
-    """Seconds a delivered delivery stays in the outbox (its status is answered meanwhile),
-    then it is dropped, so the outbox holds only what is pending, dead or recent."""
-
-
-_FORGET_INTERVAL = 60.0
-"""Seconds between drops of what was delivered long enough ago."""
 
 
 def backoff(initial: float, maximum: float, attempt: int) -> float:
@@ -138,11 +130,7 @@ class Dispatcher:
         self._channel_failures = 0
         self._paused_until = 0.0
         self._next_send = 0.0
-        self._counted_at = -math.inf
-        self._forgot_at = -math.inf
         self._disabled: str | None = None
-        self.depth = 0
-        """Deliveries pending in the outbox (all processes), as last counted."""
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -201,22 +189,9 @@ class Dispatcher:
 
     # -- the loop -------------------------------------------------------------------------
 
-    async def count(self) -> None:
-        """Count the outbox's pending deliveries now (``depth``); once a minute, drop the
-        deliveries delivered longer than ``keep_delivered`` ago."""
-        self.depth = await self._outbox.pending()
-        now = time.monotonic()
-        self._counted_at = now
-        if now - self._forgot_at >= _FORGET_INTERVAL:
-            self._forgot_at = now
-            await self._outbox.forget_finished(time.time() - self._options.keep_delivered)
-
     async def _run(self) -> None:
         options = self._options
         while True:
-            if time.monotonic() - self._counted_at >= options.poll_interval:
-                with contextlib.suppress(Exception):  # a failing outbox is reported below
-                    await self.count()
             if self._disabled is not None:
                 await self._bury_pending(self._disabled)
                 continue

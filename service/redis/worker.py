@@ -32,7 +32,12 @@ from taskiq.cli.worker.run import run_worker
 from config import Settings, settings_or_exit
 from service.logs import configure_logging
 from service.metrics import Metrics
-from service.outbox.channels import DeliveryChannels, delivery_channels, lease_seconds
+from service.outbox.channels import (
+    DeliveryChannels,
+    OutboxDepth,
+    delivery_channels,
+    lease_seconds,
+)
 from service.outbox.redis import RedisOutbox
 from service.records import Kind
 from service.redis.broker import TASK_NAME, NotificationBroker, build_broker
@@ -129,8 +134,12 @@ class Worker:
         )
         await outbox.open()  # gives back at once the leases of this machine's dead workers
         channels = self._channels = delivery_channels(settings, outbox, self.metrics.deliveries)
-        first = channels.dispatchers[0]  # each counts the whole outbox
-        self.metrics.track_outbox(lambda: first.depth)
+        counter = OutboxDepth(
+            outbox, settings.file_check_interval, keep_delivered=settings.status_ttl
+        )
+        await counter.start()
+        channels.closers.insert(0, counter.aclose)
+        self.metrics.track_outbox(lambda: counter.depth)
         for dispatcher in channels.dispatchers:
             await dispatcher.start()
         logger.info("worker delivering to %s", ", ".join(channels.targets.values()))
