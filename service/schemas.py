@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.outbox.sqlite import DeliveryState
+from service.outbox.base import DeliveryState
 from service.records import rfc3339
 from service.status import NotificationStatus
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from service.outbox.base import Outbox
+from service.outbox.base import NewDelivery, Outbox
 from service.outbox.redis import RedisOutbox
-from service.outbox.sqlite import NewDelivery, SqliteOutbox
+from service.outbox.sqlite import SqliteOutbox
 from service.sinks.core import ChannelError
 
 OutboxFactory = Callable[..., Awaitable[Outbox]]

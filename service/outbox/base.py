@@ -1,14 +1,43 @@
-"""What an outbox does, whichever store keeps it: SQLite (``sqlite.SqliteOutbox``, one
+"""What an outbox holds and does, whichever store keeps it: SQLite (``sqlite.SqliteOutbox``, one
 machine) or Redis (``redis.RedisOutbox``, shared by the API processes and workers)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
-from service.outbox.sqlite import Delivery, DeliveryState, DeliveryStatus, NewDelivery
+__all__ = ["Delivery", "DeliveryState", "DeliveryStatus", "NewDelivery", "Outbox"]
 
-__all__ = ["Outbox"]
+DeliveryStatus = Literal["queued", "retrying", "delivered", "dead"]
+NewDelivery = tuple[str, str, str, str, float]
+"""``(notification id, channel, recipient, message, accepted_at)``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A claimed delivery: send it, then report what happened."""
+
+    id: str
+    channel: str
+    recipient: str
+    message: str
+    accepted_at: float
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryState:
+    """Where one delivery stands (``GET /notifications/{id}``'s ``channels``)."""
+
+    id: str
+    channel: str
+    status: DeliveryStatus
+    attempts: int
+    last_error: str | None
+    accepted_at: float
+    next_attempt_at: float | None
+    delivered_at: float | None
 
 
 class Outbox(Protocol):

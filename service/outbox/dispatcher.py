@@ -33,8 +33,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from service.outbox.base import Outbox
-from service.outbox.sqlite import Delivery
+from service.outbox.base import Delivery, Outbox
 
 __all__ = [
     "ChannelFailure",

@@ -7,8 +7,8 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from service.mail import build_mail
+from service.outbox.base import Delivery
 from service.outbox.dispatcher import ChannelFailure, PermanentError, TemporaryError
-from service.outbox.sqlite import Delivery
 from service.sinks.email import (
     ChannelUnavailable,
     EmailChannel,

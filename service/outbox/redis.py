@@ -26,7 +26,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from service.outbox.sqlite import Delivery, DeliveryState, DeliveryStatus, NewDelivery
+from service.outbox.base import Delivery, DeliveryState, DeliveryStatus, NewDelivery
 from service.redis.broker import describe_redis_error, public_redis_error
 from service.sinks.core import ChannelError
 from service.sinks.fs import holder_gone, process_token

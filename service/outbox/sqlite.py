@@ -18,24 +18,14 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TypeVar
 
+from service.outbox.base import Delivery, DeliveryState, DeliveryStatus, NewDelivery
 from service.sinks.core import ChannelError
 from service.sinks.fs import holder_gone, process_token
 
-__all__ = [
-    "Delivery",
-    "DeliveryState",
-    "DeliveryStatus",
-    "NewDelivery",
-    "SqliteOutbox",
-]
-
-DeliveryStatus = Literal["queued", "retrying", "delivered", "dead"]
-NewDelivery = tuple[str, str, str, str, float]
-"""``(notification id, channel, recipient, message, accepted_at)``."""
+__all__ = ["SqliteOutbox"]
 
 T = TypeVar("T")
 
@@ -61,32 +51,6 @@ CREATE INDEX IF NOT EXISTS deliveries_delivered ON deliveries (delivered_at)
     WHERE status = 'delivered';
 """
 _PENDING = "('queued', 'retrying')"
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """A claimed delivery: send it, then report what happened."""
-
-    id: str
-    channel: str
-    recipient: str
-    message: str
-    accepted_at: float
-    attempts: int
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryState:
-    """Where one delivery stands (``GET /notifications/{id}``'s ``channels``)."""
-
-    id: str
-    channel: str
-    status: DeliveryStatus
-    attempts: int
-    last_error: str | None
-    accepted_at: float
-    next_attempt_at: float | None
-    delivered_at: float | None
 
 
 class SqliteOutbox:

@@ -44,13 +44,13 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from service.outbox.base import Delivery, NewDelivery
 from service.outbox.dispatcher import (
     ChannelFailure,
     ChannelGone,
     PermanentError,
     TemporaryError,
 )
-from service.outbox.sqlite import Delivery, NewDelivery
 from service.records import rfc3339
 
 __all__ = [

@@ -14,8 +14,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from service.outbox.base import Outbox
-from service.outbox.sqlite import NewDelivery
+from service.outbox.base import NewDelivery, Outbox
 from service.records import Kind
 from service.sinks.base import SinkFull, Wait
 from service.sinks.core import Batch, BatchOptions, BatchSink

@@ -8,8 +8,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from service.ids import new_id
-from service.outbox.base import Outbox
-from service.outbox.sqlite import DeliveryState
+from service.outbox.base import DeliveryState, Outbox
 from service.outbox.writer import delivery_line
 from service.records import Record, notification_renderer, render_text
 from service.services.deadlines import Deadlines, wait_all
