@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -264,12 +264,17 @@ class RedisOutbox:
                 _text(channel)
                 for channel in await self._redis.smembers(f"{self._prefix}:ch:{notification_id}")
             )
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for channel in channels:
-                    pipe.hgetall(f"{self._prefix}:dl:{notification_id}:{channel}")
-                found = await pipe.execute()
+            return await self._read_states((notification_id, channel) for channel in channels)
         except (RedisError, OSError) as exc:
             raise _unavailable(exc) from None
+
+    async def _read_states(self, deliveries: Iterable[tuple[str, str]]) -> list[DeliveryState]:
+        """The states of the deliveries ``(notification id, channel)``, in one round trip; a
+        hash gone meanwhile (an expired one) is left out."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for notification_id, channel in deliveries:
+                pipe.hgetall(f"{self._prefix}:dl:{notification_id}:{channel}")
+            found = await pipe.execute()
         return [
             _state({_text(k): _text(v) for k, v in fields.items()}) for fields in found if fields
         ]
@@ -284,16 +289,10 @@ class RedisOutbox:
             members = await self._redis.zrangebylex(
                 f"{self._prefix}:dead", start, "+", start=0, num=limit
             )
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for member in members:
-                    notification_id, _, channel = _text(member).partition("\t")
-                    pipe.hgetall(f"{self._prefix}:dl:{notification_id}:{channel}")
-                found = await pipe.execute()
+            parts = (_text(member).partition("\t") for member in members)
+            return await self._read_states((id_, channel) for id_, _, channel in parts)
         except (RedisError, OSError) as exc:
             raise _unavailable(exc) from None
-        return [
-            _state({_text(k): _text(v) for k, v in fields.items()}) for fields in found if fields
-        ]
 
     async def retry_dead(self, notification_id: str) -> int:
         return int(await self._call(self._retry_dead, notification_id, time.time()))
@@ -321,11 +320,6 @@ class RedisOutbox:
 
 def _unavailable(exc: BaseException) -> ChannelError:
     return ChannelError(public_redis_error(exc), describe_redis_error(exc))
-
-
-def _states(found: list[Any]) -> list[DeliveryState]:
-    """The states of the hashes read (a hash gone meanwhile, as an expired one, is left out)."""
-    return [_state({_text(k): _text(v) for k, v in fields.items()}) for fields in found if fields]
 
 
 def _state(fields: dict[str, str]) -> DeliveryState:
