@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -92,8 +93,13 @@ class NotificationStatusOut(BaseModel):
 
     @classmethod
     def of(
-        cls, status: NotificationStatus, deliveries: list[DeliveryState] | None = None
+        cls,
+        status: NotificationStatus,
+        deliveries: list[DeliveryState] | None = None,
+        channels_on: Iterable[str] = (),
     ) -> NotificationStatusOut:
+        """``status`` in the log and ``deliveries`` in the outbox; a channel of ``channels_on``
+        with no delivery yet is ``queued`` (accepted, on its way into the outbox)."""
         channels = {
             "log": ChannelStatusOut(
                 status=status.status,
@@ -105,6 +111,9 @@ class NotificationStatusOut(BaseModel):
         }
         for delivery in deliveries or []:
             channels[delivery.channel] = ChannelStatusOut.of(delivery)
+        for channel in channels_on:
+            if channel not in channels:
+                channels[channel] = ChannelStatusOut.on_its_way()
         return cls(
             id=status.id,
             status=status.status,

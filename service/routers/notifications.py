@@ -25,7 +25,6 @@ from service.runtime import Current
 from service.schemas import (
     ACKNOWLEDGEMENT,
     Acknowledgement,
-    ChannelStatusOut,
     DeadLetterOut,
     DeadLettersOut,
     EnabledOut,
@@ -167,11 +166,7 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
                 status_code=404,
                 detail=f"no notification {notification_id!r} here (unknown, or expired)",
             )
-        out = NotificationStatusOut.of(status, deliveries)
-        for channel in current.runtime.channel_names:
-            if channel not in out.channels:  # on its way into the outbox
-                out.channels[channel] = ChannelStatusOut.on_its_way()
-        return out
+        return NotificationStatusOut.of(status, deliveries, current.runtime.channel_names)
 
     guarded = [Depends(token_checker(settings.tokens))] if settings.tokens else []
 
