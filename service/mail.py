@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from email import policy
-from email.headerregistry import Address, BaseHeader
+from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.utils import format_datetime
 
@@ -104,46 +104,108 @@ def build_mail(
     naming the problem for an invalid id, address, subject or date (never for a message)."""
     if not _ID.fullmatch(notification_id):
         raise ValueError("a notification id must be letters, digits, '.', '_' or '-'")
-    if not subject.isprintable():
-        raise ValueError("the subject must be printable text on one line")
     if date.tzinfo is None or date.utcoffset() is None:
         raise ValueError("the date must be timezone-aware")
-    envelope_sender, from_header, subject_header = _constant_headers(sender, subject)
     recipient = ascii_address(email)
     smtputf8 = needs_smtputf8(recipient)
-    domain = envelope_sender.rpartition("@")[2]
+    constant = _constant_headers(sender, subject, smtputf8)
+    mail_policy = _POLICIES[smtputf8]
+    make = mail_policy.header_factory
 
-    mail = EmailMessage(policy=policy.SMTPUTF8 if smtputf8 else policy.SMTP)
-    mail["From"] = from_header
+    mail = EmailMessage(policy=mail_policy)
+    mail["From"] = constant.from_
     # ``Address`` parses strictly, but refuses a non-ASCII local part (Python reports it as a
-    # defect): that one goes in as text, already validated; both are checked below.
+    # defect): that one goes in as text, already validated; it is checked below either way.
     mail["To"] = recipient if smtputf8 else Address(addr_spec=recipient)
-    mail["Subject"] = subject_header
-    mail["Date"] = format_datetime(date)
-    mail["Message-ID"] = f"<{notification_id}@{domain}>"
-    mail["X-Notification-Id"] = notification_id
-    for header, expected in (("From", envelope_sender), ("To", recipient)):
-        addresses = mail[header].addresses
-        if len(addresses) != 1 or addresses[0].addr_spec != expected:
-            raise ValueError(f"{header} would not be exactly the address given")
-    mail.set_content(message, charset="utf-8", cte=_transfer_encoding(message))
-    return Mail(notification_id, envelope_sender, recipient, mail)
+    mail["Subject"] = constant.subject
+    mail["Date"] = _date_header(format_datetime(date), smtputf8)
+    mail["Message-ID"] = make("Message-ID", f"<{notification_id}@{constant.domain}>")
+    mail["X-Notification-Id"] = make("X-Notification-Id", notification_id)
+    addresses = mail["To"].addresses
+    if len(addresses) != 1 or addresses[0].addr_spec != recipient:
+        raise ValueError("To would not be exactly the address given")
+    if _transfer_encoding(message) == "7bit":
+        # What ``set_content(message, charset="utf-8", cte="7bit")`` makes (the tests compare
+        # the bytes), with its three headers parsed once per process rather than per message.
+        for header in constant.plain_text:
+            mail[header.name] = header
+        mail.set_payload("\n".join(message.splitlines()) + "\n")
+    else:
+        mail.set_content(message, charset="utf-8", cte="quoted-printable")
+    return Mail(notification_id, constant.envelope_sender, recipient, mail)
+
+
+class _HeaderClasses(HeaderRegistry):
+    """The standard ``HeaderRegistry``, building each header name's class once: the standard
+    one builds a new class for every header it makes (``__getitem__``), a third of the cost of
+    a message. The classes, and so the headers, are the standard ones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._classes: dict[str, type[BaseHeader]] = {}
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        key = name.lower()
+        made = self._classes.get(key)
+        if made is None:
+            made = self._classes[key] = super().__getitem__(name)
+        return made
+
+
+_HEADERS = _HeaderClasses()
+_POLICIES = {
+    False: policy.SMTP.clone(header_factory=_HEADERS),
+    True: policy.SMTPUTF8.clone(header_factory=_HEADERS),
+}
+"""``email.policy.SMTP`` (or ``SMTPUTF8`` for a non-ASCII local part), with the header factory
+above: the same parsing, folding and checks (``header_factory`` is a documented setting)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Constant:
+    """What every message of a process shares (the settings' sender and subject)."""
+
+    envelope_sender: str
+    domain: str
+    from_: BaseHeader
+    subject: BaseHeader
+    plain_text: tuple[BaseHeader, ...]
+    """``Content-Type``, ``Content-Transfer-Encoding`` and ``MIME-Version`` of a 7bit body."""
 
 
 @functools.lru_cache(maxsize=8)
-def _constant_headers(sender: str, subject: str) -> tuple[str, BaseHeader, BaseHeader]:
-    """The envelope sender and the ``From`` and ``Subject`` headers, parsed once for every
-    message of a process (they come from the settings). A header object set on a message is
-    kept as it is (``EmailPolicy.header_store_parse``, documented)."""
+def _constant_headers(sender: str, subject: str, smtputf8: bool) -> _Constant:
+    """The headers from the settings, parsed once for every message of a process and checked
+    as a message's are. A header object set on a message is kept as it is
+    (``EmailPolicy.header_store_parse``, documented)."""
+    if not subject.isprintable():
+        raise ValueError("the subject must be printable text on one line")
     envelope_sender = ascii_address(sender)
     if needs_smtputf8(envelope_sender):
         raise ValueError("the sender's local part must be ASCII")
-    factory = policy.SMTP.header_factory
-    return (
-        envelope_sender,
-        factory("From", str(Address(addr_spec=envelope_sender))),
-        factory("Subject", subject),
+    make = _POLICIES[smtputf8].header_factory
+    from_ = make("From", str(Address(addr_spec=envelope_sender)))
+    addresses = from_.addresses
+    if len(addresses) != 1 or addresses[0].addr_spec != envelope_sender:
+        raise ValueError("From would not be exactly the address given")
+    return _Constant(
+        envelope_sender=envelope_sender,
+        domain=envelope_sender.rpartition("@")[2],
+        from_=from_,
+        subject=make("Subject", subject),
+        plain_text=(
+            make("Content-Type", 'text/plain; charset="utf-8"'),
+            make("Content-Transfer-Encoding", "7bit"),
+            make("MIME-Version", "1.0"),
+        ),
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _date_header(date: str, smtputf8: bool) -> BaseHeader:
+    """A ``Date`` header: messages accepted within the same second share it."""
+    header: BaseHeader = _POLICIES[smtputf8].header_factory("Date", date)
+    return header
 
 
 def _transfer_encoding(text: str) -> str:
