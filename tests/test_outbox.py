@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from service.outbox.base import NewDelivery, Outbox
+from service.outbox.base import NewDelivery, Outbox, Outcome
 from service.outbox.redis import RedisOutbox
 from service.outbox.sqlite import SqliteOutbox
 from service.sinks.core import ChannelError
@@ -51,14 +51,14 @@ async def test_added_deliveries_are_claimed_once_in_order(make: OutboxFactory) -
     outbox = await make("a")
     await outbox.add(_rows("a", "b", "c"))
     await outbox.add(_rows("a"))  # a repeated id is kept once
-    first = await outbox.claim("email", 2)
-    second = await outbox.claim("email", 10)
+    first = await outbox.settle("email", [], 2)
+    second = await outbox.settle("email", [], 10)
     assert [d.recipient for d in first + second] == [
         "a@example.com",
         "b@example.com",
         "c@example.com",
     ]
-    assert await outbox.claim("email", 10) == []
+    assert await outbox.settle("email", [], 10) == []
     assert await outbox.pending() == 3
 
 
@@ -67,7 +67,7 @@ async def test_two_processes_never_hold_the_same_delivery(make: OutboxFactory) -
     one, two = await make("one"), await make("two")
     await one.add(_rows(*(str(i) for i in range(100))))
     taken: list[str] = []
-    while batch := (await one.claim("email", 7)) + (await two.claim("email", 5)):
+    while batch := (await one.settle("email", [], 7)) + (await two.settle("email", [], 5)):
         taken += [delivery.id for delivery in batch]
     assert sorted(taken) == sorted(f"id-{i}" for i in range(100))
 
@@ -76,8 +76,8 @@ async def test_a_dead_processes_lease_ends_and_another_takes_over(make: OutboxFa
     """A lease not finished in time (its holder died) is claimed by the next holder."""
     dying = await make("dying", lease=-1.0)  # its lease is over at once
     await dying.add(_rows("x"))
-    [held] = await dying.claim("email", 1)
-    [taken] = await (await make("heir")).claim("email", 1)
+    [held] = await dying.settle("email", [], 1)
+    [taken] = await (await make("heir")).settle("email", [], 1)
     assert taken.id == held.id
 
 
@@ -88,19 +88,22 @@ async def test_outcomes_are_recorded_and_dead_letters_can_be_retried(
     one due again; listing pages by id."""
     outbox = await make("a")
     await outbox.add(_rows("ok", "later", "gone1", "gone2"))
-    claimed = {d.id: d for d in await outbox.claim("email", 10)}
-    await outbox.delivered(claimed["id-ok"])
-    await outbox.retry_at(claimed["id-later"], "451 try later", time.time() + 3600)
-    await outbox.dead(claimed["id-gone1"], "550 no such mailbox")
-    await outbox.dead(claimed["id-gone2"], "550 no such mailbox")
+    claimed = {d.id: d for d in await outbox.settle("email", [], 10)}
+    later = time.time() + 3600
+    outcomes = [
+        Outcome(claimed["id-ok"], "delivered"),
+        Outcome(claimed["id-later"], "retrying", "451 try later", next_attempt_at=later),
+        Outcome(claimed["id-gone1"], "dead", "550 no such mailbox"),
+        Outcome(claimed["id-gone2"], "dead", "550 no such mailbox"),
+    ]
+    assert await outbox.settle("email", outcomes) == []
     [ok] = await outbox.states("id-ok")
     assert (ok.status, ok.attempts) == ("delivered", 1)
     assert ok.delivered_at is not None
-    [later] = await outbox.states("id-later")
-    assert (later.status, later.last_error) == ("retrying", "451 try later")
-    assert later.next_attempt_at is not None
-    assert later.next_attempt_at > time.time()
-    assert await outbox.claim("email", 10) == []  # the retry is not due yet
+    [retrying] = await outbox.states("id-later")
+    assert (retrying.status, retrying.last_error) == ("retrying", "451 try later")
+    assert retrying.next_attempt_at == pytest.approx(later)
+    assert await outbox.settle("email", [], 10) == []  # the retry is not due yet
     page = await outbox.listed("dead", limit=1, after=None)
     assert [state.id for state in page] == ["id-gone1"]
     page = await outbox.listed("dead", limit=1, after=page[-1].id)
@@ -108,7 +111,7 @@ async def test_outcomes_are_recorded_and_dead_letters_can_be_retried(
     assert await outbox.listed("dead", limit=1, after=page[-1].id) == []
     assert await outbox.retry_dead("id-gone1") == 1
     assert await outbox.retry_dead("id-ok") == 0
-    [again] = await outbox.claim("email", 10)
+    [again] = await outbox.settle("email", [], 10)
     assert (again.id, again.attempts) == ("id-gone1", 1)
     assert await outbox.pending() == 2
 
@@ -116,7 +119,7 @@ async def test_outcomes_are_recorded_and_dead_letters_can_be_retried(
 async def test_a_disabled_channel_buries_what_nobody_holds(make: OutboxFactory) -> None:
     outbox = await make("a")
     await outbox.add(_rows("held", "waiting", channel="webhook-1"))
-    [held] = await outbox.claim("webhook-1", 1)
+    [held] = await outbox.settle("webhook-1", [], 1)
     assert await outbox.bury("webhook-1", "disabled: 410 Gone") == 1
     dead = await outbox.listed("dead", limit=10, after=None)
     assert {state.id: state.status for state in dead} == {"id-waiting": "dead"}
@@ -128,8 +131,8 @@ async def test_delivered_ones_expire_from_redis(redis_url: str) -> None:
     async with aioredis.Redis.from_url(redis_url) as redis:
         outbox = RedisOutbox(redis, "notifications", lease_seconds=60, ttl=60, owner="a")
         await outbox.add(_rows("ok"))
-        [ok] = await outbox.claim("email", 1)
-        await outbox.delivered(ok)
+        [ok] = await outbox.settle("email", [], 1)
+        await outbox.settle("email", [Outcome(ok, "delivered")])
         assert 0 < await redis.ttl("notifications:dl:id-ok:email") <= 60
 
 
@@ -151,9 +154,12 @@ async def test_sqlite_forgets_what_was_delivered_long_enough_ago(tmp_path: Path)
     await outbox.open()
     try:
         await outbox.add(_rows("old", "pending", "gone"))
-        claimed = {d.id: d for d in await outbox.claim("email", 10)}
-        await outbox.delivered(claimed["id-old"])
-        await outbox.dead(claimed["id-gone"], "550")
+        claimed = {d.id: d for d in await outbox.settle("email", [], 10)}
+        outcomes = [
+            Outcome(claimed["id-old"], "delivered"),
+            Outcome(claimed["id-gone"], "dead", "550"),
+        ]
+        await outbox.settle("email", outcomes)
         await outbox.forget_finished(time.time() - 3600)  # delivered just now: kept
         assert [state.status for state in await outbox.states("id-old")] == ["delivered"]
         await outbox.forget_finished(time.time() + 1)  # its time is over
@@ -162,3 +168,20 @@ async def test_sqlite_forgets_what_was_delivered_long_enough_ago(tmp_path: Path)
         assert await outbox.pending() == 1
     finally:
         await outbox.close()
+
+
+async def test_a_turn_records_outcomes_then_claims_in_one_call(make: OutboxFactory) -> None:
+    """``settle``: the outcomes given are recorded, and the claim that follows sees them (a
+    delivery set to retry now is claimable again in the same call)."""
+    outbox = await make("a")
+    await outbox.add(_rows("a", "b", "c"))
+    first, second = await outbox.settle("email", [], 2)
+    outcomes = [
+        Outcome(first, "delivered"),
+        Outcome(second, "retrying", "451 later", next_attempt_at=time.time() - 1),
+    ]
+    claimed = await outbox.settle("email", outcomes, 5)
+    assert [d.id for d in claimed] == ["id-b", "id-c"]  # the retry (due) and the new one
+    assert claimed[0].attempts == 1
+    assert [s.status for s in await outbox.states("id-a")] == ["delivered"]
+    assert await outbox.pending() == 2

@@ -180,7 +180,7 @@ async def test_the_intake_makes_one_row_per_channel_and_reads_old_spools(tmp_pat
         assert sorted((s.id, s.channel) for s in states) == [
             (i, c) for i in ("n1", "n2") for c in ["email", *names]
         ]
-        claimed = await outbox.claim("webhook-aaaaaaaa", 10)
+        claimed = await outbox.settle("webhook-aaaaaaaa", [], 10)
         bodies = {d.id: json.loads(d.message) for d in claimed}
         assert bodies["n1"]["q"] == "q1"
         assert bodies["n2"] == {
@@ -191,7 +191,7 @@ async def test_the_intake_makes_one_row_per_channel_and_reads_old_spools(tmp_pat
             "message": "old",
             "q": None,
         }
-        [email] = await outbox.claim("email", 1)
+        [email] = await outbox.settle("email", [], 1)
         assert (email.recipient, email.message) == ("a@example.com", "hi")
     finally:
         await outbox.close()

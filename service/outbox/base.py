@@ -3,11 +3,19 @@ machine) or Redis (``redis.RedisOutbox``, shared by the API processes and worker
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-__all__ = ["Delivery", "DeliveryState", "DeliveryStatus", "NewDelivery", "Outbox"]
+__all__ = [
+    "Delivery",
+    "DeliveryState",
+    "DeliveryStatus",
+    "NewDelivery",
+    "Outbox",
+    "Outcome",
+]
 
 DeliveryStatus = Literal["queued", "retrying", "delivered", "dead"]
 NewDelivery = tuple[str, str, str, str, float]
@@ -27,6 +35,19 @@ class Delivery:
 
 
 @dataclass(frozen=True, slots=True)
+class Outcome:
+    """What an attempt at a claimed delivery came to, for ``Outbox.settle`` to record."""
+
+    delivery: Delivery
+    status: Literal["delivered", "retrying", "dead"]
+    error: str | None = None
+    next_attempt_at: float | None = None
+    """When a ``retrying`` delivery is due again."""
+    at: float = field(default_factory=time.time)
+    """When it was decided (for ``delivered``: when the receiver took it)."""
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryState:
     """Where one delivery stands (``GET /notifications/{id}``'s ``channels``)."""
 
@@ -41,7 +62,11 @@ class DeliveryState:
 
 
 class Outbox(Protocol):
-    """Pending deliveries: added in batches, claimed with a lease, finished once."""
+    """Pending deliveries: added in batches, claimed with a lease, finished once.
+
+    ``settle`` is a dispatcher's one call per turn: it records the outcomes of the attempts
+    that ended since the last turn and claims deliveries for the freed connections, in one
+    transaction (SQLite) or one script (Redis)."""
 
     @property
     def path(self) -> object:
@@ -53,13 +78,11 @@ class Outbox(Protocol):
 
     async def add(self, rows: Sequence[NewDelivery]) -> None: ...
 
-    async def claim(self, channel: str, limit: int) -> list[Delivery]: ...
-
-    async def delivered(self, delivery: Delivery) -> None: ...
-
-    async def retry_at(self, delivery: Delivery, error: str, at: float) -> None: ...
-
-    async def dead(self, delivery: Delivery, error: str) -> None: ...
+    async def settle(
+        self, channel: str, finished: Sequence[Outcome], claim: int = 0
+    ) -> list[Delivery]:
+        """Record ``finished`` (outcomes of this holder's deliveries of ``channel``), then
+        lease up to ``claim`` due deliveries of ``channel`` to this holder, oldest first."""
 
     async def bury(self, channel: str, error: str) -> int: ...
 

@@ -1,9 +1,11 @@
 """Delivery from the outbox: claim what is due, send it, record what happened.
 
-One ``Dispatcher`` per channel (email) per process. It claims at most as many due deliveries as
-it may send at once (``concurrency``: the channel's connections), so after a kill at most that
-many are sent again by the next process; each is sent by the channel's ``send``, and its outcome
-goes back to the outbox:
+One ``Dispatcher`` per channel per process. It works in *turns*: one call to the outbox
+(``settle``, one transaction) records the outcomes of the sends that ended since the last turn
+and claims due deliveries for the connections they freed. A connection sends its next message
+only once the outcome of its last one is recorded, so at most ``concurrency`` (the channel's
+connections) are ever sent and not yet recorded: after a kill, at most that many are sent again.
+Each delivery is sent by the channel's ``send``; what it comes to:
 
 - delivered: done;
 - ``PermanentFailure`` (SMTP 5xx): dead at once, until an operator retries it;
@@ -33,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from service.outbox.base import Delivery, Outbox
+from service.outbox.base import Delivery, Outbox, Outcome
 
 __all__ = [
     "ChannelFailure",
@@ -122,8 +124,12 @@ class Dispatcher:
         self._options = options
         self._listener = listener
         self._wake = asyncio.Event()
-        self._slot_free = asyncio.Event()
-        self._in_flight: set[asyncio.Task[None]] = set()
+        """Set when an attempt ends, new work is added, or the channel is enabled/disabled."""
+        self._sending: set[asyncio.Task[None]] = set()
+        self._finished: list[Outcome] = []
+        """Outcomes not yet recorded: each still holds its connection."""
+        self._held = 0
+        """Connections held: claimed deliveries whose outcome is not yet recorded."""
         self._error: str | None = None
         self._failing_since = 0.0
         self._channel_failures = 0
@@ -174,68 +180,85 @@ class Dispatcher:
         self._task = asyncio.create_task(self._run(), name=f"{self.channel} dispatcher")
 
     async def aclose(self) -> None:
-        """Claim nothing more; let the sends in flight finish (within the drain timeout);
-        leases of what was not sent expire, and the next start (or another process) sends it."""
+        """Claim nothing more; let the sends in flight finish (within the drain timeout) and
+        record their outcomes; leases of what was not sent expire, and the next start (or
+        another process) sends it."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._in_flight:
-            await asyncio.wait(self._in_flight, timeout=self._options.drain_timeout)
-        for sending in self._in_flight:
+        if self._sending:
+            await asyncio.wait(self._sending, timeout=self._options.drain_timeout)
+        for sending in self._sending:
             sending.cancel()
+        if self._finished:
+            with contextlib.suppress(Exception):  # not recorded: sent again, at least once
+                await self._settle(0)
 
     # -- the loop -------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        options = self._options
         while True:
+            self._wake.clear()  # set again by whatever happens while this turn runs
             if self._disabled is not None:
                 await self._bury_pending(self._disabled)
                 continue
-            pause = self._paused_until - time.monotonic()
-            if pause > 0:
-                await asyncio.sleep(pause)
-                continue
-            free = options.concurrency - len(self._in_flight)
-            if free <= 0:
-                self._slot_free.clear()
-                await self._slot_free.wait()
+            paused = self._paused_until - time.monotonic()
+            # The connections of the outcomes recorded by this turn are free for its claim.
+            in_progress = self._held - len(self._finished)
+            free = 0 if paused > 0 else self._options.concurrency - in_progress
+            if not self._finished and free <= 0:
+                # Every connection busy, or paused: wait for an outcome (or the pause's end).
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(paused if paused > 0 else None):
+                        await self._wake.wait()
                 continue
             try:
-                claimed = await self._outbox.claim(self.channel, free)
+                claimed = await self._settle(free)
             except Exception:
                 logger.exception("%s: cannot read the outbox; trying again", self.channel)
-                await asyncio.sleep(options.poll_interval)
+                await asyncio.sleep(self._options.poll_interval)
                 continue
-            if not claimed:
-                await self._idle()
-                continue
+            self._held += len(claimed)
             for delivery in claimed:
                 await self._pace()
-                sending = asyncio.create_task(self._deliver(delivery))
-                self._in_flight.add(sending)
-                sending.add_done_callback(self._done)
+                task = asyncio.create_task(self._deliver(delivery))
+                self._sending.add(task)
+                task.add_done_callback(self._sending.discard)
+            if not claimed and free > 0 and not self._finished:
+                await self._idle()
+
+    async def _settle(self, claim: int) -> list[Delivery]:
+        """One turn: record the outcomes waiting, claim up to ``claim``; tell the listener
+        what was recorded. On failure the outcomes wait for the next turn."""
+        finished, self._finished = self._finished, []
+        try:
+            claimed = await self._outbox.settle(self.channel, finished, claim)
+        except BaseException:
+            self._finished[:0] = finished
+            raise
+        self._held -= len(finished)
+        for outcome in finished:
+            self._tell(outcome)
+        return claimed
 
     async def _bury_pending(self, reason: str) -> None:
-        """While disabled: make the channel's pending deliveries dead, then wait for more (a
-        wake or the poll interval)."""
-        self._wake.clear()
+        """While disabled: record what ended, make the channel's pending deliveries dead, then
+        wait for more (a wake or the poll interval)."""
         try:
+            if self._finished:
+                await self._settle(0)
             buried = await self._outbox.bury(self.channel, f"disabled: {reason}")
         except Exception:
             logger.exception("%s: cannot read the outbox; trying again", self.channel)
-            buried = 0
+            await asyncio.sleep(self._options.poll_interval)
+            return
         if buried and self._listener is not None:
             self._listener.dead(self.channel, buried)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._options.poll_interval):
                 await self._wake.wait()
-
-    def _done(self, sending: asyncio.Task[None]) -> None:
-        self._in_flight.discard(sending)
-        self._slot_free.set()
 
     async def _idle(self) -> None:
         """Wait for new work: a wake, the next due delivery, or the poll interval."""
@@ -244,7 +267,6 @@ class Dispatcher:
             due = await self._outbox.next_due(self.channel)
             if due is not None:
                 timeout = min(timeout, max(0.0, due - time.time()))
-        self._wake.clear()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._wake.wait()
@@ -261,58 +283,54 @@ class Dispatcher:
     # -- one delivery ---------------------------------------------------------------------
 
     async def _deliver(self, delivery: Delivery) -> None:
-        options, outbox = self._options, self._outbox
+        """Attempt ``delivery``, and hand its outcome to the next turn."""
+        outcome = await self._attempt(delivery)
+        self._finished.append(outcome)  # the list of now: a turn may have taken the last one
+        self._wake.set()
+
+    async def _attempt(self, delivery: Delivery) -> Outcome:
+        options = self._options
         if time.time() - delivery.accepted_at > options.max_age:
-            await outbox.dead(delivery, f"not delivered within {options.max_age:g} s")
-            self._tell("dead")
-            return
+            return Outcome(delivery, "dead", f"not delivered within {options.max_age:g} s")
         if self._disabled is not None:  # disabled while this one waited for its turn
-            await outbox.dead(delivery, f"disabled: {self._disabled}")
-            self._tell("dead")
-            return
+            return Outcome(delivery, "dead", f"disabled: {self._disabled}")
         try:
             await self._send(delivery)
         except ChannelGone as exc:
-            await outbox.dead(delivery, str(exc))
-            self._tell("dead")
             self.disable(str(exc))
+            return Outcome(delivery, "dead", str(exc))
         except PermanentError as exc:
-            await outbox.dead(delivery, str(exc))
-            self._tell("dead")
             self._recovered()  # the server answered: the channel works
+            return Outcome(delivery, "dead", str(exc))
         except ChannelFailure as exc:
             delay = self._pause(str(exc), exc.retry_after)
-            await self._retry_or_die(delivery, str(exc), delay)
+            return self._retry_or_die(delivery, str(exc), delay)
         except TemporaryError as exc:
             self._recovered()
             delay = backoff(options.retry_initial, options.retry_max, delivery.attempts)
             if exc.retry_after is not None:
                 delay = max(delay, exc.retry_after)
-            await self._retry_or_die(delivery, str(exc), delay)
+            return self._retry_or_die(delivery, str(exc), delay)
         except Exception as exc:  # a bug in the channel: loud, and the delivery is kept
             logger.exception("%s: sending failed unexpectedly", self.channel)
             delay = self._pause(f"{type(exc).__name__}: {exc}")
-            await self._retry_or_die(delivery, f"{type(exc).__name__}: {exc}", delay)
-        else:
-            await outbox.delivered(delivery)
-            self._recovered()
-            if self._listener is not None:
-                self._listener.delivered(self.channel, time.time() - delivery.accepted_at)
+            return self._retry_or_die(delivery, f"{type(exc).__name__}: {exc}", delay)
+        self._recovered()
+        return Outcome(delivery, "delivered")
 
-    async def _retry_or_die(self, delivery: Delivery, error: str, delay: float) -> None:
+    def _retry_or_die(self, delivery: Delivery, error: str, delay: float) -> Outcome:
         at = time.time() + delay
         if at - delivery.accepted_at > self._options.max_age:
-            await self._outbox.dead(delivery, f"{error}; not delivered within the time allowed")
-            self._tell("dead")
-            return
-        await self._outbox.retry_at(delivery, error, at)
-        self._tell("retried")
+            return Outcome(delivery, "dead", f"{error}; not delivered within the time allowed")
+        return Outcome(delivery, "retrying", error, next_attempt_at=at)
 
-    def _tell(self, outcome: str) -> None:
+    def _tell(self, outcome: Outcome) -> None:
         listener = self._listener
         if listener is None:
             return
-        if outcome == "dead":
+        if outcome.status == "delivered":
+            listener.delivered(self.channel, outcome.at - outcome.delivery.accepted_at)
+        elif outcome.status == "dead":
             listener.dead(self.channel)
         else:
             listener.retried(self.channel)

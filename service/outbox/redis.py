@@ -26,7 +26,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from service.outbox.base import Delivery, DeliveryState, DeliveryStatus, NewDelivery
+from service.outbox.base import Delivery, DeliveryState, DeliveryStatus, NewDelivery, Outcome
 from service.redis.broker import describe_redis_error, public_redis_error
 from service.sinks.core import ChannelError
 from service.sinks.fs import holder_gone, process_token
@@ -53,45 +53,46 @@ end
 return added
 """
 
-_CLAIM = """
-local p, ch, now, lease_until, limit, owner = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+_SETTLE = """
+local p, ch, now, ttl, lease_until, limit, owner =
+    ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
 local due = p .. ':due:' .. ch
-local ids = redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, limit)
-local out = {}
-for _, id in ipairs(ids) do
+-- What ended: id, status, error, next attempt, when (5 values each).
+for i = 8, #ARGV, 5 do
+    local id, status, err, next_at, at = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
     local key = p .. ':dl:' .. id .. ':' .. ch
-    redis.call('ZADD', due, lease_until, id)
-    redis.call('HSET', key, 'lease_owner', owner, 'lease_until', lease_until)
-    local f = redis.call('HMGET', key, 'recipient', 'message', 'accepted_at', 'attempts')
-    table.insert(out, {id, f[1], f[2], f[3], f[4]})
+    if redis.call('EXISTS', key) == 1 then
+        redis.call('HINCRBY', key, 'attempts', 1)
+        redis.call('HDEL', key, 'lease_owner', 'lease_until')
+        redis.call('HSET', key, 'status', status)
+        if err ~= '' then redis.call('HSET', key, 'last_error', err) end
+        if status == 'retrying' then
+            redis.call('HSET', key, 'next_attempt_at', next_at)
+            redis.call('ZADD', due, next_at, id)
+        else
+            redis.call('ZREM', due, id)
+        end
+        if status == 'delivered' then
+            redis.call('HSET', key, 'delivered_at', at)
+            redis.call('EXPIRE', key, ttl)
+            redis.call('EXPIRE', p .. ':ch:' .. id, ttl)
+        elseif status == 'dead' then
+            redis.call('ZADD', p .. ':dead', 0, id .. '\\t' .. ch)
+        end
+    end
+end
+-- Then the claim: what is due, leased to this holder until lease_until.
+local out = {}
+if limit > 0 then
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, limit)) do
+        local key = p .. ':dl:' .. id .. ':' .. ch
+        redis.call('ZADD', due, lease_until, id)
+        redis.call('HSET', key, 'lease_owner', owner, 'lease_until', lease_until)
+        local f = redis.call('HMGET', key, 'recipient', 'message', 'accepted_at', 'attempts')
+        table.insert(out, {id, f[1], f[2], f[3], f[4]})
+    end
 end
 return out
-"""
-
-_FINISH = """
-local p, id, ch, status, err, next_at, now, ttl =
-    ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local key = p .. ':dl:' .. id .. ':' .. ch
-if redis.call('EXISTS', key) == 0 then return 0 end
-redis.call('HINCRBY', key, 'attempts', 1)
-redis.call('HDEL', key, 'lease_owner', 'lease_until')
-redis.call('HSET', key, 'status', status)
-if err ~= '' then redis.call('HSET', key, 'last_error', err) end
-local due = p .. ':due:' .. ch
-if status == 'retrying' then
-    redis.call('HSET', key, 'next_attempt_at', next_at)
-    redis.call('ZADD', due, next_at, id)
-else
-    redis.call('ZREM', due, id)
-end
-if status == 'delivered' then
-    redis.call('HSET', key, 'delivered_at', now)
-    redis.call('EXPIRE', key, ttl)
-    redis.call('EXPIRE', p .. ':ch:' .. id, ttl)
-elseif status == 'dead' then
-    redis.call('ZADD', p .. ':dead', 0, id .. '\\t' .. ch)
-end
-return 1
 """
 
 _RELEASE = """
@@ -165,8 +166,7 @@ class RedisOutbox:
         self.path = f"redis {prefix}"
         """What errors and ``/readyz`` call it."""
         self._add = redis.register_script(_ADD)
-        self._claim = redis.register_script(_CLAIM)
-        self._finish_script = redis.register_script(_FINISH)
+        self._settle = redis.register_script(_SETTLE)
         self._release = redis.register_script(_RELEASE)
         self._retry_dead = redis.register_script(_RETRY_DEAD)
         self._bury = redis.register_script(_BURY)
@@ -214,9 +214,19 @@ class RedisOutbox:
         if flat:
             await self._call(self._add, time.time(), *flat)
 
-    async def claim(self, channel: str, limit: int) -> list[Delivery]:
+    async def settle(
+        self, channel: str, finished: Sequence[Outcome], claim: int = 0
+    ) -> list[Delivery]:
+        """Record ``finished``, then lease up to ``claim`` due deliveries of ``channel``: one
+        script (see ``Outbox.settle``)."""
         now = time.time()
-        rows = await self._call(self._claim, channel, now, now + self._lease, limit, self._owner)
+        ended: list[Any] = []
+        for outcome in finished:
+            next_at = outcome.next_attempt_at if outcome.next_attempt_at is not None else 0.0
+            ended += [outcome.delivery.id, outcome.status, outcome.error or "", next_at, outcome.at]
+        rows = await self._call(
+            self._settle, channel, now, self._ttl, now + self._lease, claim, self._owner, *ended
+        )
         claimed = [
             Delivery(
                 id=_text(notification_id),
@@ -229,29 +239,6 @@ class RedisOutbox:
             for notification_id, recipient, message, accepted_at, attempts in rows
         ]
         return sorted(claimed, key=lambda delivery: delivery.accepted_at)
-
-    async def delivered(self, delivery: Delivery) -> None:
-        await self._finish(delivery, "delivered", "", 0.0)
-
-    async def retry_at(self, delivery: Delivery, error: str, at: float) -> None:
-        await self._finish(delivery, "retrying", error, at)
-
-    async def dead(self, delivery: Delivery, error: str) -> None:
-        await self._finish(delivery, "dead", error, 0.0)
-
-    async def _finish(
-        self, delivery: Delivery, status: DeliveryStatus, error: str, next_at: float
-    ) -> None:
-        await self._call(
-            self._finish_script,
-            delivery.id,
-            delivery.channel,
-            status,
-            error,
-            next_at,
-            time.time(),
-            self._ttl,
-        )
 
     async def bury(self, channel: str, error: str) -> int:
         return int(await self._call(self._bury, channel, error, time.time()))

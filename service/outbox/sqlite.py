@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from service.outbox.base import Delivery, DeliveryState, DeliveryStatus, NewDelivery
+from service.outbox.base import Delivery, DeliveryState, DeliveryStatus, NewDelivery, Outcome
 from service.sinks.core import ChannelError
 from service.sinks.fs import holder_gone, process_token
 
@@ -120,12 +120,34 @@ class SqliteOutbox:
 
     # -- delivering -----------------------------------------------------------------------
 
-    async def claim(self, channel: str, limit: int) -> list[Delivery]:
-        """Lease up to ``limit`` due deliveries of ``channel`` to this process, oldest first."""
+    async def settle(
+        self, channel: str, finished: Sequence[Outcome], claim: int = 0
+    ) -> list[Delivery]:
+        """Record ``finished``, then lease up to ``claim`` due deliveries of ``channel`` to
+        this process, oldest first: one transaction (see ``Outbox.settle``)."""
         now = time.time()
+        outcomes = [
+            (
+                outcome.status,
+                outcome.error,
+                outcome.next_attempt_at,
+                outcome.at if outcome.status == "delivered" else None,
+                outcome.delivery.id,
+                outcome.delivery.channel,
+            )
+            for outcome in finished
+        ]
 
-        def claim(db: sqlite3.Connection) -> list[Delivery]:
+        def settle(db: sqlite3.Connection) -> list[Delivery]:
             with db:
+                db.executemany(
+                    "UPDATE deliveries SET status = ?, attempts = attempts + 1, last_error = ?,"
+                    " next_attempt_at = COALESCE(?, next_attempt_at), delivered_at = ?,"
+                    " lease_owner = NULL, lease_until = NULL WHERE id = ? AND channel = ?",
+                    outcomes,
+                )
+                if claim <= 0:
+                    return []
                 rows = db.execute(
                     "UPDATE deliveries SET lease_owner = ?, lease_until = ? WHERE rowid IN ("
                     " SELECT rowid FROM deliveries WHERE channel = ? AND status IN "
@@ -133,22 +155,11 @@ class SqliteOutbox:
                     " AND (lease_until IS NULL OR lease_until < ?)"
                     " ORDER BY next_attempt_at LIMIT ?)"
                     " RETURNING id, channel, recipient, message, accepted_at, attempts",
-                    (self._owner, now + self._lease, channel, now, now, limit),
+                    (self._owner, now + self._lease, channel, now, now, claim),
                 ).fetchall()
             return sorted((Delivery(*row) for row in rows), key=lambda row: row.accepted_at)
 
-        return await self._with_db(claim)
-
-    async def delivered(self, delivery: Delivery) -> None:
-        await self._finish(delivery, "delivered", None, None)
-
-    async def retry_at(self, delivery: Delivery, error: str, at: float) -> None:
-        """A temporary failure: try again at ``at``."""
-        await self._finish(delivery, "retrying", error, at)
-
-    async def dead(self, delivery: Delivery, error: str) -> None:
-        """A permanent failure, or out of time: a dead letter, until retried by an operator."""
-        await self._finish(delivery, "dead", error, None)
+        return await self._with_db(settle)
 
     async def bury(self, channel: str, error: str) -> int:
         """Make every pending delivery of ``channel`` that no process holds dead with
@@ -165,33 +176,6 @@ class SqliteOutbox:
             return cursor.rowcount
 
         return await self._with_db(bury)
-
-    async def _finish(
-        self,
-        delivery: Delivery,
-        status: DeliveryStatus,
-        error: str | None,
-        next_at: float | None,
-    ) -> None:
-        now = time.time()
-
-        def finish(db: sqlite3.Connection) -> None:
-            with db:
-                db.execute(
-                    "UPDATE deliveries SET status = ?, attempts = attempts + 1, last_error = ?,"
-                    " next_attempt_at = COALESCE(?, next_attempt_at), delivered_at = ?,"
-                    " lease_owner = NULL, lease_until = NULL WHERE id = ? AND channel = ?",
-                    (
-                        status,
-                        error,
-                        next_at,
-                        now if status == "delivered" else None,
-                        delivery.id,
-                        delivery.channel,
-                    ),
-                )
-
-        await self._with_db(finish)
 
     # -- reading, and the operator's retry --------------------------------------------------
 
