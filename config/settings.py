@@ -198,7 +198,7 @@ class Settings(BaseSettings):
         default=False, description="Refuse an smtp:// server that does not offer STARTTLS."
     )
     smtp_connections: int = Field(
-        default=4, ge=1, le=100, description="SMTP connections kept open (and sends in flight)."
+        default=8, ge=1, le=100, description="SMTP connections kept open (and sends in flight)."
     )
     smtp_timeout: float = Field(
         default=30.0,
