@@ -185,3 +185,17 @@ async def test_a_turn_records_outcomes_then_claims_in_one_call(make: OutboxFacto
     assert claimed[0].attempts == 1
     assert [s.status for s in await outbox.states("id-a")] == ["delivered"]
     assert await outbox.pending() == 2
+
+
+async def test_any_text_goes_in_and_comes_out_unchanged(make: OutboxFactory) -> None:
+    """Messages and addresses as the API accepts them (NUL, quotes, backslashes, line breaks,
+    non-ASCII) are claimed exactly as they were added, with their acceptance times."""
+    messages = ["nul\x00byte", 'quote" back\\slash', "ünïcödé 🎉 \u2028", "line\nbreak\r\n", ""]
+    outbox = await make("a")
+    await outbox.add(
+        [(f"id-{i}", "email", f"ä{i}@bücher.de", m, 1.5 + i) for i, m in enumerate(messages)]
+    )
+    claimed = await outbox.settle("email", [], 10)
+    assert [(d.id, d.recipient, d.message, d.accepted_at) for d in claimed] == [
+        (f"id-{i}", f"ä{i}@bücher.de", m, 1.5 + i) for i, m in enumerate(messages)
+    ]
