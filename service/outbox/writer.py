@@ -37,8 +37,8 @@ channel."""
 
 def delivery_line(email: str, message: str, q: str | None = None) -> str:
     """The record line of one notification's deliveries: ``[email, message, q]`` as ASCII
-    JSON, one line."""
-    return json.dumps([email, message, q], ensure_ascii=True, separators=(",", ":")) + "\n"
+    JSON (``json.dumps``'s defaults, its quickest way), one line."""
+    return json.dumps([email, message, q]) + "\n"
 
 
 def email_rows(

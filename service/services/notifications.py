@@ -193,8 +193,16 @@ class NotificationService:
 
     def _admit(self, notification_id: str, query: QueryLine | None) -> None:
         """Reserve the request's lines (all or none) and record it as queued."""
-        if query is None and self._deliveries is None:
+        deliveries = self._deliveries
+        if query is None and deliveries is None:
             self._notifications.admit()  # the usual request: one line
+        elif query is None and deliveries is not None:  # with email or webhooks: and the outbox
+            self._notifications.admit()
+            try:
+                deliveries.admit()
+            except SinkUnavailable:
+                self._notifications.release()
+                raise
         else:
             self._admit_all(query)
         self._statuses.accepted(notification_id, time.time())
