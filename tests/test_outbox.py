@@ -4,6 +4,7 @@ dead letters listed by page and retried, a disabled channel buried."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -23,7 +24,9 @@ every one a test makes shares the same store, as processes do."""
 
 
 def _rows(*names: str, channel: str = "email") -> list[NewDelivery]:
-    return [(f"id-{name}", channel, f"{name}@example.com", f"hi {name}", 1.0) for name in names]
+    return [
+        (f"id-{name}", channel, f"{name}@example.com", f"hi {name}", None, 1.0) for name in names
+    ]
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -113,6 +116,11 @@ async def test_outcomes_are_recorded_and_dead_letters_can_be_retried(
     assert await outbox.retry_dead("id-ok") == 0
     [again] = await outbox.settle("email", [], 10)
     assert (again.id, again.attempts) == ("id-gone1", 1)
+    # Its time to be delivered starts again; when it was accepted does not change.
+    assert again.accepted_at == 1.0
+    assert again.since == pytest.approx(time.time(), abs=60)
+    [state] = await outbox.states("id-gone1")
+    assert state.accepted_at == 1.0
     assert await outbox.pending() == 2
 
 
@@ -191,11 +199,42 @@ async def test_any_text_goes_in_and_comes_out_unchanged(make: OutboxFactory) -> 
     """Messages and addresses as the API accepts them (NUL, quotes, backslashes, line breaks,
     non-ASCII) are claimed exactly as they were added, with their acceptance times."""
     messages = ["nul\x00byte", 'quote" back\\slash', "ünïcödé 🎉 \u2028", "line\nbreak\r\n", ""]
-    outbox = await make("a")
-    await outbox.add(
-        [(f"id-{i}", "email", f"ä{i}@bücher.de", m, 1.5 + i) for i, m in enumerate(messages)]
-    )
-    claimed = await outbox.settle("email", [], 10)
-    assert [(d.id, d.recipient, d.message, d.accepted_at) for d in claimed] == [
-        (f"id-{i}", f"ä{i}@bücher.de", m, 1.5 + i) for i, m in enumerate(messages)
+    queries = [None, "", "q\x00nul", "null", 'ü "q"']
+    rows: list[NewDelivery] = [
+        (f"id-{i}", "email", f"ä{i}@bücher.de", m, q, 1.5 + i)
+        for i, (m, q) in enumerate(zip(messages, queries, strict=True))
     ]
+    outbox = await make("a")
+    await outbox.add(rows)
+    claimed = await outbox.settle("email", [], 10)
+    assert [(d.id, d.channel, d.recipient, d.message, d.q, d.accepted_at) for d in claimed] == rows
+    assert [d.since for d in claimed] == [row[-1] for row in rows]
+
+
+async def test_an_outbox_from_before_q_is_brought_up_to_date(tmp_path: Path) -> None:
+    """A file written when a webhook row held its whole payload (and no q or retried_at
+    column): opened now, its rows are claimed with the message and q the payload held."""
+    path = tmp_path / "outbox.db"
+    body = '{"type":"notification","id":"n1","time":"x","email":"a@b.c","message":"hi","q":"r"}'
+    with sqlite3.connect(path) as old:
+        old.execute(
+            "CREATE TABLE deliveries (id TEXT NOT NULL, channel TEXT NOT NULL, recipient TEXT"
+            " NOT NULL, message TEXT NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL"
+            " DEFAULT 0, last_error TEXT, accepted_at REAL NOT NULL, next_attempt_at REAL NOT"
+            " NULL, delivered_at REAL, lease_owner TEXT, lease_until REAL,"
+            " PRIMARY KEY (id, channel))"
+        )
+        old.executemany(
+            "INSERT INTO deliveries (id, channel, recipient, message, status, accepted_at,"
+            " next_attempt_at) VALUES (?, ?, 'a@b.c', ?, 'queued', 1.0, 1.0)",
+            [("n1", "webhook-aaaaaaaa", body), ("n1", "email", "hi")],
+        )
+    outbox = SqliteOutbox(path, owner="a", lease_seconds=60)
+    await outbox.open()
+    try:
+        [hook] = await outbox.settle("webhook-aaaaaaaa", [], 1)
+        [email] = await outbox.settle("email", [], 1)
+    finally:
+        await outbox.close()
+    assert (hook.message, hook.q, hook.since) == ("hi", "r", 1.0)
+    assert (email.message, email.q) == ("hi", None)

@@ -181,7 +181,14 @@ async def test_the_intake_makes_one_row_per_channel_and_reads_old_spools(tmp_pat
             (i, c) for i in ("n1", "n2") for c in ["email", *names]
         ]
         claimed = await outbox.settle("webhook-aaaaaaaa", [], 10)
-        bodies = {d.id: json.loads(d.message) for d in claimed}
+        assert [(d.recipient, d.message, d.q) for d in claimed] == [
+            ("a@example.com", "hi", "q1"),
+            ("b@example.com", "old", None),
+        ]
+        bodies = {
+            d.id: json.loads(payload(d.id, d.recipient, d.message, d.q, d.accepted_at))
+            for d in claimed
+        }
         assert bodies["n1"]["q"] == "q1"
         assert bodies["n2"] == {
             "type": "notification",

@@ -18,8 +18,9 @@ __all__ = [
 ]
 
 DeliveryStatus = Literal["queued", "retrying", "delivered", "dead"]
-NewDelivery = tuple[str, str, str, str, float]
-"""``(notification id, channel, recipient, message, accepted_at)``."""
+NewDelivery = tuple[str, str, str, str, str | None, float]
+"""``(notification id, channel, recipient, message, q, accepted_at)``: a channel's delivery of
+one notification (``q`` is the request's ``?q=``, in the webhooks' payload)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +31,12 @@ class Delivery:
     channel: str
     recipient: str
     message: str
+    q: str | None
     accepted_at: float
+    """When the notification was accepted (never changes)."""
+    since: float
+    """When this delivery's time (``NOTIFY_DELIVERY_MAX_AGE``) began: ``accepted_at``, or
+    when an operator last retried it."""
     attempts: int
 
 

@@ -290,7 +290,7 @@ class Dispatcher:
 
     async def _attempt(self, delivery: Delivery) -> Outcome:
         options = self._options
-        if time.time() - delivery.accepted_at > options.max_age:
+        if time.time() - delivery.since > options.max_age:
             return Outcome(delivery, "dead", f"not delivered within {options.max_age:g} s")
         if self._disabled is not None:  # disabled while this one waited for its turn
             return Outcome(delivery, "dead", f"disabled: {self._disabled}")
@@ -320,7 +320,7 @@ class Dispatcher:
 
     def _retry_or_die(self, delivery: Delivery, error: str, delay: float) -> Outcome:
         at = time.time() + delay
-        if at - delivery.accepted_at > self._options.max_age:
+        if at - delivery.since > self._options.max_age:
             return Outcome(delivery, "dead", f"{error}; not delivered within the time allowed")
         return Outcome(delivery, "retrying", error, next_attempt_at=at)
 

@@ -3,8 +3,9 @@ process and worker, with the same operations and guarantees as the SQLite outbox
 
 Keys, under the stream's name as prefix ``p``:
 
-- ``p:dl:{id}:{channel}``: a hash, one delivery: recipient, message, status, attempts,
-  last error, accepted / next attempt / delivered times, and the lease (owner, until);
+- ``p:dl:{id}:{channel}``: a hash, one delivery: recipient, message, ``q`` (as JSON),
+  status, attempts, last error, accepted / retried / next attempt / delivered times, and the
+  lease (owner, until);
 - ``p:due:{channel}``: a sorted set of the channel's pending deliveries by when they are due.
   A claim moves a delivery's score to the end of its lease, so one live worker holds it at a
   time, and a worker that dies leaves it to come due again when the lease ends;
@@ -19,6 +20,7 @@ Delivered deliveries expire ``ttl`` seconds after delivery; dead ones stay until
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -37,13 +39,13 @@ __all__ = ["RedisOutbox"]
 _ADD = """
 local p, now = ARGV[1], ARGV[2]
 local added = 0
-for i = 3, #ARGV, 5 do
+for i = 3, #ARGV, 6 do
     local id, ch = ARGV[i], ARGV[i + 1]
     local key = p .. ':dl:' .. id .. ':' .. ch
     if redis.call('EXISTS', key) == 0 then
         redis.call('HSET', key, 'id', id, 'channel', ch, 'recipient', ARGV[i + 2],
-            'message', ARGV[i + 3], 'status', 'queued', 'attempts', 0,
-            'accepted_at', ARGV[i + 4], 'next_attempt_at', now)
+            'message', ARGV[i + 3], 'q', ARGV[i + 4], 'status', 'queued', 'attempts', 0,
+            'accepted_at', ARGV[i + 5], 'next_attempt_at', now)
         redis.call('ZADD', p .. ':due:' .. ch, now, id)
         redis.call('SADD', p .. ':ch:' .. id, ch)
         redis.call('SADD', p .. ':channels', ch)
@@ -88,8 +90,9 @@ if limit > 0 then
         local key = p .. ':dl:' .. id .. ':' .. ch
         redis.call('ZADD', due, lease_until, id)
         redis.call('HSET', key, 'lease_owner', owner, 'lease_until', lease_until)
-        local f = redis.call('HMGET', key, 'recipient', 'message', 'accepted_at', 'attempts')
-        table.insert(out, {id, f[1], f[2], f[3], f[4]})
+        local f = redis.call('HMGET', key, 'recipient', 'message', 'q', 'accepted_at',
+            'retried_at', 'attempts')
+        table.insert(out, {id, f[1], f[2], f[3] or 'null', f[4], f[5] or f[4], f[6]})
     end
 end
 return out
@@ -114,7 +117,7 @@ local retried = 0
 for _, ch in ipairs(redis.call('SMEMBERS', p .. ':ch:' .. id)) do
     local key = p .. ':dl:' .. id .. ':' .. ch
     if redis.call('HGET', key, 'status') == 'dead' then
-        redis.call('HSET', key, 'status', 'queued', 'next_attempt_at', now, 'accepted_at', now)
+        redis.call('HSET', key, 'status', 'queued', 'next_attempt_at', now, 'retried_at', now)
         redis.call('ZADD', p .. ':due:' .. ch, now, id)
         redis.call('ZREM', p .. ':dead', id .. '\\t' .. ch)
         retried = retried + 1
@@ -209,8 +212,8 @@ class RedisOutbox:
 
     async def add(self, rows: Sequence[NewDelivery]) -> None:
         flat: list[Any] = []
-        for notification_id, channel, recipient, message, accepted_at in rows:
-            flat += [notification_id, channel, recipient, message, accepted_at]
+        for notification_id, channel, recipient, message, q, accepted_at in rows:
+            flat += [notification_id, channel, recipient, message, json.dumps(q), accepted_at]
         if flat:
             await self._call(self._add, time.time(), *flat)
 
@@ -233,10 +236,12 @@ class RedisOutbox:
                 channel=channel,
                 recipient=_text(recipient),
                 message=_text(message),
+                q=json.loads(_text(q)),
                 accepted_at=float(_text(accepted_at)),
+                since=float(_text(since)),
                 attempts=int(_text(attempts)),
             )
-            for notification_id, recipient, message, accepted_at, attempts in rows
+            for notification_id, recipient, message, q, accepted_at, since, attempts in rows
         ]
         return sorted(claimed, key=lambda delivery: delivery.accepted_at)
 

@@ -36,10 +36,12 @@ CREATE TABLE IF NOT EXISTS deliveries (
     channel TEXT NOT NULL,
     recipient TEXT NOT NULL,
     message TEXT NOT NULL,
+    q TEXT,
     status TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
     accepted_at REAL NOT NULL,
+    retried_at REAL,
     next_attempt_at REAL NOT NULL,
     delivered_at REAL,
     lease_owner TEXT,
@@ -111,18 +113,19 @@ class SqliteOutbox:
             # which this thread does not hold Python's GIL (a row at a time, it would take it
             # back for every row, and the event loop would wait for it). SQLite's JSON text
             # ends at a NUL, so a message holding one goes in as parameters.
-            with_nul = [row for row in rows if "\x00" in row[3]]
-            batch = json.dumps([row for row in rows if "\x00" not in row[3]] if with_nul else rows)
+            with_nul = [row for row in rows if "\x00" in row[3] or "\x00" in (row[4] or "")]
+            batch = json.dumps([row for row in rows if row not in with_nul] if with_nul else rows)
             with db:
                 db.execute(
-                    "INSERT OR IGNORE INTO deliveries (id, channel, recipient, message, status,"
-                    " accepted_at, next_attempt_at) SELECT value ->> 0, value ->> 1,"
-                    " value ->> 2, value ->> 3, 'queued', value ->> 4, ? FROM json_each(?)",
+                    "INSERT OR IGNORE INTO deliveries (id, channel, recipient, message, q,"
+                    " status, accepted_at, next_attempt_at) SELECT value ->> 0, value ->> 1,"
+                    " value ->> 2, value ->> 3, value ->> 4, 'queued', value ->> 5, ?"
+                    " FROM json_each(?)",
                     (now, batch),
                 )
                 db.executemany(
-                    "INSERT OR IGNORE INTO deliveries (id, channel, recipient, message, status,"
-                    " accepted_at, next_attempt_at) VALUES (?, ?, ?, ?, 'queued', ?, ?)",
+                    "INSERT OR IGNORE INTO deliveries (id, channel, recipient, message, q,"
+                    " status, accepted_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
                     [(*row, now) for row in with_nul],
                 )
 
@@ -167,7 +170,8 @@ class SqliteOutbox:
                     f"{_PENDING} AND next_attempt_at <= ?"
                     " AND (lease_until IS NULL OR lease_until < ?)"
                     " ORDER BY next_attempt_at LIMIT ?)"
-                    " RETURNING id, channel, recipient, message, accepted_at, attempts",
+                    " RETURNING id, channel, recipient, message, q, accepted_at,"
+                    " COALESCE(retried_at, accepted_at), attempts",
                     (self._owner, now + self._lease, channel, now, now, claim),
                 ).fetchall()
             return sorted((Delivery(*row) for row in rows), key=lambda row: row.accepted_at)
@@ -227,7 +231,7 @@ class SqliteOutbox:
             with db:
                 cursor = db.execute(
                     "UPDATE deliveries SET status = 'queued', next_attempt_at = ?,"
-                    " accepted_at = ? WHERE id = ? AND status = 'dead'",
+                    " retried_at = ? WHERE id = ? AND status = 'dead'",
                     (now, now, notification_id),
                 )
             return cursor.rowcount
@@ -278,6 +282,7 @@ class SqliteOutbox:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self._synchronous}")
         db.executescript(_SCHEMA)
+        _add_missing_columns(db)
         db.isolation_level = "DEFERRED"  # `with db:` commits each batch as one transaction
         self._db = db
 
@@ -295,6 +300,29 @@ class SqliteOutbox:
         if executor is None:
             raise sqlite3.ProgrammingError("the outbox is closed")
         return await asyncio.get_running_loop().run_in_executor(executor, work)
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Bring an outbox written before ``q`` and ``retried_at`` up to date. Its webhook
+    deliveries held their whole payload as their message: it becomes the message and ``q``
+    again (the payload is now built when sent)."""
+    columns = {str(row[1]) for row in db.execute("PRAGMA table_info(deliveries)")}
+    if "q" in columns:
+        return
+    db.execute("BEGIN IMMEDIATE")  # one transaction: another process may open it too
+    try:
+        columns = {str(row[1]) for row in db.execute("PRAGMA table_info(deliveries)")}
+        if "q" not in columns:
+            db.execute("ALTER TABLE deliveries ADD COLUMN q TEXT")
+            db.execute("ALTER TABLE deliveries ADD COLUMN retried_at REAL")
+            db.execute(
+                "UPDATE deliveries SET q = message ->> '$.q', message = message ->> '$.message'"
+                " WHERE channel LIKE 'webhook-%' AND json_valid(message)"
+            )
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def _release_leases_of_the_dead(db: sqlite3.Connection) -> None:

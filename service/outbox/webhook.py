@@ -4,8 +4,8 @@ The request follows the Standard Webhooks specification (https://www.standardweb
 so a receiver verifies it with that spec's libraries:
 
 - the body is the JSON ``{"type": "notification", "id", "time", "email", "message", "q"}``,
-  built once when the notification enters the outbox (the row's ``message``), so every retry
-  sends the same bytes;
+  built when sent from what the outbox holds, which never changes (``time`` is when the
+  notification was accepted), so every retry sends the same bytes;
 - ``webhook-id`` is the notification's id (the same on every retry: receivers drop repeats by
   it), ``webhook-timestamp`` this attempt's Unix time in seconds, and ``webhook-signature``
   ``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">``, one per secret, space-separated
@@ -87,6 +87,10 @@ def shown_url(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path}{query}"
 
 
+_COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+"""``json.dumps(..., ensure_ascii=False, separators=(",", ":"))``, its encoder made once."""
+
+
 def payload(
     notification_id: str, email: str, message: str, q: str | None, accepted_at: float
 ) -> str:
@@ -99,21 +103,20 @@ def payload(
         "message": message,
         "q": q,
     }
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    return _COMPACT_JSON.encode(body)
 
 
 def webhook_rows(
     names: Sequence[str],
 ) -> Callable[[str, str, str, str | None, float], list[NewDelivery]]:
-    """The outbox rows of one notification for the webhook channels ``names``: the payload,
-    built once, as each row's message; the email as its recipient."""
+    """The outbox rows of one notification for the webhook channels ``names``: what the
+    payload is built from when it is sent (the email as the recipient)."""
     channels = tuple(names)
 
     def rows(
         notification_id: str, email: str, message: str, q: str | None, accepted_at: float
     ) -> list[NewDelivery]:
-        body = payload(notification_id, email, message, q, accepted_at)
-        return [(notification_id, name, email, body, accepted_at) for name in channels]
+        return [(notification_id, name, email, message, q, accepted_at) for name in channels]
 
     return rows
 
@@ -173,7 +176,9 @@ def webhook_sender(
     client, url, timeout = target.client, target.url, target.timeout
 
     async def send(delivery: Delivery) -> None:
-        body = delivery.message.encode()
+        body = payload(
+            delivery.id, delivery.recipient, delivery.message, delivery.q, delivery.accepted_at
+        ).encode()
         timestamp = int(time.time())
         headers = {
             "content-type": "application/json",

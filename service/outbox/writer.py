@@ -45,7 +45,7 @@ def email_rows(
     notification_id: str, email: str, message: str, q: str | None, accepted_at: float
 ) -> list[NewDelivery]:
     """The email channel's one row: to the notification's address, the message as body."""
-    return [(notification_id, "email", email, message, accepted_at)]
+    return [(notification_id, "email", email, message, None, accepted_at)]
 
 
 class OutboxWriter:
