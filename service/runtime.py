@@ -306,9 +306,9 @@ class Runtime:
         in Redis and the workers deliver (``service.redis.worker``)."""
         from service.outbox.channels import (
             OutboxDepth,
+            channel_names,
             delivery_channels,
             lease_seconds,
-            row_builders,
         )
 
         settings, metrics = self.settings, self.metrics
@@ -351,7 +351,7 @@ class Runtime:
         batching = batch_options(settings, waiting=settings.ack == "write")
         intake = outbox_sink(
             outbox,
-            row_builders(settings),
+            channel_names(settings),
             replace(batching, queue_size=min(batching.queue_size, settings.outbox_max)),
             added=self._wake_dispatchers,
             spool=spool,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from service.outbox.base import NewDelivery, Outbox, Outcome
+from service.outbox.base import Outbox, Outcome, notification_line
 from service.outbox.redis import RedisOutbox
 from service.outbox.sqlite import SqliteOutbox
 from service.sinks.core import ChannelError
@@ -23,9 +23,11 @@ OutboxFactory = Callable[..., Awaitable[Outbox]]
 every one a test makes shares the same store, as processes do."""
 
 
-def _rows(*names: str, channel: str = "email") -> list[NewDelivery]:
+def _lines(*names: str) -> list[str]:
+    """Notifications as the intake hands them over, accepted at 1.0."""
     return [
-        (f"id-{name}", channel, f"{name}@example.com", f"hi {name}", None, 1.0) for name in names
+        notification_line(f"id-{name}", f"{name}@example.com", f"hi {name}", None, 1.0)
+        for name in names
     ]
 
 
@@ -52,8 +54,8 @@ async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
 async def test_added_deliveries_are_claimed_once_in_order(make: OutboxFactory) -> None:
     """A batch goes in; claims hand each delivery out once, oldest first, while leased."""
     outbox = await make("a")
-    await outbox.add(_rows("a", "b", "c"))
-    await outbox.add(_rows("a"))  # a repeated id is kept once
+    await outbox.add(_lines("a", "b", "c"), ["email"])
+    await outbox.add(_lines("a"), ["email"])  # a repeated id is kept once
     first = await outbox.settle("email", [], 2)
     second = await outbox.settle("email", [], 10)
     assert [d.recipient for d in first + second] == [
@@ -68,7 +70,7 @@ async def test_added_deliveries_are_claimed_once_in_order(make: OutboxFactory) -
 async def test_two_processes_never_hold_the_same_delivery(make: OutboxFactory) -> None:
     """Two holders of one store (two processes) split the work; nothing twice."""
     one, two = await make("one"), await make("two")
-    await one.add(_rows(*(str(i) for i in range(100))))
+    await one.add(_lines(*(str(i) for i in range(100))), ["email"])
     taken: list[str] = []
     while batch := (await one.settle("email", [], 7)) + (await two.settle("email", [], 5)):
         taken += [delivery.id for delivery in batch]
@@ -78,7 +80,7 @@ async def test_two_processes_never_hold_the_same_delivery(make: OutboxFactory) -
 async def test_a_dead_processes_lease_ends_and_another_takes_over(make: OutboxFactory) -> None:
     """A lease not finished in time (its holder died) is claimed by the next holder."""
     dying = await make("dying", lease=-1.0)  # its lease is over at once
-    await dying.add(_rows("x"))
+    await dying.add(_lines("x"), ["email"])
     [held] = await dying.settle("email", [], 1)
     [taken] = await (await make("heir")).settle("email", [], 1)
     assert taken.id == held.id
@@ -90,7 +92,7 @@ async def test_outcomes_are_recorded_and_dead_letters_can_be_retried(
     """delivered, retrying (not due before its time), dead; an operator's retry makes the dead
     one due again; listing pages by id."""
     outbox = await make("a")
-    await outbox.add(_rows("ok", "later", "gone1", "gone2"))
+    await outbox.add(_lines("ok", "later", "gone1", "gone2"), ["email"])
     claimed = {d.id: d for d in await outbox.settle("email", [], 10)}
     later = time.time() + 3600
     outcomes = [
@@ -126,7 +128,7 @@ async def test_outcomes_are_recorded_and_dead_letters_can_be_retried(
 
 async def test_a_disabled_channel_buries_what_nobody_holds(make: OutboxFactory) -> None:
     outbox = await make("a")
-    await outbox.add(_rows("held", "waiting", channel="webhook-1"))
+    await outbox.add(_lines("held", "waiting"), ["webhook-1"])
     [held] = await outbox.settle("webhook-1", [], 1)
     assert await outbox.bury("webhook-1", "disabled: 410 Gone") == 1
     dead = await outbox.listed("dead", limit=10, after=None)
@@ -138,7 +140,7 @@ async def test_delivered_ones_expire_from_redis(redis_url: str) -> None:
     """Redis keeps a delivered delivery for the status TTL only; dead ones stay."""
     async with aioredis.Redis.from_url(redis_url) as redis:
         outbox = RedisOutbox(redis, "notifications", lease_seconds=60, ttl=60, owner="a")
-        await outbox.add(_rows("ok"))
+        await outbox.add(_lines("ok"), ["email"])
         [ok] = await outbox.settle("email", [], 1)
         await outbox.settle("email", [Outcome(ok, "delivered")])
         assert 0 < await redis.ttl("notifications:dl:id-ok:email") <= 60
@@ -149,7 +151,7 @@ async def test_redis_down_is_a_channel_error_without_the_address() -> None:
     async with aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1) as down:
         outbox = RedisOutbox(down, "notifications", lease_seconds=60, ttl=60, owner="a")
         with pytest.raises(ChannelError) as failed:
-            await outbox.add(_rows("x"))
+            await outbox.add(_lines("x"), ["email"])
     assert "127.0.0.1:1" not in str(failed.value)
     assert failed.value.detail is not None
     assert "127.0.0.1:1" in failed.value.detail
@@ -161,7 +163,7 @@ async def test_sqlite_forgets_what_was_delivered_long_enough_ago(tmp_path: Path)
     outbox = SqliteOutbox(tmp_path / "outbox.db", owner="a", lease_seconds=60)
     await outbox.open()
     try:
-        await outbox.add(_rows("old", "pending", "gone"))
+        await outbox.add(_lines("old", "pending", "gone"), ["email"])
         claimed = {d.id: d for d in await outbox.settle("email", [], 10)}
         outcomes = [
             Outcome(claimed["id-old"], "delivered"),
@@ -182,7 +184,7 @@ async def test_a_turn_records_outcomes_then_claims_in_one_call(make: OutboxFacto
     """``settle``: the outcomes given are recorded, and the claim that follows sees them (a
     delivery set to retry now is claimable again in the same call)."""
     outbox = await make("a")
-    await outbox.add(_rows("a", "b", "c"))
+    await outbox.add(_lines("a", "b", "c"), ["email"])
     first, second = await outbox.settle("email", [], 2)
     outcomes = [
         Outcome(first, "delivered"),
@@ -200,12 +202,14 @@ async def test_any_text_goes_in_and_comes_out_unchanged(make: OutboxFactory) -> 
     non-ASCII) are claimed exactly as they were added, with their acceptance times."""
     messages = ["nul\x00byte", 'quote" back\\slash', "ünïcödé 🎉 \u2028", "line\nbreak\r\n", ""]
     queries = [None, "", "q\x00nul", "null", 'ü "q"']
-    rows: list[NewDelivery] = [
+    rows = [
         (f"id-{i}", "email", f"ä{i}@bücher.de", m, q, 1.5 + i)
         for i, (m, q) in enumerate(zip(messages, queries, strict=True))
     ]
     outbox = await make("a")
-    await outbox.add(rows)
+    await outbox.add(
+        [notification_line(i, email, m, q, at) for i, _, email, m, q, at in rows], ["email"]
+    )
     claimed = await outbox.settle("email", [], 10)
     assert [(d.id, d.channel, d.recipient, d.message, d.q, d.accepted_at) for d in claimed] == rows
     assert [d.since for d in claimed] == [row[-1] for row in rows]

@@ -15,6 +15,7 @@ from standardwebhooks.webhooks import Webhook
 
 from config import Settings
 from config.settings import SettingsError, load_settings
+from service.outbox.base import notification_line
 from service.outbox.dispatcher import (
     ChannelFailure,
     ChannelGone,
@@ -29,9 +30,8 @@ from service.outbox.webhook import (
     retry_after,
     shown_url,
     signature,
-    webhook_rows,
 )
-from service.outbox.writer import OutboxWriter, delivery_line, email_rows
+from service.outbox.writer import OutboxWriter
 from service.sinks.core import Batch
 
 KEY_A = b"0123456789abcdef0123456789abcdef"
@@ -167,23 +167,30 @@ def test_bad_webhook_settings_are_one_line_hiding_the_values(
 
 
 async def test_the_intake_makes_one_row_per_channel_and_reads_old_spools(tmp_path: Path) -> None:
-    """One record per notification becomes a row per channel in one transaction; a record
-    spooled before q was carried (``[email, message]``) still goes in, with q null."""
+    """One record per notification becomes a row per channel in one transaction; records
+    spooled by earlier versions (``[email, message]``, ``[email, message, q]``) still go in,
+    with the record's id and time."""
     outbox = SqliteOutbox(tmp_path / "outbox.db", lease_seconds=60)
     await outbox.open()
     try:
         names = ["webhook-aaaaaaaa", "webhook-bbbbbbbb"]
-        writer = OutboxWriter(outbox, [email_rows, webhook_rows(names)], added=lambda: None)
-        lines = [delivery_line("a@example.com", "hi", "q1"), '["b@example.com","old"]\n']
-        await writer.send(Batch(["n1", "n2"], ["notification"] * 2, lines, [1.0, 2.0], [None] * 2))
-        states = await outbox.states("n1") + await outbox.states("n2")
+        writer = OutboxWriter(outbox, ["email", *names], added=lambda: None)
+        lines = [
+            notification_line("n1", "a@example.com", "hi", "q1", 1.0),
+            '["b@example.com","old"]\n',
+            '["c@example.com", "older", "q3"]\n',
+        ]
+        ids, times = ["n1", "n2", "n3"], [9.0, 2.0, 3.0]
+        await writer.send(Batch(ids, ["notification"] * 3, lines, times, [None] * 3))
+        states = [s for i in ids for s in await outbox.states(i)]
         assert sorted((s.id, s.channel) for s in states) == [
-            (i, c) for i in ("n1", "n2") for c in ["email", *names]
+            (i, c) for i in ids for c in ["email", *names]
         ]
         claimed = await outbox.settle("webhook-aaaaaaaa", [], 10)
-        assert [(d.recipient, d.message, d.q) for d in claimed] == [
-            ("a@example.com", "hi", "q1"),
-            ("b@example.com", "old", None),
+        assert [(d.id, d.recipient, d.message, d.q, d.accepted_at) for d in claimed] == [
+            ("n1", "a@example.com", "hi", "q1", 1.0),  # the line's own time
+            ("n2", "b@example.com", "old", None, 2.0),
+            ("n3", "c@example.com", "older", "q3", 3.0),
         ]
         bodies = {
             d.id: json.loads(payload(d.id, d.recipient, d.message, d.q, d.accepted_at))
@@ -198,7 +205,7 @@ async def test_the_intake_makes_one_row_per_channel_and_reads_old_spools(tmp_pat
             "message": "old",
             "q": None,
         }
-        [email] = await outbox.settle("email", [], 1)
+        [email, *_] = await outbox.settle("email", [], 3)
         assert (email.recipient, email.message) == ("a@example.com", "hi")
     finally:
         await outbox.close()

@@ -3,6 +3,7 @@ machine) or Redis (``redis.RedisOutbox``, shared by the API processes and worker
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -12,15 +13,34 @@ __all__ = [
     "Delivery",
     "DeliveryState",
     "DeliveryStatus",
-    "NewDelivery",
+    "NotificationFields",
     "Outbox",
     "Outcome",
+    "notification_fields",
+    "notification_line",
 ]
 
 DeliveryStatus = Literal["queued", "retrying", "delivered", "dead"]
-NewDelivery = tuple[str, str, str, str, str | None, float]
-"""``(notification id, channel, recipient, message, q, accepted_at)``: a channel's delivery of
-one notification (``q`` is the request's ``?q=``, in the webhooks' payload)."""
+_ENCODER = json.JSONEncoder()
+"""``json.dumps``'s defaults (ASCII, one line), its encoder made once."""
+
+NotificationFields = tuple[float, str, str, str, str | None]
+"""``(accepted_at, notification id, email, message, q)``: what every channel's delivery of one
+notification is made of (``q``, the request's ``?q=``, is in the webhooks' payload)."""
+
+
+def notification_line(
+    notification_id: str, email: str, message: str, q: str | None, accepted_at: float
+) -> str:
+    """How a notification goes into the outbox: ``[accepted_at, id, email, message, q]`` as
+    ASCII JSON, on one line (the intake's record line, spooled as it is)."""
+    return _ENCODER.encode([accepted_at, notification_id, email, message, q]) + "\n"
+
+
+def notification_fields(line: str) -> NotificationFields:
+    """The fields of a ``notification_line``."""
+    accepted_at, notification_id, email, message, q = json.loads(line)
+    return float(accepted_at), notification_id, email, message, q
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +102,10 @@ class Outbox(Protocol):
 
     async def close(self) -> None: ...
 
-    async def add(self, rows: Sequence[NewDelivery]) -> None: ...
+    async def add(self, lines: Sequence[str], channels: Sequence[str]) -> None:
+        """Add one delivery per channel of ``channels`` for each notification line (see
+        ``notification_line``), all in one transaction; a notification already there for a
+        channel is kept as it is."""
 
     async def settle(
         self, channel: str, finished: Sequence[Outcome], claim: int = 0

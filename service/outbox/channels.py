@@ -1,7 +1,7 @@
 """The delivery channels the settings ask for (email, each webhook URL), built the same way
 wherever they run: in the API process with the local backend, in each worker with Redis.
 
-``row_builders`` is what the intake needs (one outbox row per channel for each notification);
+``channel_names`` is what the intake needs (one outbox row per channel for each notification);
 ``delivery_channels`` adds what sends: a ``Dispatcher`` per channel over the outbox, with the
 SMTP pool or the webhook's HTTP client, and what to close at the end.
 """
@@ -19,17 +19,16 @@ from config import Settings
 from service.outbox.base import Outbox
 from service.outbox.dispatcher import DeliveryListener, Dispatcher, DispatchOptions
 from service.outbox.email import email_sender
-from service.outbox.webhook import WebhookTarget, channel_name, webhook_rows, webhook_sender
-from service.outbox.writer import RowBuilder, email_rows
+from service.outbox.webhook import WebhookTarget, channel_name, webhook_sender
 from service.sinks.email import EmailChannel, SmtpOptions, SmtpServer
 
 __all__ = [
     "DeliveryChannels",
     "OutboxDepth",
+    "channel_names",
     "delivery_channels",
     "dispatch_options",
     "lease_seconds",
-    "row_builders",
 ]
 
 
@@ -62,14 +61,10 @@ def dispatch_options(
     )
 
 
-def row_builders(settings: Settings) -> list[RowBuilder]:
-    """The outbox rows of one notification: email's, then each webhook URL's."""
-    builders: list[RowBuilder] = []
-    if settings.email_on:
-        builders.append(email_rows)
-    if settings.webhook_urls:
-        builders.append(webhook_rows([channel_name(url) for url in settings.webhook_urls]))
-    return builders
+def channel_names(settings: Settings) -> list[str]:
+    """The outbox channels of each notification: ``email``, then each webhook URL's."""
+    names = ["email"] if settings.email_on else []
+    return names + [channel_name(url) for url in settings.webhook_urls]
 
 
 @dataclass

@@ -28,7 +28,13 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from service.outbox.base import Delivery, DeliveryState, DeliveryStatus, NewDelivery, Outcome
+from service.outbox.base import (
+    Delivery,
+    DeliveryState,
+    DeliveryStatus,
+    Outcome,
+    notification_fields,
+)
 from service.redis.broker import describe_redis_error, public_redis_error
 from service.sinks.core import ChannelError
 from service.sinks.fs import holder_gone, process_token
@@ -210,10 +216,12 @@ class RedisOutbox:
 
     # -- adding and delivering --------------------------------------------------------------
 
-    async def add(self, rows: Sequence[NewDelivery]) -> None:
+    async def add(self, lines: Sequence[str], channels: Sequence[str]) -> None:
         flat: list[Any] = []
-        for notification_id, channel, recipient, message, q, accepted_at in rows:
-            flat += [notification_id, channel, recipient, message, json.dumps(q), accepted_at]
+        for line in lines:
+            accepted_at, notification_id, email, message, q = notification_fields(line)
+            for channel in channels:
+                flat += [notification_id, channel, email, message, json.dumps(q), accepted_at]
         if flat:
             await self._call(self._add, time.time(), *flat)
 

@@ -22,7 +22,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from service.outbox.base import Delivery, DeliveryState, DeliveryStatus, NewDelivery, Outcome
+from service.outbox.base import (
+    Delivery,
+    DeliveryState,
+    DeliveryStatus,
+    Outcome,
+    notification_fields,
+)
 from service.sinks.core import ChannelError
 from service.sinks.fs import holder_gone, process_token
 
@@ -104,30 +110,41 @@ class SqliteOutbox:
 
     # -- adding ---------------------------------------------------------------------------
 
-    async def add(self, rows: Sequence[NewDelivery]) -> None:
-        """Add new deliveries, due now, in one transaction (a repeated id is kept once)."""
+    async def add(self, lines: Sequence[str], channels: Sequence[str]) -> None:
+        """Add a delivery per channel for each notification line, due now, in one transaction
+        (a notification already there for a channel is kept as it is)."""
         now = time.time()
 
         def add(db: sqlite3.Connection) -> None:
-            # The batch crosses as one JSON text, unpacked by SQLite: one statement, during
-            # which this thread does not hold Python's GIL (a row at a time, it would take it
-            # back for every row, and the event loop would wait for it). SQLite's JSON text
-            # ends at a NUL, so a message holding one goes in as parameters.
-            with_nul = [row for row in rows if "\x00" in row[3] or "\x00" in (row[4] or "")]
-            batch = json.dumps([row for row in rows if row not in with_nul] if with_nul else rows)
+            # The lines cross as one JSON text that SQLite unpacks and crosses with the
+            # channels: one statement, during which this thread does not hold Python's GIL (a
+            # row at a time, it would take it back for every row while the event loop wants
+            # it). SQLite's text ends at a NUL, so a line holding one goes in as parameters.
+            plain = [line for line in lines if "\\u0000" not in line]
             with db:
                 db.execute(
                     "INSERT OR IGNORE INTO deliveries (id, channel, recipient, message, q,"
-                    " status, accepted_at, next_attempt_at) SELECT value ->> 0, value ->> 1,"
-                    " value ->> 2, value ->> 3, value ->> 4, 'queued', value ->> 5, ?"
-                    " FROM json_each(?)",
-                    (now, batch),
+                    " status, accepted_at, next_attempt_at)"
+                    " SELECT n.value ->> 1, c.value, n.value ->> 2, n.value ->> 3,"
+                    " n.value ->> 4, 'queued', n.value ->> 0, ?"
+                    " FROM json_each(?) AS n, json_each(?) AS c",
+                    (now, "[" + ",".join(plain) + "]", json.dumps(channels)),
                 )
-                db.executemany(
-                    "INSERT OR IGNORE INTO deliveries (id, channel, recipient, message, q,"
-                    " status, accepted_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
-                    [(*row, now) for row in with_nul],
-                )
+                if len(plain) < len(lines):
+                    db.executemany(
+                        "INSERT OR IGNORE INTO deliveries (id, channel, recipient, message, q,"
+                        " status, accepted_at, next_attempt_at)"
+                        " VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
+                        [
+                            (notification_id, channel, email, message, q, accepted_at, now)
+                            for line in lines
+                            if "\\u0000" in line
+                            for accepted_at, notification_id, email, message, q in [
+                                notification_fields(line)
+                            ]
+                            for channel in channels
+                        ],
+                    )
 
         try:
             await self._with_db(add)

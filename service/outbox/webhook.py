@@ -44,7 +44,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from service.outbox.base import Delivery, NewDelivery
+from service.outbox.base import Delivery
 from service.outbox.dispatcher import (
     ChannelFailure,
     ChannelGone,
@@ -60,7 +60,6 @@ __all__ = [
     "retry_after",
     "shown_url",
     "signature",
-    "webhook_rows",
     "webhook_sender",
 ]
 
@@ -104,21 +103,6 @@ def payload(
         "q": q,
     }
     return _COMPACT_JSON.encode(body)
-
-
-def webhook_rows(
-    names: Sequence[str],
-) -> Callable[[str, str, str, str | None, float], list[NewDelivery]]:
-    """The outbox rows of one notification for the webhook channels ``names``: what the
-    payload is built from when it is sent (the email as the recipient)."""
-    channels = tuple(names)
-
-    def rows(
-        notification_id: str, email: str, message: str, q: str | None, accepted_at: float
-    ) -> list[NewDelivery]:
-        return [(notification_id, name, email, message, q, accepted_at) for name in channels]
-
-    return rows
 
 
 def signature(keys: Sequence[bytes], message_id: str, timestamp: int, body: bytes) -> str:

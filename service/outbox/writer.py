@@ -1,63 +1,50 @@
-"""The outbox's intake: a ``Channel`` that adds each batch of accepted deliveries to the outbox
-in one transaction, behind the delivery core (admission, batching, retries, the shutdown
+"""The outbox's intake: a ``Channel`` that adds each batch of accepted notifications to the
+outbox in one transaction, behind the delivery core (admission, batching, retries, the shutdown
 deadline and the spool are the core's, as for the log).
 
-A notification travels through the core as one record whose line is the JSON array
-``[email, message, q]`` (ASCII, one line), so it spools and replays like any other record. The
-writer turns each record into one row per delivery channel (``email``, one per webhook URL),
-all of a batch's rows in one transaction: a notification enters every channel, or none.
+A notification travels through the core as one record whose line is its notification line
+(``base.notification_line``: ``[accepted_at, id, email, message, q]`` as ASCII JSON, one
+line), so it spools and replays like any other record, and reaches the outbox as it is. The
+outbox makes it a row per delivery channel (``email``, one per webhook URL), all of a batch's
+rows in one transaction, so a notification enters every channel, or none. (The SQLite outbox
+has SQLite unpack the lines: no line is decoded and encoded again on the way.)
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from service.outbox.base import NewDelivery, Outbox
+from service.outbox.base import Outbox, notification_line
 from service.records import Kind
 from service.sinks.base import SinkFull, Wait
 from service.sinks.core import Batch, BatchOptions, BatchSink
 from service.sinks.spool import JSON_RECORDS, Spool
 from service.wire import WireRecord
 
-__all__ = [
-    "OutboxIntake",
-    "OutboxWriter",
-    "RowBuilder",
-    "delivery_line",
-    "email_rows",
-    "outbox_sink",
-]
-
-RowBuilder = Callable[[str, str, str, str | None, float], Iterable[NewDelivery]]
-"""The outbox rows of one notification ``(id, email, message, q, accepted_at)`` for one kind of
-channel."""
+__all__ = ["OutboxIntake", "OutboxWriter", "outbox_sink"]
 
 
-def delivery_line(email: str, message: str, q: str | None = None) -> str:
-    """The record line of one notification's deliveries: ``[email, message, q]`` as ASCII
-    JSON (``json.dumps``'s defaults, its quickest way), one line."""
-    return json.dumps([email, message, q]) + "\n"
-
-
-def email_rows(
-    notification_id: str, email: str, message: str, q: str | None, accepted_at: float
-) -> list[NewDelivery]:
-    """The email channel's one row: to the notification's address, the message as body."""
-    return [(notification_id, "email", email, message, None, accepted_at)]
+def _upgraded(line: str, notification_id: str, accepted_at: float) -> str:
+    """A line spooled by an earlier version (``[email, message]`` or ``[email, message, q]``:
+    no time, no id) as a notification line; a notification line as it is."""
+    if not line.startswith('["'):
+        return line
+    email, message, *rest = json.loads(line)
+    return notification_line(
+        notification_id, email, message, rest[0] if rest else None, accepted_at
+    )
 
 
 class OutboxWriter:
-    """Adds batches of notifications to the outbox, one row per channel (``builders``)."""
+    """Adds batches of notifications to the outbox, a row per channel of ``channels``."""
 
     is_open = True
 
-    def __init__(
-        self, outbox: Outbox, builders: Sequence[RowBuilder], added: Callable[[], None]
-    ) -> None:
+    def __init__(self, outbox: Outbox, channels: Sequence[str], added: Callable[[], None]) -> None:
         self._outbox = outbox
-        self._builders = tuple(builders)
+        self._channels = tuple(channels)
         self._added = added
         self.name = f"outbox {outbox.path}"
         self.description = f"the outbox {outbox.path}"
@@ -66,13 +53,13 @@ class OutboxWriter:
         """The outbox is opened by its owner (the runtime), before this."""
 
     async def send(self, batch: Batch) -> None:
-        rows: list[NewDelivery] = []
-        for record_id, line, accepted_at in zip(batch.ids, batch.lines, batch.times, strict=True):
-            email, message, *rest = json.loads(line)  # a spool of before q: [email, message]
-            q = rest[0] if rest else None
-            for build in self._builders:
-                rows.extend(build(record_id, email, message, q, accepted_at))
-        await self._outbox.add(rows)  # ChannelError if the outbox cannot take them now
+        lines = [
+            _upgraded(line, record_id, accepted_at)
+            for record_id, line, accepted_at in zip(
+                batch.ids, batch.lines, batch.times, strict=True
+            )
+        ]
+        await self._outbox.add(lines, self._channels)  # ChannelError if it cannot take them now
         self._added()
 
     async def check(self) -> bool:
@@ -87,14 +74,14 @@ class OutboxWriter:
 
 def outbox_sink(
     outbox: Outbox,
-    builders: Sequence[RowBuilder],
+    channels: Sequence[str],
     options: BatchOptions,
     *,
     added: Callable[[], None],
     spool: Path,
 ) -> BatchSink:
-    """The sink that takes notifications into ``outbox``, a row per channel (``builders``)."""
-    writer = OutboxWriter(outbox, builders, added)
+    """The sink that takes notifications into ``outbox``, a row per channel of ``channels``."""
+    writer = OutboxWriter(outbox, channels, added)
     return BatchSink(writer, options, spool=Spool(spool, JSON_RECORDS))
 
 

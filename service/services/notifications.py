@@ -8,8 +8,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from service.ids import new_id
-from service.outbox.base import DeliveryState, Outbox
-from service.outbox.writer import delivery_line
+from service.outbox.base import DeliveryState, Outbox, notification_line
 from service.records import Record, notification_renderer, render_text
 from service.services.deadlines import Deadlines, wait_all
 from service.sinks.base import Lines, SinkUnavailable, Wait
@@ -146,7 +145,7 @@ class NotificationService:
         line = self._render_notification(email, message, notification_id)
         self._notifications.submit(notification_id, "notification", line, written)
         if self._deliveries is not None:  # email or webhooks on: into the outbox too
-            pending = delivery_line(email, message, q)
+            pending = notification_line(notification_id, email, message, q, time.time())
             self._deliveries.submit(notification_id, "notification", pending, queued)
 
     async def log_query(self, query: QueryLine, done: Wait = None) -> None:
