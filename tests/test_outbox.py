@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from service.outbox.base import Outbox, Outcome, notification_line
+from service.outbox.base import Outbox, Outcome, notification_fields, notification_line
 from service.outbox.redis import RedisOutbox
 from service.outbox.sqlite import SqliteOutbox
 from service.sinks.core import ChannelError
@@ -242,3 +242,22 @@ async def test_an_outbox_from_before_q_is_brought_up_to_date(tmp_path: Path) -> 
         await outbox.close()
     assert (hook.message, hook.q, hook.since) == ("hi", "r", 1.0)
     assert (email.message, email.q) == ("hi", None)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        (1.5, "id-1", "a@example.com", "hi", None),
+        (1796144787.7447894, 'id "quoted" \\', "ä@bücher.de", "nul\x00 \u2028 🎉 \r\n", ""),
+        (1e-7, "n", "e@x.y", "", 'q "with" quotes'),
+    ],
+)
+def test_a_notification_line_is_one_ascii_line_that_reads_back(
+    fields: tuple[float, str, str, str, str | None],
+) -> None:
+    accepted_at, notification_id, email, message, q = fields
+    line = notification_line(notification_id, email, message, q, accepted_at)
+    assert line.isascii()
+    assert line.endswith("\n")
+    assert "\n" not in line[:-1]
+    assert notification_fields(line) == fields
