@@ -153,7 +153,7 @@ class _HeaderClasses(HeaderRegistry):
 _SHARED_HEADERS = frozenset(
     {"from", "subject", "date", "content-type", "content-transfer-encoding", "mime-version"}
 )
-_FOLDED: dict[tuple[bool, str, str], bytes] = {}
+_FOLDED: dict[tuple[bool, str, int | None, str, str], bytes] = {}
 _FOLDED_MAX = 1024
 
 
@@ -166,7 +166,7 @@ class _SmtpPolicy(EmailPolicy):
     def fold_binary(self, name: str, value: str) -> bytes:
         if name.lower() not in _SHARED_HEADERS:
             return super().fold_binary(name, value)
-        key = (self.utf8, name, str(value))
+        key = (self.utf8, self.linesep, self.max_line_length, name, str(value))
         folded = _FOLDED.get(key)
         if folded is None:
             if len(_FOLDED) >= _FOLDED_MAX:  # a year of distinct Dates is not kept

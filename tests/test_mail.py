@@ -268,3 +268,19 @@ def test_the_bytes_are_those_of_the_plain_standard_library_way(message: str) -> 
     assert mail(message=message, subject=subject).as_bytes() == reference_mail(
         "ada@example.com", message, subject=subject
     )
+
+
+def test_a_clone_of_the_policy_folds_by_its_own_settings() -> None:
+    """The shared headers' folds are remembered per policy setting: a clone with other line
+    ends or another line length gets its own."""
+    subject = "A subject long enough to fold at forty characters, surely"
+    built = mail(subject=subject)
+    crlf = built.as_bytes()
+    message = built.message
+    lf = message.as_bytes(policy=message.policy.clone(linesep="\n"))
+    assert lf == crlf.replace(b"\r\n", b"\n")
+    narrow = message.as_bytes(policy=message.policy.clone(max_line_length=40))
+    plain = message_from_bytes(reference_mail("ada@example.com", "hi", subject=subject))
+    expected = plain.as_bytes(policy=policy.SMTP.clone(max_line_length=40))
+    assert narrow == expected
+    assert narrow != crlf
