@@ -4,6 +4,7 @@ dead letters listed by page and retried, a disabled channel buried."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -13,7 +14,15 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from service.outbox.base import Outbox, Outcome, notification_fields, notification_line
+from service.outbox.base import (
+    Delivery,
+    DeliveryState,
+    Outbox,
+    Outcome,
+    notification_fields,
+    notification_line,
+)
+from service.outbox.dispatcher import Dispatcher, DispatchOptions
 from service.outbox.redis import RedisOutbox
 from service.outbox.sqlite import SqliteOutbox
 from service.sinks.core import ChannelError
@@ -261,3 +270,44 @@ def test_a_notification_line_is_one_ascii_line_that_reads_back(
     assert line.endswith("\n")
     assert "\n" not in line[:-1]
     assert notification_fields(line) == fields
+
+
+async def test_an_operators_retry_gives_a_dead_letter_a_new_max_age(tmp_path: Path) -> None:
+    """A delivery past its max age is dead without an attempt; retried by an operator, it is
+    sent (its time starts again) and keeps when it was accepted."""
+    outbox = SqliteOutbox(tmp_path / "outbox.db", owner="a", lease_seconds=60)
+    await outbox.open()
+    sent: list[Delivery] = []
+
+    async def send(delivery: Delivery) -> None:  # the receiving end
+        sent.append(delivery)
+
+    accepted = time.time() - 10
+    dispatcher = Dispatcher(outbox, "email", send, DispatchOptions(max_age=5.0, poll_interval=0.05))
+    try:
+        await outbox.add(
+            [notification_line("old", "a@example.com", "hi", None, accepted)], ["email"]
+        )
+        await dispatcher.start()
+        dispatcher.wake()
+        [dead] = await _until_status(outbox, "old", "dead")
+        assert dead.last_error == "not delivered within 5 s"
+        assert sent == []
+        assert await outbox.retry_dead("old") == 1
+        dispatcher.wake()
+        [delivered] = await _until_status(outbox, "old", "delivered")
+        assert [d.id for d in sent] == ["old"]
+        assert delivered.accepted_at == accepted
+    finally:
+        await dispatcher.aclose()
+        await outbox.close()
+
+
+async def _until_status(outbox: Outbox, notification_id: str, status: str) -> list[DeliveryState]:
+    """The notification's delivery states once one is ``status`` (within 10 s)."""
+    async with asyncio.timeout(10):
+        while True:
+            states = await outbox.states(notification_id)
+            if any(state.status == status for state in states):
+                return states
+            await asyncio.sleep(0.01)
