@@ -65,6 +65,11 @@ class NotificationService:
         self._on_accept = on_accept
         self._notifications = notifications
         self._queries = queries
+        outbox_lines = () if deliveries is None else (deliveries,)
+        self._wanted = {  # what a request reserves, all or none, by whether it has ?q=
+            False: (notifications, *outbox_lines),
+            True: (notifications, queries, *outbox_lines),
+        }
         self._statuses = statuses
         self._ledger = ledger
         self._render = render
@@ -192,16 +197,8 @@ class NotificationService:
 
     def _admit(self, notification_id: str, query: QueryLine | None) -> None:
         """Reserve the request's lines (all or none) and record it as queued."""
-        deliveries = self._deliveries
-        if query is None and deliveries is None:
+        if query is None and self._deliveries is None:
             self._notifications.admit()  # the usual request: one line
-        elif query is None and deliveries is not None:  # with email or webhooks: and the outbox
-            self._notifications.admit()
-            try:
-                deliveries.admit()
-            except SinkUnavailable:
-                self._notifications.release()
-                raise
         else:
             self._admit_all(query)
         self._statuses.accepted(notification_id, time.time())
@@ -209,18 +206,14 @@ class NotificationService:
 
     def _admit_all(self, query: QueryLine | None) -> None:
         """Reserve the log line, the query line and the delivery: all of them, or none."""
-        wanted = [self._notifications]
-        if query is not None:
-            wanted.append(self._queries)
-        if self._deliveries is not None:
-            wanted.append(self._deliveries)
-        admitted: list[Lines] = []
+        wanted = self._wanted[query is not None]
+        admitted = 0
         try:
             for lines in wanted:
                 lines.admit()
-                admitted.append(lines)
+                admitted += 1
         except SinkUnavailable:
-            for lines in admitted:
+            for lines in wanted[:admitted]:
                 lines.release()
             raise
         if query is not None:
