@@ -119,9 +119,7 @@ def build_mail(
     mail["Date"] = _date_header(format_datetime(date), smtputf8)
     mail["Message-ID"] = make("Message-ID", f"<{notification_id}@{constant.domain}>")
     mail["X-Notification-Id"] = make("X-Notification-Id", notification_id)
-    addresses = mail["To"].addresses
-    if len(addresses) != 1 or addresses[0].addr_spec != recipient:
-        raise ValueError("To would not be exactly the address given")
+    _check_one_address(mail["To"], recipient)
     if _transfer_encoding(message) == "7bit":
         # What ``set_content(message, charset="utf-8", cte="7bit")`` makes (the tests compare
         # the bytes), with its three headers parsed once per process rather than per message.
@@ -207,9 +205,7 @@ def _constant_headers(sender: str, subject: str, smtputf8: bool) -> _Constant:
         raise ValueError("the sender's local part must be ASCII")
     make = _POLICIES[smtputf8].header_factory
     from_ = make("From", str(Address(addr_spec=envelope_sender)))
-    addresses = from_.addresses
-    if len(addresses) != 1 or addresses[0].addr_spec != envelope_sender:
-        raise ValueError("From would not be exactly the address given")
+    _check_one_address(from_, envelope_sender)
     return _Constant(
         envelope_sender=envelope_sender,
         domain=envelope_sender.rpartition("@")[2],
@@ -221,6 +217,14 @@ def _constant_headers(sender: str, subject: str, smtputf8: bool) -> _Constant:
             make("MIME-Version", "1.0"),
         ),
     )
+
+
+def _check_one_address(header: BaseHeader, expected: str) -> None:
+    """Raise ``ValueError`` unless the address header ``header`` holds exactly one address,
+    ``expected``."""
+    addresses = header.addresses  # type: ignore[attr-defined]  # an AddressHeader
+    if len(addresses) != 1 or addresses[0].addr_spec != expected:
+        raise ValueError(f"{header.name} would not be exactly the address given")
 
 
 @functools.lru_cache(maxsize=256)
