@@ -64,6 +64,11 @@ CREATE INDEX IF NOT EXISTS deliveries_delivered ON deliveries (delivered_at)
     WHERE status = 'delivered';
 """
 _PENDING = "('queued', 'retrying')"
+_INSERT = (
+    "INSERT OR IGNORE INTO deliveries"
+    " (id, channel, recipient, message, q, status, accepted_at, next_attempt_at)"
+)
+"""A new delivery (a repeated one is kept as it was)."""
 
 
 class SqliteOutbox:
@@ -121,30 +126,22 @@ class SqliteOutbox:
             # row at a time, it would take it back for every row while the event loop wants
             # it). SQLite's text ends at a NUL, so a line holding one goes in as parameters.
             plain = [line for line in lines if "\\u0000" not in line]
+            with_nul = [notification_fields(line) for line in lines if "\\u0000" in line]
             with db:
                 db.execute(
-                    "INSERT OR IGNORE INTO deliveries (id, channel, recipient, message, q,"
-                    " status, accepted_at, next_attempt_at)"
-                    " SELECT n.value ->> 1, c.value, n.value ->> 2, n.value ->> 3,"
+                    f"{_INSERT} SELECT n.value ->> 1, c.value, n.value ->> 2, n.value ->> 3,"
                     " n.value ->> 4, 'queued', n.value ->> 0, ?"
                     " FROM json_each(?) AS n, json_each(?) AS c",
                     (now, "[" + ",".join(plain) + "]", json.dumps(channels)),
                 )
-                if len(plain) < len(lines):
-                    db.executemany(
-                        "INSERT OR IGNORE INTO deliveries (id, channel, recipient, message, q,"
-                        " status, accepted_at, next_attempt_at)"
-                        " VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
-                        [
-                            (notification_id, channel, email, message, q, accepted_at, now)
-                            for line in lines
-                            if "\\u0000" in line
-                            for accepted_at, notification_id, email, message, q in [
-                                notification_fields(line)
-                            ]
-                            for channel in channels
-                        ],
-                    )
+                db.executemany(
+                    f"{_INSERT} VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
+                    [
+                        (notification_id, channel, email, message, q, accepted_at, now)
+                        for accepted_at, notification_id, email, message, q in with_nul
+                        for channel in channels
+                    ],
+                )
 
         try:
             await self._with_db(add)
