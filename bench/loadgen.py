@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import math
 import os
 import secrets
@@ -33,6 +32,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from bench.paths import emit_json
 
 CONNECTION_FAILED = 0
 """Status recorded for a request whose connection broke before a full response."""
@@ -376,11 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if ack_log is not None:
             ack_log.close()
-    text = json.dumps(result.to_json())
-    if args.out is None:
-        print(text)
-    else:
-        args.out.write_text(text)
+    emit_json(result.to_json(), args.out)
     return 0
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import secrets
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.loadgen import CONNECTION_FAILED, Address, parse_head
+from bench.paths import emit_json
 
 
 def header_value(head: bytes, name: str) -> str | None:
@@ -210,11 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, TimeoutError) as exc:
         print(f"openloop failed: {exc!r}", file=sys.stderr)
         return 1
-    text = json.dumps(result.to_json())
-    if args.out is None:
-        print(text)
-    else:
-        args.out.write_text(text)
+    emit_json(result.to_json(), args.out)
     return 0
 
 

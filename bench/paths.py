@@ -11,6 +11,15 @@ REPO_ROOT = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 
 
+def emit_json(data: Any, out: Path | None) -> None:
+    """A load generator's result: one JSON line to ``out``, or to stdout without one."""
+    text = json.dumps(data)
+    if out is None:
+        print(text)
+    else:
+        out.write_text(text)
+
+
 def save_json(path: Path, data: Any) -> None:
     """Write ``data`` to ``path`` as indented JSON, creating its directory."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import secrets
 import sys
 import time
@@ -19,6 +18,8 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import aiosmtplib
+
+from bench.paths import emit_json
 
 
 def _message(index: int, token: str) -> EmailMessage:
@@ -65,11 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, aiosmtplib.SMTPException) as exc:
         print(f"smtp_ceiling failed: {exc!r}", file=sys.stderr)
         return 1
-    text = json.dumps({"emails": args.emails, "connections": args.connections, "started": started})
-    if args.out is None:
-        print(text)
-    else:
-        args.out.write_text(text)
+    emit_json(
+        {"emails": args.emails, "connections": args.connections, "started": started}, args.out
+    )
     return 0
 
 
