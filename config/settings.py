@@ -223,6 +223,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Pending deliveries the outbox may hold; past it POST gets 503.",
     )
+    outbox_batch_delay: float = Field(
+        default=0.025,
+        ge=0,
+        description="Seconds the outbox's intake waits for more notifications before a "
+        "transaction (ack=background).",
+    )
     delivery_max_age: float = Field(
         default=24 * 3600.0,
         gt=0,

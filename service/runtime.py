@@ -348,11 +348,18 @@ class Runtime:
         self._openers.append(counter.start)  # the depth, before the first request
         self._closers.insert(0, counter.aclose)
         self._closers.append(outbox.close)
-        batching = batch_options(settings, waiting=settings.ack == "write")
+        waiting = settings.ack == "write"
+        batching = batch_options(settings, waiting=waiting)
         intake = outbox_sink(
             outbox,
             channel_names(settings),
-            replace(batching, queue_size=min(batching.queue_size, settings.outbox_max)),
+            replace(
+                batching,
+                queue_size=min(batching.queue_size, settings.outbox_max),
+                # Longer than the log's: each batch is a transaction and two hand-overs
+                # between threads (docs/email.md, "The outbox").
+                batch_delay=0.0 if waiting else settings.outbox_batch_delay,
+            ),
             added=self._wake_dispatchers,
             spool=spool,
         )

@@ -4,8 +4,10 @@ a real SMTP server (aiosmtpd) on loopback."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
@@ -191,10 +193,11 @@ async def test_pending_mail_survives_a_restart(tmp_path: Path) -> None:
 
 async def test_ack_write_answers_after_the_outbox_commit(tmp_path: Path) -> None:
     """With NOTIFY_ACK=write the 200 comes once the delivery is in the outbox: its status is
-    there at once, in every process."""
+    there at once, in every process. The intake does not linger for more then (with an hour's
+    NOTIFY_OUTBOX_BATCH_DELAY the 200 would never come)."""
     with smtp_server() as server:
         server.recorder.hold_data = True
-        settings = email_settings(tmp_path, server.url(), ack="write")
+        settings = email_settings(tmp_path, server.url(), ack="write", outbox_batch_delay=3600.0)
         async with running(settings) as client:
             response = await client.post("/send-notification/w@example.com")
             assert response.status_code == 200
@@ -202,6 +205,25 @@ async def test_ack_write_answers_after_the_outbox_commit(tmp_path: Path) -> None
             assert email["status"] in ("queued", "retrying", "delivered")
             server.recorder.release()
             await until(server.recorder, lambda r: len(r.messages) >= 1)
+
+
+async def test_a_shutdown_ends_the_intakes_wait_for_more(tmp_path: Path) -> None:
+    """The intake waits NOTIFY_OUTBOX_BATCH_DELAY for more notifications before a
+    transaction; a shutdown ends the wait: what was accepted goes into the outbox then, not
+    into the spool (with an hour's wait it would be spooled at the shutdown deadline)."""
+    settings = email_settings(
+        tmp_path, f"smtp://127.0.0.1:{free_port()}", outbox_batch_delay=3600.0
+    )
+    async with running(settings) as client:
+        response = await client.post("/send-notification/late@example.com")
+        assert response.status_code == 200
+        notification_id = response.headers["x-notification-id"]
+    outbox = settings.effective_outbox_path()
+    with contextlib.closing(sqlite3.connect(outbox)) as db:
+        rows = db.execute("SELECT id, channel, status FROM deliveries").fetchall()
+    assert [(row[0], row[1]) for row in rows] == [(notification_id, "email")]
+    assert rows[0][2] in ("queued", "retrying")
+    assert not outbox.with_name(outbox.name + ".spool").exists()
 
 
 @pytest.mark.parametrize(

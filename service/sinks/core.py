@@ -91,7 +91,8 @@ class BatchOptions:
     batch_size: int = 4096
     batch_delay: float = 0.0
     """Seconds to wait for more lines after the first of a batch: under load, lines arrive
-    one at a time faster than a delivery, and a delivery per line costs more than the line."""
+    one at a time faster than a delivery, and a delivery per line costs more than the line.
+    Shutdown ends the wait (``aclose`` drains at once)."""
     drain_timeout: float = 10.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     check_interval: float = 1.0
@@ -270,6 +271,7 @@ class BatchSink:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()  # set by the sender each time the queue is empty
         self._abandon = asyncio.Event()
+        self._closing = asyncio.Event()  # set by aclose: linger no more
         self._busy = False  # the sender is delivering or checking: never cancel it then
         self._in_flight: Batch | None = None
         self._error: str | None = None
@@ -308,6 +310,7 @@ class BatchSink:
         """Deliver what is held, for at most the drain timeout; spool the rest; close."""
         sender = self._sender
         if sender is not None and not sender.done():
+            self._closing.set()
             self._wake.set()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._options.drain_timeout):
@@ -432,8 +435,10 @@ class BatchSink:
                     continue
             self._busy = True  # from here on the batch is ours: never cancel mid-batch
             try:
-                if delay and len(queue) < batch_size:
-                    await asyncio.sleep(delay)
+                if delay and len(queue) < batch_size and not self._closing.is_set():
+                    with contextlib.suppress(TimeoutError):  # lingered long enough
+                        async with asyncio.timeout(delay):
+                            await self._closing.wait()
                 await self._deliver(queue.take(batch_size))
             except _Abandoned:
                 return
