@@ -21,6 +21,7 @@ from config import Settings
 from service.metrics import Metrics
 from service.outbox.base import Outbox
 from service.outbox.dispatcher import Dispatcher
+from service.outbox.load import LoopLoad
 from service.outbox.sqlite import SqliteOutbox
 from service.outbox.writer import OutboxIntake, outbox_sink
 from service.records import RENDERERS
@@ -201,6 +202,8 @@ class Runtime:
         self._openers: list[Callable[[], Awaitable[None]]] = []  # before the sinks
         self._closers: list[Callable[[], Awaitable[None]]] = []  # after the sinks
         self._email: EmailChannel | None = None
+        self._load: LoopLoad | None = None
+        """Whether requests saturate the event loop (local dispatchers step back then)."""
         self.webhooks: dict[str, Dispatcher] = {}
         """The webhook channels' dispatchers, by channel name."""
         self.targets: dict[str, str] = {}
@@ -295,6 +298,13 @@ class Runtime:
             ack_timeout=settings.ack_timeout,
         )
 
+    def _took_in(self) -> None:
+        """The intake added a batch to the outbox: work for the dispatchers, and a sign that
+        the API is taking requests."""
+        if self._load is not None:
+            self._load.took_in()
+        self._wake_dispatchers()
+
     def _wake_dispatchers(self) -> None:
         for dispatcher in self.dispatchers:
             dispatcher.wake()
@@ -321,8 +331,13 @@ class Runtime:
                 durable=settings.fsync == "batch",
             )
             spool = outbox_path.with_name(outbox_path.name + ".spool")
+            load = self._load = LoopLoad()
+            self._openers.append(load.start)
+            self._closers.insert(0, load.aclose)
             try:
-                channels = delivery_channels(settings, outbox, metrics.deliveries)
+                channels = delivery_channels(
+                    settings, outbox, metrics.deliveries, api_busy=lambda: load.busy
+                )
             except ValueError as exc:
                 raise StartupError(str(exc)) from None
             self.dispatchers.extend(channels.dispatchers)
@@ -360,7 +375,7 @@ class Runtime:
                 # between threads (docs/email.md, "The outbox").
                 batch_delay=0.0 if waiting else settings.outbox_batch_delay,
             ),
-            added=self._wake_dispatchers,
+            added=self._took_in,
             spool=spool,
         )
         metrics.for_sink(intake.channel.name).track(lambda: intake.held)

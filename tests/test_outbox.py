@@ -5,6 +5,7 @@ dead letters listed by page and retried, a disabled channel buried."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -311,3 +312,66 @@ async def _until_status(outbox: Outbox, notification_id: str, status: str) -> li
             if any(state.status == status for state in states):
                 return states
             await asyncio.sleep(0.01)
+
+
+async def test_while_the_api_is_busy_a_dispatcher_sends_one_at_a_time(tmp_path: Path) -> None:
+    """While requests saturate the event loop (``api_busy``) a four-connection dispatcher
+    claims and sends one delivery at a time; once they stop, it uses all four again."""
+    path = tmp_path / "outbox.db"
+    outbox = SqliteOutbox(path, owner="a", lease_seconds=60)
+    await outbox.open()
+    busy = True
+    in_flight: list[str] = []
+    release = asyncio.Event()  # each send waits for it: what is claimed meanwhile shows
+    sent: list[str] = []
+    changed = asyncio.Event()
+
+    async def send(delivery: Delivery) -> None:  # the receiving end
+        in_flight.append(delivery.id)
+        changed.set()
+        try:
+            await release.wait()
+        finally:
+            in_flight.remove(delivery.id)
+        sent.append(delivery.id)
+        changed.set()
+
+    async def until(condition: Callable[[], bool]) -> None:
+        async with asyncio.timeout(10):
+            while not condition():
+                changed.clear()
+                await changed.wait()
+
+    def now(*names: str) -> list[str]:
+        return [
+            notification_line(name, f"{name}@example.com", "hi", None, time.time())
+            for name in names
+        ]
+
+    def claimed() -> int:
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            (count,) = db.execute(
+                "SELECT count(*) FROM deliveries WHERE lease_owner IS NOT NULL"
+            ).fetchone()
+        return int(count)
+
+    options = DispatchOptions(concurrency=4, poll_interval=0.05)
+    dispatcher = Dispatcher(outbox, "email", send, options, api_busy=lambda: busy)
+    try:
+        await dispatcher.start()
+        await outbox.add(now("a", "b", "c"), ["email"])
+        dispatcher.wake()
+        await until(lambda: bool(in_flight))
+        assert claimed() == 1  # its turn claimed one, not three
+        busy = False
+        release.set()
+        await until(lambda: len(sent) == 3)
+        release.clear()
+        await outbox.add(now(*"defghi"), ["email"])
+        dispatcher.wake()
+        await until(lambda: len(in_flight) == 4)  # all four connections at once
+        release.set()
+        await until(lambda: len(sent) == 9)
+    finally:
+        await dispatcher.aclose()
+        await outbox.close()

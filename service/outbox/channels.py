@@ -81,9 +81,13 @@ class DeliveryChannels:
 
 
 def delivery_channels(
-    settings: Settings, outbox: Outbox, listener: DeliveryListener
+    settings: Settings,
+    outbox: Outbox,
+    listener: DeliveryListener,
+    api_busy: Callable[[], bool] | None = None,
 ) -> DeliveryChannels:
-    """A dispatcher over ``outbox`` for each channel the settings configure.
+    """A dispatcher over ``outbox`` for each channel the settings configure; each sends on
+    one connection while ``api_busy`` says so (in the API's process).
 
     ``outbox`` is the SQLite outbox or the Redis one (the same operations)."""
     built = DeliveryChannels()
@@ -100,7 +104,9 @@ def delivery_channels(
         )
         send = email_sender(email, sender=settings.smtp_from, subject=settings.email_subject)
         options = dispatch_options(settings, settings.smtp_connections, settings.smtp_rate)
-        built.dispatchers.append(Dispatcher(outbox, "email", send, options, listener=listener))
+        built.dispatchers.append(
+            Dispatcher(outbox, "email", send, options, listener=listener, api_busy=api_busy)
+        )
         built.targets["email"] = email.name
         built.closers.append(email.close)
     for url in settings.webhook_urls:
@@ -113,6 +119,7 @@ def delivery_channels(
             webhook_sender(target, settings.webhook_keys),
             dispatch_options(settings, settings.webhook_connections),
             listener=listener,
+            api_busy=api_busy,
         )
         built.dispatchers.append(dispatcher)
         built.webhooks[target.name] = dispatcher
