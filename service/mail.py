@@ -151,6 +151,14 @@ class _HeaderClasses(HeaderRegistry):
 _SHARED_HEADERS = frozenset(
     {"from", "subject", "date", "content-type", "content-transfer-encoding", "mime-version"}
 )
+_ONE_TOKEN = {
+    "to": re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+"),
+    "message-id": re.compile(r"<[A-Za-z0-9._-]+@[A-Za-z0-9.-]+>"),
+    "x-notification-id": _ID,
+}
+"""The values of a message's own headers that the policy writes out as they are when they fit
+on the line: a plain ASCII address, message id or notification id, with nothing to quote,
+encode or fold."""
 _FOLDED: dict[tuple[bool, str, int | None, str, str], bytes] = {}
 _FOLDED_MAX = 1024
 
@@ -158,11 +166,23 @@ _FOLDED_MAX = 1024
 class _SmtpPolicy(EmailPolicy):
     """``EmailPolicy`` that folds each value of the headers messages share (``From`` and
     ``Subject`` from the settings, ``Date`` to the second, the MIME headers) once rather than
-    once per message: folding is the dearest part of writing a message out. The bytes are
-    the policy's own (``fold_binary`` is the documented hook; the tests compare)."""
+    once per message, and writes a message's own plain one-token headers (``To``,
+    ``Message-ID``, ``X-Notification-Id``) as they are when they fit on a line: folding is the
+    dearest part of writing a message out. The bytes are the policy's own (``fold_binary`` is
+    the documented hook; the tests compare)."""
 
     def fold_binary(self, name: str, value: str) -> bytes:
-        if name.lower() not in _SHARED_HEADERS:
+        key_name = name.lower()
+        if key_name not in _SHARED_HEADERS:
+            token = _ONE_TOKEN.get(key_name)
+            text = str(value)
+            limit = self.max_line_length
+            if (
+                token is not None
+                and token.fullmatch(text)
+                and (not limit or len(name) + 2 + len(text) <= limit)
+            ):  # what the fold of such a value comes to, without parsing it again
+                return f"{getattr(value, 'name', name)}: {text}{self.linesep}".encode("ascii")
             return super().fold_binary(name, value)
         key = (self.utf8, self.linesep, self.max_line_length, name, str(value))
         folded = _FOLDED.get(key)
