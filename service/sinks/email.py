@@ -347,14 +347,21 @@ class EmailChannel:
         if client.supports_extension("size"):
             options.insert(0, f"SIZE={len(data)}")
         stage: Stage = "mail"
+        # Each step's replies within the timeout: one deadline moved on at each step, rather
+        # than aiosmtplib's timer per reply (``timeout=None``), a tenth of a send's cost.
+        within = self.options.timeout
+        loop = asyncio.get_running_loop()
         try:
-            await client.mail(mail.sender, options=options, encoding=encoding)
-            stage = "rcpt"
-            # One recipient: its refusal is raised here (``sendmail`` would return a refusal
-            # of some recipients in a dict, and raise only when every one is refused).
-            await client.rcpt(mail.recipient, encoding=encoding)
-            stage = "data"
-            response = await client.data(data)
+            async with asyncio.timeout(within) as deadline:
+                await client.mail(mail.sender, options=options, encoding=encoding, timeout=None)
+                stage = "rcpt"
+                deadline.reschedule(loop.time() + within)
+                # One recipient: its refusal is raised here (``sendmail`` would return a
+                # refusal of some recipients in a dict, and raise only when all are refused).
+                await client.rcpt(mail.recipient, encoding=encoding, timeout=None)
+                stage = "data"
+                deadline.reschedule(loop.time() + within)
+                response = await client.data(data, timeout=None)
         except aiosmtplib.SMTPResponseException as exc:
             await self._reset(client)
             raise self._refused(exc, stage, mail) from None
