@@ -271,7 +271,8 @@ class BatchSink:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()  # set by the sender each time the queue is empty
         self._abandon = asyncio.Event()
-        self._closing = asyncio.Event()  # set by aclose: linger no more
+        self._closing = False  # set by aclose: linger no more
+        self._lingering: asyncio.Future[None] | None = None
         self._busy = False  # the sender is delivering or checking: never cancel it then
         self._in_flight: Batch | None = None
         self._error: str | None = None
@@ -310,7 +311,9 @@ class BatchSink:
         """Deliver what is held, for at most the drain timeout; spool the rest; close."""
         sender = self._sender
         if sender is not None and not sender.done():
-            self._closing.set()
+            self._closing = True
+            if self._lingering is not None:
+                _resolve(self._lingering)
             self._wake.set()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._options.drain_timeout):
@@ -435,10 +438,8 @@ class BatchSink:
                     continue
             self._busy = True  # from here on the batch is ours: never cancel mid-batch
             try:
-                if delay and len(queue) < batch_size and not self._closing.is_set():
-                    with contextlib.suppress(TimeoutError):  # lingered long enough
-                        async with asyncio.timeout(delay):
-                            await self._closing.wait()
+                if delay and len(queue) < batch_size and not self._closing:
+                    await self._linger(delay)
                 await self._deliver(queue.take(batch_size))
             except _Abandoned:
                 return
@@ -446,6 +447,18 @@ class BatchSink:
                 self._busy = False
             if self._abandon.is_set():  # shutdown's deadline passed: leave the rest to aclose
                 return
+
+    async def _linger(self, delay: float) -> None:
+        """Wait ``delay`` seconds for more lines, or until ``aclose`` (as ``asyncio.sleep``
+        waits: a future and a timer)."""
+        loop = asyncio.get_running_loop()
+        waiter = self._lingering = loop.create_future()
+        timer = loop.call_later(delay, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._lingering = None
 
     async def _deliver(self, batch: Batch) -> None:
         """Send ``batch``, retrying with backoff until it is delivered or abandoned."""
@@ -551,3 +564,8 @@ class BatchSink:
             len(records),
             self.spool.path,
         )
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
