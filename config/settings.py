@@ -204,7 +204,7 @@ class Settings(BaseSettings):
         default=30.0,
         gt=0,
         description="Seconds to wait for the SMTP server to connect (TLS and AUTH included) "
-        "or to answer a command.",
+        "or to answer a step of a send (MAIL, RCPT, or DATA and the message).",
     )
 
     smtp_rate: float | None = Field(

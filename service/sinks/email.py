@@ -182,7 +182,8 @@ class SmtpOptions:
     connections: int = 4
     """Connections kept open, and sends in flight, at most."""
     timeout: float = 30.0
-    """Seconds for connecting (TCP, TLS, EHLO, AUTH together) and for each reply."""
+    """Seconds for connecting (TCP, TLS, EHLO, AUTH together) and for each step of a send
+    (MAIL, RCPT, or DATA with the message: its two replies)."""
     require_tls: bool = False
     """With ``smtp://``: refuse a server that does not offer STARTTLS."""
     tls_context: ssl.SSLContext | None = None
