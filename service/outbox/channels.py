@@ -21,6 +21,7 @@ from service.outbox.dispatcher import DeliveryListener, Dispatcher, DispatchOpti
 from service.outbox.email import email_sender
 from service.outbox.webhook import WebhookTarget, channel_name, webhook_sender
 from service.sinks.email import EmailChannel, SmtpOptions, SmtpServer
+from service.tasks import stop
 
 __all__ = [
     "DeliveryChannels",
@@ -154,10 +155,7 @@ class OutboxDepth:
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop(task)
 
     async def _run(self) -> None:
         while True:

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from service.outbox.base import Delivery, Outbox, Outcome
+from service.tasks import stop
 
 __all__ = [
     "ChannelFailure",
@@ -196,10 +197,7 @@ class Dispatcher:
         record their outcomes; leases of what was not sent expire, and the next start (or
         another process) sends it."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop(task)
         if self._sending:
             await asyncio.wait(self._sending, timeout=self._options.drain_timeout)
         for sending in self._sending:

@@ -21,8 +21,9 @@ only while notifications come in: an idle service does not wake for it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
+
+from service.tasks import stop
 
 __all__ = ["LoopLoad"]
 
@@ -61,10 +62,7 @@ class LoopLoad:
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop(task)
 
     def _recent(self) -> bool:
         return time.monotonic() - self._took_in_at < self._window
