@@ -225,6 +225,29 @@ async def test_any_text_goes_in_and_comes_out_unchanged(make: OutboxFactory) -> 
     assert [d.since for d in claimed] == [row[-1] for row in rows]
 
 
+async def test_any_error_text_is_recorded_unchanged(make: OutboxFactory) -> None:
+    """Outcomes are recorded with their errors exactly as given, a receiver's NUL, quotes and
+    non-ASCII included, and their next attempt as given."""
+    errors = ["550 nul\x00byte", '451 "quoted" back\\slash', "ünïcödé \u2028", None]
+    outbox = await make("a")
+    await outbox.add(_lines("a", "b", "c", "d"), ["email"])
+    claimed = await outbox.settle("email", [], 4)
+    later = time.time() + 3600
+    outcomes = [
+        Outcome(delivery, "dead" if error else "delivered", error)
+        if i != 1
+        else Outcome(delivery, "retrying", error, next_attempt_at=later)
+        for i, (delivery, error) in enumerate(zip(claimed, errors, strict=True))
+    ]
+    await outbox.settle("email", outcomes[1:], 0)  # (SQLite: as one JSON text)
+    await outbox.settle("email", outcomes[:1], 0)  # (SQLite: the NUL as a parameter)
+    states = [(await outbox.states(d.id))[0] for d in claimed]
+    assert [s.last_error for s in states] == errors
+    assert [s.status for s in states] == ["dead", "retrying", "dead", "delivered"]
+    assert [s.attempts for s in states] == [1, 1, 1, 1]
+    assert states[1].next_attempt_at == pytest.approx(later)
+
+
 async def test_an_outbox_from_before_q_is_brought_up_to_date(tmp_path: Path) -> None:
     """A file written when a webhook row held its whole payload (and no q or retried_at
     column): opened now, its rows are claimed with the message and q the payload held."""

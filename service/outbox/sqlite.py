@@ -170,12 +170,8 @@ class SqliteOutbox:
 
         def settle(db: sqlite3.Connection) -> list[Delivery]:
             with db:
-                db.executemany(
-                    "UPDATE deliveries SET status = ?, attempts = attempts + 1, last_error = ?,"
-                    " next_attempt_at = COALESCE(?, next_attempt_at), delivered_at = ?,"
-                    " lease_owner = NULL, lease_until = NULL WHERE id = ? AND channel = ?",
-                    outcomes,
-                )
+                if outcomes:
+                    _record(db, outcomes)
                 if claim <= 0:
                     return []
                 rows = db.execute(
@@ -314,6 +310,39 @@ class SqliteOutbox:
         if executor is None:
             raise sqlite3.ProgrammingError("the outbox is closed")
         return await asyncio.get_running_loop().run_in_executor(executor, work)
+
+
+_RECORD = (
+    "UPDATE deliveries SET status = {status}, attempts = attempts + 1, last_error = {error},"
+    " next_attempt_at = COALESCE({next_at}, next_attempt_at), delivered_at = {delivered_at},"
+    " lease_owner = NULL, lease_until = NULL"
+)
+
+
+def _record(db: sqlite3.Connection, outcomes: Sequence[tuple[object, ...]]) -> None:
+    """Record the outcomes (``status, error, next attempt, delivered at, id, channel``). They
+    cross as one JSON text that SQLite unpacks: one statement, during which this thread does
+    not take Python's GIL back once per outcome while the event loop wants it. An error
+    holding a NUL (where SQLite's JSON text would end) goes in as parameters."""
+    text = json.dumps(outcomes)
+    if "\\u0000" not in text:
+        db.execute(
+            _RECORD.format(
+                status="o.value ->> 0",
+                error="o.value ->> 1",
+                next_at="o.value ->> 2",
+                delivered_at="o.value ->> 3",
+            )
+            + " FROM json_each(?) AS o"
+            " WHERE deliveries.id = o.value ->> 4 AND deliveries.channel = o.value ->> 5",
+            (text,),
+        )
+        return
+    db.executemany(
+        _RECORD.format(status="?", error="?", next_at="?", delivered_at="?")
+        + " WHERE id = ? AND channel = ?",
+        outcomes,
+    )
 
 
 def _add_missing_columns(db: sqlite3.Connection) -> None:
