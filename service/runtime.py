@@ -55,13 +55,16 @@ class StartupError(Exception):
     """The service cannot start; ``str()`` is the one line to show the operator."""
 
 
-def batch_options(settings: Settings, *, waiting: bool) -> BatchOptions:
+def batch_options(
+    settings: Settings, *, waiting: bool, linger: float | None = None
+) -> BatchOptions:
     """How sinks batch under ``settings``; ``waiting`` when every line's caller waits for
-    its delivery (``NOTIFY_ACK=write``, or a worker): no linger, and refuse while failing."""
+    its delivery (``NOTIFY_ACK=write``, or a worker): no linger, and refuse while failing.
+    Otherwise a batch lingers ``linger`` seconds for more (default ``NOTIFY_BATCH_DELAY``)."""
     return BatchOptions(
         queue_size=settings.queue_size,
         batch_size=settings.batch_size,
-        batch_delay=0.0 if waiting else settings.batch_delay,
+        batch_delay=0.0 if waiting else settings.batch_delay if linger is None else linger,
         drain_timeout=settings.shutdown_timeout,
         retry=RetryPolicy(initial=settings.retry_initial, maximum=settings.retry_max),
         check_interval=settings.file_check_interval,
@@ -363,18 +366,15 @@ class Runtime:
         self._openers.append(counter.start)  # the depth, before the first request
         self._closers.insert(0, counter.aclose)
         self._closers.append(outbox.close)
-        waiting = settings.ack == "write"
-        batching = batch_options(settings, waiting=waiting)
+        # It lingers longer than the log: each batch is a transaction and two hand-overs
+        # between threads (docs/email.md, "The outbox").
+        batching = batch_options(
+            settings, waiting=settings.ack == "write", linger=settings.outbox_batch_delay
+        )
         intake = outbox_sink(
             outbox,
             channel_names(settings),
-            replace(
-                batching,
-                queue_size=min(batching.queue_size, settings.outbox_max),
-                # Longer than the log's: each batch is a transaction and two hand-overs
-                # between threads (docs/email.md, "The outbox").
-                batch_delay=0.0 if waiting else settings.outbox_batch_delay,
-            ),
+            replace(batching, queue_size=min(batching.queue_size, settings.outbox_max)),
             added=self._took_in,
             spool=spool,
         )
