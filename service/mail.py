@@ -172,25 +172,21 @@ class _SmtpPolicy(EmailPolicy):
     the documented hook; the tests compare)."""
 
     def fold_binary(self, name: str, value: str) -> bytes:
-        key_name = name.lower()
-        if key_name not in _SHARED_HEADERS:
-            token = _ONE_TOKEN.get(key_name)
-            text = str(value)
-            limit = self.max_line_length
-            if (
-                token is not None
-                and token.fullmatch(text)
-                and (not limit or len(name) + 2 + len(text) <= limit)
-            ):  # what the fold of such a value comes to, without parsing it again
-                return f"{getattr(value, 'name', name)}: {text}{self.linesep}".encode("ascii")
-            return super().fold_binary(name, value)
-        key = (self.utf8, self.linesep, self.max_line_length, name, str(value))
-        folded = _FOLDED.get(key)
-        if folded is None:
-            if len(_FOLDED) >= _FOLDED_MAX:  # a year of distinct Dates is not kept
-                _FOLDED.clear()
-            folded = _FOLDED[key] = super().fold_binary(name, value)
-        return folded
+        lower, text = name.lower(), str(value)
+        if lower in _SHARED_HEADERS:
+            key = (self.utf8, self.linesep, self.max_line_length, name, text)
+            folded = _FOLDED.get(key)
+            if folded is None:
+                if len(_FOLDED) >= _FOLDED_MAX:  # a year of distinct Dates is not kept
+                    _FOLDED.clear()
+                folded = _FOLDED[key] = super().fold_binary(name, value)
+            return folded
+        token, limit = _ONE_TOKEN.get(lower), self.max_line_length
+        fits = not limit or len(name) + 2 + len(text) <= limit
+        if token is not None and fits and token.fullmatch(text):
+            # What the policy's fold of such a value comes to, without parsing it again.
+            return f"{getattr(value, 'name', name)}: {text}{self.linesep}".encode("ascii")
+        return super().fold_binary(name, value)
 
 
 _HEADERS = _HeaderClasses()
