@@ -33,10 +33,10 @@ OutboxFactory = Callable[..., Awaitable[Outbox]]
 every one a test makes shares the same store, as processes do."""
 
 
-def _lines(*names: str) -> list[str]:
-    """Notifications as the intake hands them over, accepted at 1.0."""
+def _lines(*names: str, at: float = 1.0) -> list[str]:
+    """Notifications as the intake hands them over, accepted at ``at``."""
     return [
-        notification_line(f"id-{name}", f"{name}@example.com", f"hi {name}", None, 1.0)
+        notification_line(f"id-{name}", f"{name}@example.com", f"hi {name}", None, at)
         for name in names
     ]
 
@@ -365,12 +365,6 @@ async def test_while_the_api_is_busy_a_dispatcher_sends_one_at_a_time(tmp_path: 
                 changed.clear()
                 await changed.wait()
 
-    def now(*names: str) -> list[str]:
-        return [
-            notification_line(name, f"{name}@example.com", "hi", None, time.time())
-            for name in names
-        ]
-
     def claimed() -> int:
         with contextlib.closing(sqlite3.connect(path)) as db:
             (count,) = db.execute(
@@ -382,7 +376,7 @@ async def test_while_the_api_is_busy_a_dispatcher_sends_one_at_a_time(tmp_path: 
     dispatcher = Dispatcher(outbox, "email", send, options, api_busy=lambda: busy)
     try:
         await dispatcher.start()
-        await outbox.add(now("a", "b", "c"), ["email"])
+        await outbox.add(_lines("a", "b", "c", at=time.time()), ["email"])
         dispatcher.wake()
         await until(lambda: bool(in_flight))
         assert claimed() == 1  # its turn claimed one, not three
@@ -390,7 +384,7 @@ async def test_while_the_api_is_busy_a_dispatcher_sends_one_at_a_time(tmp_path: 
         release.set()
         await until(lambda: len(sent) == 3)
         release.clear()
-        await outbox.add(now(*"defghi"), ["email"])
+        await outbox.add(_lines(*"defghi", at=time.time()), ["email"])
         dispatcher.wake()
         await until(lambda: len(in_flight) == 4)  # all four connections at once
         release.set()

@@ -87,8 +87,9 @@ def delivery_channels(
     listener: DeliveryListener,
     api_busy: Callable[[], bool] | None = None,
 ) -> DeliveryChannels:
-    """A dispatcher over ``outbox`` for each channel the settings configure; each sends on
-    one connection while ``api_busy`` says so (in the API's process).
+    """A dispatcher over ``outbox`` for each channel the settings configure; each sends one
+    message at a time, ``dispatcher.BUSY_RATE`` a second, while ``api_busy`` says so (in the
+    API's process).
 
     ``outbox`` is the SQLite outbox or the Redis one (the same operations)."""
     built = DeliveryChannels()
