@@ -9,9 +9,10 @@ from __future__ import annotations
 import base64
 import difflib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Self, get_args
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -20,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 __all__ = [
     "Settings",
     "SettingsError",
+    "SmtpServer",
     "environment_name",
     "load_settings",
     "settings_or_exit",
@@ -235,7 +237,17 @@ class Settings(BaseSettings):
         description="Seconds a delivery is retried after acceptance before it is dead.",
     )
     delivery_retry_max: float = Field(
-        default=300.0, gt=0, description="Longest delay, in seconds, between delivery retries."
+        default=300.0,
+        gt=0,
+        description="Longest delay, in seconds, between retries of one delivery the receiver "
+        "deferred (SMTP 4xx, HTTP 408/5xx).",
+    )
+    channel_pause_max: float = Field(
+        default=10.0,
+        gt=0,
+        description="Longest pause, in seconds, between probes of a channel that is down "
+        "(unreachable, SMTP 421, HTTP 429/502/503/504): it delivers again within about this "
+        "long of the receiver's return.",
     )
 
     webhook_url: SecretStr | None = Field(
@@ -293,12 +305,10 @@ class Settings(BaseSettings):
     @field_validator("smtp_url")
     @classmethod
     def _smtp_url_has_its_shape(cls, url: SecretStr | None) -> SecretStr | None:
-        """The URL's scheme, host and port; the message never repeats the URL (it may hold
-        a password). The email channel parses it again, by the same rules."""
+        """The URL's scheme, host and port (``SmtpServer.from_url``); the message never
+        repeats the URL (it may hold a password)."""
         if url is not None:
-            problem = _smtp_url_problem(url.get_secret_value())
-            if problem is not None:
-                raise ValueError(problem)
+            SmtpServer.from_url(url)  # ValueError naming the problem
         return url
 
     @field_validator("smtp_from")
@@ -353,6 +363,11 @@ class Settings(BaseSettings):
         return tuple(token.strip() for token in raw.split(",") if token.strip())
 
     @property
+    def smtp_server(self) -> SmtpServer | None:
+        """Where email goes (``NOTIFY_SMTP_URL``), if email is on."""
+        return None if self.smtp_url is None else SmtpServer.from_url(self.smtp_url)
+
+    @property
     def email_on(self) -> bool:
         """Whether notifications are also sent as email."""
         return self.smtp_url is not None
@@ -386,27 +401,61 @@ class Settings(BaseSettings):
         return log_path.with_name(log_path.name + ".spool")
 
 
+_DEFAULT_SMTP_PORTS = {"smtp": 25, "smtps": 465}
 _SMTP_URL_SHAPE = "smtp://[user:password@]host[:port] or smtps://[user:password@]host[:port]"
 
 
-def _smtp_url_problem(url: str) -> str | None:
-    """What is wrong with an SMTP URL, without repeating it; None if nothing."""
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError:
-        return f"not of the form {_SMTP_URL_SHAPE}"
-    if parts.scheme.lower() not in ("smtp", "smtps"):
-        return f"must start with smtp:// or smtps:// ({_SMTP_URL_SHAPE})"
-    if not parts.hostname:
-        return f"names no host ({_SMTP_URL_SHAPE})"
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        return f"has something after the host and port ({_SMTP_URL_SHAPE})"
-    if port == 0:
-        return "the port must be 1 to 65535"
-    if parts.password and not parts.username:
-        return "has a password but no user"
-    return None
+@dataclass(frozen=True, slots=True)
+class SmtpServer:
+    """Where mail goes, from ``NOTIFY_SMTP_URL``. ``str()`` and ``repr()`` show no password
+    (and ``str()`` no user)."""
+
+    host: str
+    port: int
+    implicit_tls: bool = False
+    username: str | None = None
+    password: SecretStr | None = None
+
+    @classmethod
+    def from_url(cls, url: str | SecretStr) -> SmtpServer:
+        """Parse ``smtp://[user:password@]host[:port]`` (port 25) or ``smtps://…`` (465).
+        User and password are percent-decoded. ``ValueError`` names what is wrong, never
+        repeating the URL."""
+        raw = url.get_secret_value() if isinstance(url, SecretStr) else url
+        try:
+            parts = urlsplit(raw.strip())
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"the SMTP URL is not of the form {_SMTP_URL_SHAPE}") from None
+        scheme = parts.scheme.lower()
+        if scheme not in _DEFAULT_SMTP_PORTS:
+            raise ValueError(
+                f"the SMTP URL must start with smtp:// or smtps:// ({_SMTP_URL_SHAPE})"
+            )
+        if not parts.hostname:
+            raise ValueError(f"the SMTP URL names no host ({_SMTP_URL_SHAPE})")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(
+                f"the SMTP URL has something after the host and port ({_SMTP_URL_SHAPE})"
+            )
+        if port == 0:
+            raise ValueError("the SMTP URL's port must be 1 to 65535")
+        username = unquote(parts.username) if parts.username else None
+        password = SecretStr(unquote(parts.password)) if parts.password else None
+        if password is not None and username is None:
+            raise ValueError("the SMTP URL has a password but no user")
+        return cls(
+            host=parts.hostname,
+            port=port or _DEFAULT_SMTP_PORTS[scheme],
+            implicit_tls=scheme == "smtps",
+            username=username,
+            password=password,
+        )
+
+    def __str__(self) -> str:
+        scheme = "smtps" if self.implicit_tls else "smtp"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
 
 
 def _split(values: str) -> list[str]:

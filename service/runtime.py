@@ -12,36 +12,40 @@ import asyncio
 import logging
 import stat
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from contextlib import AsyncExitStack
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 from config import Settings
+from service.channels.base import Channel
+from service.channels.registry import build_channels, lease_seconds
 from service.metrics import Metrics
 from service.outbox.base import Outbox
+from service.outbox.delivery import OutboxDepth, dispatchers
 from service.outbox.dispatcher import Dispatcher
 from service.outbox.load import LoopLoad
 from service.outbox.sqlite import SqliteOutbox
 from service.outbox.writer import OutboxIntake, outbox_sink
 from service.records import RENDERERS
 from service.services import NotificationService
+from service.services.health import HealthService
 from service.sinks.base import Lines, Listeners, SinkUnavailable
 from service.sinks.core import BatchOptions, BatchSink, RetryPolicy
 from service.sinks.file import FileOptions, FileSinks, WriteGuard, file_sink
 from service.sinks.fs import os_error_reason
 from service.status import Idempotency, Ledger, LocalLedger, StatusStore
 
-if TYPE_CHECKING:  # imported where they are used: the redis extra is optional, and email
-    # and webhooks (aiosmtplib, httpx) cost a process that uses neither its memory
+if TYPE_CHECKING:  # imported where it is used: the redis extra is optional
     from service.redis.broker import NotificationBroker
-    from service.sinks.email import EmailChannel
 
 __all__ = [
     "Current",
     "Runtime",
     "StartupError",
     "batch_options",
+    "build_delivery_channels",
     "check_spool_places",
     "file_options",
     "log_sinks",
@@ -53,6 +57,14 @@ logger = logging.getLogger("service")
 
 class StartupError(Exception):
     """The service cannot start; ``str()`` is the one line to show the operator."""
+
+
+def build_delivery_channels(settings: Settings) -> list[Channel]:
+    """``build_channels``, with what stops it as a ``StartupError``."""
+    try:
+        return build_channels(settings)
+    except ValueError as exc:
+        raise StartupError(f"cannot start: {exc}") from None
 
 
 def batch_options(
@@ -171,7 +183,8 @@ async def check_spool_places(settings: Settings) -> None:
 class Current:
     """Which run is current: the one object the routes hold, built once per app. Each
     lifespan run sets its ``Runtime`` here while it runs and clears it at its end; nothing
-    else is kept, so nothing of one run outlives it."""
+    else is kept, so nothing of one run outlives it. The routes reach the run's services
+    through it, and nothing else of the run."""
 
     def __init__(self) -> None:
         self._runtime: Runtime | None = None
@@ -184,16 +197,34 @@ class Current:
             raise SinkUnavailable("the service is not running (its lifespan has not started)")
         return runtime
 
+    @property
+    def notifications(self) -> NotificationService:
+        """The running run's notification service (503 when none runs)."""
+        return self.runtime.notifications
+
+    @property
+    def health(self) -> HealthService:
+        """The running run's health (503 when none runs)."""
+        return self.runtime.health
+
     def set(self, runtime: Runtime | None) -> None:
         self._runtime = runtime
 
 
-class Runtime:
-    """Everything one run owns: the sinks, the services that write to them, the statuses.
+_Step = tuple[Callable[[], Awaitable[None]] | None, Callable[[], Awaitable[object]]]
+"""What to do to open one part of a run (None: nothing), and to close it."""
 
-    An async context manager: entering starts the sinks (``StartupError`` if one cannot
-    start), leaving drains and closes them. With ``NOTIFY_BACKEND=redis`` the one sink hands
-    lines to a Redis stream, and worker processes (``service.redis.worker``) write the log.
+
+class Runtime:
+    """Everything one run owns: the sinks, the services that write to them, the outbox and
+    the dispatchers that deliver it, the statuses.
+
+    An async context manager: entering opens the parts in order on an ``AsyncExitStack``
+    (``StartupError`` if one cannot be opened, and those opened are closed again), leaving
+    closes them in the reverse order: the dispatchers stop claiming and finish their sends,
+    the sinks drain (or spool), then the outbox, the channels' connections and Redis close.
+    With ``NOTIFY_BACKEND=redis`` the one log sink hands lines to a Redis stream, and worker
+    processes (``service.redis.worker``) write the log and deliver.
     """
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
@@ -202,73 +233,45 @@ class Runtime:
         self.statuses = StatusStore(settings.status_max_entries, settings.status_ttl)
         self.sinks: list[BatchSink] = []
         self.dispatchers: list[Dispatcher] = []
-        self._openers: list[Callable[[], Awaitable[None]]] = []  # before the sinks
-        self._closers: list[Callable[[], Awaitable[None]]] = []  # after the sinks
-        self._email: EmailChannel | None = None
+        self._steps: list[_Step] = []
+        """The parts' openings and closings, in the order they open (they close in reverse)."""
+        self._stack = AsyncExitStack()
         self._load: LoopLoad | None = None
         """Whether requests saturate the event loop (local dispatchers step back then)."""
-        self.webhooks: dict[str, Dispatcher] = {}
-        """The webhook channels' dispatchers, by channel name."""
-        self.targets: dict[str, str] = {}
-        """What each delivery channel delivers to, as shown (a webhook's URL without secrets)."""
-        self._outbox: _Outbox | None = None
         self._broker: NotificationBroker | None = None
         if settings.backend == "redis":
             self._broker = self._redis_broker()
-        if settings.email_on or settings.webhook_urls:
-            self._outbox = self._outbox_channels()
+        self.channels = build_delivery_channels(settings)
+        self._intake: OutboxIntake | None = None
+        self._outbox: Outbox | None = None
+        if self.channels:
+            self._outbox_and_dispatchers()
         if settings.backend == "redis":
             self.notifications = self._redis_backend()
         else:
             self.notifications = self._local_backend()
+        self._steps.append((self._start_sinks, self._close_sinks))
+        for dispatcher in self.dispatchers:
+            self._steps.append((dispatcher.start, dispatcher.aclose))
+        self.health = HealthService(self.sinks, self.dispatchers)
 
     async def __aenter__(self) -> Runtime:
         if self._broker is None:  # the local backend writes (and spools) the logs here
             await check_spool_places(self.settings)
+        stack = self._stack
         try:
-            for open_ in self._openers:
-                try:
-                    await open_()
-                except (OSError, ValueError) as exc:
-                    raise StartupError(f"cannot start: {exc}") from None
-            await start_sinks(self.sinks)
-        except StartupError:
-            await self._close_others()
+            for open_, close in self._steps:
+                if open_ is not None:
+                    try:
+                        await open_()
+                    except (OSError, ValueError) as exc:
+                        raise StartupError(f"cannot start: {exc}") from None
+                stack.push_async_callback(close)
+        except BaseException:
+            await stack.aclose()
             raise
-        for dispatcher in self.dispatchers:
-            await dispatcher.start()
-        described = ", ".join(sink.channel.name for sink in self.sinks)
-        logger.info("writing notifications to %s", described)
-        if self._email is not None:
-            logger.info("sending notifications by email through %s", self._email.name)
-        if self.settings.email_on and not self.settings.tokens:
-            logger.warning(
-                "email is on and NOTIFY_API_TOKENS is empty: anyone who can reach the API "
-                "can send mail through it"
-            )
-        for name in self.webhooks:
-            logger.info("sending notifications to the webhook %s as %s", self.targets[name], name)
+        self._announce()
         return self
-
-    @property
-    def channel_names(self) -> list[str]:
-        """The delivery channels of the outbox (``email``, ``webhook-…``), none when it is off
-        (from the settings: with Redis the workers run the dispatchers)."""
-        names = ["email"] if self.settings.email_on else []
-        if self.settings.webhook_urls:
-            from service.outbox.webhook import channel_name
-
-            names += [channel_name(url) for url in self.settings.webhook_urls]
-        return names
-
-    def enable_webhooks(self, names: Sequence[str] | None = None) -> list[str]:
-        """Enable the webhook channels ``names`` (all when None) that a 410 disabled; the names
-        of those that were disabled."""
-        enabled = []
-        for name, dispatcher in self.webhooks.items():
-            if (names is None or name in names) and dispatcher.enable():
-                enabled.append(name)
-        return enabled
 
     async def __aexit__(
         self,
@@ -276,22 +279,33 @@ class Runtime:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        for dispatcher in self.dispatchers:  # claim nothing more; sends in flight finish
-            await dispatcher.aclose()
-        await asyncio.gather(*(sink.aclose() for sink in self.sinks))
-        await self._close_others()
+        await self._stack.aclose()
         self.metrics.process_exited()
 
-    async def _close_others(self) -> None:
-        for close in self._closers:
-            await close()
+    def _announce(self) -> None:
+        described = ", ".join(sink.channel.name for sink in self.sinks)
+        logger.info("writing notifications to %s", described)
+        if self.settings.email_on and not self.settings.tokens:
+            logger.warning(
+                "email is on and NOTIFY_API_TOKENS is empty: anyone who can reach the API "
+                "can send mail through it"
+            )
+        for channel in self.channels if self.dispatchers else ():
+            logger.info("delivering notifications to %s as %s", channel.target, channel.name)
+
+    async def _start_sinks(self) -> None:
+        await start_sinks(self.sinks)
+
+    async def _close_sinks(self) -> None:
+        await asyncio.gather(*(sink.aclose() for sink in self.sinks))
 
     def _service(self, notifications: Lines, queries: Lines, ledger: Ledger) -> NotificationService:
-        settings, box = self.settings, self._outbox
+        settings = self.settings
         return NotificationService(
-            deliveries=None if box is None else box.intake,
-            outbox=None if box is None else box.outbox,
-            on_retry=None if box is None else self._wake_dispatchers,
+            deliveries=self._intake,
+            outbox=self._outbox,
+            channels=[channel.name for channel in self.channels],
+            on_retry=self._wake_dispatchers if self._outbox is not None else None,
             notifications=notifications,
             queries=queries,
             statuses=self.statuses,
@@ -312,60 +326,48 @@ class Runtime:
         for dispatcher in self.dispatchers:
             dispatcher.wake()
 
-    def _outbox_channels(self) -> _Outbox:
+    def _outbox_and_dispatchers(self) -> None:
         """The outbox, its intake sink (one row per channel for each notification, in one
-        transaction), and, with the local backend, a dispatcher per channel: email through
-        the SMTP pool, each webhook URL through its own HTTP client. With Redis the outbox is
-        in Redis and the workers deliver (``service.redis.worker``)."""
-        from service.outbox.channels import (
-            OutboxDepth,
-            channel_names,
-            delivery_channels,
-            lease_seconds,
-        )
-
-        settings, metrics = self.settings, self.metrics
+        transaction), and, with the local backend, a dispatcher per channel. With Redis the
+        outbox is in Redis and the workers deliver (``service.redis.worker``)."""
+        settings, metrics, channels = self.settings, self.metrics, self.channels
         outbox: Outbox
         if self._broker is None:
             outbox_path = settings.effective_outbox_path()
             outbox = SqliteOutbox(
                 outbox_path,
-                lease_seconds=lease_seconds(settings),
+                lease_seconds=lease_seconds(channels),
                 durable=settings.fsync == "batch",
             )
             spool = outbox_path.with_name(outbox_path.name + ".spool")
-            load = self._load = LoopLoad()
-            self._openers.append(load.start)
-            self._closers.insert(0, load.aclose)
-            try:
-                channels = delivery_channels(
-                    settings, outbox, metrics.deliveries, api_busy=lambda: load.busy
-                )
-            except ValueError as exc:
-                raise StartupError(str(exc)) from None
-            self.dispatchers.extend(channels.dispatchers)
-            self.webhooks.update(channels.webhooks)
-            self.targets.update(channels.targets)
-            self._email = channels.email
-            self._closers.extend(channels.closers)
-            for name in channels.webhooks:
-                metrics.deliveries.disabled(name, False)
         else:
             from service.outbox.redis import RedisOutbox  # the redis extra: only here
 
             outbox = RedisOutbox(
                 self._broker.redis(),
                 settings.redis_stream,
-                lease_seconds=lease_seconds(settings),
+                lease_seconds=lease_seconds(channels),
                 ttl=settings.status_ttl,
             )
             spool = settings.queue_spool().with_name(settings.queue_spool().name + ".outbox")
+        self._outbox = outbox
+        self._steps.append((outbox.open, outbox.close))
+        if self._broker is None:
+            # The channels' connections close after their dispatchers have stopped.
+            self._steps += [(None, channel.aclose) for channel in channels]
+            load = self._load = LoopLoad()
+            self._steps.append((load.start, load.aclose))
+            self.dispatchers = dispatchers(
+                settings, outbox, channels, metrics.deliveries, api_busy=lambda: load.busy
+            )
+            for channel in channels:
+                metrics.deliveries.disabled(channel.name, False)
+        else:
+            self._steps += [(None, channel.aclose) for channel in channels]
         counter = OutboxDepth(
             outbox, settings.file_check_interval, keep_delivered=settings.status_ttl
         )
-        self._openers.append(counter.start)  # the depth, before the first request
-        self._closers.insert(0, counter.aclose)
-        self._closers.append(outbox.close)
+        self._steps.append((counter.start, counter.aclose))  # the depth, before the first request
         # It lingers longer than the log: each batch is a transaction and two hand-overs
         # between threads (docs/email.md, "The outbox").
         batching = batch_options(
@@ -373,17 +375,15 @@ class Runtime:
         )
         intake = outbox_sink(
             outbox,
-            channel_names(settings),
+            [channel.name for channel in channels],
             replace(batching, queue_size=min(batching.queue_size, settings.outbox_max)),
             added=self._took_in,
             spool=spool,
         )
         metrics.for_sink(intake.channel.name).track(lambda: intake.held)
         metrics.track_outbox(lambda: counter.depth)
-        self._openers.insert(0, outbox.open)
         self.sinks.append(intake)
-        lines = OutboxIntake(intake, settings.outbox_max, lambda: counter.depth)
-        return _Outbox(outbox, lines)
+        self._intake = OutboxIntake(intake, settings.outbox_max, lambda: counter.depth)
 
     def _local_backend(self) -> NotificationService:
         settings, statuses = self.settings, self.statuses
@@ -400,7 +400,7 @@ class Runtime:
         from service.redis.broker import build_broker
 
         broker = build_broker(self.settings)
-        self._closers.append(broker.connection_pool.disconnect)
+        self._steps.append((None, broker.connection_pool.disconnect))
         return broker
 
     def _redis_backend(self) -> NotificationService:
@@ -422,9 +422,3 @@ class Runtime:
         self.metrics.for_sink(sink.channel.name).track(lambda: sink.held)
         self.sinks.append(sink)
         return self._service(sink, sink, ledger)
-
-
-@dataclass(frozen=True, slots=True)
-class _Outbox:
-    outbox: Outbox
-    intake: OutboxIntake

@@ -1,6 +1,6 @@
-"""service/sinks/email.py against a real SMTP server (aiosmtpd, tests/support/smtp.py): the
-pool, the classification of outcomes, TLS, AUTH, SMTPUTF8, and a password that never shows.
-Also the email settings (config/settings.py)."""
+"""The email channel's SMTP pool (service/channels/email/smtp.py) against a real SMTP server
+(aiosmtpd, tests/support/smtp.py): the pool, the classification of outcomes, TLS, AUTH,
+SMTPUTF8, and a password that never shows. Also the email settings (config/settings.py)."""
 
 from __future__ import annotations
 
@@ -17,15 +17,15 @@ import pytest
 import trustme
 
 from config import Settings, SettingsError, load_settings
-from service.mail import Mail, build_mail
-from service.sinks.email import (
-    ChannelUnavailable,
+from config.settings import SmtpServer
+from service.channels.email.message import Mail, build_mail
+from service.channels.email.smtp import (
     Delivered,
-    DeliveryError,
-    EmailChannel,
     PermanentFailure,
+    ServerUnavailable,
+    SmtpFailure,
     SmtpOptions,
-    SmtpServer,
+    SmtpPool,
     TemporaryFailure,
     UnknownOutcome,
 )
@@ -51,11 +51,11 @@ def mail(email: str = "ada@example.com", message: str = "hi", number: int = 1) -
 
 
 @asynccontextmanager
-async def channel(url: str, **options: Any) -> AsyncIterator[EmailChannel]:
+async def channel(url: str, **options: Any) -> AsyncIterator[SmtpPool]:
     """A channel to ``url`` (EHLO as client.test, 5 s timeout unless overridden), closed after."""
     values: dict[str, Any] = {"timeout": 5.0, "local_hostname": "client.test"}
     values.update(options)
-    async with EmailChannel(SmtpServer.from_url(url), SmtpOptions(**values)) as opened:
+    async with SmtpPool(SmtpServer.from_url(url), SmtpOptions(**values)) as opened:
         yield opened
 
 
@@ -138,7 +138,7 @@ async def test_a_stale_idle_connection_is_replaced_without_an_error(
     """The server closed the idle connection and the next send goes out on it before the
     client could notice (the drop blocks this loop): nothing of the message was taken, so
     it is sent again at once on a new connection, and the caller sees only the delivery."""
-    caplog.set_level(logging.DEBUG, logger="service.sinks.email")
+    caplog.set_level(logging.DEBUG, logger="service.channels.email")
     async with channel(smtp.url()) as email:
         await email.send(mail(number=1))
         smtp.recorder.drop_connections()  # blocks this loop until the server has closed it
@@ -163,7 +163,7 @@ async def test_close_quits_and_later_sends_are_refused(smtp: SmtpTestServer) -> 
         await email.send(mail())
         await email.check()
     assert email.connections == 0
-    with pytest.raises(ChannelUnavailable, match="closed"):
+    with pytest.raises(ServerUnavailable, match="closed"):
         await email.send(mail())
 
 
@@ -181,7 +181,7 @@ async def test_close_quits_and_later_sends_are_refused(smtp: SmtpTestServer) -> 
     ],
 )
 async def test_a_refusal_of_one_message_keeps_the_connection(
-    smtp: SmtpTestServer, where: str, reply: str, outcome: type[DeliveryError], code: int
+    smtp: SmtpTestServer, where: str, reply: str, outcome: type[SmtpFailure], code: int
 ) -> None:
     if where == "rcpt":
         smtp.recorder.rcpt_replies["nobody@example.com"] = reply
@@ -204,7 +204,7 @@ async def test_421_pauses_the_channel_and_its_connection_is_replaced(
 ) -> None:
     smtp.recorder.rcpt_replies["ada@example.com"] = "421 4.7.0 too many messages, slow down"
     async with channel(smtp.url()) as email:
-        with pytest.raises(ChannelUnavailable) as caught:
+        with pytest.raises(ServerUnavailable) as caught:
             await email.send(mail())
         assert not isinstance(caught.value, UnknownOutcome)
         assert (caught.value.code, caught.value.kind) == (421, "channel")
@@ -220,7 +220,7 @@ async def test_connection_lost_after_data_is_an_unknown_outcome(smtp: SmtpTestSe
         with pytest.raises(UnknownOutcome) as caught:
             await email.send(mail(number=1))
         assert (caught.value.stage, caught.value.kind) == ("data", "unknown")
-        assert isinstance(caught.value, ChannelUnavailable)  # retried, the channel paused
+        assert isinstance(caught.value, ServerUnavailable)  # retried, the channel paused
         assert "outcome is unknown" in str(caught.value)
         assert email.connections == 0
         smtp.recorder.drop_after_data = False
@@ -242,10 +242,10 @@ async def test_no_reply_after_data_within_the_timeout_is_an_unknown_outcome(
 
 async def test_a_refused_connection_is_channel_level() -> None:
     async with channel(f"smtp://{HOST}:{free_port()}") as email:
-        with pytest.raises(ChannelUnavailable, match="cannot connect") as caught:
+        with pytest.raises(ServerUnavailable, match="cannot connect") as caught:
             await email.send(mail())
         assert caught.value.stage == "connect"
-        with pytest.raises(ChannelUnavailable):
+        with pytest.raises(ServerUnavailable):
             await email.check()
 
 
@@ -259,7 +259,7 @@ async def test_a_server_that_never_greets_times_out() -> None:
     port = silent.sockets[0].getsockname()[1]
     try:
         async with channel(f"smtp://{HOST}:{port}", timeout=0.3) as email:
-            with pytest.raises(ChannelUnavailable, match="timed out"):
+            with pytest.raises(ServerUnavailable, match="timed out"):
                 await email.send(mail())
     finally:
         for writer in writers:
@@ -350,7 +350,7 @@ async def test_implicit_tls_for_smtps(
 
 async def test_require_tls_refuses_a_server_without_starttls(smtp: SmtpTestServer) -> None:
     async with channel(smtp.url(), require_tls=True) as email:
-        with pytest.raises(ChannelUnavailable, match="does not offer STARTTLS"):
+        with pytest.raises(ServerUnavailable, match="does not offer STARTTLS"):
             await email.send(mail())
     assert smtp.recorder.messages == []
 
@@ -358,7 +358,7 @@ async def test_require_tls_refuses_a_server_without_starttls(smtp: SmtpTestServe
 async def test_an_untrusted_certificate_is_refused(server_tls: ssl.SSLContext) -> None:
     with smtp_server(starttls=server_tls) as server:
         async with channel(server.url(), tls_context=ssl.create_default_context()) as email:
-            with pytest.raises(ChannelUnavailable, match="cannot connect"):
+            with pytest.raises(ServerUnavailable, match="cannot connect"):
                 await email.send(mail())
     assert server.recorder.messages == []
 
@@ -381,7 +381,7 @@ async def test_a_server_that_wants_auth_without_credentials_pauses_the_channel(
 ) -> None:
     with smtp_server(starttls=server_tls, auth=(USER, PASSWORD)) as server:
         async with channel(server.url(), tls_context=client_tls) as email:
-            with pytest.raises(ChannelUnavailable) as caught:
+            with pytest.raises(ServerUnavailable) as caught:
                 await email.send(mail())
     assert (caught.value.code, caught.value.stage) == (530, "mail")
 
@@ -395,22 +395,22 @@ async def test_the_password_is_never_shown(
     """Not in the errors of a wrong password, of a server without TLS, of a refused
     connection; not in a repr, a str, a name; not in this service's log lines."""
     caplog.set_level(logging.DEBUG)
-    errors: list[DeliveryError] = []
+    errors: list[SmtpFailure] = []
     with smtp_server(starttls=server_tls, auth=(USER, "the right one")) as server:
         async with channel(server.url(USER, PASSWORD), tls_context=client_tls) as email:
-            with pytest.raises(ChannelUnavailable, match="authentication") as wrong:
+            with pytest.raises(ServerUnavailable, match="authentication") as wrong:
                 await email.send(mail())
             assert wrong.value.code == 535
             errors.append(wrong.value)
             shown = [repr(email), str(email.server), repr(email.server), email.name]
             shown.append(email.description)
     async with channel(smtp.url(USER, PASSWORD)) as email:
-        with pytest.raises(ChannelUnavailable, match="not sent in clear") as clear:
+        with pytest.raises(ServerUnavailable, match="not sent in clear") as clear:
             await email.send(mail())
         errors.append(clear.value)
     refusing = f"smtp://{USER}:{quote(PASSWORD, safe='')}@{HOST}:{free_port()}"
     async with channel(refusing) as email:
-        with pytest.raises(ChannelUnavailable) as refused:
+        with pytest.raises(ServerUnavailable) as refused:
             await email.send(mail())
         errors.append(refused.value)
     assert smtp.recorder.messages == []

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from service.mail import Mail, ascii_address, build_mail, needs_smtputf8
+from service.channels.email.message import Mail, ascii_address, build_mail, needs_smtputf8
 
 ID = "0b9e0f5c-1f8e-4a51-9d5e-4c1b2a3d4e5f"
 SENDER = "notify@example.com"

@@ -27,6 +27,7 @@ from service.outbox.dispatcher import Dispatcher, DispatchOptions
 from service.outbox.redis import RedisOutbox
 from service.outbox.sqlite import SqliteOutbox
 from service.sinks.core import ChannelError
+from tests.support.channels import ScriptedChannel
 
 OutboxFactory = Callable[..., Awaitable[Outbox]]
 """``await make(owner, lease=60)``: an open outbox (of the test's kind) held by ``owner``;
@@ -307,7 +308,8 @@ async def test_an_operators_retry_gives_a_dead_letter_a_new_max_age(tmp_path: Pa
         sent.append(delivery)
 
     accepted = time.time() - 10
-    dispatcher = Dispatcher(outbox, "email", send, DispatchOptions(max_age=5.0, poll_interval=0.05))
+    channel = ScriptedChannel("email", send)
+    dispatcher = Dispatcher(outbox, channel, DispatchOptions(max_age=5.0, poll_interval=0.05))
     try:
         await outbox.add(
             [notification_line("old", "a@example.com", "hi", None, accepted)], ["email"]
@@ -372,8 +374,9 @@ async def test_while_the_api_is_busy_a_dispatcher_sends_one_at_a_time(tmp_path: 
             ).fetchone()
         return int(count)
 
-    options = DispatchOptions(concurrency=4, poll_interval=0.05)
-    dispatcher = Dispatcher(outbox, "email", send, options, api_busy=lambda: busy)
+    options = DispatchOptions(poll_interval=0.05)
+    channel = ScriptedChannel("email", send, concurrency=4)
+    dispatcher = Dispatcher(outbox, channel, options, api_busy=lambda: busy)
     try:
         await dispatcher.start()
         await outbox.add(_lines("a", "b", "c", at=time.time()), ["email"])

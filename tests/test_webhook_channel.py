@@ -15,15 +15,8 @@ from standardwebhooks.webhooks import Webhook
 
 from config import Settings
 from config.settings import SettingsError, load_settings
-from service.outbox.base import notification_line
-from service.outbox.dispatcher import (
-    ChannelFailure,
-    ChannelGone,
-    PermanentError,
-    TemporaryError,
-)
-from service.outbox.sqlite import SqliteOutbox
-from service.outbox.webhook import (
+from service.channels.base import ChannelDown, Dead, Gone, Retry
+from service.channels.webhook import (
     _judge,
     channel_name,
     payload,
@@ -31,6 +24,8 @@ from service.outbox.webhook import (
     shown_url,
     signature,
 )
+from service.outbox.base import notification_line
+from service.outbox.sqlite import SqliteOutbox
 from service.outbox.writer import OutboxWriter
 from service.sinks.core import Batch
 
@@ -63,18 +58,18 @@ def _answer(status: int, **headers: str) -> httpx.Response:
 @pytest.mark.parametrize(
     ("status", "raised"),
     [
-        (408, TemporaryError),
-        (500, TemporaryError),
-        (501, TemporaryError),
-        (429, ChannelFailure),
-        (502, ChannelFailure),
-        (503, ChannelFailure),
-        (504, ChannelFailure),
-        (410, ChannelGone),
-        (301, PermanentError),
-        (307, PermanentError),
-        (400, PermanentError),
-        (404, PermanentError),
+        (408, Retry),
+        (500, Retry),
+        (501, Retry),
+        (429, ChannelDown),
+        (502, ChannelDown),
+        (503, ChannelDown),
+        (504, ChannelDown),
+        (410, Gone),
+        (301, Dead),
+        (307, Dead),
+        (400, Dead),
+        (404, Dead),
     ],
 )
 def test_what_each_answer_means(status: int, raised: type[Exception]) -> None:
@@ -90,12 +85,12 @@ def test_2xx_is_delivered(status: int) -> None:
 
 
 def test_retry_after_is_carried_by_the_error() -> None:
-    with pytest.raises(ChannelFailure) as paused:
+    with pytest.raises(ChannelDown) as paused:
         _judge(_answer(429, **{"Retry-After": "7"}))
-    assert paused.value.retry_after == 7.0
-    with pytest.raises(TemporaryError) as backed_off:
+    assert paused.value.after == 7.0
+    with pytest.raises(Retry) as backed_off:
         _judge(_answer(500, **{"Retry-After": "3"}))
-    assert backed_off.value.retry_after == 3.0
+    assert backed_off.value.after == 3.0
 
 
 def test_retry_after_reads_seconds_and_http_dates() -> None:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from config import Settings
-from service.outbox.webhook import channel_name
+from service.channels.webhook import channel_name
 from tests.conftest import make_settings, read_lines, running
 from tests.support.server import post_notifications, uvicorn_server
 from tests.support.takeover import worker_killed_mid_delivery
@@ -366,7 +366,7 @@ async def test_sigkill_with_webhooks_in_flight_then_restart_delivers_all_repeati
     assert sum(repeated.values()) <= connections
     assert all(request.verified_with == (0,) for request in received)
     for output in (first_output, second_output):
-        assert f"sending notifications to the webhook {hooks.url()}" in output
+        assert f"delivering notifications to {hooks.url()} as webhook-" in output
         assert SECRET.removeprefix("whsec_") not in output
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "NotificationFields",
     "Outbox",
     "Outcome",
+    "Pause",
     "notification_fields",
     "notification_line",
 ]
@@ -90,6 +91,24 @@ class DeliveryState:
     delivered_at: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """A channel paused by a dispatcher (``Outbox.pause``): until when, and why."""
+
+    until: float
+    error: str
+
+    def over(self, state: DeliveryState, now: float) -> DeliveryState:
+        """``state`` as it stands under this pause: a pending delivery due before the pause
+        ends waits for it, ``retrying`` at its end (the probe's time), with the channel's
+        error. A pause that is over changes nothing."""
+        if state.status not in ("queued", "retrying") or self.until <= now:
+            return state
+        if state.next_attempt_at is not None and state.next_attempt_at >= self.until:
+            return state
+        return replace(state, status="retrying", next_attempt_at=self.until, last_error=self.error)
+
+
 class Outbox(Protocol):
     """Pending deliveries: added in batches, claimed with a lease, finished once.
 
@@ -118,7 +137,15 @@ class Outbox(Protocol):
 
     async def bury(self, channel: str, error: str) -> int: ...
 
-    async def states(self, notification_id: str) -> list[DeliveryState]: ...
+    async def pause(self, channel: str, until: float, error: str) -> None:
+        """Record that ``channel`` is paused until ``until`` (``time.time()``) for ``error``:
+        ``states`` shows its pending deliveries waiting for that (see ``Pause.over``)."""
+
+    async def resume(self, channel: str) -> None:
+        """Record that ``channel`` delivers again."""
+
+    async def states(self, notification_id: str) -> list[DeliveryState]:
+        """Every channel's delivery of one notification, as it stands (pauses included)."""
 
     async def listed(
         self, status: DeliveryStatus, *, limit: int, after: str | None

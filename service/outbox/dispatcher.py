@@ -1,31 +1,43 @@
-"""Delivery from the outbox: claim what is due, send it, record what happened.
+"""Delivery from the outbox: claim what is due, send it through its channel, record what
+happened.
 
 One ``Dispatcher`` per channel per process. It works in *turns*: one call to the outbox
 (``settle``, one transaction) records the outcomes of the sends that ended since the last turn
 and claims due deliveries for the connections they freed. A connection sends its next message
-only once the outcome of its last one is recorded, so at most ``concurrency`` (the channel's
-connections) are ever sent and not yet recorded: after a kill, at most that many are sent again.
-Each delivery is sent by the channel's ``send``; what it comes to:
+only once the outcome of its last one is recorded, so at most ``channel.concurrency`` are ever
+sent and not yet recorded: after a kill, at most that many are sent again.
 
-- delivered: done;
-- ``PermanentFailure`` (SMTP 5xx): dead at once, until an operator retries it;
-- ``TemporaryFailure`` (SMTP 4xx): this delivery alone waits, with capped exponential backoff
-  and jitter, and is tried again; after ``max_age`` since it was accepted it is dead;
-- ``ChannelUnavailable`` (unreachable, refused, timeout, 421, an unknown outcome): the whole
-  channel pauses with that backoff, as a failing disk pauses the log, instead of one failing
-  attempt per delivery; the delivery waits for the end of the pause;
-- a temporary failure's ``retry_after`` (HTTP ``Retry-After``) is a minimum: the delivery (or
-  the channel) waits at least that long, the backoff when it is longer;
-- ``ChannelGone`` (a webhook's 410): the delivery is dead and the channel *disabled*: its
-  pending deliveries, and those that arrive later, become dead without an attempt, until
-  ``enable`` (an operator's call, or a restart).
+What an attempt comes to (``service.channels.base``):
+
+- ``send`` returns: delivered;
+- ``Dead``: dead at once, until an operator retries it;
+- ``Retry``: this delivery alone waits, with capped exponential backoff and jitter on its own
+  attempts (at most ``NOTIFY_DELIVERY_RETRY_MAX``), and at least its ``after``
+  (``Retry-After``); after ``max_age`` since it was accepted it is dead;
+- ``ChannelDown``: the channel pauses (below); the delivery waits for the channel;
+- ``Gone``: the delivery is dead and the channel *disabled*: its pending deliveries, and those
+  that arrive later, become dead without an attempt, until ``enable`` (an operator's call, or
+  a restart).
+
+**A failing channel is paused per round and probed** (a circuit breaker). The first
+``ChannelDown`` of a round of sends pauses the channel; the other sends of that round that
+fail too (up to ``concurrency`` were in flight) wait for the same pause and do not lengthen it.
+When the pause ends one delivery is sent alone, the probe: delivered (or any answer from the
+receiver: ``Retry``, ``Dead``) ends the episode and every connection is used again at once;
+``ChannelDown`` starts the next, longer pause. The pauses grow by the channel backoff
+(``NOTIFY_RETRY_INITIAL`` doubling, jittered) up to ``NOTIFY_CHANNEL_PAUSE_MAX``, whatever a
+single delivery's own backoff may reach: a channel whose receiver is back delivers again
+within that many seconds. A receiver's ``Retry-After`` is honoured. While paused, the outbox
+records the pause (``Outbox.pause``), so every waiting delivery shows ``retrying`` with the
+probe's time as its next attempt.
 
 While requests have the event loop saturated (``api_busy``, from ``load.LoopLoad``), the
 dispatcher sends one message at a time, ``BUSY_RATE`` a second, and on every connection again
 once the burst is over.
 
-One log line marks the start of a failure episode and one its end; ``health`` says whether the
-channel is failing (``/readyz`` names it without refusing requests: the outbox holds the mail).
+One log line marks the start of a failure episode and one its end (``service.retry.Episode``);
+``error`` says whether the channel is failing (``/readyz`` names it without refusing requests:
+the outbox holds the deliveries).
 """
 
 from __future__ import annotations
@@ -33,49 +45,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
+from service.channels.base import Channel, ChannelDown, Dead, Gone, Retry
 from service.outbox.base import Delivery, Outbox, Outcome
+from service.retry import Backoff, Episode
 from service.tasks import stop
 
-__all__ = [
-    "ChannelFailure",
-    "ChannelGone",
-    "DeliveryListener",
-    "DispatchOptions",
-    "Dispatcher",
-    "PermanentError",
-    "TemporaryError",
-]
+__all__ = ["BUSY_RATE", "DeliveryListener", "DispatchOptions", "Dispatcher"]
 
 logger = logging.getLogger("service.outbox")
-
-
-class TemporaryError(Exception):
-    """This delivery failed for now; retry it alone, later: not before ``retry_after``
-    seconds when the receiver asked for that (HTTP ``Retry-After``), else after the backoff."""
-
-    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.retry_after = retry_after
-
-
-class PermanentError(Exception):
-    """This delivery can never succeed as it is: dead at once."""
-
-
-class ChannelFailure(TemporaryError):
-    """The channel itself cannot deliver now: pause it (at least ``retry_after`` seconds when
-    given), then retry."""
-
-
-class ChannelGone(PermanentError):
-    """The destination is gone for good (HTTP 410): this delivery is dead, and the channel is
-    disabled, its pending deliveries dead too, until an operator enables it again."""
 
 
 class DeliveryListener(Protocol):
@@ -94,15 +76,15 @@ class DeliveryListener(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class DispatchOptions:
-    concurrency: int = 4
-    retry_initial: float = 0.05
-    retry_max: float = 300.0
+    retry: Backoff = field(default_factory=lambda: Backoff(0.05, 300.0))
+    """A single delivery's backoff on ``Retry`` (by its attempts)."""
+    pause: Backoff = field(default_factory=lambda: Backoff(0.05, 10.0))
+    """The channel's pause on ``ChannelDown`` (by failing rounds in a row): its maximum is the
+    longest time between probes of a failing channel."""
     max_age: float = 24 * 3600.0
     poll_interval: float = 1.0
     """Seconds between looks at the outbox when nothing told this process of new work (other
     processes add rows too)."""
-    rate: float | None = None
-    """At most this many sends a second, if set."""
     drain_timeout: float = 10.0
 
 
@@ -111,29 +93,22 @@ BUSY_RATE = 20.0
 loop for an email channel, and still a steady trickle through the longest burst."""
 
 
-def backoff(initial: float, maximum: float, attempt: int) -> float:
-    """Capped exponential backoff with jitter: between half and all of the ceiling."""
-    ceiling = min(maximum, initial * 2.0**attempt)
-    return random.uniform(ceiling / 2, ceiling)
-
-
 class Dispatcher:
     """Delivers one channel's due deliveries; see the module docstring."""
 
     def __init__(
         self,
         outbox: Outbox,
-        channel: str,
-        send: Callable[[Delivery], Awaitable[None]],
+        channel: Channel,
         options: DispatchOptions,
         listener: DeliveryListener | None = None,
         api_busy: Callable[[], bool] | None = None,
     ) -> None:
         self.channel = channel
+        self.name = channel.name
         self._api_busy = api_busy
         """While it says so, send one at a time, ``BUSY_RATE`` a second (``load.LoopLoad``)."""
         self._outbox = outbox
-        self._send = send
         self._options = options
         self._listener = listener
         self._wake = asyncio.Event()
@@ -143,20 +118,36 @@ class Dispatcher:
         """Outcomes not yet recorded: each still holds its connection."""
         self._held = 0
         """Connections held: claimed deliveries whose outcome is not yet recorded."""
-        self._error: str | None = None
-        self._failing_since = 0.0
-        self._channel_failures = 0
+        self._episode = Episode(
+            logger,
+            self.name,
+            failing="cannot deliver: {error}; pausing, then probing",
+            recovered="delivering again after {seconds:.1f} s",
+        )
+        self._round = 0
+        """Counts the pauses: a send started in an earlier round cannot pause the channel
+        again, nor end its episode."""
+        self._pauses = 0
+        """Failing rounds in a row (0: the channel works)."""
         self._paused_until = 0.0
+        """``time.monotonic()`` at which the pause under way ends."""
+        self._probing = False
+        """The probe of a paused channel is in flight."""
         self._next_send = 0.0
         self._disabled: str | None = None
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def target(self) -> str:
+        """What the channel delivers to, as shown (no secret)."""
+        return self.channel.target
 
     @property
     def error(self) -> str | None:
         """Why the channel is failing (or disabled) now, or None."""
         if self._disabled is not None:
             return self._disabled
-        return self._error
+        return self._episode.error
 
     @property
     def disabled(self) -> bool:
@@ -167,9 +158,9 @@ class Dispatcher:
         """Send nothing more: pending deliveries become dead with ``reason``, until
         ``enable``."""
         if self._disabled is None:
-            logger.error("%s: disabled: %s", self.channel, reason)
+            logger.error("%s: disabled: %s", self.name, reason)
             if self._listener is not None:
-                self._listener.disabled(self.channel, True)
+                self._listener.disabled(self.name, True)
         self._disabled = reason
         self._wake.set()
 
@@ -179,9 +170,9 @@ class Dispatcher:
             return False
         self._disabled = None
         self._recovered()
-        logger.info("%s: enabled again", self.channel)
+        logger.info("%s: enabled again", self.name)
         if self._listener is not None:
-            self._listener.disabled(self.channel, False)
+            self._listener.disabled(self.name, False)
         self._wake.set()
         return True
 
@@ -190,7 +181,7 @@ class Dispatcher:
         self._wake.set()
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"{self.channel} dispatcher")
+        self._task = asyncio.create_task(self._run(), name=f"{self.name} dispatcher")
 
     async def aclose(self) -> None:
         """Claim nothing more; let the sends in flight finish (within the drain timeout) and
@@ -215,13 +206,11 @@ class Dispatcher:
                 await self._bury_pending(self._disabled)
                 continue
             paused = self._paused_until - time.monotonic()
-            # The connections of the outcomes recorded by this turn are free for its claim.
-            in_progress = self._held - len(self._finished)
-            busy = self._api_busy is not None and self._api_busy()
-            connections = 1 if busy else self._options.concurrency
-            free = 0 if paused > 0 else connections - in_progress
+            free = self._free(paused)
+            round_, probe = self._round, self._pauses > 0  # as they were when claiming
             if not self._finished and free <= 0:
-                # Every connection busy, or paused: wait for an outcome (or the pause's end).
+                # Every connection busy, paused, or probing: wait for an outcome (or the
+                # pause's end).
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(paused if paused > 0 else None):
                         await self._wake.wait()
@@ -229,27 +218,39 @@ class Dispatcher:
             try:
                 claimed = await self._settle(free)
             except Exception:
-                logger.exception("%s: cannot read the outbox; trying again", self.channel)
+                logger.exception("%s: cannot read the outbox; trying again", self.name)
                 await asyncio.sleep(self._options.poll_interval)
                 continue
             self._held += len(claimed)
-            rate = self._options.rate
+            if probe and claimed:
+                self._probing = True
+            busy = self._api_busy is not None and self._api_busy()
+            rate = self.channel.rate
             if busy:
                 rate = min(rate or BUSY_RATE, BUSY_RATE)
             for delivery in claimed:
                 await self._pace(rate)
-                task = asyncio.create_task(self._deliver(delivery))
+                task = asyncio.create_task(self._deliver(delivery, round_, probe))
                 self._sending.add(task)
                 task.add_done_callback(self._sending.discard)
             if not claimed and free > 0 and not self._finished:
                 await self._idle()
+
+    def _free(self, paused: float) -> int:
+        """How many deliveries this turn may claim: none while paused or probing, one (the
+        probe) once a pause is over, else the connections that the recorded outcomes free."""
+        if self._pauses:
+            return 0 if paused > 0 or self._probing else 1
+        in_progress = self._held - len(self._finished)
+        busy = self._api_busy is not None and self._api_busy()
+        return (1 if busy else self.channel.concurrency) - in_progress
 
     async def _settle(self, claim: int) -> list[Delivery]:
         """One turn: record the outcomes waiting, claim up to ``claim``; tell the listener
         what was recorded. On failure the outcomes wait for the next turn."""
         finished, self._finished = self._finished, []
         try:
-            claimed = await self._outbox.settle(self.channel, finished, claim)
+            claimed = await self._outbox.settle(self.name, finished, claim)
         except BaseException:
             self._finished[:0] = finished
             raise
@@ -264,13 +265,13 @@ class Dispatcher:
         try:
             if self._finished:
                 await self._settle(0)
-            buried = await self._outbox.bury(self.channel, f"disabled: {reason}")
+            buried = await self._outbox.bury(self.name, f"disabled: {reason}")
         except Exception:
-            logger.exception("%s: cannot read the outbox; trying again", self.channel)
+            logger.exception("%s: cannot read the outbox; trying again", self.name)
             await asyncio.sleep(self._options.poll_interval)
             return
         if buried and self._listener is not None:
-            self._listener.dead(self.channel, buried)
+            self._listener.dead(self.name, buried)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._options.poll_interval):
                 await self._wake.wait()
@@ -279,7 +280,7 @@ class Dispatcher:
         """Wait for new work: a wake, the next due delivery, or the poll interval."""
         timeout = self._options.poll_interval
         with contextlib.suppress(Exception):
-            due = await self._outbox.next_due(self.channel)
+            due = await self._outbox.next_due(self.name)
             if due is not None:
                 timeout = min(timeout, max(0.0, due - time.time()))
         with contextlib.suppress(TimeoutError):
@@ -297,44 +298,45 @@ class Dispatcher:
 
     # -- one delivery ---------------------------------------------------------------------
 
-    async def _deliver(self, delivery: Delivery) -> None:
-        """Attempt ``delivery``, and hand its outcome to the next turn."""
-        outcome = await self._attempt(delivery)
+    async def _deliver(self, delivery: Delivery, round_: int, probe: bool) -> None:
+        """Attempt ``delivery`` (sent in round ``round_``), and hand its outcome to the next
+        turn."""
+        try:
+            outcome = await self._attempt(delivery, round_)
+        finally:
+            if probe:
+                self._probing = False
         self._finished.append(outcome)  # the list of now: a turn may have taken the last one
         self._wake.set()
 
-    async def _attempt(self, delivery: Delivery) -> Outcome:
+    async def _attempt(self, delivery: Delivery, round_: int) -> Outcome:
         options = self._options
         if time.time() - delivery.since > options.max_age:
             return Outcome(delivery, "dead", f"not delivered within {options.max_age:g} s")
         if self._disabled is not None:  # disabled while this one waited for its turn
             return Outcome(delivery, "dead", f"disabled: {self._disabled}")
         try:
-            await self._send(delivery)
-        except ChannelGone as exc:
-            self.disable(str(exc))
-            return Outcome(delivery, "dead", str(exc))
-        except PermanentError as exc:
-            self._recovered()  # the server answered: the channel works
-            return Outcome(delivery, "dead", str(exc))
-        except ChannelFailure as exc:
-            delay = self._pause(str(exc), exc.retry_after)
-            return self._retry_or_die(delivery, str(exc), delay)
-        except TemporaryError as exc:
-            self._recovered()
-            delay = backoff(options.retry_initial, options.retry_max, delivery.attempts)
-            if exc.retry_after is not None:
-                delay = max(delay, exc.retry_after)
-            return self._retry_or_die(delivery, str(exc), delay)
+            await self.channel.send(delivery)
+        except Gone as exc:
+            self.disable(exc.reason)
+            return Outcome(delivery, "dead", exc.reason)
+        except Dead as exc:
+            self._answered(round_)  # the receiver answered: the channel works
+            return Outcome(delivery, "dead", exc.reason)
+        except Retry as exc:
+            self._answered(round_)
+            delay = options.retry.delay(delivery.attempts, at_least=exc.after)
+            return self._retry_or_die(delivery, exc.reason, time.time() + delay)
+        except ChannelDown as exc:
+            return self._retry_or_die(delivery, exc.reason, await self._down(exc, round_))
         except Exception as exc:  # a bug in the channel: loud, and the delivery is kept
-            logger.exception("%s: sending failed unexpectedly", self.channel)
-            delay = self._pause(f"{type(exc).__name__}: {exc}")
-            return self._retry_or_die(delivery, f"{type(exc).__name__}: {exc}", delay)
-        self._recovered()
+            logger.exception("%s: sending failed unexpectedly", self.name)
+            down = ChannelDown(f"{type(exc).__name__}: {exc}")
+            return self._retry_or_die(delivery, down.reason, await self._down(down, round_))
+        self._answered(round_)
         return Outcome(delivery, "delivered")
 
-    def _retry_or_die(self, delivery: Delivery, error: str, delay: float) -> Outcome:
-        at = time.time() + delay
+    def _retry_or_die(self, delivery: Delivery, error: str, at: float) -> Outcome:
         if at - delivery.since > self._options.max_age:
             return Outcome(delivery, "dead", f"{error}; not delivered within the time allowed")
         return Outcome(delivery, "retrying", error, next_attempt_at=at)
@@ -344,33 +346,52 @@ class Dispatcher:
         if listener is None:
             return
         if outcome.status == "delivered":
-            listener.delivered(self.channel, outcome.at - outcome.delivery.accepted_at)
+            listener.delivered(self.name, outcome.at - outcome.delivery.accepted_at)
         elif outcome.status == "dead":
-            listener.dead(self.channel)
+            listener.dead(self.name)
         else:
-            listener.retried(self.channel)
+            listener.retried(self.name)
 
-    def _pause(self, error: str, at_least: float | None = None) -> float:
-        """Pause the channel (longer each time in a row, and at least ``at_least`` seconds
-        when given); returns the pause in seconds."""
-        options = self._options
-        delay = backoff(options.retry_initial, options.retry_max, self._channel_failures)
-        if at_least is not None:
-            delay = max(delay, at_least)
-        self._channel_failures += 1
-        self._paused_until = max(self._paused_until, time.monotonic() + delay)
-        if self._error is None:
-            self._failing_since = time.monotonic()
-            logger.error("%s: cannot deliver: %s; pausing and retrying", self.channel, error)
-        self._error = error
-        return delay
+    # -- the channel's pause ----------------------------------------------------------------
+
+    async def _down(self, exc: ChannelDown, round_: int) -> float:
+        """A send of round ``round_`` found the channel down: the first such outcome of the
+        current round pauses the channel (longer than the last pause, if it failed too); a
+        later one of the same round, or one of an earlier round, waits for the pause under way.
+        Returns when (``time.time()``) the delivery may be tried again: the pause's end."""
+        now = time.monotonic()
+        if round_ == self._round:
+            pause = self._options.pause.delay(self._pauses, at_least=exc.after)
+            self._round += 1
+            self._pauses += 1
+            self._paused_until = now + pause
+            self._episode.fail(exc.reason)
+            until = time.time() + pause
+            with contextlib.suppress(Exception):  # only what the statuses show
+                await self._outbox.pause(self.name, until, exc.reason)
+            return until
+        return time.time() + max(0.0, self._paused_until - now)
+
+    def _answered(self, round_: int) -> None:
+        """The receiver answered a send of round ``round_``: if that is the probe (or any send
+        of the current round), the channel works again."""
+        if round_ == self._round and self._pauses:
+            self._recovered()
+            self._wake.set()  # every connection is free to use again
 
     def _recovered(self) -> None:
-        self._channel_failures = 0
-        if self._error is not None:
-            logger.info(
-                "%s: delivering again after %.1f s",
-                self.channel,
-                time.monotonic() - self._failing_since,
-            )
-            self._error = None
+        self._pauses = 0
+        self._paused_until = 0.0
+        if self._episode.recover() is not None:
+            self._round += 1  # what was sent while failing can pause it no more
+            task = asyncio.create_task(self._outbox.resume(self.name))
+            task.add_done_callback(_ignore_failure)
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+
+def _ignore_failure(task: asyncio.Task[None]) -> None:
+    """The outbox's record of a pause is only what statuses show; a failure to clear it is
+    harmless (a pause past its end shows nothing)."""
+    if not task.cancelled():
+        task.exception()

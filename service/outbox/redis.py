@@ -10,7 +10,8 @@ Keys, under the stream's name as prefix ``p``:
   A claim moves a delivery's score to the end of its lease, so one live worker holds it at a
   time, and a worker that dies leaves it to come due again when the lease ends;
 - ``p:dead``: the dead deliveries (``{id}\\t{channel}``, listed in id order);
-- ``p:ch:{id}``: the channels of one notification; ``p:channels``: every channel seen.
+- ``p:ch:{id}``: the channels of one notification; ``p:channels``: every channel seen;
+- ``p:pauses``: a hash of the paused channels, each ``{until}\\t{error}``.
 
 Each operation is one Lua script: atomic, one round trip. The scripts build key names from the
 prefix, so this outbox needs a single Redis (not a cluster), as the rest of the backend does.
@@ -33,6 +34,7 @@ from service.outbox.base import (
     DeliveryState,
     DeliveryStatus,
     Outcome,
+    Pause,
     notification_fields,
 )
 from service.redis.broker import describe_redis_error, public_redis_error
@@ -256,17 +258,40 @@ class RedisOutbox:
     async def bury(self, channel: str, error: str) -> int:
         return int(await self._call(self._bury, channel, error, time.time()))
 
+    async def pause(self, channel: str, until: float, error: str) -> None:
+        try:
+            await self._redis.hset(f"{self._prefix}:pauses", channel, f"{until!r}\t{error}")
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from None
+
+    async def resume(self, channel: str) -> None:
+        try:
+            await self._redis.hdel(f"{self._prefix}:pauses", channel)
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from None
+
     # -- reading, and the operator's retry --------------------------------------------------
 
     async def states(self, notification_id: str) -> list[DeliveryState]:
+        now = time.time()
         try:
             channels = sorted(
                 _text(channel)
                 for channel in await self._redis.smembers(f"{self._prefix}:ch:{notification_id}")
             )
-            return await self._read_states((notification_id, channel) for channel in channels)
+            states = await self._read_states((notification_id, channel) for channel in channels)
+            paused = await self._redis.hmget(f"{self._prefix}:pauses", channels) if channels else []
         except (RedisError, OSError) as exc:
             raise _unavailable(exc) from None
+        pauses: dict[str, Pause] = {}
+        for channel, value in zip(channels, paused, strict=True):
+            if value is not None:
+                until, _, error = _text(value).partition("\t")
+                pauses[channel] = Pause(float(until), error)
+        return [
+            pauses[state.channel].over(state, now) if state.channel in pauses else state
+            for state in states
+        ]
 
     async def _read_states(self, deliveries: Iterable[tuple[str, str]]) -> list[DeliveryState]:
         """The states of the deliveries ``(notification id, channel)``, in one round trip; a

@@ -27,6 +27,7 @@ from service.outbox.base import (
     DeliveryState,
     DeliveryStatus,
     Outcome,
+    Pause,
     notification_fields,
 )
 from service.sinks.core import ChannelError
@@ -59,6 +60,12 @@ CREATE TABLE IF NOT EXISTS deliveries (
 DROP INDEX IF EXISTS deliveries_due;
 CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (channel, next_attempt_at)
     WHERE status IN ('queued', 'retrying');
+-- A channel paused by a dispatcher: what its waiting deliveries' statuses show.
+CREATE TABLE IF NOT EXISTS pauses (
+    channel TEXT PRIMARY KEY,
+    until REAL NOT NULL,
+    error TEXT NOT NULL
+);
 -- Partial: a new (queued) row is not in it, so adding costs nothing more.
 CREATE INDEX IF NOT EXISTS deliveries_delivered ON deliveries (delivered_at)
     WHERE status = 'delivered';
@@ -204,17 +211,40 @@ class SqliteOutbox:
 
         return await self._with_db(bury)
 
+    async def pause(self, channel: str, until: float, error: str) -> None:
+        def pause(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute(
+                    "INSERT OR REPLACE INTO pauses (channel, until, error) VALUES (?, ?, ?)",
+                    (channel, until, error),
+                )
+
+        await self._with_db(pause)
+
+    async def resume(self, channel: str) -> None:
+        def resume(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("DELETE FROM pauses WHERE channel = ?", (channel,))
+
+        await self._with_db(resume)
+
     # -- reading, and the operator's retry --------------------------------------------------
 
     async def states(self, notification_id: str) -> list[DeliveryState]:
-        """Every channel's delivery of one notification."""
+        """Every channel's delivery of one notification, as it stands (pauses included)."""
+        now = time.time()
 
         def states(db: sqlite3.Connection) -> list[DeliveryState]:
             rows = db.execute(
-                f"SELECT {_STATE_COLUMNS} FROM deliveries WHERE id = ? ORDER BY channel",
+                f"SELECT {_STATE_COLUMNS}, p.until, p.error FROM deliveries AS d"
+                " LEFT JOIN pauses AS p USING (channel) WHERE d.id = ? ORDER BY channel",
                 (notification_id,),
             ).fetchall()
-            return [_state(row) for row in rows]
+            found = []
+            for *columns, until, error in rows:
+                state = _state(tuple(columns))
+                found.append(state if until is None else Pause(until, error).over(state, now))
+            return found
 
         return await self._with_db(states)
 

@@ -30,14 +30,12 @@ from taskiq.cli.worker.args import WorkerArgs
 from taskiq.cli.worker.run import run_worker
 
 from config import Settings, settings_or_exit
+from service.channels.base import Channel
+from service.channels.registry import lease_seconds
 from service.logs import configure_logging
 from service.metrics import Metrics
-from service.outbox.channels import (
-    DeliveryChannels,
-    OutboxDepth,
-    delivery_channels,
-    lease_seconds,
-)
+from service.outbox.delivery import OutboxDepth, dispatchers
+from service.outbox.dispatcher import Dispatcher
 from service.outbox.redis import RedisOutbox
 from service.records import Kind
 from service.redis.broker import TASK_NAME, NotificationBroker, build_broker
@@ -45,7 +43,7 @@ from service.redis.delivery import DeliveryService
 from service.redis.ledger import RedisLedger
 from service.redis.monitor import WorkerMonitor, monitor_app
 from service.redis.writes import WriteLedger
-from service.runtime import check_spool_places, log_sinks, start_sinks
+from service.runtime import build_delivery_channels, check_spool_places, log_sinks, start_sinks
 from service.sinks.core import BatchSink
 from service.sinks.file import LogFile
 from service.sinks.fs import os_error_reason
@@ -74,7 +72,9 @@ class Worker:
         self.metrics = Metrics()  # this process's write side: the local backend's names
         self._monitor: WorkerMonitor | None = None
         self._redis = broker.redis()
-        self._channels: DeliveryChannels | None = None
+        self._channels: list[Channel] = []
+        self._dispatchers: list[Dispatcher] = []
+        self._counter: OutboxDepth | None = None
 
     @property
     def delivery(self) -> DeliveryService:
@@ -107,8 +107,9 @@ class Worker:
         )
         self._sinks = list(files)
         await start_sinks(self._sinks)
-        if settings.email_on or settings.webhook_urls:
-            await self._start_deliveries()
+        channels = build_delivery_channels(settings)
+        if channels:
+            await self._start_deliveries(channels)
         if settings.worker_port:
             sinks = self._sinks
             app = monitor_app(
@@ -122,38 +123,40 @@ class Worker:
         paths = ", ".join(sink.channel.name for sink in self._sinks)
         logger.info("worker writing redis stream %s to %s", settings.redis_stream, paths)
 
-    async def _start_deliveries(self) -> None:
+    async def _start_deliveries(self, channels: list[Channel]) -> None:
         """Deliver the outbox in Redis: a dispatcher per channel (email, each webhook URL),
         as the API does with the local backend."""
         settings = self._settings
+        self._channels = channels
         outbox = RedisOutbox(
             self._redis,
             settings.redis_stream,
-            lease_seconds=lease_seconds(settings),
+            lease_seconds=lease_seconds(channels),
             ttl=settings.status_ttl,
         )
         await outbox.open()  # gives back at once the leases of this machine's dead workers
-        channels = self._channels = delivery_channels(settings, outbox, self.metrics.deliveries)
-        counter = OutboxDepth(
+        counter = self._counter = OutboxDepth(
             outbox, settings.file_check_interval, keep_delivered=settings.status_ttl
         )
         await counter.start()
-        channels.closers.insert(0, counter.aclose)
         self.metrics.track_outbox(lambda: counter.depth)
-        for dispatcher in channels.dispatchers:
+        self._dispatchers = dispatchers(settings, outbox, channels, self.metrics.deliveries)
+        for dispatcher in self._dispatchers:
             await dispatcher.start()
-        logger.info("worker delivering to %s", ", ".join(channels.targets.values()))
+        targets = ", ".join(f"{channel.target} as {channel.name}" for channel in channels)
+        logger.info("worker delivering to %s", targets)
 
     async def stop(self, state: TaskiqState) -> None:
         if self._monitor is not None:
             await asyncio.to_thread(self._monitor.stop)
             self._monitor = None
-        channels, self._channels = self._channels, None
-        if channels is not None:
-            for dispatcher in channels.dispatchers:  # claim nothing more; in flight finish
-                await dispatcher.aclose()
-            for close in channels.closers:
-                await close()
+        for dispatcher in self._dispatchers:  # claim nothing more; sends in flight finish
+            await dispatcher.aclose()
+        if self._counter is not None:
+            await self._counter.aclose()
+        for channel in self._channels:
+            await channel.aclose()
+        self._dispatchers, self._channels, self._counter = [], [], None
         for sink in self._sinks:
             await sink.aclose()
         self._sinks, self._delivery = [], None

@@ -34,17 +34,17 @@ def build_router(metrics: Metrics, current: Current) -> APIRouter:
         summary="Every log writer is running and its file is open",
     )
     async def readyz() -> JSONResponse:
-        runtime = current.runtime
-        states = [sink.health() for sink in runtime.sinks]
+        health = current.health
+        states = health.writers()
         reasons = [state.problem for state in states if state.problem is not None]
         channels = [
             ChannelState(
-                name=dispatcher.channel,
-                error=dispatcher.error,
-                target=runtime.targets.get(dispatcher.channel),
-                disabled=dispatcher.disabled,
+                name=channel.name,
+                error=channel.error,
+                target=channel.target,
+                disabled=channel.disabled,
             )
-            for dispatcher in runtime.dispatchers
+            for channel in health.channels()
         ]
         body = Readiness(
             status="unavailable" if reasons else "ready",

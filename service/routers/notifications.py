@@ -125,7 +125,7 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
     ) -> Response:
         if allowed_domains and not _domain_allowed(email, allowed_domains):
             raise _recipient_not_allowed(email, allowed_domains)
-        service = current.runtime.notifications
+        service = current.notifications
         message = await body_reader.message(request)
         key = idempotency_key(request.headers)
         q = None if query is None else query.q
@@ -156,7 +156,7 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
     async def notification_status(
         notification_id: Annotated[str, Path(max_length=64)],
     ) -> NotificationStatusOut:
-        service = current.runtime.notifications
+        service = current.notifications
         status = await service.status(notification_id)
         deliveries = await service.deliveries(notification_id)
         if status is None:
@@ -166,7 +166,7 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
                 status_code=404,
                 detail=f"no notification {notification_id!r} here (unknown, or expired)",
             )
-        return NotificationStatusOut.of(status, deliveries, current.runtime.channel_names)
+        return NotificationStatusOut.of(status, deliveries, service.channels)
 
     guarded = [Depends(token_checker(settings.tokens))] if settings.tokens else []
 
@@ -186,7 +186,7 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
             str | None, Query(max_length=64, description="The `next` of the previous page.")
         ] = None,
     ) -> DeadLettersOut:
-        page = await current.runtime.notifications.dead_letters(limit=limit, after=after)
+        page = await current.notifications.dead_letters(limit=limit, after=after)
         items = [DeadLetterOut.of(delivery) for delivery in page]
         return DeadLettersOut(items=items, next=page[-1].id if len(page) == limit else None)
 
@@ -198,7 +198,7 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
         summary="Send a dead notification's deliveries again",
     )
     async def retry(notification_id: Annotated[str, Path(max_length=64)]) -> RetriedOut:
-        retried = await current.runtime.notifications.retry(notification_id)
+        retried = await current.notifications.retry(notification_id)
         if not retried:
             raise HTTPException(
                 status_code=404,
@@ -220,7 +220,7 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
             Query(description="Only these channels (`webhook-…`); all when absent."),
         ] = None,
     ) -> EnabledOut:
-        return EnabledOut(enabled=current.runtime.enable_webhooks(channel))
+        return EnabledOut(enabled=current.health.enable(channel))
 
     return router
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from service.ids import new_id
@@ -57,10 +57,13 @@ class NotificationService:
         on_accept: Callable[[], object] = lambda: None,
         deliveries: Lines | None = None,
         outbox: Outbox | None = None,
+        channels: Sequence[str] = (),
         on_retry: Callable[[], None] | None = None,
     ) -> None:
         self._deliveries = deliveries
         self._outbox = outbox
+        self.channels = tuple(channels)
+        """The delivery channels each notification goes to (``email``, ``webhook-…``)."""
         self._on_retry = on_retry
         self._on_accept = on_accept
         self._notifications = notifications

@@ -1,4 +1,4 @@
-"""Webhooks as outbox channels: each notification POSTed, signed, to each configured URL.
+"""The webhook channel: each notification POSTed, signed, to one configured URL.
 
 The request follows the Standard Webhooks specification (https://www.standardwebhooks.com/),
 so a receiver verifies it with that spec's libraries:
@@ -15,15 +15,15 @@ One outbox channel per URL, named ``webhook-<first 8 hex digits of the URL's SHA
 across restarts and reorderings of ``NOTIFY_WEBHOOK_URL``, and free of the URL itself (which may
 hold a token) in statuses and metrics. Each URL has its own ``httpx.AsyncClient`` with kept-alive
 connections (at most ``NOTIFY_WEBHOOK_CONNECTIONS``), no redirects followed, no proxy variables
-read. What each answer means for the dispatcher:
+read. What each answer means (``service.channels.base``):
 
 - 2xx: delivered;
-- 408, 500, 501, 505… (a failure of this request): ``TemporaryError``, this delivery backs off;
+- 408, 500, 501, 505… (a failure of this request): ``Retry``, this delivery backs off;
 - 429, 502, 503, 504, a timeout, a refused or lost connection (the receiver, not the payload):
-  ``ChannelFailure``, the URL's channel pauses;
+  ``ChannelDown``, the URL's channel pauses and is probed;
 - ``Retry-After`` (seconds or an HTTP date) with any of these: waited at least that long;
-- 410 Gone: ``ChannelGone``, the URL is disabled until enabled again;
-- 3xx (redirects are not followed) and the other 4xx: ``PermanentError``, dead.
+- 410 Gone: ``Gone``, the URL is disabled until enabled again;
+- 3xx (redirects are not followed) and the other 4xx: ``Dead``.
 
 A timeout after the request was sent may have been delivered: it is sent again with the same
 ``webhook-id`` (at least once).
@@ -37,30 +37,25 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 import httpx
 
-from service.outbox.base import Delivery
-from service.outbox.dispatcher import (
-    ChannelFailure,
-    ChannelGone,
-    PermanentError,
-    TemporaryError,
-)
+from config import Settings
+from service.channels.base import Channel, ChannelDown, Dead, Delivery, Gone, Retry
 from service.records import rfc3339
 
 __all__ = [
-    "WebhookTarget",
+    "WebhookChannel",
     "channel_name",
+    "from_settings",
     "payload",
     "retry_after",
     "shown_url",
     "signature",
-    "webhook_sender",
 ]
 
 _MAX_ANSWER_BYTES = 64 * 1024
@@ -132,15 +127,20 @@ def retry_after(value: str | None, now: float | None = None) -> float | None:
     return max(0.0, moment.timestamp() - current)
 
 
-class WebhookTarget:
-    """One URL: its channel name, how it is shown, and its own kept-alive client."""
+class WebhookChannel(Channel):
+    """One URL: its channel name, how it is shown, and its own kept-alive client; each
+    delivery POSTed, signed with ``keys`` (two while a secret is rotated)."""
 
-    def __init__(self, url: str, *, connections: int, timeout: float) -> None:
+    def __init__(
+        self, url: str, keys: Sequence[bytes], *, connections: int, timeout: float
+    ) -> None:
         self.url = url
         self.name = channel_name(url)
-        self.shown = shown_url(url)
-        self.timeout = timeout
-        self.client = httpx.AsyncClient(
+        self.target = shown_url(url)
+        self.attempt_timeout = timeout
+        self.concurrency = connections
+        self._keys = tuple(keys)
+        self._client = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
             timeout=httpx.Timeout(timeout),
             follow_redirects=False,
@@ -148,18 +148,8 @@ class WebhookTarget:
             headers={"user-agent": "notify-service"},
         )
 
-    async def close(self) -> None:
-        await self.client.aclose()
-
-
-def webhook_sender(
-    target: WebhookTarget, keys: Sequence[bytes]
-) -> Callable[[Delivery], Awaitable[None]]:
-    """``send`` for one URL's dispatcher: POST the delivery's payload, signed with ``keys``."""
-    keys = tuple(keys)
-    client, url, timeout = target.client, target.url, target.timeout
-
-    async def send(delivery: Delivery) -> None:
+    async def send(self, delivery: Delivery) -> None:
+        """POST the delivery's payload, signed; see the module docstring for the outcomes."""
         body = payload(
             delivery.id, delivery.recipient, delivery.message, delivery.q, delivery.accepted_at
         ).encode()
@@ -168,19 +158,23 @@ def webhook_sender(
             "content-type": "application/json",
             "webhook-id": delivery.id,
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": signature(keys, delivery.id, timestamp, body),
+            "webhook-signature": signature(self._keys, delivery.id, timestamp, body),
         }
+        timeout = self.attempt_timeout
         try:
             async with asyncio.timeout(timeout):  # the whole attempt, not each read
-                async with client.stream("POST", url, content=body, headers=headers) as answer:
+                async with self._client.stream(
+                    "POST", self.url, content=body, headers=headers
+                ) as answer:
                     await _drain(answer)
         except (TimeoutError, httpx.TimeoutException):
-            raise ChannelFailure(f"no answer within {timeout:g} s") from None
+            raise ChannelDown(f"no answer within {timeout:g} s") from None
         except httpx.TransportError as exc:  # refused, reset, DNS, TLS, a broken answer
-            raise ChannelFailure(_transport_error(exc, url, target.shown)) from None
+            raise ChannelDown(_transport_error(exc, self.url, self.target)) from None
         _judge(answer)
 
-    return send
+    async def aclose(self) -> None:
+        await self._client.aclose()
 
 
 async def _drain(answer: httpx.Response) -> None:
@@ -205,11 +199,24 @@ def _judge(answer: httpx.Response) -> None:
     described = f"HTTP {status} {httpx.codes.get_reason_phrase(status)}".rstrip()
     wait = retry_after(answer.headers.get("retry-after"))
     if status == 410:
-        raise ChannelGone(f"{described}: the receiver says this URL is gone")
+        raise Gone(f"{described}: the receiver says this URL is gone")
     if status in _PAUSE_CHANNEL:
-        raise ChannelFailure(described, retry_after=wait)
+        raise ChannelDown(described, after=wait)
     if status in _RETRY_DELIVERY or status >= 500:
-        raise TemporaryError(described, retry_after=wait)
+        raise Retry(described, after=wait)
     if 300 <= status < 400:
-        raise PermanentError(f"{described}: a redirect, not followed")
-    raise PermanentError(described)
+        raise Dead(f"{described}: a redirect, not followed")
+    raise Dead(described)
+
+
+def from_settings(settings: Settings) -> list[Channel]:
+    """A channel for each of ``settings.webhook_urls`` (``NOTIFY_WEBHOOK_*``), in order."""
+    return [
+        WebhookChannel(
+            url,
+            settings.webhook_keys,
+            connections=settings.webhook_connections,
+            timeout=settings.webhook_timeout,
+        )
+        for url in settings.webhook_urls
+    ]

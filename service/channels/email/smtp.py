@@ -1,17 +1,18 @@
-"""The email channel's own I/O: SMTP with ``aiosmtplib``, through a small pool of connections.
+"""The email channel's I/O: SMTP with ``aiosmtplib``, through a small pool of connections.
 
-``EmailChannel.send(mail)`` delivers one message (``service.mail.Mail``) and returns
-``Delivered``, or raises a ``DeliveryError`` that says what to do next:
+``SmtpPool.send(mail)`` delivers one message (``message.Mail``) and returns ``Delivered``, or
+raises an ``SmtpFailure``, which is one of the channel outcomes (``service.channels.base``)
+with the server's reply code and the step that failed:
 
-- ``PermanentFailure``: the server refused this message for good (5xx, e.g. 550 unknown
-  mailbox), or it cannot go to this server at all (a non-ASCII local part and no SMTPUTF8).
-  Do not retry it.
-- ``TemporaryFailure``: the server deferred this message (4xx other than 421). Retry this
-  message later; the others need not wait.
-- ``ChannelUnavailable`` (a ``TemporaryFailure``): the server, not the message: it cannot be
-  reached, refused the connection, timed out, lost the connection, throttles (421), fails TLS
-  or authentication. Pause the whole channel, then retry.
-- ``UnknownOutcome`` (a ``ChannelUnavailable``): the connection was lost, or timed out, after
+- ``PermanentFailure`` (``Dead``): the server refused this message for good (5xx, e.g. 550
+  unknown mailbox), or it cannot go to this server at all (a non-ASCII local part and no
+  SMTPUTF8). Do not retry it.
+- ``TemporaryFailure`` (``Retry``): the server deferred this message (4xx other than 421).
+  Retry this message later; the others need not wait.
+- ``ServerUnavailable`` (``ChannelDown``): the server, not the message: it cannot be reached,
+  refused the connection, timed out, lost the connection, throttles (421), fails TLS or
+  authentication. Pause the whole channel, then probe.
+- ``UnknownOutcome`` (a ``ServerUnavailable``): the connection was lost, or timed out, after
   the ``DATA`` command: the server may have taken the message. Retry it (the receiver can drop
   a repeat by its Message-ID).
 
@@ -27,9 +28,8 @@ server offers it, and with ``require_tls`` refuses a server that does not. Crede
 (``smtp://user:password@host``) are only ever sent over TLS. The password lives in a pydantic
 ``SecretStr`` and appears in no exception, log line or ``repr``.
 
-This channel does not implement ``service.sinks.core.Channel``: that protocol delivers batches
-and has one outcome per batch, while each email has its own. A delivery loop calls ``send``
-once per message, as many at once as it likes: the pool bounds what is in flight.
+A delivery loop calls ``send`` once per message, as many at once as it likes: the pool bounds
+what is in flight.
 """
 
 from __future__ import annotations
@@ -42,29 +42,26 @@ import time
 from dataclasses import dataclass
 from types import TracebackType
 from typing import ClassVar, Literal
-from urllib.parse import unquote, urlsplit
 
 import aiosmtplib
-from pydantic import SecretStr
 
-from service.mail import Mail
+from config.settings import SmtpServer
+from service.channels.base import ChannelDown, Dead, Retry, Undelivered
+from service.channels.email.message import Mail
 
 __all__ = [
-    "ChannelUnavailable",
     "Delivered",
-    "DeliveryError",
-    "EmailChannel",
     "PermanentFailure",
+    "ServerUnavailable",
+    "SmtpFailure",
     "SmtpOptions",
+    "SmtpPool",
     "SmtpServer",
     "TemporaryFailure",
     "UnknownOutcome",
 ]
 
-logger = logging.getLogger("service.sinks.email")
-
-_DEFAULT_PORTS = {"smtp": 25, "smtps": 465}
-_URL_SHAPE = "smtp://[user:password@]host[:port] or smtps://[user:password@]host[:port]"
+logger = logging.getLogger("service.channels.email")
 
 Stage = Literal["connect", "mail", "rcpt", "data"]
 
@@ -80,7 +77,7 @@ class Delivered:
     reply: str
 
 
-class DeliveryError(Exception):
+class SmtpFailure(Undelivered):
     """A message was not (known to be) delivered. ``str()`` is one line: the reason, with the
     server's reply when there was one; never the password.
 
@@ -88,35 +85,34 @@ class DeliveryError(Exception):
     (including TLS and authentication), ``mail`` (MAIL FROM), ``rcpt`` (RCPT TO) or ``data``."""
 
     kind: ClassVar[str] = "error"
-    """For statuses and metrics: ``permanent``, ``temporary``, ``channel`` or ``unknown``."""
+    """``permanent``, ``temporary``, ``channel`` or ``unknown``."""
 
     def __init__(self, reason: str, *, code: int | None = None, stage: Stage = "connect") -> None:
         super().__init__(reason)
-        self.reason = reason
         self.code = code
         self.stage: Stage = stage
 
 
-class PermanentFailure(DeliveryError):
+class PermanentFailure(SmtpFailure, Dead):
     """Refused for good (5xx, or impossible on this server): do not retry this message."""
 
     kind = "permanent"
 
 
-class TemporaryFailure(DeliveryError):
+class TemporaryFailure(SmtpFailure, Retry):
     """Deferred (4xx other than 421): retry this message later, alone."""
 
     kind = "temporary"
 
 
-class ChannelUnavailable(TemporaryFailure):
+class ServerUnavailable(SmtpFailure, ChannelDown):
     """The server cannot take mail now (unreachable, refused, timed out, connection lost, 421,
-    TLS or authentication failed): pause the whole channel, then retry."""
+    TLS or authentication failed): pause the whole channel, then probe."""
 
     kind = "channel"
 
 
-class UnknownOutcome(ChannelUnavailable):
+class UnknownOutcome(ServerUnavailable):
     """The connection was lost (or timed out) after ``DATA``: the message may have been
     delivered. Retry it; its Message-ID lets the receiver drop a repeat."""
 
@@ -124,55 +120,6 @@ class UnknownOutcome(ChannelUnavailable):
 
 
 # -- configuration --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SmtpServer:
-    """Where mail goes, from ``NOTIFY_SMTP_URL``. ``str()`` and ``repr()`` show no password
-    (and ``str()`` no user)."""
-
-    host: str
-    port: int
-    implicit_tls: bool = False
-    username: str | None = None
-    password: SecretStr | None = None
-
-    @classmethod
-    def from_url(cls, url: str | SecretStr) -> SmtpServer:
-        """Parse ``smtp://[user:password@]host[:port]`` (port 25) or ``smtps://…`` (465).
-        User and password are percent-decoded. ``ValueError`` names what is wrong, never
-        repeating the URL."""
-        raw = url.get_secret_value() if isinstance(url, SecretStr) else url
-        try:
-            parts = urlsplit(raw.strip())
-            port = parts.port
-        except ValueError:
-            raise ValueError(f"the SMTP URL is not of the form {_URL_SHAPE}") from None
-        scheme = parts.scheme.lower()
-        if scheme not in _DEFAULT_PORTS:
-            raise ValueError(f"the SMTP URL must start with smtp:// or smtps:// ({_URL_SHAPE})")
-        if not parts.hostname:
-            raise ValueError(f"the SMTP URL names no host ({_URL_SHAPE})")
-        if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ValueError(f"the SMTP URL has something after the host and port ({_URL_SHAPE})")
-        if port == 0:
-            raise ValueError("the SMTP URL's port must be 1 to 65535")
-        username = unquote(parts.username) if parts.username else None
-        password = SecretStr(unquote(parts.password)) if parts.password else None
-        if password is not None and username is None:
-            raise ValueError("the SMTP URL has a password but no user")
-        return cls(
-            host=parts.hostname,
-            port=port or _DEFAULT_PORTS[scheme],
-            implicit_tls=scheme == "smtps",
-            username=username,
-            password=password,
-        )
-
-    def __str__(self) -> str:
-        scheme = "smtps" if self.implicit_tls else "smtp"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{scheme}://{host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,11 +161,11 @@ class _Connection:
         self.idle_since = time.monotonic()
 
 
-class _LostBeforeData(ChannelUnavailable):
+class _LostBeforeData(ServerUnavailable):
     """The connection was lost before the server answered MAIL FROM: nothing was taken."""
 
 
-class EmailChannel:
+class SmtpPool:
     """SMTP delivery through at most ``options.connections`` kept-open connections."""
 
     def __init__(self, server: SmtpServer, options: SmtpOptions | None = None) -> None:
@@ -235,7 +182,7 @@ class EmailChannel:
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"<EmailChannel {self.server} connections={len(self._open)}>"
+        return f"<SmtpPool {self.server} connections={len(self._open)}>"
 
     @property
     def connections(self) -> int:
@@ -247,7 +194,7 @@ class EmailChannel:
         """Sends holding a connection now (at most ``options.connections``)."""
         return self._in_flight
 
-    async def __aenter__(self) -> EmailChannel:
+    async def __aenter__(self) -> SmtpPool:
         return self
 
     async def __aexit__(
@@ -259,11 +206,11 @@ class EmailChannel:
         await self.close()
 
     async def send(self, mail: Mail) -> Delivered:
-        """Deliver ``mail``: ``Delivered``, or a ``DeliveryError`` (see the module's doc).
+        """Deliver ``mail``: ``Delivered``, or a ``SmtpFailure`` (see the module's doc).
         Waits for a free connection when ``options.connections`` sends are in flight."""
         async with self._slots:
             if self._closed:
-                raise ChannelUnavailable(f"{self.description}: the channel is closed")
+                raise ServerUnavailable(f"{self.description}: the channel is closed")
             self._in_flight += 1
             try:
                 return await self._send(mail)
@@ -272,16 +219,16 @@ class EmailChannel:
 
     async def check(self) -> None:
         """Whether the server answers now: NOOP on an idle connection, or a new connection
-        (kept for the next send). Raises ``ChannelUnavailable`` if not."""
+        (kept for the next send). Raises ``ServerUnavailable`` if not."""
         async with self._slots:
             if self._closed:
-                raise ChannelUnavailable(f"{self.description}: the channel is closed")
+                raise ServerUnavailable(f"{self.description}: the channel is closed")
             idle = self._take_idle()
             if idle is not None and await self._answers(idle):
                 return
             fresh = await self._connect()
             if not await self._answers(fresh):
-                raise ChannelUnavailable(f"{self.description}: no answer to NOOP")
+                raise ServerUnavailable(f"{self.description}: no answer to NOOP")
 
     async def _answers(self, connection: _Connection) -> bool:
         """NOOP on ``connection``: True (and back to the pool) if answered, else closed."""
@@ -314,14 +261,14 @@ class EmailChannel:
         try:
             return await self._on(await self._connect(), mail)
         except _LostBeforeData as exc:
-            raise ChannelUnavailable(exc.reason, stage=exc.stage) from None
+            raise ServerUnavailable(exc.reason, stage=exc.stage) from None
 
     async def _on(self, connection: _Connection, mail: Mail) -> Delivered:
         """One transaction on ``connection``, which goes back to the pool if it is still
         usable, and is closed otherwise."""
         try:
             delivered = await self._transaction(connection.client, mail)
-        except DeliveryError:
+        except SmtpFailure:
             self._release(connection)
             raise
         except BaseException:  # cancelled, or a bug: the session's state is unknown
@@ -381,12 +328,12 @@ class EmailChannel:
                 ) from None
             if stage == "mail" and not isinstance(exc, TimeoutError):
                 raise _LostBeforeData(self._reason(lost, exc), stage=stage) from None
-            raise ChannelUnavailable(self._reason(lost, exc), stage=stage) from None
+            raise ServerUnavailable(self._reason(lost, exc), stage=stage) from None
         return Delivered(response.code, _one_line(response.message))
 
     def _refused(
         self, exc: aiosmtplib.SMTPResponseException, stage: Stage, mail: Mail
-    ) -> DeliveryError:
+    ) -> SmtpFailure:
         """The outcome of a reply that is not a success."""
         code = exc.code
         what = {"mail": "MAIL FROM", "rcpt": "RCPT TO", "data": "the message"}.get(stage, stage)
@@ -397,14 +344,14 @@ class EmailChannel:
         if code == 421 or (stage == "mail" and code == 530):
             # 421: the server closes the session (throttling, shutting down). 530 to MAIL
             # FROM: it wants authentication; no message can go until that is configured.
-            return ChannelUnavailable(reason, code=code, stage=stage)
+            return ServerUnavailable(reason, code=code, stage=stage)
         if 400 <= code < 500:
             return TemporaryFailure(reason, code=code, stage=stage)
         if 500 <= code < 600:
             return PermanentFailure(reason, code=code, stage=stage)
         if stage == "data":  # not a reply at all: the session is out of step
             return UnknownOutcome(reason, code=code, stage=stage)
-        return ChannelUnavailable(reason, code=code, stage=stage)
+        return ServerUnavailable(reason, code=code, stage=stage)
 
     async def _reset(self, client: aiosmtplib.SMTP) -> None:
         """RSET after a refusal, so the session can carry the next message; a session that
@@ -420,7 +367,7 @@ class EmailChannel:
 
     async def _connect(self) -> _Connection:
         """A new connection: TCP (TLS for smtps), EHLO, STARTTLS, EHLO, AUTH, within
-        ``options.timeout`` in all; ``ChannelUnavailable`` if any step fails."""
+        ``options.timeout`` in all; ``ServerUnavailable`` if any step fails."""
         server, options = self.server, self.options
         client = aiosmtplib.SMTP(
             hostname=server.host,
@@ -436,13 +383,13 @@ class EmailChannel:
                 await client.connect()
                 await self._secure(client)
                 await self._authenticate(client)
-        except ChannelUnavailable:
+        except ServerUnavailable:
             client.close()
             raise
         except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
             # TimeoutError (asyncio.timeout's) is an OSError.
             client.close()
-            raise ChannelUnavailable(self._reason("cannot connect", exc)) from None
+            raise ServerUnavailable(self._reason("cannot connect", exc)) from None
         except BaseException:
             client.close()
             raise
@@ -462,7 +409,7 @@ class EmailChannel:
             await client.starttls()
             await client.ehlo()  # RFC 3207: forget what was said before TLS
         elif self.options.require_tls:
-            raise ChannelUnavailable(
+            raise ServerUnavailable(
                 f"{self.description} does not offer STARTTLS, and TLS is required"
             )
 
@@ -471,7 +418,7 @@ class EmailChannel:
         if server.username is None:
             return
         if client.get_transport_info("sslcontext") is None:
-            raise ChannelUnavailable(
+            raise ServerUnavailable(
                 f"{self.description} offers no TLS: the password is not sent in clear"
             )
         try:
@@ -480,7 +427,7 @@ class EmailChannel:
                 server.password.get_secret_value() if server.password is not None else "",
             )
         except aiosmtplib.SMTPResponseException as exc:
-            raise ChannelUnavailable(
+            raise ServerUnavailable(
                 self._redact(
                     f"{self.description}: authentication as {server.username!r} failed: "
                     f"{exc.code} {_one_line(exc.message)}"

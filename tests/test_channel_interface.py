@@ -1,0 +1,235 @@
+"""The channel interface, proven by a channel written here (tests/support/channels.py) and run
+through the real SQLite outbox and the real dispatcher: delivered, retry, pause and probe,
+dead, disable and enable. Each test asserts the order of events, not how long they took."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from service.channels.base import ChannelDown, Dead, Delivery, Gone, Retry
+from service.outbox.base import DeliveryState, notification_line
+from service.outbox.dispatcher import Dispatcher, DispatchOptions
+from service.outbox.sqlite import SqliteOutbox
+from service.retry import Backoff
+from tests.support.channels import ScriptedChannel
+
+NAME = "pager"
+
+
+def _lines(count: int) -> list[str]:
+    now = time.time()
+    return [
+        notification_line(f"n{number}", f"n{number}@example.com", "hi", None, now + number / 1e6)
+        for number in range(count)
+    ]
+
+
+@asynccontextmanager
+async def dispatching(
+    tmp_path: Path, channel: ScriptedChannel, options: DispatchOptions, count: int
+) -> AsyncIterator[tuple[SqliteOutbox, Dispatcher]]:
+    """``count`` notifications in a real outbox, delivered by a real dispatcher through
+    ``channel``."""
+    outbox = SqliteOutbox(tmp_path / "outbox.db", lease_seconds=60)
+    await outbox.open()
+    dispatcher = Dispatcher(outbox, channel, options)
+    try:
+        await outbox.add(_lines(count), [NAME])
+        await dispatcher.start()
+        yield outbox, dispatcher
+    finally:
+        await dispatcher.aclose()
+        await channel.aclose()
+        await outbox.close()
+
+
+async def _until(channel: ScriptedChannel, condition: Callable[[], bool]) -> None:
+    """Wait for ``condition``, looking again each time an attempt begins or ends."""
+    async with asyncio.timeout(20):  # a safety net: every wait here is for an event
+        while not condition():
+            channel.changed.clear()
+            await channel.changed.wait()
+
+
+async def _until_states(
+    outbox: SqliteOutbox, count: int, condition: Callable[[list[DeliveryState]], bool]
+) -> list[DeliveryState]:
+    """The states of n0 … n{count-1} once ``condition`` holds for them."""
+    async with asyncio.timeout(20):  # a safety net
+        while True:
+            states = [state for n in range(count) for state in await outbox.states(f"n{n}")]
+            if condition(states):
+                return states
+            await asyncio.sleep(0.01)
+
+
+async def test_a_round_that_finds_the_channel_down_pauses_it_once_then_probes_resume_it(
+    tmp_path: Path,
+) -> None:
+    """Four sends fail at once (one round): the channel pauses, then probes one delivery at
+    a time while the receiver is down; the first probe that gets through resumes every
+    connection at once, and each notification is delivered once."""
+    down = True
+    in_flight: list[str] = []
+    widths_while_down: list[int] = []  # sends in flight as each failing one began
+    widest_after = 0
+    events: list[str] = []
+    gate = asyncio.Event()
+    gate.set()
+
+    async def receiver(delivery: Delivery) -> None:
+        nonlocal widest_after
+        in_flight.append(delivery.id)
+        try:
+            if down:
+                widths_while_down.append(len(in_flight))
+                events.append("down")
+                if len(channel.attempts) <= 4:  # the first round fails together
+                    channel.changed.set()
+                    await _until(channel, lambda: len(channel.attempts) >= 4)
+                raise ChannelDown("the receiver is down")
+            widest_after = max(widest_after, len(in_flight))
+            events.append("delivered")
+            if events.count("delivered") > 1:  # the probe gets through; the rest wait
+                await gate.wait()
+        finally:
+            in_flight.remove(delivery.id)
+
+    channel = ScriptedChannel(NAME, receiver, concurrency=4)
+    options = DispatchOptions(pause=Backoff(0.001, 0.005), poll_interval=0.05)
+    async with dispatching(tmp_path, channel, options, 12) as (outbox, _):
+        # The first round (four at once), then probes, each alone.
+        await _until(channel, lambda: events.count("down") >= 7)
+        assert widths_while_down[:4] == [1, 2, 3, 4]
+        assert widths_while_down[4:] == [1] * (len(widths_while_down) - 4)
+        gate.clear()  # hold the deliveries after the probe, to see how many go at once
+        down = False
+        await _until(channel, lambda: len(in_flight) == 4)
+        gate.set()
+        states = await _until_states(
+            outbox, 12, lambda states: all(s.status == "delivered" for s in states)
+        )
+    assert widest_after == 4  # every connection in use again once a probe got through
+    delivered = [a for a, e in zip(channel.attempts, events, strict=True) if e == "delivered"]
+    assert sorted(delivered) == sorted(f"n{n}" for n in range(12))  # each once
+    assert [s.attempts for s in states].count(1) <= 12
+
+
+async def test_while_paused_every_waiting_delivery_shows_retrying_at_the_probe(
+    tmp_path: Path,
+) -> None:
+    """A channel down: the deliveries of the failed round and those never tried all show
+    ``retrying``, with the channel's error and the pause's end as their next attempt (one
+    pause for the round, not one per failed send)."""
+
+    async def receiver(delivery: Delivery) -> None:
+        raise ChannelDown("connection refused")
+
+    channel = ScriptedChannel(NAME, receiver, concurrency=4)
+    pause = Backoff(100.0, 10_000.0)  # the first pause is 50-100 s; a fourth would be 400+
+    async with dispatching(tmp_path, channel, DispatchOptions(pause=pause), 10) as (outbox, _):
+        await _until(channel, lambda: len(channel.attempts) == 4)
+        states = await _until_states(
+            outbox, 10, lambda states: sum(s.attempts for s in states) == 4
+        )
+        now = time.time()
+    assert {s.status for s in states} == {"retrying"}
+    assert {s.last_error for s in states} == {"connection refused"}
+    ends = {s.next_attempt_at for s in states if s.attempts == 0}
+    assert len(ends) == 1  # the never-tried wait for the one pause
+    [end] = ends
+    assert end is not None
+    assert now < end <= now + 100.0
+    for tried in (s for s in states if s.attempts):
+        assert tried.next_attempt_at is not None
+        assert now < tried.next_attempt_at <= end + 1e-3
+
+
+async def test_retry_backs_off_one_delivery_while_the_others_go(tmp_path: Path) -> None:
+    """``Retry`` sends that delivery again later, alone; the channel is not paused, and the
+    others are delivered meanwhile; ``Retry(after=…)`` is a floor for the wait."""
+    tries: dict[str, int] = {}
+
+    async def receiver(delivery: Delivery) -> None:
+        tries[delivery.id] = tries.get(delivery.id, 0) + 1
+        if delivery.id == "n0":
+            raise Retry("451 try again later", after=3600.0)
+
+    channel = ScriptedChannel(NAME, receiver)
+    async with dispatching(tmp_path, channel, DispatchOptions(), 5) as (outbox, dispatcher):
+        states = await _until_states(
+            outbox,
+            5,
+            lambda states: (
+                sum(s.status == "delivered" for s in states) == 4 and states[0].attempts == 1
+            ),
+        )
+        assert dispatcher.error is None  # the channel works
+    assert states[0].status == "retrying"
+    assert states[0].last_error == "451 try again later"
+    assert states[0].next_attempt_at is not None
+    assert states[0].next_attempt_at >= states[0].accepted_at + 3600.0
+    assert tries == {f"n{n}": 1 for n in range(5)}
+
+
+async def test_dead_is_at_once_and_gone_disables_the_channel_until_enabled(
+    tmp_path: Path,
+) -> None:
+    """``Dead`` ends one delivery for good; ``Gone`` ends it and disables the channel: its
+    other pending deliveries become dead without an attempt, until ``enable``, after which
+    new ones are delivered."""
+    gone = True
+
+    async def receiver(delivery: Delivery) -> None:
+        if delivery.id == "n0":
+            raise Dead("550 no such mailbox")
+        if gone:
+            raise Gone("410 Gone")
+
+    channel = ScriptedChannel(NAME, receiver, concurrency=1)
+    async with dispatching(tmp_path, channel, DispatchOptions(poll_interval=0.05), 6) as (
+        outbox,
+        dispatcher,
+    ):
+        states = await _until_states(
+            outbox, 6, lambda states: all(s.status == "dead" for s in states)
+        )
+        assert dispatcher.disabled
+        assert states[0].last_error == "550 no such mailbox"
+        assert channel.attempts == ["n0", "n1"]  # the rest were buried without an attempt
+        assert {s.last_error for s in states[2:]} == {"disabled: 410 Gone"}
+        gone = False
+        assert dispatcher.enable()
+        await outbox.add(_lines(7)[6:], [NAME])  # n6, added later
+        dispatcher.wake()
+        await _until_states(outbox, 7, lambda states: states[6].status == "delivered")
+    assert channel.attempts[-1] == "n6"
+
+
+async def test_a_bug_in_a_channel_keeps_the_delivery_and_pauses(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any other exception is a bug: logged with its traceback, the delivery kept (retrying)
+    and the channel paused, as for ``ChannelDown``."""
+    broken = True
+
+    async def receiver(delivery: Delivery) -> None:
+        if broken:
+            raise KeyError("oops")
+
+    channel = ScriptedChannel(NAME, receiver, concurrency=1)
+    options = DispatchOptions(pause=Backoff(0.001, 0.002), poll_interval=0.05)
+    async with dispatching(tmp_path, channel, options, 1) as (outbox, dispatcher):
+        await _until(channel, lambda: len(channel.attempts) >= 2)
+        assert dispatcher.error == "KeyError: 'oops'"
+        broken = False
+        [state] = await _until_states(outbox, 1, lambda s: s[0].status == "delivered")
+    assert state.attempts >= 2
+    assert "sending failed unexpectedly" in caplog.text
+    assert "Traceback" in caplog.text
