@@ -126,9 +126,9 @@ async def start_sinks(sinks: Sequence[BatchSink]) -> None:
             await sink.start()
         except (OSError, ValueError) as exc:
             await asyncio.gather(*(opened.aclose() for opened in started))
-            description = sink.channel.description
+            description = sink.target.description
             if isinstance(exc, OSError):
-                reason = os_error_reason(exc, Path(sink.channel.name))
+                reason = os_error_reason(exc, Path(sink.target.name))
             else:
                 reason = str(exc)
             raise StartupError(f"cannot open {description}: {reason}") from None
@@ -237,7 +237,7 @@ class Runtime:
             raise
         for dispatcher in self.dispatchers:
             await dispatcher.start()
-        described = ", ".join(sink.channel.name for sink in self.sinks)
+        described = ", ".join(sink.target.name for sink in self.sinks)
         logger.info("writing notifications to %s", described)
         if self._email is not None:
             logger.info("sending notifications by email through %s", self._email.name)
@@ -378,7 +378,7 @@ class Runtime:
             added=self._took_in,
             spool=spool,
         )
-        metrics.for_sink(intake.channel.name).track(lambda: intake.held)
+        metrics.for_sink(intake.target.name).track(lambda: intake.held)
         metrics.track_outbox(lambda: counter.depth)
         self._openers.insert(0, outbox.open)
         self.sinks.append(intake)
@@ -419,7 +419,7 @@ class Runtime:
         )
         options = batch_options(settings, waiting=settings.ack == "write")
         sink = stream_sink(broker, ledger.queued, options, settings.queue_spool())
-        self.metrics.for_sink(sink.channel.name).track(lambda: sink.held)
+        self.metrics.for_sink(sink.target.name).track(lambda: sink.held)
         self.sinks.append(sink)
         return self._service(sink, sink, ledger)
 

@@ -29,7 +29,7 @@ from service.outbox.base import (
     Outcome,
     notification_fields,
 )
-from service.sinks.core import ChannelError
+from service.sinks.core import TargetError
 from service.sinks.fs import holder_gone, process_token
 
 __all__ = ["SqliteOutbox"]
@@ -146,7 +146,7 @@ class SqliteOutbox:
         try:
             await self._with_db(add)
         except sqlite3.Error as exc:  # a full disk, a locked database: retried by the core
-            raise ChannelError(f"{type(exc).__name__}: {exc}") from None
+            raise TargetError(f"{type(exc).__name__}: {exc}") from None
 
     # -- delivering -----------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ server offers it, and with ``require_tls`` refuses a server that does not. Crede
 (``smtp://user:password@host``) are only ever sent over TLS. The password lives in a pydantic
 ``SecretStr`` and appears in no exception, log line or ``repr``.
 
-This channel does not implement ``service.sinks.core.Channel``: that protocol delivers batches
+This channel does not implement ``service.sinks.core.Target``: that protocol delivers batches
 and has one outcome per batch, while each email has its own. A delivery loop calls ``send``
 once per message, as many at once as it likes: the pool bounds what is in flight.
 """
