@@ -25,9 +25,10 @@ from service.outbox.load import LoopLoad
 from service.outbox.sqlite import SqliteOutbox
 from service.outbox.writer import OutboxIntake, outbox_sink
 from service.records import RENDERERS
+from service.retry import Backoff
 from service.services import NotificationService
 from service.sinks.base import Lines, Listeners, SinkUnavailable
-from service.sinks.core import BatchOptions, BatchSink, RetryPolicy
+from service.sinks.core import BatchOptions, BatchSink
 from service.sinks.file import FileOptions, FileSinks, WriteGuard, file_sink
 from service.sinks.fs import os_error_reason
 from service.status import Idempotency, Ledger, LocalLedger, StatusStore
@@ -66,7 +67,7 @@ def batch_options(
         batch_size=settings.batch_size,
         batch_delay=0.0 if waiting else settings.batch_delay if linger is None else linger,
         drain_timeout=settings.shutdown_timeout,
-        retry=RetryPolicy(initial=settings.retry_initial, maximum=settings.retry_max),
+        retry=Backoff(initial=settings.retry_initial, maximum=settings.retry_max),
         check_interval=settings.file_check_interval,
         refuse_while_failing=waiting,
     )

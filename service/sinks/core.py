@@ -13,9 +13,11 @@ Around the target the core owns:
   callers wait for delivery (``refuse_while_failing``), so no 200 is given for a line that is
   not being delivered; a sender that died refuses with its reason;
 - **retries**: a batch that fails (``TargetError``) is retried with capped exponential
-  backoff and jitter; the lines behind it wait, in order. Before a retry of a batch not begun,
-  the lines whose request gave up waiting (and answered 503) are left out;
-- **failure episodes**: one log line when a target starts failing, one when it recovers;
+  backoff and jitter (``BatchOptions.retry``, a ``service.retry.Backoff``); the lines behind
+  it wait, in order. Before a retry of a batch not begun, the lines whose request gave up
+  waiting (and answered 503) are left out;
+- **failure episodes**: one log line when a target starts failing, one when it recovers (a
+  ``service.retry.Episode``);
 - **idle checks**: every ``check_interval`` seconds without lines the target checks itself
   (a moved log, an unreachable Redis), so readiness follows the target without traffic;
 - **shutdown**: ``aclose`` delivers for at most ``drain_timeout`` seconds; what is left goes
@@ -35,7 +37,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import random
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -43,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from service.records import Kind
+from service.retry import Backoff, Episode
 from service.sinks.base import SinkFull, SinkHealth, SinkListener, SinkUnavailable, Wait
 from service.sinks.spool import Spool
 from service.wire import WireRecord
@@ -51,7 +53,6 @@ __all__ = [
     "Batch",
     "BatchOptions",
     "BatchSink",
-    "RetryPolicy",
     "Target",
     "TargetError",
 ]
@@ -71,19 +72,6 @@ class TargetError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Capped exponential backoff with jitter between attempts to deliver a failing batch."""
-
-    initial: float = 0.05
-    maximum: float = 2.0
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait before attempt ``attempt + 1`` (``attempt`` counts from 0)."""
-        ceiling = min(self.maximum, self.initial * 2.0**attempt)
-        return random.uniform(ceiling / 2, ceiling)
-
-
-@dataclass(frozen=True, slots=True)
 class BatchOptions:
     """How a batching sink behaves (from ``Settings``)."""
 
@@ -94,7 +82,8 @@ class BatchOptions:
     one at a time faster than a delivery, and a delivery per line costs more than the line.
     Shutdown ends the wait (``aclose`` drains at once)."""
     drain_timeout: float = 10.0
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    retry: Backoff = field(default_factory=Backoff)
+    """The wait between attempts to deliver a failing batch (equal jitter by default)."""
     check_interval: float = 1.0
     """Seconds between the target's checks of itself while no line comes."""
     refuse_while_failing: bool = False
@@ -276,8 +265,14 @@ class BatchSink:
         self._lingering: asyncio.Future[None] | None = None
         self._busy = False  # the sender is delivering or checking: never cancel it then
         self._in_flight: Batch | None = None
-        self._error: str | None = None
-        self._failing_since = 0.0
+        self._episode = Episode(
+            logger,
+            target.description,
+            failing="write failed: {error}; keeping the lines and retrying, {waiting} waiting",
+            recovered="writing again after {seconds:.1f} s; {waited} lines had waited",
+        )
+        """The failure episode under way, if any: its ``error`` is what 503s and ``/readyz``
+        say while the target fails."""
         self._probe_after = math.inf
         """While failing, when a line may be admitted again to try the target (half-open)."""
         self._stopped: str | None = None  # why the sender died, if it did
@@ -349,8 +344,9 @@ class BatchSink:
             )
         if self._stopped is not None:
             raise SinkUnavailable(f"{self.target.description}: {self._stopped}")
-        if self._error is not None and self._options.refuse_while_failing and not self._probing():
-            raise SinkUnavailable(f"{self.target.description}: writes failing: {self._error}")
+        error = self._episode.error
+        if error is not None and self._options.refuse_while_failing and not self._probing():
+            raise SinkUnavailable(f"{self.target.description}: writes failing: {error}")
         self._held += 1
 
     def release(self) -> None:
@@ -376,7 +372,7 @@ class BatchSink:
 
     def health(self) -> SinkHealth:
         sender = self._sender
-        error = self._stopped or (None if self._probing() else self._error)
+        error = self._stopped or (None if self._probing() else self._episode.error)
         return SinkHealth(
             name=self.target.name,
             running=sender is not None and not sender.done(),
@@ -522,25 +518,12 @@ class BatchSink:
             raise _Abandoned
 
     def _failed(self, error: str, detail: str | None = None) -> None:
-        if self._error is None:
-            self._failing_since = time.monotonic()
-            logger.error(
-                "%s: write failed: %s; keeping the lines and retrying, %d waiting",
-                self.target.description,
-                detail or error,
-                self._held,
-            )
-        self._error = error
+        """A delivery or a check failed: the first failure of an episode is logged."""
+        self._episode.fail(error, detail=detail, waiting=self._held)
 
     def _recovered(self) -> None:
-        if self._error is not None:
-            logger.info(
-                "%s: writing again after %.1f s; %d lines had waited",
-                self.target.description,
-                time.monotonic() - self._failing_since,
-                self._held,
-            )
-            self._error = None
+        """A delivery or a check worked: an episode under way ends, and is logged."""
+        if self._episode.recover(waited=self._held) is not None:
             self._probe_after = math.inf
 
     async def _spool(self, records: list[WireRecord]) -> None:
