@@ -29,10 +29,11 @@ from service.outbox.load import LoopLoad
 from service.outbox.sqlite import SqliteOutbox
 from service.outbox.writer import OutboxIntake, outbox_sink
 from service.records import RENDERERS
+from service.retry import Backoff
 from service.services import NotificationService
 from service.services.health import HealthService
 from service.sinks.base import Lines, Listeners, SinkUnavailable
-from service.sinks.core import BatchOptions, BatchSink, RetryPolicy
+from service.sinks.core import BatchOptions, BatchSink
 from service.sinks.file import FileOptions, FileSinks, WriteGuard, file_sink
 from service.sinks.fs import os_error_reason
 from service.status import Idempotency, Ledger, LocalLedger, StatusStore
@@ -78,7 +79,7 @@ def batch_options(
         batch_size=settings.batch_size,
         batch_delay=0.0 if waiting else settings.batch_delay if linger is None else linger,
         drain_timeout=settings.shutdown_timeout,
-        retry=RetryPolicy(initial=settings.retry_initial, maximum=settings.retry_max),
+        retry=Backoff(initial=settings.retry_initial, maximum=settings.retry_max),
         check_interval=settings.file_check_interval,
         refuse_while_failing=waiting,
     )
@@ -138,9 +139,9 @@ async def start_sinks(sinks: Sequence[BatchSink]) -> None:
             await sink.start()
         except (OSError, ValueError) as exc:
             await asyncio.gather(*(opened.aclose() for opened in started))
-            description = sink.channel.description
+            description = sink.target.description
             if isinstance(exc, OSError):
-                reason = os_error_reason(exc, Path(sink.channel.name))
+                reason = os_error_reason(exc, Path(sink.target.name))
             else:
                 reason = str(exc)
             raise StartupError(f"cannot open {description}: {reason}") from None
@@ -283,7 +284,7 @@ class Runtime:
         self.metrics.process_exited()
 
     def _announce(self) -> None:
-        described = ", ".join(sink.channel.name for sink in self.sinks)
+        described = ", ".join(sink.target.name for sink in self.sinks)
         logger.info("writing notifications to %s", described)
         if self.settings.email_on and not self.settings.tokens:
             logger.warning(
@@ -380,7 +381,7 @@ class Runtime:
             added=self._took_in,
             spool=spool,
         )
-        metrics.for_sink(intake.channel.name).track(lambda: intake.held)
+        metrics.for_sink(intake.target.name).track(lambda: intake.held)
         metrics.track_outbox(lambda: counter.depth)
         self.sinks.append(intake)
         self._intake = OutboxIntake(intake, settings.outbox_max, lambda: counter.depth)
@@ -419,6 +420,6 @@ class Runtime:
         )
         options = batch_options(settings, waiting=settings.ack == "write")
         sink = stream_sink(broker, ledger.queued, options, settings.queue_spool())
-        self.metrics.for_sink(sink.channel.name).track(lambda: sink.held)
+        self.metrics.for_sink(sink.target.name).track(lambda: sink.held)
         self.sinks.append(sink)
         return self._service(sink, sink, ledger)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from service.sinks.core import RetryPolicy
 from service.sinks.fs import pid_alive, pipe_sized
 from tests.conftest import make_settings, read_lines, running
 from tests.support.fifo import full_fifo, read_available
@@ -107,16 +106,6 @@ async def test_a_log_path_turned_into_a_directory_waits_then_recovers(tmp_path: 
     lines = read_lines(settings.log_path)
     assert lines[-5:] == [f"notification for d{i}@example.com: some notification" for i in range(5)]
     assert lines[:-5] in ([], ["notification for first@example.com: some notification"])
-
-
-@pytest.mark.parametrize("attempt", range(12))
-def test_retry_delays_grow_with_jitter_and_are_capped(attempt: int) -> None:
-    """Each retry waits between half and all of min(cap, initial * 2**attempt)."""
-    policy = RetryPolicy(initial=0.05, maximum=2.0)
-    ceiling = min(2.0, 0.05 * 2**attempt)
-    delays = {policy.delay(attempt) for _ in range(50)}
-    assert all(ceiling / 2 <= delay <= ceiling for delay in delays)
-    assert len(delays) > 1  # jittered, not fixed
 
 
 async def test_shutdown_during_a_replay_spools_what_was_not_replayed(tmp_path: Path) -> None:

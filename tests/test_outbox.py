@@ -26,7 +26,7 @@ from service.outbox.base import (
 from service.outbox.dispatcher import Dispatcher, DispatchOptions
 from service.outbox.redis import RedisOutbox
 from service.outbox.sqlite import SqliteOutbox
-from service.sinks.core import ChannelError
+from service.sinks.core import TargetError
 from tests.support.channels import ScriptedChannel
 
 OutboxFactory = Callable[..., Awaitable[Outbox]]
@@ -158,10 +158,10 @@ async def test_delivered_ones_expire_from_redis(redis_url: str) -> None:
 
 
 async def test_redis_down_is_a_channel_error_without_the_address() -> None:
-    """An unreachable Redis fails as ChannelError; the address only in its detail."""
+    """An unreachable Redis fails as TargetError; the address only in its detail."""
     async with aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1) as down:
         outbox = RedisOutbox(down, "notifications", lease_seconds=60, ttl=60, owner="a")
-        with pytest.raises(ChannelError) as failed:
+        with pytest.raises(TargetError) as failed:
             await outbox.add(_lines("x"), ["email"])
     assert "127.0.0.1:1" not in str(failed.value)
     assert failed.value.detail is not None

@@ -75,17 +75,17 @@ def test_one_app_runs_its_lifespan_three_times(tmp_path: Path) -> None:
     ]
 
 
-class _BuggyChannel:
-    """A channel with a bug: its send raises something that is not a ``ChannelError``."""
+class _BuggyTarget:
+    """A target with a bug: its send raises something that is not a ``TargetError``."""
 
-    name = description = "buggy channel"
+    name = description = "buggy target"
     is_open = True
 
     async def open(self) -> None:
         pass
 
     async def send(self, batch: Batch) -> None:
-        raise RuntimeError("a bug in the channel")
+        raise RuntimeError("a bug in the target")
 
     async def check(self) -> bool:
         return True
@@ -103,19 +103,19 @@ async def test_a_sender_that_dies_refuses_lines_says_why_and_loses_none(
     """The error is logged once with its traceback; the waiting request is told; new lines
     get ``SinkUnavailable`` naming the reason; health says so; the lines it held are spooled."""
     spool = tmp_path / "spool"
-    sink = BatchSink(_BuggyChannel(), BatchOptions(), spool=Spool(spool, RAW_LINES))
+    sink = BatchSink(_BuggyTarget(), BatchOptions(), spool=Spool(spool, RAW_LINES))
     await sink.start()
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     sink.admit()
     sink.submit("id-1", "notification", "first line\n", done)
-    with pytest.raises(SinkUnavailable, match="a bug in the channel"):
+    with pytest.raises(SinkUnavailable, match="a bug in the target"):
         await done
     with pytest.raises(SinkUnavailable, match="sender stopped: RuntimeError: a bug"):
         sink.admit()
     health = sink.health()
     assert not health.running
     assert health.problem is not None
-    assert "a bug in the channel" in health.problem
+    assert "a bug in the target" in health.problem
     await sink.aclose()
     assert read_lines(spool) == ["first line"]
     stopped = [record for record in caplog.records if "sender stopped" in record.getMessage()]

@@ -38,7 +38,7 @@ from service.outbox.base import (
     notification_fields,
 )
 from service.redis.broker import describe_redis_error, public_redis_error
-from service.sinks.core import ChannelError
+from service.sinks.core import TargetError
 from service.sinks.fs import holder_gone, process_token
 
 __all__ = ["RedisOutbox"]
@@ -157,7 +157,7 @@ def _text(value: Any) -> str:
 
 
 class RedisOutbox:
-    """The outbox in Redis; see the module docstring. Redis errors are ``ChannelError``s
+    """The outbox in Redis; see the module docstring. Redis errors are ``TargetError``s
     without Redis's address (which goes to the service's log through ``detail``)."""
 
     def __init__(
@@ -186,7 +186,7 @@ class RedisOutbox:
         """Give back the leases held by processes of this machine that are gone (a killed
         worker's deliveries are sent again at once, not when their leases end). The
         connection pool connects on first use; Redis down here is not fatal."""
-        with contextlib.suppress(ChannelError):
+        with contextlib.suppress(TargetError):
             await self._release_leases_of_the_dead()
 
     async def _release_leases_of_the_dead(self) -> None:
@@ -343,8 +343,8 @@ class RedisOutbox:
         """Delivered deliveries expire by themselves (``ttl``)."""
 
 
-def _unavailable(exc: BaseException) -> ChannelError:
-    return ChannelError(public_redis_error(exc), describe_redis_error(exc))
+def _unavailable(exc: BaseException) -> TargetError:
+    return TargetError(public_redis_error(exc), describe_redis_error(exc))
 
 
 def _state(fields: dict[str, str]) -> DeliveryState:

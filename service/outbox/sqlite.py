@@ -30,7 +30,7 @@ from service.outbox.base import (
     Pause,
     notification_fields,
 )
-from service.sinks.core import ChannelError
+from service.sinks.core import TargetError
 from service.sinks.fs import holder_gone, process_token
 
 __all__ = ["SqliteOutbox"]
@@ -153,7 +153,7 @@ class SqliteOutbox:
         try:
             await self._with_db(add)
         except sqlite3.Error as exc:  # a full disk, a locked database: retried by the core
-            raise ChannelError(f"{type(exc).__name__}: {exc}") from None
+            raise TargetError(f"{type(exc).__name__}: {exc}") from None
 
     # -- delivering -----------------------------------------------------------------------
 

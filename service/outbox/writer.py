@@ -1,4 +1,4 @@
-"""The outbox's intake: a ``Channel`` that adds each batch of accepted notifications to the
+"""The outbox's intake: a ``Target`` that adds each batch of accepted notifications to the
 outbox in one transaction, behind the delivery core (admission, batching, retries, the shutdown
 deadline and the spool are the core's, as for the log).
 
@@ -59,7 +59,7 @@ class OutboxWriter:
                 batch.ids, batch.lines, batch.times, strict=True
             )
         ]
-        await self._outbox.add(lines, self._channels)  # ChannelError if it cannot take them now
+        await self._outbox.add(lines, self._channels)  # TargetError if it cannot take them now
         self._added()
 
     async def check(self) -> bool:

@@ -39,6 +39,7 @@ from taskiq import AckableMessage
 from taskiq_redis import RedisStreamBroker
 
 from config import Settings
+from service.retry import Backoff, Episode
 
 __all__ = [
     "GROUP",
@@ -91,7 +92,8 @@ class NotificationBroker(RedisStreamBroker):
             retry_on_timeout=False,
         )
         self.reclaim_interval = settings.redis_reclaim_interval
-        self.retry_max = settings.retry_max
+        self.read_backoff = Backoff(initial=0.05, maximum=settings.retry_max)
+        """The wait between failed reads of the stream (Redis away)."""
 
     def redis(self) -> Redis:
         """A client on the broker's connection pool."""
@@ -124,6 +126,12 @@ class NotificationBroker(RedisStreamBroker):
         that a worker took and did not acknowledge within the idle timeout."""
         loop = asyncio.get_running_loop()
         next_reclaim = loop.time()
+        reading = Episode(
+            logger,
+            "redis",
+            failing="cannot read the stream: {error}; retrying",
+            recovered="reading the stream again after {seconds:.1f} s",
+        )
         failures = 0
         async with self.redis() as redis:
             while True:
@@ -136,13 +144,11 @@ class NotificationBroker(RedisStreamBroker):
                     if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
                         await self._declare_group(redis)  # Redis lost its data: start again
                         continue
-                    if failures == 0:
-                        logger.error("redis: cannot read the stream: %s; retrying", exc)
+                    reading.fail(str(exc))
+                    await asyncio.sleep(self.read_backoff.delay(failures))
                     failures += 1
-                    await asyncio.sleep(min(self.retry_max, 0.05 * 2**failures))
                     continue
-                if failures:
-                    logger.warning("redis: reading the stream again")
+                if reading.recover() is not None:
                     failures = 0
                 for message in messages:
                     yield message

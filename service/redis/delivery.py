@@ -20,7 +20,7 @@ from typing import Protocol
 from service.records import Kind
 from service.redis.writes import WriteLedger
 from service.sinks.base import Lines, SinkUnavailable
-from service.sinks.core import ChannelError
+from service.sinks.core import TargetError
 from service.sinks.file import LogFile
 from service.wire import WireRecord, parse_wire_record
 
@@ -77,7 +77,7 @@ class DeliveryService:
         todo = [record for record in fresh if record[0] not in done]
         try:
             already = await self._in_the_log(todo)
-        except ChannelError as exc:
+        except TargetError as exc:
             logger.error("cannot tell which lines reached the log (%s); batch left for later", exc)
             return False
         if already:  # written by a worker that died before recording it: not written again

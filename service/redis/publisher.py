@@ -1,10 +1,10 @@
-"""The API's side of the Redis backend: a ``Channel`` that publishes each batch to the stream.
+"""The API's side of the Redis backend: a ``Target`` that publishes each batch to the stream.
 
 Only the talking to Redis lives here; batching, retries, admission (refused while Redis is
 down: ``POST`` gets 503, never a 200 for a line that may be lost), the shutdown deadline and
 the spool are the delivery core's (``service.sinks.core``). Each batch first records its lines
 as ``queued`` in the ledger, then goes out as one taskiq message (one ``XADD``), with an id
-that stays the same on every retry. While idle the channel pings Redis, so readiness follows
+that stays the same on every retry. While idle the target pings Redis, so readiness follows
 Redis without traffic.
 """
 
@@ -26,7 +26,7 @@ from service.redis.broker import (
     describe_redis_error,
     public_redis_error,
 )
-from service.sinks.core import Batch, BatchOptions, BatchSink, ChannelError
+from service.sinks.core import Batch, BatchOptions, BatchSink, TargetError
 from service.sinks.spool import JSON_RECORDS, Spool
 from service.wire import WireRecord
 
@@ -85,9 +85,9 @@ class StreamPublisher:
         return current[1]
 
 
-def _unavailable(exc: BaseException) -> ChannelError:
+def _unavailable(exc: BaseException) -> TargetError:
     """Redis's error for a 503 (no address) and, in full, for the service's log."""
-    return ChannelError(public_redis_error(exc), detail=describe_redis_error(exc))
+    return TargetError(public_redis_error(exc), detail=describe_redis_error(exc))
 
 
 def stream_sink(

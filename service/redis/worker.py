@@ -94,8 +94,8 @@ class Worker:
             ("query", queries),
         )
         for kind, sink in kinds:
-            if isinstance(sink.channel, LogFile):
-                logs[kind] = sink.channel
+            if isinstance(sink.target, LogFile):
+                logs[kind] = sink.target
         self._delivery = DeliveryService(
             notifications,
             queries,
@@ -120,7 +120,7 @@ class Worker:
             )
             self._monitor = WorkerMonitor(app, settings.worker_host, settings.worker_port)
             self._monitor.start()
-        paths = ", ".join(sink.channel.name for sink in self._sinks)
+        paths = ", ".join(sink.target.name for sink in self._sinks)
         logger.info("worker writing redis stream %s to %s", settings.redis_stream, paths)
 
     async def _start_deliveries(self, channels: list[Channel]) -> None:

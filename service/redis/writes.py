@@ -31,7 +31,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from service.redis.broker import describe_redis_error, public_redis_error
-from service.sinks.core import ChannelError
+from service.sinks.core import TargetError
 
 __all__ = ["WriteLedger"]
 
@@ -81,7 +81,7 @@ def _text(value: Any) -> str:
 
 class WriteLedger:
     """The intents in Redis, under the stream's name as prefix; see the module docstring.
-    Redis errors are ``ChannelError``s: a write whose intent cannot be recorded waits."""
+    Redis errors are ``TargetError``s: a write whose intent cannot be recorded waits."""
 
     def __init__(self, redis: Redis, prefix: str, *, ttl: float) -> None:
         self._prefix = prefix
@@ -96,7 +96,7 @@ class WriteLedger:
         try:
             await self._before_write(args=args)
         except (RedisError, OSError) as exc:
-            raise ChannelError(public_redis_error(exc), describe_redis_error(exc)) from None
+            raise TargetError(public_redis_error(exc), describe_redis_error(exc)) from None
 
     async def written(self, file: str, size: int, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` are in ``file``, whose size is ``size`` (call it holding the
@@ -106,5 +106,5 @@ class WriteLedger:
         try:
             found = await self._written(args=[self._prefix, file, size, self._ttl, *ids])
         except (RedisError, OSError) as exc:
-            raise ChannelError(public_redis_error(exc), describe_redis_error(exc)) from None
+            raise TargetError(public_redis_error(exc), describe_redis_error(exc)) from None
         return {_text(record_id) for record_id in found}

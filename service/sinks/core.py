@@ -3,21 +3,23 @@
 A ``BatchSink`` takes lines (``admit`` while the request is handled, ``submit`` from its
 background task) into a bounded queue. One sender task takes what is queued, up to
 ``batch_size`` lines (after lingering ``batch_delay`` for more), and hands the batch to its
-``Channel`` — the sink's only own code: append to a file, publish to Redis. A line may carry a
-future (``NOTIFY_ACK=write``), resolved once its batch is delivered: many waiting requests share
-one delivery (group commit).
+``Target`` — the sink's only own code: append to a file, publish to Redis, add to the
+outbox. A line may carry a future (``NOTIFY_ACK=write``), resolved once its batch is
+delivered: many waiting requests share one delivery (group commit).
 
-Around the channel the core owns:
+Around the target the core owns:
 
-- **admission**: a full queue refuses (``SinkFull``); a channel failing refuses too when the
+- **admission**: a full queue refuses (``SinkFull``); a target failing refuses too when the
   callers wait for delivery (``refuse_while_failing``), so no 200 is given for a line that is
   not being delivered; a sender that died refuses with its reason;
-- **retries**: a batch that fails (``ChannelError``) is retried with capped exponential
-  backoff and jitter; the lines behind it wait, in order. Before a retry of a batch not begun,
-  the lines whose request gave up waiting (and answered 503) are left out;
-- **failure episodes**: one log line when a channel starts failing, one when it recovers;
-- **idle checks**: every ``check_interval`` seconds without lines the channel checks itself
-  (a moved log, an unreachable Redis), so readiness follows the channel without traffic;
+- **retries**: a batch that fails (``TargetError``) is retried with capped exponential
+  backoff and jitter (``BatchOptions.retry``, a ``service.retry.Backoff``); the lines behind
+  it wait, in order. Before a retry of a batch not begun, the lines whose request gave up
+  waiting (and answered 503) are left out;
+- **failure episodes**: one log line when a target starts failing, one when it recovers (a
+  ``service.retry.Episode``);
+- **idle checks**: every ``check_interval`` seconds without lines the target checks itself
+  (a moved log, an unreachable Redis), so readiness follows the target without traffic;
 - **shutdown**: ``aclose`` delivers for at most ``drain_timeout`` seconds; what is left goes
   to the spool, which the next start claims and delivers before any new line;
 - **a sender that dies** unexpectedly is logged once, with its traceback; from then on the
@@ -35,7 +37,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import random
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -43,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from service.records import Kind
+from service.retry import Backoff, Episode
 from service.sinks.base import SinkFull, SinkHealth, SinkListener, SinkUnavailable, Wait
 from service.sinks.spool import Spool
 from service.wire import WireRecord
@@ -51,36 +53,22 @@ __all__ = [
     "Batch",
     "BatchOptions",
     "BatchSink",
-    "Channel",
-    "ChannelError",
-    "RetryPolicy",
+    "Target",
+    "TargetError",
 ]
 
 logger = logging.getLogger("service.sinks")
 
 
-class ChannelError(Exception):
+class TargetError(Exception):
     """A delivery (or a check) failed for now; ``str()`` says why in one line, fit for a 503
     and ``/readyz``. ``detail``, when given, is the fuller reason for the service's own log
-    (an address, say, that clients need not see). The core retries it; a channel raises this
+    (an address, say, that clients need not see). The core retries it; a target raises this
     only for failures that may pass."""
 
     def __init__(self, reason: str, detail: str | None = None) -> None:
         super().__init__(reason)
         self.detail = detail
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Capped exponential backoff with jitter between attempts to deliver a failing batch."""
-
-    initial: float = 0.05
-    maximum: float = 2.0
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait before attempt ``attempt + 1`` (``attempt`` counts from 0)."""
-        ceiling = min(self.maximum, self.initial * 2.0**attempt)
-        return random.uniform(ceiling / 2, ceiling)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,11 +82,12 @@ class BatchOptions:
     one at a time faster than a delivery, and a delivery per line costs more than the line.
     Shutdown ends the wait (``aclose`` drains at once)."""
     drain_timeout: float = 10.0
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    retry: Backoff = field(default_factory=Backoff)
+    """The wait between attempts to deliver a failing batch (equal jitter by default)."""
     check_interval: float = 1.0
-    """Seconds between the channel's checks of itself while no line comes."""
+    """Seconds between the target's checks of itself while no line comes."""
     refuse_while_failing: bool = False
-    """Refuse new lines (503) while the channel fails, for callers that wait for delivery."""
+    """Refuse new lines (503) while the target fails, for callers that wait for delivery."""
 
 
 class Batch:
@@ -106,7 +95,7 @@ class Batch:
     ``lines[i]``, of kind ``kinds[i]``, accepted at ``times[i]``; ``waits[i]`` is its
     request's future (``NOTIFY_ACK=write``) or None.
 
-    ``progress`` is the channel's: how much of the batch it has delivered so far, in its own
+    ``progress`` is the target's: how much of the batch it has delivered so far, in its own
     unit (bytes for a file). Once it is above 0 no line of the batch can be left out."""
 
     __slots__ = ("ids", "kinds", "lines", "progress", "times", "waits")
@@ -168,10 +157,11 @@ class Batch:
         return batch
 
 
-class Channel(Protocol):
-    """A sink's own I/O: the only part a new sink writes (like httpx's transports).
+class Target(Protocol):
+    """A batching sink's own I/O, the writer's target: it writes a batch. The only part a
+    new sink writes (like httpx's transports).
 
-    Every method but ``send`` has a sensible nothing-to-do; ``ChannelError`` is a failure
+    Every method but ``send`` has a sensible nothing-to-do; ``TargetError`` is a failure
     that may pass (retried); any other exception is a bug, and stops the sink loudly.
     """
 
@@ -182,19 +172,19 @@ class Channel(Protocol):
 
     @property
     def is_open(self) -> bool:
-        """Whether the channel's resource is open now (``/readyz``)."""
+        """Whether the target's resource is open now (``/readyz``)."""
 
     async def open(self) -> None:
         """Open the resource at startup; ``OSError`` or ``ValueError`` if it cannot be."""
 
     async def send(self, batch: Batch) -> None:
-        """Deliver every line of ``batch``, in order, or raise ``ChannelError``. Called again
+        """Deliver every line of ``batch``, in order, or raise ``TargetError``. Called again
         with the same batch after a failure: resume from ``batch.progress``."""
 
     async def check(self) -> bool:
         """Check the resource while idle (and redo what it found undone): True when that
         shows deliveries work again (a failure episode ends), False when it tells nothing
-        about them; ``ChannelError`` if it fails."""
+        about them; ``TargetError`` if it fails."""
 
     def unsent(self, batch: Batch) -> list[WireRecord]:
         """The records of ``batch`` not delivered yet (all of them unless it has begun)."""
@@ -246,7 +236,7 @@ class _Pending:
 
 
 class BatchSink:
-    """A channel behind the delivery core; see the module docstring.
+    """A target behind the delivery core; see the module docstring.
 
     It takes lines (``admit``, ``release``, ``submit``: the ``Lines`` protocol) and owns a
     resource (``start``, ``aclose``: the ``Resource`` protocol). Build one per lifespan run:
@@ -255,13 +245,13 @@ class BatchSink:
 
     def __init__(
         self,
-        channel: Channel,
+        target: Target,
         options: BatchOptions,
         *,
         spool: Spool,
         listener: SinkListener | None = None,
     ) -> None:
-        self.channel = channel
+        self.target = target
         self.spool = spool
         self._options = options
         self._listener = listener
@@ -275,10 +265,16 @@ class BatchSink:
         self._lingering: asyncio.Future[None] | None = None
         self._busy = False  # the sender is delivering or checking: never cancel it then
         self._in_flight: Batch | None = None
-        self._error: str | None = None
-        self._failing_since = 0.0
+        self._episode = Episode(
+            logger,
+            target.description,
+            failing="write failed: {error}; keeping the lines and retrying, {waiting} waiting",
+            recovered="writing again after {seconds:.1f} s; {waited} lines had waited",
+        )
+        """The failure episode under way, if any: its ``error`` is what 503s and ``/readyz``
+        say while the target fails."""
         self._probe_after = math.inf
-        """While failing, when a line may be admitted again to try the channel (half-open)."""
+        """While failing, when a line may be admitted again to try the target (half-open)."""
         self._stopped: str | None = None  # why the sender died, if it did
         self._replay_left = 0  # lines from the claimed spool not yet delivered
         self._sender: asyncio.Task[None] | None = None
@@ -286,14 +282,14 @@ class BatchSink:
     # -- the Resource protocol ------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open the channel, claim a spool left by an earlier run (delivered before any new
+        """Open the target, claim a spool left by an earlier run (delivered before any new
         line) and start the sender. ``OSError`` or ``ValueError`` if it cannot start."""
-        await self.channel.open()
+        await self.target.open()
         replayed = await self.spool.claim()
         if replayed:
             logger.warning(
                 "%s: delivering the %d lines spooled by an earlier run first",
-                self.channel.description,
+                self.target.description,
                 len(replayed),
             )
             self._enqueue(Batch.of(replayed))
@@ -301,10 +297,10 @@ class BatchSink:
             self._replay_left = len(replayed)
         else:
             await self.spool.release_claimed()
-        with contextlib.suppress(ChannelError):
-            await self._check()  # know at once whether the channel works (readiness, 503s)
+        with contextlib.suppress(TargetError):
+            await self._check()  # know at once whether the target works (readiness, 503s)
         self._sender = asyncio.create_task(
-            self._run(), name=f"sender for {self.channel.description}"
+            self._run(), name=f"sender for {self.target.description}"
         )
 
     async def aclose(self) -> None:
@@ -325,11 +321,11 @@ class BatchSink:
                 sender.cancel()  # waiting for lines: nothing is half-delivered
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
-        owed = await self.channel.close()
+        owed = await self.target.close()
         in_flight, self._in_flight = self._in_flight, None
         if in_flight is not None:
             in_flight = in_flight.live() if not in_flight.progress else in_flight
-            owed += self.channel.unsent(in_flight)
+            owed += self.target.unsent(in_flight)
             in_flight.fail("not delivered by the shutdown deadline; kept in the spool")
         queued = self._queue.take(len(self._queue)).live()
         queued.fail("not delivered by the shutdown deadline; kept in the spool")
@@ -344,12 +340,13 @@ class BatchSink:
         """Reserve room for one line, or raise ``SinkUnavailable`` (full, failing, stopped)."""
         if self._held >= self._capacity:
             raise SinkFull(
-                f"the buffer of {self.channel.description} is full ({self._capacity} lines waiting)"
+                f"the buffer of {self.target.description} is full ({self._capacity} lines waiting)"
             )
         if self._stopped is not None:
-            raise SinkUnavailable(f"{self.channel.description}: {self._stopped}")
-        if self._error is not None and self._options.refuse_while_failing and not self._probing():
-            raise SinkUnavailable(f"{self.channel.description}: writes failing: {self._error}")
+            raise SinkUnavailable(f"{self.target.description}: {self._stopped}")
+        error = self._episode.error
+        if error is not None and self._options.refuse_while_failing and not self._probing():
+            raise SinkUnavailable(f"{self.target.description}: writes failing: {error}")
         self._held += 1
 
     def release(self) -> None:
@@ -375,11 +372,11 @@ class BatchSink:
 
     def health(self) -> SinkHealth:
         sender = self._sender
-        error = self._stopped or (None if self._probing() else self._error)
+        error = self._stopped or (None if self._probing() else self._episode.error)
         return SinkHealth(
-            name=self.channel.name,
+            name=self.target.name,
             running=sender is not None and not sender.done(),
-            open=self.channel.is_open,
+            open=self.target.is_open,
             queued=self._held,
             capacity=self._capacity,
             error=error,
@@ -387,7 +384,7 @@ class BatchSink:
 
     def _probing(self) -> bool:
         """Failing, but with nothing left to retry (every line was withdrawn) and the retry
-        delay over: lines are taken again, and the next delivery tries the channel."""
+        delay over: lines are taken again, and the next delivery tries the target."""
         return time.monotonic() >= self._probe_after
 
     def _enqueue(self, batch: Batch) -> None:
@@ -407,7 +404,7 @@ class BatchSink:
             self._stopped = f"sender stopped: {type(exc).__name__}: {exc}"
             logger.exception(
                 "%s: the sender stopped; refusing new lines until restart",
-                self.channel.description,
+                self.target.description,
             )
             if self._in_flight is not None:
                 self._in_flight.fail(self._stopped)
@@ -431,7 +428,7 @@ class BatchSink:
                     self._busy = True
                     try:
                         await self._check()
-                    except ChannelError:
+                    except TargetError:
                         pass
                     finally:
                         self._busy = False
@@ -468,8 +465,8 @@ class BatchSink:
         while batch:
             self._in_flight = batch  # what aclose spools if the deadline passes meanwhile
             try:
-                await self.channel.send(batch)
-            except ChannelError as exc:
+                await self.target.send(batch)
+            except TargetError as exc:
                 attempt += 1
                 self._probe_after = math.inf
                 self._failed(str(exc), exc.detail)
@@ -482,7 +479,7 @@ class BatchSink:
             break
         self._in_flight = None
         if not batch:
-            # Every line was withdrawn, none delivered: the channel is still failing as far
+            # Every line was withdrawn, none delivered: the target is still failing as far
             # as we know. After one more retry delay new lines are taken again to try it.
             if attempt:
                 self._probe_after = time.monotonic() + self._options.retry.delay(attempt)
@@ -506,8 +503,8 @@ class BatchSink:
 
     async def _check(self) -> None:
         try:
-            works = await self.channel.check()
-        except ChannelError as exc:
+            works = await self.target.check()
+        except TargetError as exc:
             self._failed(str(exc), exc.detail)
             raise
         if works:
@@ -521,25 +518,12 @@ class BatchSink:
             raise _Abandoned
 
     def _failed(self, error: str, detail: str | None = None) -> None:
-        if self._error is None:
-            self._failing_since = time.monotonic()
-            logger.error(
-                "%s: write failed: %s; keeping the lines and retrying, %d waiting",
-                self.channel.description,
-                detail or error,
-                self._held,
-            )
-        self._error = error
+        """A delivery or a check failed: the first failure of an episode is logged."""
+        self._episode.fail(error, detail=detail, waiting=self._held)
 
     def _recovered(self) -> None:
-        if self._error is not None:
-            logger.info(
-                "%s: writing again after %.1f s; %d lines had waited",
-                self.channel.description,
-                time.monotonic() - self._failing_since,
-                self._held,
-            )
-            self._error = None
+        """A delivery or a check worked: an episode under way ends, and is logged."""
+        if self._episode.recover(waited=self._held) is not None:
             self._probe_after = math.inf
 
     async def _spool(self, records: list[WireRecord]) -> None:
@@ -550,7 +534,7 @@ class BatchSink:
             logger.error(
                 "%s: %d lines not delivered by the shutdown deadline, and the spool %s failed "
                 "too (%s); the lines follow",
-                self.channel.description,
+                self.target.description,
                 len(records),
                 self.spool.path,
                 exc,
@@ -560,7 +544,7 @@ class BatchSink:
             return
         logger.error(
             "%s: %d lines not delivered by the shutdown deadline; kept in %s",
-            self.channel.description,
+            self.target.description,
             len(records),
             self.spool.path,
         )

@@ -1,4 +1,4 @@
-"""The log file: a ``Channel`` that appends each batch with one write, through aiofiles.
+"""The log file: a ``Target`` that appends each batch with one write, through aiofiles.
 
 Only the file's own I/O lives here; batching, retries, admission, the shutdown deadline and
 the spool are the delivery core's (``service.sinks.core``).
@@ -9,7 +9,7 @@ The handle is unbuffered: once ``write`` returns the bytes are in the operating 
 nothing is left in a Python buffer. A short write is resumed where it stopped (``progress``),
 never repeated. After a batch the file is fsynced when configured.
 
-At most every ``check_interval`` seconds (while writing, and while idle) the channel checks
+At most every ``check_interval`` seconds (while writing, and while idle) the target checks
 that the file it writes is still the file at ``path``: a moved one is reopened at the path, and
 a deleted one gets the lines written since the last check again, at its path. A log that
 reaches ``rotate_bytes`` is rotated (``log.txt`` → ``log.txt.1`` …) before the write that would
@@ -35,7 +35,7 @@ import aiofiles.os
 from aiofiles.threadpool.binary import AsyncFileIO
 
 from service.sinks.base import SinkListener
-from service.sinks.core import Batch, BatchOptions, BatchSink, ChannelError
+from service.sinks.core import Batch, BatchOptions, BatchSink, TargetError
 from service.sinks.fs import MACHINE, file_state, open_append, pipe_sized, rotate
 from service.sinks.spool import RAW_LINES, Spool
 from service.wire import WireRecord
@@ -115,7 +115,7 @@ class LogFile:
                 self._handle = await self._open()
             except OSError as exc:
                 self._open_failed = True
-                raise ChannelError(_reason(exc)) from None
+                raise TargetError(_reason(exc)) from None
             works, self._open_failed = self._open_failed, False
         await self._verify()
         if self._rewrite:
@@ -140,7 +140,7 @@ class LogFile:
     async def close(self) -> list[WireRecord]:
         """Write a log deleted in the last moments again (one try), fsync, close."""
         owed: list[WireRecord] = []
-        with contextlib.suppress(ChannelError):
+        with contextlib.suppress(TargetError):
             await self._verify()
             await self._write_rewrite()
         if self._rewrite:
@@ -156,7 +156,7 @@ class LogFile:
 
     async def under_lock(self, work: Callable[[str, int], Awaitable[T]]) -> T:
         """``work(file key, size)`` holding the file's exclusive lock, so that no writer of
-        it (in any process) appends meanwhile. ``ChannelError`` if the file cannot be opened."""
+        it (in any process) appends meanwhile. ``TargetError`` if the file cannot be opened."""
         handle = await self._locked_handle(0)
         async with _flocked(handle.fileno()) as opened:
             return await work(file_key(opened.st_dev, opened.st_ino), opened.st_size)
@@ -178,7 +178,7 @@ class LogFile:
             handle = await self._ready_handle(incoming)
         except OSError as exc:
             self._open_failed = True
-            raise ChannelError(_reason(exc)) from None
+            raise TargetError(_reason(exc)) from None
         self._open_failed = False
         return handle
 
@@ -195,12 +195,12 @@ class LogFile:
             self._rewrite = self._rewrite[written:]
 
     async def _write_some(self, data: bytes) -> int:
-        """One write of (a prefix of) ``data``; how many bytes went in, or ``ChannelError``."""
+        """One write of (a prefix of) ``data``; how many bytes went in, or ``TargetError``."""
         try:
             handle = await self._ready_handle(len(data))
         except OSError as exc:
             self._open_failed = True
-            raise ChannelError(_reason(exc)) from None
+            raise TargetError(_reason(exc)) from None
         self._open_failed = False
         try:
             written = await handle.write(pipe_sized(data) if self._fifo else data)
@@ -208,7 +208,7 @@ class LogFile:
                 raise BlockingIOError(errno.EAGAIN, "the reader of this pipe is not keeping up")
         except OSError as exc:
             await self._close_handle()
-            raise ChannelError(_reason(exc)) from None
+            raise TargetError(_reason(exc)) from None
         self._size += written
         self._unverified.append(data[:written])
         if time.monotonic() - self._verified_at >= self._options.check_interval:
@@ -277,7 +277,7 @@ class LogFile:
                     await asyncio.to_thread(os.fsync, handle.fileno())
                 except OSError as exc:
                     if fsync == "batch":
-                        raise ChannelError(f"fsync failed: {_reason(exc)}") from None
+                        raise TargetError(f"fsync failed: {_reason(exc)}") from None
             self._last_fsync = now
 
 
