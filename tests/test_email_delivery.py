@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +174,34 @@ async def test_a_mail_server_down_at_start_gets_everything_once_it_is_up(
     assert sorted(m.parsed()["To"] for m in server.recorder.messages) == sorted(
         f"d{i}@example.com" for i in range(20)
     )
+
+
+async def test_while_the_server_is_down_every_waiting_email_shows_the_probe_time(
+    tmp_path: Path,
+) -> None:
+    """With the mail server unreachable, the channel pauses once for the round that found it
+    down: every accepted email, tried or not, shows ``retrying`` with the server's error and
+    the same next attempt (the probe's), in the future; /readyz names the error."""
+    port = free_port()
+    # A first pause of 30-60 s: long enough to look at, whatever the machine's speed.
+    settings = email_settings(
+        tmp_path, f"smtp://127.0.0.1:{port}", retry_initial=60.0, channel_pause_max=60.0
+    )
+    async with running(settings) as client:
+        responses = [await client.post(f"/send-notification/p{i}@example.com") for i in range(20)]
+        ids = [response.headers["x-notification-id"] for response in responses]
+        await until_email_status(client, ids[0], "retrying")
+        statuses = [await channel_status(client, notification_id) for notification_id in ids]
+        now = time.time()
+        error = (await client.get("/readyz")).json()["channels"][0]["error"]
+    assert {status["status"] for status in statuses} == {"retrying"}
+    assert {status["last_error"] for status in statuses} == {error}
+    assert "cannot connect" in error
+    untried = {s["next_attempt_at"] for s in statuses if s["attempts"] == 0}
+    assert len(untried) == 1  # one pause for all
+    [probe_at] = untried
+    assert datetime.fromisoformat(probe_at).timestamp() > now
+    assert sum(status["attempts"] for status in statuses) <= 8  # one round: a connection each
 
 
 async def test_pending_mail_survives_a_restart(tmp_path: Path) -> None:

@@ -147,6 +147,41 @@ async def test_a_disabled_channel_buries_what_nobody_holds(make: OutboxFactory) 
     assert held.id == "id-held"
 
 
+async def test_a_paused_channel_shows_its_waiting_deliveries_retrying_at_its_end(
+    make: OutboxFactory,
+) -> None:
+    """While a channel is paused its pending deliveries due before the pause's end show
+    ``retrying`` then, with the pause's error; one due later, another channel, a delivered
+    one, and everything once resumed (or once the pause is over) show as they are."""
+    outbox = await make("a")
+    now = time.time()
+    await outbox.add(_lines("waiting", "later", "done"), ["email", "webhook-1"])
+    claimed = {delivery.id: delivery for delivery in await outbox.settle("email", [], 3)}
+    outcomes = [
+        Outcome(claimed["id-done"], "delivered"),
+        Outcome(claimed["id-later"], "retrying", "451 later", next_attempt_at=now + 500),
+        Outcome(claimed["id-waiting"], "retrying", "451 first", next_attempt_at=now),
+    ]
+    await outbox.settle("email", outcomes)
+    await outbox.pause("email", now + 100, "connection refused")
+
+    def email_of(states: list[DeliveryState]) -> DeliveryState:
+        return next(state for state in states if state.channel == "email")
+
+    paused = email_of(await outbox.states("id-waiting"))
+    assert (paused.status, paused.last_error) == ("retrying", "connection refused")
+    assert paused.next_attempt_at == pytest.approx(now + 100)
+    assert email_of(await outbox.states("id-later")).next_attempt_at == pytest.approx(now + 500)
+    assert email_of(await outbox.states("id-done")).status == "delivered"
+    [other] = [s for s in await outbox.states("id-waiting") if s.channel == "webhook-1"]
+    assert other.status == "queued"
+    await outbox.pause("email", now - 1, "connection refused")  # a pause that is over
+    assert email_of(await outbox.states("id-waiting")).last_error == "451 first"
+    await outbox.pause("email", now + 100, "connection refused")
+    await outbox.resume("email")
+    assert email_of(await outbox.states("id-waiting")).last_error == "451 first"
+
+
 async def test_delivered_ones_expire_from_redis(redis_url: str) -> None:
     """Redis keeps a delivered delivery for the status TTL only; dead ones stay."""
     async with aioredis.Redis.from_url(redis_url) as redis:
