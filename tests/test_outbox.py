@@ -27,6 +27,7 @@ from service.outbox.dispatcher import Dispatcher, DispatchOptions
 from service.outbox.redis import RedisOutbox
 from service.outbox.sqlite import SqliteOutbox
 from service.sinks.core import ChannelError
+from tests.support.waiting import eventually
 
 OutboxFactory = Callable[..., Awaitable[Outbox]]
 """``await make(owner, lease=60)``: an open outbox (of the test's kind) held by ``owner``;
@@ -328,13 +329,14 @@ async def test_an_operators_retry_gives_a_dead_letter_a_new_max_age(tmp_path: Pa
 
 
 async def _until_status(outbox: Outbox, notification_id: str, status: str) -> list[DeliveryState]:
-    """The notification's delivery states once one is ``status`` (within 10 s)."""
-    async with asyncio.timeout(10):
-        while True:
-            states = await outbox.states(notification_id)
-            if any(state.status == status for state in states):
-                return states
-            await asyncio.sleep(0.01)
+    """The notification's delivery states once one is ``status``."""
+
+    async def reached() -> list[DeliveryState]:
+        states = await outbox.states(notification_id)
+        assert any(state.status == status for state in states), states
+        return states
+
+    return await eventually(reached, message=f"a delivery {status}")
 
 
 async def test_while_the_api_is_busy_a_dispatcher_sends_one_at_a_time(tmp_path: Path) -> None:
