@@ -26,6 +26,7 @@ from tests.support.server import (
 )
 from tests.support.smtp import Recorder, smtp_server
 from tests.support.takeover import worker_killed_mid_delivery
+from tests.support.waiting import eventually
 
 SENDER = "notify@service.example"
 ACKNOWLEDGEMENT = b'{"message":"Notification sent in the background"}'
@@ -57,15 +58,14 @@ async def channel_status(client: httpx.AsyncClient, notification_id: str) -> dic
 
 
 async def until_email_status(
-    client: httpx.AsyncClient, notification_id: str, status: str, within: float = 20.0
+    client: httpx.AsyncClient, notification_id: str, status: str
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + within
-    while True:
+    async def reached() -> dict[str, Any]:
         email = await channel_status(client, notification_id)
-        if email["status"] == status:
-            return email
-        assert time.monotonic() < deadline, f"email stayed {email}"
-        await asyncio.sleep(0.02)
+        assert email["status"] == status, f"email stayed {email}"
+        return email
+
+    return await eventually(reached, interval=0.02, message=f"email {status}")
 
 
 async def test_each_notification_is_one_email_and_still_one_log_line(tmp_path: Path) -> None:
@@ -377,7 +377,6 @@ async def test_with_redis_workers_deliver_and_a_killed_one_is_taken_over_within_
             await until(
                 mail.recorder,
                 lambda r: len({m.rcpt_tos for m in r.messages}) >= len(emails),
-                within=10,
             )
             assert time.monotonic() - takeover.killed_at < 10
             late = await client.post("/send-notification/late@example.com")
