@@ -68,6 +68,7 @@ async def until_email_status(
     return await eventually(reached, interval=0.02, message=f"email {status}")
 
 
+@pytest.mark.slow
 async def test_each_notification_is_one_email_and_still_one_log_line(tmp_path: Path) -> None:
     """2,000 concurrent requests: 2,000 messages, one per Message-ID, to the right address,
     from the configured sender; the log has its 2,000 lines as before."""
@@ -95,6 +96,7 @@ async def test_each_notification_is_one_email_and_still_one_log_line(tmp_path: P
     assert len(read_lines(settings.log_path)) == count
 
 
+@pytest.mark.slow
 async def test_a_451_is_retried_until_accepted_and_nothing_is_sent_twice(tmp_path: Path) -> None:
     """The server defers for a while: the delivery is retrying, then delivered, once."""
     with smtp_server() as server:
@@ -113,6 +115,7 @@ async def test_a_451_is_retried_until_accepted_and_nothing_is_sent_twice(tmp_pat
         ]
 
 
+@pytest.mark.slow
 async def test_a_550_is_dead_at_once_listed_and_sent_by_retry(tmp_path: Path) -> None:
     """An unknown mailbox fails for good with one attempt, is listed as a dead letter, and an
     operator's retry sends it once the mailbox exists."""
@@ -137,6 +140,7 @@ async def test_a_550_is_dead_at_once_listed_and_sent_by_retry(tmp_path: Path) ->
         assert len(server.recorder.messages) == 1
 
 
+@pytest.mark.slow
 async def test_dead_letters_and_retry_need_the_token_when_tokens_are_set(tmp_path: Path) -> None:
     with smtp_server() as server:
         settings = email_settings(tmp_path, server.url(), api_tokens="s3cret")
@@ -148,6 +152,7 @@ async def test_dead_letters_and_retry_need_the_token_when_tokens_are_set(tmp_pat
             assert listed.json() == {"items": [], "next": None}
 
 
+@pytest.mark.slow
 async def test_a_mail_server_down_at_start_gets_everything_once_it_is_up(
     tmp_path: Path,
 ) -> None:
@@ -175,6 +180,7 @@ async def test_a_mail_server_down_at_start_gets_everything_once_it_is_up(
     )
 
 
+@pytest.mark.slow
 async def test_pending_mail_survives_a_restart(tmp_path: Path) -> None:
     """What was accepted while the server was down is in the outbox, on disk: the next run
     delivers it."""
@@ -191,6 +197,7 @@ async def test_pending_mail_survives_a_restart(tmp_path: Path) -> None:
     assert message["X-Notification-Id"] == notification_id
 
 
+@pytest.mark.slow
 async def test_ack_write_answers_after_the_outbox_commit(tmp_path: Path) -> None:
     """With NOTIFY_ACK=write the 200 comes once the delivery is in the outbox: its status is
     there at once, in every process. The intake does not linger for more then (with an hour's
@@ -226,6 +233,7 @@ async def test_a_shutdown_ends_the_intakes_wait_for_more(tmp_path: Path) -> None
     assert not outbox.with_name(outbox.name + ".spool").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("message", "expected_body"),
     [
@@ -254,6 +262,7 @@ async def test_no_input_becomes_a_header(tmp_path: Path, message: str, expected_
     assert parsed.get_content().replace("\r\n", "\n") == expected_body
 
 
+@pytest.mark.slow
 async def test_a_recipient_outside_the_allowed_domains_gets_422(tmp_path: Path) -> None:
     with smtp_server() as server:
         settings = email_settings(tmp_path, server.url(), email_domains="example.com, bücher.de")
@@ -269,6 +278,7 @@ async def test_a_recipient_outside_the_allowed_domains_gets_422(tmp_path: Path) 
     assert not settings.log_path.read_text().count("example.org")
 
 
+@pytest.mark.slow
 async def test_the_password_is_in_no_log_line_status_or_metric(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -293,6 +303,7 @@ async def test_the_password_is_in_no_log_line_status_or_metric(
     assert all(password not in text for text in shown)
 
 
+@pytest.mark.slow
 async def test_metrics_count_deliveries_and_the_outbox_depth(tmp_path: Path) -> None:
     with smtp_server() as server:
         async with running(email_settings(tmp_path, server.url())) as client:
@@ -304,6 +315,7 @@ async def test_metrics_count_deliveries_and_the_outbox_depth(tmp_path: Path) -> 
     assert "notify_outbox_depth" in text
 
 
+@pytest.mark.slow
 async def test_sigkill_with_mail_pending_then_restart_delivers_all_repeating_few(
     tmp_path: Path,
 ) -> None:
@@ -343,6 +355,7 @@ async def test_sigkill_with_mail_pending_then_restart_delivers_all_repeating_few
     assert sum(count - 1 for count in repeated.values()) <= connections, repeated
 
 
+@pytest.mark.slow
 async def test_with_redis_workers_deliver_and_a_killed_one_is_taken_over_within_10_s(
     tmp_path: Path, redis_url: str
 ) -> None:
@@ -388,6 +401,7 @@ async def test_with_redis_workers_deliver_and_a_killed_one_is_taken_over_within_
     assert sum(count - 1 for count in delivered.values()) <= connections
 
 
+@pytest.mark.slow
 async def test_every_process_sharing_the_outbox_answers_the_email_status(tmp_path: Path) -> None:
     """Two processes (two apps, one outbox file, as --workers 2): the one that did not accept
     the notification still answers its email status, from the outbox; its log status is

@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.support.fifo import full_fifo, read_available
 from tests.support.server import (
@@ -29,6 +30,8 @@ from tests.support.server import (
     uvicorn_server,
 )
 from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.slow  # uvicorn subprocesses under load
 
 ACKNOWLEDGEMENT = b'{"message":"Notification sent in the background"}'
 LINE = re.compile(r"notification for ([A-Za-z0-9_.+-]+@example\.com): some notification")

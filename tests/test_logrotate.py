@@ -26,6 +26,8 @@ import pytest
 from tests.support.server import REPO_ROOT, PostResults, post_notifications, uvicorn_server
 from tests.support.waiting import eventually
 
+pytestmark = pytest.mark.slow  # logrotate against a uvicorn subprocess
+
 OPERATIONS = REPO_ROOT / "docs" / "operations.md"
 DOCUMENTED_LOG = "/var/log/notify/log.txt"
 ACKNOWLEDGEMENT = b'{"message":"Notification sent in the background"}'

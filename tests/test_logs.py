@@ -15,6 +15,7 @@ from tests.support.waiting import eventually
 from tests.test_file_sink import count_lines, wait_for_lines
 
 
+@pytest.mark.slow
 async def test_the_services_lines_start_their_text_where_uvicorns_do(tmp_path: Path) -> None:
     async with uvicorn_server(tmp_path) as server:
         await server.wait_for_output("writing notifications to")
@@ -25,6 +26,7 @@ async def test_the_services_lines_start_their_text_where_uvicorns_do(tmp_path: P
     assert ours.startswith("INFO:     service: writing notifications to")
 
 
+@pytest.mark.slow
 async def test_json_lines_are_one_object_each(tmp_path: Path) -> None:
     """NOTIFY_LOG_JSON=true: each of the service's lines is a JSON object."""
     async with (

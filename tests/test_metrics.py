@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -101,6 +102,7 @@ async def test_rejections_are_counted_by_reason(tmp_path: Path) -> None:
     assert value(samples, "notify_queue_depth", sink="/dev/full") == 1
 
 
+@pytest.mark.slow
 async def test_metrics_add_up_across_workers(tmp_path: Path) -> None:
     """With ``--workers 2`` and PROMETHEUS_MULTIPROC_DIR, /metrics counts both workers' work."""
     metrics_dir = tmp_path / "metrics"

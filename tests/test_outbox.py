@@ -42,7 +42,7 @@ def _lines(*names: str, at: float = 1.0) -> list[str]:
     ]
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.slow)])
 async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OutboxFactory]:
     async with AsyncExitStack() as stack:
         if request.param == "redis":
@@ -147,6 +147,7 @@ async def test_a_disabled_channel_buries_what_nobody_holds(make: OutboxFactory) 
     assert held.id == "id-held"
 
 
+@pytest.mark.slow
 async def test_delivered_ones_expire_from_redis(redis_url: str) -> None:
     """Redis keeps a delivered delivery for the status TTL only; dead ones stay."""
     async with aioredis.Redis.from_url(redis_url) as redis:

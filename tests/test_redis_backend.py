@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import redis.asyncio as aioredis
 
 from service.redis.broker import GROUP
@@ -29,6 +30,8 @@ from tests.support.server import (
     worker_command,
 )
 from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.slow  # redis-server, uvicorn and worker subprocesses
 
 ACKNOWLEDGEMENT = b'{"message":"Notification sent in the background"}'
 STREAM = "notifications"

@@ -31,6 +31,8 @@ from tests.support.server import (
 )
 from tests.support.waiting import eventually
 
+pytestmark = pytest.mark.slow  # uvicorn subprocesses
+
 ACKNOWLEDGEMENT = b'{"message":"Notification sent in the background"}'
 LINE = re.compile(r"notification for (user\d{5}@example\.com): some notification")
 

@@ -23,6 +23,8 @@ from tests.support.takeover import worker_killed_mid_delivery
 from tests.support.waiting import eventually
 from tests.support.webhooks import Answer, Receiver, webhook_receiver
 
+pytestmark = pytest.mark.slow  # a webhook receiver under uvicorn, some with uvicorn subprocesses
+
 SECRET = "whsec_" + base64.b64encode(b"the-first-secret-key-0123456789").decode()
 NEW_SECRET = "whsec_" + base64.b64encode(b"the-second-secret-key-abcdefghij").decode()
 ACKNOWLEDGEMENT = b'{"message":"Notification sent in the background"}'

@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.support.redis import RedisServer
 from tests.support.server import free_port, http_client, running_worker, uvicorn_server
 from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.slow  # redis-server, uvicorn and worker subprocesses
 
 
 async def _until(monitor: httpx.AsyncClient, path: str, status: int, text: str = "") -> str:
