@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 LOCK   := requirements.lock
 
-.PHONY: install lock run mail worker redis redis-server browser logrotate valgrind test lint format bench bench-quick bench-cg clean
+.PHONY: install lock run mail worker redis redis-server browser logrotate valgrind test test-fast lint format bench bench-quick bench-cg clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -73,6 +73,12 @@ worker: $(STAMP)
 
 test: $(STAMP) redis-server browser logrotate
 	$(BIN)/python -m pytest
+
+# The inner loop: every test but those marked slow (real servers: uvicorn subprocesses,
+# redis-server, aiosmtpd, Chromium, logrotate, bench runs), in under a minute, with nothing
+# to install. `make test` (and CI) still runs everything.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

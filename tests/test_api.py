@@ -7,11 +7,13 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import make_settings, read_lines, running
+from tests.support.waiting import eventually
 from tests.test_file_sink import wait_for_lines
 from tests.test_notifications import INJECTION_CORPUS
 
@@ -22,12 +24,13 @@ async def wait_for_status(
     client: httpx.AsyncClient, location: str, state: str
 ) -> dict[str, object]:
     """Poll a notification's status until it is ``state``."""
-    async with asyncio.timeout(5):
-        while True:
-            body: dict[str, object] = (await client.get(location)).json()
-            if body["status"] == state:
-                return body
-            await asyncio.sleep(0.01)
+
+    async def reached() -> dict[str, object]:
+        body: dict[str, object] = (await client.get(location)).json()
+        assert body["status"] == state, body
+        return body
+
+    return await eventually(reached, message=f"status {state}")
 
 
 async def test_each_notification_gets_an_id_and_a_location(tmp_path: Path) -> None:
@@ -62,12 +65,14 @@ async def test_status_of_a_notification_whose_write_fails(tmp_path: Path) -> Non
         location = (await client.post("/send-notification/a@example.com")).headers["location"]
         body = await wait_for_status(client, location, "failed")
         assert "No space left on device" in str(body["error"])
-        async with asyncio.timeout(5):  # until a later retry has failed too (backoff from 50 ms)
-            while True:
-                later = (await client.get(location)).json()
-                if later["attempts"] > body["attempts"]:
-                    break
-                await asyncio.sleep(0.01)
+
+        async def retried() -> dict[str, Any]:
+            later: dict[str, Any] = (await client.get(location)).json()
+            assert later["attempts"] > body["attempts"], later
+            return later
+
+        # until a later retry has failed too (backoff from 50 ms)
+        later = await eventually(retried, message="another failed attempt")
     assert later["status"] == "failed"
     assert later["attempts"] > body["attempts"]
 
@@ -84,11 +89,11 @@ async def test_statuses_expire(tmp_path: Path) -> None:
     """After the status TTL the id is forgotten (404)."""
     async with running(make_settings(tmp_path, status_ttl=0.05)) as client:
         location = (await client.post("/send-notification/a@example.com")).headers["location"]
-        async with asyncio.timeout(5):  # until the 50 ms TTL has run out
-            while True:
-                if (await client.get(location)).status_code == 404:
-                    break
-                await asyncio.sleep(0.01)
+
+        async def forgotten() -> bool:
+            return (await client.get(location)).status_code == 404
+
+        await eventually(forgotten, message="a 404 once the 50 ms TTL has run out")
 
 
 async def test_same_idempotency_key_and_request_writes_once(tmp_path: Path) -> None:

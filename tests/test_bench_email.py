@@ -125,6 +125,7 @@ def test_options(tmp_path: Path) -> None:
         email_bench.parse_options(["--parts", "api,nope"])
 
 
+@pytest.mark.slow
 def test_the_guides_way_sends_one_email_through_the_benchs_smtp_server(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

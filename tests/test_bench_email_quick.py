@@ -9,6 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # runs the email benchmark's quick mode: servers, for seconds
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -29,6 +29,7 @@ def _quick_bench(out: Path, *options: str) -> Any:
     return json.loads((out / "latest.json").read_text())
 
 
+@pytest.mark.slow
 def test_quick_benchmark_acknowledges_and_logs_exactly_once(tmp_path: Path) -> None:
     """`python -m bench --quick` exits 0 and every server's log holds each ack exactly once."""
     results = _quick_bench(tmp_path)
@@ -44,6 +45,7 @@ def test_quick_benchmark_acknowledges_and_logs_exactly_once(tmp_path: Path) -> N
         assert row["duplicated"] == 0, name
 
 
+@pytest.mark.slow
 def test_quick_redis_row_counts_the_workers_log_and_stops_every_process(tmp_path: Path) -> None:
     """The redis row (API, worker, redis-server per run): the worker's log holds each ack once,
     and the API, the worker and Redis each exit cleanly on SIGTERM."""

@@ -18,6 +18,7 @@ from service.outbox.dispatcher import Dispatcher, DispatchOptions
 from service.outbox.sqlite import SqliteOutbox
 from service.retry import Backoff
 from tests.support.channels import ScriptedChannel
+from tests.support.waiting import eventually
 
 NAME = "pager"
 
@@ -61,12 +62,14 @@ async def _until_states(
     outbox: SqliteOutbox, count: int, condition: Callable[[list[DeliveryState]], bool]
 ) -> list[DeliveryState]:
     """The states of n0 … n{count-1} once ``condition`` holds for them."""
-    async with asyncio.timeout(20):  # a safety net
-        while True:
-            states = [state for n in range(count) for state in await outbox.states(f"n{n}")]
-            if condition(states):
-                return states
-            await asyncio.sleep(0.01)
+
+    async def states() -> list[DeliveryState] | None:
+        found = [state for n in range(count) for state in await outbox.states(f"n{n}")]
+        return found if condition(found) else None
+
+    found = await eventually(states)
+    assert found is not None  # eventually returns a truthy value
+    return found
 
 
 async def test_a_round_that_finds_the_channel_down_pauses_it_once_then_probes_resume_it(

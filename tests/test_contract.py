@@ -38,6 +38,8 @@ from schemathesis.core.result import Ok
 
 from tests.support.server import HOST, ServerProcess, uvicorn_server
 
+pytestmark = pytest.mark.slow  # every setup runs under a uvicorn subprocess (and redis-server)
+
 TOKEN = "contract-token"
 AUTHORIZED = {"Authorization": f"Bearer {TOKEN}"}
 POST = ("/send-notification/{email}", "POST")

@@ -11,6 +11,8 @@ import pytest
 from tests.support.browser import dump_dom, screenshot
 from tests.support.server import uvicorn_server
 
+pytestmark = pytest.mark.slow  # a uvicorn subprocess and headless Chromium
+
 ARTIFACTS = Path(
     os.environ.get("NOTIFY_TEST_ARTIFACTS", Path(__file__).parent.parent / ".artifacts")
 )

@@ -92,6 +92,7 @@ def smtp() -> Iterator[SmtpTestServer]:
 # -- the pool -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_messages_reuse_one_connection(smtp: SmtpTestServer) -> None:
     async with channel(smtp.url()) as email:
         outcomes = [await email.send(mail(number=n)) for n in range(5)]
@@ -106,6 +107,7 @@ async def test_messages_reuse_one_connection(smtp: SmtpTestServer) -> None:
     assert {(r.mail_from, r.rcpt_tos) for r in received} == {(SENDER, ("ada@example.com",))}
 
 
+@pytest.mark.slow
 async def test_at_most_n_sends_in_flight_on_at_most_n_connections(smtp: SmtpTestServer) -> None:
     smtp.recorder.hold_data = True
     async with channel(smtp.url(), connections=2) as email:
@@ -122,6 +124,7 @@ async def test_at_most_n_sends_in_flight_on_at_most_n_connections(smtp: SmtpTest
     assert len(smtp.recorder.messages) == 6
 
 
+@pytest.mark.slow
 async def test_a_connection_closed_by_the_server_is_replaced(smtp: SmtpTestServer) -> None:
     """The server closes the idle connection and the client has had time to see it."""
     async with channel(smtp.url()) as email:
@@ -132,6 +135,7 @@ async def test_a_connection_closed_by_the_server_is_replaced(smtp: SmtpTestServe
     assert [r.connection for r in smtp.recorder.messages] == [1, 2]
 
 
+@pytest.mark.slow
 async def test_a_stale_idle_connection_is_replaced_without_an_error(
     smtp: SmtpTestServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -148,6 +152,7 @@ async def test_a_stale_idle_connection_is_replaced_without_an_error(
     assert [r.connection for r in smtp.recorder.messages] == [1, 2]
 
 
+@pytest.mark.slow
 async def test_check_replaces_a_stale_idle_connection(smtp: SmtpTestServer) -> None:
     async with channel(smtp.url()) as email:
         await email.check()
@@ -158,6 +163,7 @@ async def test_check_replaces_a_stale_idle_connection(smtp: SmtpTestServer) -> N
     assert smtp.recorder.connections == 2
 
 
+@pytest.mark.slow
 async def test_close_quits_and_later_sends_are_refused(smtp: SmtpTestServer) -> None:
     async with channel(smtp.url()) as email:
         await email.send(mail())
@@ -170,6 +176,7 @@ async def test_close_quits_and_later_sends_are_refused(smtp: SmtpTestServer) -> 
 # -- outcomes -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("where", "reply", "outcome", "code"),
     [
@@ -199,6 +206,7 @@ async def test_a_refusal_of_one_message_keeps_the_connection(
     assert [r.rcpt_tos for r in smtp.recorder.messages] == [("ada@example.com",)]
 
 
+@pytest.mark.slow
 async def test_421_pauses_the_channel_and_its_connection_is_replaced(
     smtp: SmtpTestServer,
 ) -> None:
@@ -214,6 +222,7 @@ async def test_421_pauses_the_channel_and_its_connection_is_replaced(
     assert smtp.recorder.connections == 2
 
 
+@pytest.mark.slow
 async def test_connection_lost_after_data_is_an_unknown_outcome(smtp: SmtpTestServer) -> None:
     smtp.recorder.drop_after_data = True
     async with channel(smtp.url()) as email:
@@ -230,6 +239,7 @@ async def test_connection_lost_after_data_is_an_unknown_outcome(smtp: SmtpTestSe
     assert smtp.recorder.connections == 2
 
 
+@pytest.mark.slow
 async def test_no_reply_after_data_within_the_timeout_is_an_unknown_outcome(
     smtp: SmtpTestServer,
 ) -> None:
@@ -271,6 +281,7 @@ async def test_a_server_that_never_greets_times_out() -> None:
 # -- addresses ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_an_internationalised_domain_goes_as_idna(smtp: SmtpTestServer) -> None:
     async with channel(smtp.url()) as email:
         await email.send(mail("a@bücher.de"))
@@ -280,6 +291,7 @@ async def test_an_internationalised_domain_goes_as_idna(smtp: SmtpTestServer) ->
     assert str(received.parsed()["To"]) == "a@xn--bcher-kva.de"
 
 
+@pytest.mark.slow
 async def test_a_non_ascii_local_part_goes_with_smtputf8(smtp: SmtpTestServer) -> None:
     async with channel(smtp.url()) as email:
         await email.send(mail("jörg@bücher.de", "grüße"))
@@ -291,6 +303,7 @@ async def test_a_non_ascii_local_part_goes_with_smtputf8(smtp: SmtpTestServer) -
     assert parsed.get_content().replace("\r\n", "\n") == "grüße\n"
 
 
+@pytest.mark.slow
 async def test_a_non_ascii_local_part_fails_permanently_without_smtputf8() -> None:
     with smtp_server(smtputf8=False) as server:
         async with channel(server.url()) as email:
@@ -302,6 +315,7 @@ async def test_a_non_ascii_local_part_fails_permanently_without_smtputf8() -> No
         assert [r.rcpt_tos for r in server.recorder.messages] == [("ada@example.com",)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "message",
     [
@@ -329,6 +343,7 @@ async def test_the_message_arrives_as_built(smtp: SmtpTestServer, message: str) 
 # -- TLS and AUTH ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_starttls_when_the_server_offers_it(
     server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
 ) -> None:
@@ -338,6 +353,7 @@ async def test_starttls_when_the_server_offers_it(
     assert [r.tls for r in server.recorder.messages] == [True]
 
 
+@pytest.mark.slow
 async def test_implicit_tls_for_smtps(
     server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
 ) -> None:
@@ -348,6 +364,7 @@ async def test_implicit_tls_for_smtps(
     assert [r.tls for r in server.recorder.messages] == [True]
 
 
+@pytest.mark.slow
 async def test_require_tls_refuses_a_server_without_starttls(smtp: SmtpTestServer) -> None:
     async with channel(smtp.url(), require_tls=True) as email:
         with pytest.raises(ServerUnavailable, match="does not offer STARTTLS"):
@@ -355,6 +372,7 @@ async def test_require_tls_refuses_a_server_without_starttls(smtp: SmtpTestServe
     assert smtp.recorder.messages == []
 
 
+@pytest.mark.slow
 async def test_an_untrusted_certificate_is_refused(server_tls: ssl.SSLContext) -> None:
     with smtp_server(starttls=server_tls) as server:
         async with channel(server.url(), tls_context=ssl.create_default_context()) as email:
@@ -363,6 +381,7 @@ async def test_an_untrusted_certificate_is_refused(server_tls: ssl.SSLContext) -
     assert server.recorder.messages == []
 
 
+@pytest.mark.slow
 async def test_auth_with_the_credentials_of_the_url(
     server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
 ) -> None:
@@ -376,6 +395,7 @@ async def test_auth_with_the_credentials_of_the_url(
     ]
 
 
+@pytest.mark.slow
 async def test_a_server_that_wants_auth_without_credentials_pauses_the_channel(
     server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
 ) -> None:
@@ -386,6 +406,7 @@ async def test_a_server_that_wants_auth_without_credentials_pauses_the_channel(
     assert (caught.value.code, caught.value.stage) == (530, "mail")
 
 
+@pytest.mark.slow
 async def test_the_password_is_never_shown(
     server_tls: ssl.SSLContext,
     client_tls: ssl.SSLContext,

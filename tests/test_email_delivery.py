@@ -27,6 +27,7 @@ from tests.support.server import (
 )
 from tests.support.smtp import Recorder, smtp_server
 from tests.support.takeover import worker_killed_mid_delivery
+from tests.support.waiting import eventually
 
 SENDER = "notify@service.example"
 ACKNOWLEDGEMENT = b'{"message":"Notification sent in the background"}'
@@ -58,17 +59,17 @@ async def channel_status(client: httpx.AsyncClient, notification_id: str) -> dic
 
 
 async def until_email_status(
-    client: httpx.AsyncClient, notification_id: str, status: str, within: float = 20.0
+    client: httpx.AsyncClient, notification_id: str, status: str
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + within
-    while True:
+    async def reached() -> dict[str, Any]:
         email = await channel_status(client, notification_id)
-        if email["status"] == status:
-            return email
-        assert time.monotonic() < deadline, f"email stayed {email}"
-        await asyncio.sleep(0.02)
+        assert email["status"] == status, f"email stayed {email}"
+        return email
+
+    return await eventually(reached, interval=0.02, message=f"email {status}")
 
 
+@pytest.mark.slow
 async def test_each_notification_is_one_email_and_still_one_log_line(tmp_path: Path) -> None:
     """2,000 concurrent requests: 2,000 messages, one per Message-ID, to the right address,
     from the configured sender; the log has its 2,000 lines as before."""
@@ -96,6 +97,7 @@ async def test_each_notification_is_one_email_and_still_one_log_line(tmp_path: P
     assert len(read_lines(settings.log_path)) == count
 
 
+@pytest.mark.slow
 async def test_a_451_is_retried_until_accepted_and_nothing_is_sent_twice(tmp_path: Path) -> None:
     """The server defers for a while: the delivery is retrying, then delivered, once."""
     with smtp_server() as server:
@@ -114,6 +116,7 @@ async def test_a_451_is_retried_until_accepted_and_nothing_is_sent_twice(tmp_pat
         ]
 
 
+@pytest.mark.slow
 async def test_a_550_is_dead_at_once_listed_and_sent_by_retry(tmp_path: Path) -> None:
     """An unknown mailbox fails for good with one attempt, is listed as a dead letter, and an
     operator's retry sends it once the mailbox exists."""
@@ -138,6 +141,7 @@ async def test_a_550_is_dead_at_once_listed_and_sent_by_retry(tmp_path: Path) ->
         assert len(server.recorder.messages) == 1
 
 
+@pytest.mark.slow
 async def test_dead_letters_and_retry_need_the_token_when_tokens_are_set(tmp_path: Path) -> None:
     with smtp_server() as server:
         settings = email_settings(tmp_path, server.url(), api_tokens="s3cret")
@@ -149,6 +153,7 @@ async def test_dead_letters_and_retry_need_the_token_when_tokens_are_set(tmp_pat
             assert listed.json() == {"items": [], "next": None}
 
 
+@pytest.mark.slow
 async def test_a_mail_server_down_at_start_gets_everything_once_it_is_up(
     tmp_path: Path,
 ) -> None:
@@ -176,6 +181,7 @@ async def test_a_mail_server_down_at_start_gets_everything_once_it_is_up(
     )
 
 
+@pytest.mark.slow
 async def test_while_the_server_is_down_every_waiting_email_shows_the_probe_time(
     tmp_path: Path,
 ) -> None:
@@ -204,6 +210,7 @@ async def test_while_the_server_is_down_every_waiting_email_shows_the_probe_time
     assert sum(status["attempts"] for status in statuses) <= 8  # one round: a connection each
 
 
+@pytest.mark.slow
 async def test_pending_mail_survives_a_restart(tmp_path: Path) -> None:
     """What was accepted while the server was down is in the outbox, on disk: the next run
     delivers it."""
@@ -220,6 +227,7 @@ async def test_pending_mail_survives_a_restart(tmp_path: Path) -> None:
     assert message["X-Notification-Id"] == notification_id
 
 
+@pytest.mark.slow
 async def test_ack_write_answers_after_the_outbox_commit(tmp_path: Path) -> None:
     """With NOTIFY_ACK=write the 200 comes once the delivery is in the outbox: its status is
     there at once, in every process. The intake does not linger for more then (with an hour's
@@ -255,6 +263,7 @@ async def test_a_shutdown_ends_the_intakes_wait_for_more(tmp_path: Path) -> None
     assert not outbox.with_name(outbox.name + ".spool").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("message", "expected_body"),
     [
@@ -283,6 +292,7 @@ async def test_no_input_becomes_a_header(tmp_path: Path, message: str, expected_
     assert parsed.get_content().replace("\r\n", "\n") == expected_body
 
 
+@pytest.mark.slow
 async def test_a_recipient_outside_the_allowed_domains_gets_422(tmp_path: Path) -> None:
     with smtp_server() as server:
         settings = email_settings(tmp_path, server.url(), email_domains="example.com, bücher.de")
@@ -298,6 +308,7 @@ async def test_a_recipient_outside_the_allowed_domains_gets_422(tmp_path: Path) 
     assert not settings.log_path.read_text().count("example.org")
 
 
+@pytest.mark.slow
 async def test_the_password_is_in_no_log_line_status_or_metric(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -322,6 +333,7 @@ async def test_the_password_is_in_no_log_line_status_or_metric(
     assert all(password not in text for text in shown)
 
 
+@pytest.mark.slow
 async def test_metrics_count_deliveries_and_the_outbox_depth(tmp_path: Path) -> None:
     with smtp_server() as server:
         async with running(email_settings(tmp_path, server.url())) as client:
@@ -333,6 +345,7 @@ async def test_metrics_count_deliveries_and_the_outbox_depth(tmp_path: Path) -> 
     assert "notify_outbox_depth" in text
 
 
+@pytest.mark.slow
 async def test_sigkill_with_mail_pending_then_restart_delivers_all_repeating_few(
     tmp_path: Path,
 ) -> None:
@@ -372,6 +385,7 @@ async def test_sigkill_with_mail_pending_then_restart_delivers_all_repeating_few
     assert sum(count - 1 for count in repeated.values()) <= connections, repeated
 
 
+@pytest.mark.slow
 async def test_with_redis_workers_deliver_and_a_killed_one_is_taken_over_within_10_s(
     tmp_path: Path, redis_url: str
 ) -> None:
@@ -406,7 +420,6 @@ async def test_with_redis_workers_deliver_and_a_killed_one_is_taken_over_within_
             await until(
                 mail.recorder,
                 lambda r: len({m.rcpt_tos for m in r.messages}) >= len(emails),
-                within=10,
             )
             assert time.monotonic() - takeover.killed_at < 10
             late = await client.post("/send-notification/late@example.com")
@@ -418,6 +431,7 @@ async def test_with_redis_workers_deliver_and_a_killed_one_is_taken_over_within_
     assert sum(count - 1 for count in delivered.values()) <= connections
 
 
+@pytest.mark.slow
 async def test_every_process_sharing_the_outbox_answers_the_email_status(tmp_path: Path) -> None:
     """Two processes (two apps, one outbox file, as --workers 2): the one that did not accept
     the notification still answers its email status, from the outbox; its log status is

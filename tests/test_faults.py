@@ -10,11 +10,11 @@ import re
 import shutil
 import signal
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.support.fifo import full_fifo, read_available
 from tests.support.server import (
@@ -29,6 +29,9 @@ from tests.support.server import (
     uvicorn_command,
     uvicorn_server,
 )
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.slow  # uvicorn subprocesses under load
 
 ACKNOWLEDGEMENT = b'{"message":"Notification sent in the background"}'
 LINE = re.compile(r"notification for ([A-Za-z0-9_.+-]+@example\.com): some notification")
@@ -59,22 +62,27 @@ def _repeated(counts: Counter[str]) -> dict[str, int]:
 
 
 async def _wait_for_readyz(client: httpx.AsyncClient, status: int) -> httpx.Response:
-    """Poll ``/readyz`` until it answers ``status`` (bound it with ``asyncio.timeout``)."""
-    while True:
+    """Poll ``/readyz`` until it answers ``status``."""
+
+    async def answered() -> httpx.Response:
         response = await client.get("/readyz")
-        if response.status_code == status:
-            return response
-        await asyncio.sleep(0.02)
+        assert response.status_code == status, f"/readyz {response.status_code}: {response.text}"
+        return response
+
+    return await eventually(answered, interval=0.02, message=f"/readyz answering {status}")
 
 
 async def _wait_for_lines(path: Path, count: int) -> list[str]:
-    """Poll ``path`` until it holds ``count`` whole lines (bound it with ``asyncio.timeout``)."""
-    while True:
+    """Poll ``path`` until it holds ``count`` whole lines."""
+
+    def whole_lines() -> list[str]:
         with contextlib.suppress(FileNotFoundError):
             text = path.read_text(encoding="utf-8")
             if text.endswith("\n") and text.count("\n") >= count:
                 return text.splitlines()
-        await asyncio.sleep(0.02)
+        return []
+
+    return await eventually(whole_lines, interval=0.02, message=f"{count} whole lines in {path}")
 
 
 async def _post_all(
@@ -149,14 +157,12 @@ async def test_sigterm_spools_what_a_stuck_sink_did_not_take_and_replays_it(
         async with uvicorn_server(tmp_path, settings, output_name="first-output.txt") as first:
             async with http_client(first.url, connections=8) as client, asyncio.timeout(20):
                 statuses, errors = await _post_all(client, emails, concurrency=8)
-            started = time.monotonic()
+            # A sink stuck for good: only the shutdown deadline lets the server exit at all.
             await _terminate(first, within=10)
-            stop_s = time.monotonic() - started
         drained = read_available(fifo.read_fd)
 
     assert statuses == {200: 200}
     assert errors == {}
-    assert stop_s < 5, f"shutdown took {stop_s:.1f} s with NOTIFY_SHUTDOWN_TIMEOUT=1"
     assert "not delivered by the shutdown deadline" in first.output()
     assert drained.startswith(fifo.filler)
     spooled = spool.read_text(encoding="utf-8")
@@ -172,8 +178,7 @@ async def test_sigterm_spools_what_a_stuck_sink_did_not_take_and_replays_it(
         async with http_client(second.url) as client:
             response = await client.post("/send-notification/after.restart@example.com")
         assert response.status_code == 200
-        async with asyncio.timeout(10):
-            lines = await _wait_for_lines(log, len(in_spool) + 1)
+        lines = await _wait_for_lines(log, len(in_spool) + 1)
         await _terminate(second, within=10)
 
     assert lines == [*spooled.splitlines(), _line("after.restart@example.com")]
@@ -233,27 +238,23 @@ async def test_ack_write_on_dev_full_answers_503_after_the_timeout_then_at_once(
         "NOTIFY_SHUTDOWN_TIMEOUT": "0.5",
     }
     async with uvicorn_server(tmp_path, settings) as server, http_client(server.url) as client:
-        started = time.monotonic()
         first = await client.post("/send-notification/first@example.com")
-        first_s = time.monotonic() - started
-        later: list[tuple[httpx.Response, float]] = []
-        for number in range(5):
-            started = time.monotonic()
-            response = await client.post(f"/send-notification/later{number}@example.com")
-            later.append((response, time.monotonic() - started))
-        async with asyncio.timeout(10):  # every line withdrawn, and the retry delay over
-            await _wait_for_readyz(client, 200)
+        later = [
+            await client.post(f"/send-notification/later{number}@example.com")
+            for number in range(5)
+        ]
+        await _wait_for_readyz(client, 200)  # every line withdrawn, and the retry delay over
         probe = await client.post("/send-notification/probe@example.com")
         refused_again = await client.post("/send-notification/again@example.com")
         await _terminate(server, within=10)
 
+    # Which 503 each got says whether it waited: the first was taken and waited out the ack
+    # timeout; the later ones were refused at admission, without waiting for a write.
     assert first.status_code == 503
-    assert 0.9 <= first_s < 2.5, f"first 503 after {first_s:.2f} s (NOTIFY_ACK_TIMEOUT=1)"
     assert first.headers["retry-after"] == "1"
     assert "did not confirm the write within 1 s" in first.json()["detail"]
-    for response, elapsed in later:
+    for response in later:
         assert response.status_code == 503
-        assert elapsed < 0.5, f"a refused POST took {elapsed:.2f} s"
         assert response.headers["retry-after"] == "1"
         detail = response.json()["detail"]
         assert detail.startswith("not accepted: ")

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,27 +14,28 @@ from service.sinks.core import BatchOptions
 from service.sinks.file import file_sink
 from tests.conftest import make_settings, read_lines, running
 from tests.support.collector import queue_lines
+from tests.support.waiting import eventually
 
 
-async def wait_for_lines(path: Path, count: int, deadline: float = 5.0) -> None:
+async def wait_for_lines(path: Path, count: int) -> None:
     """Wait until ``path`` holds at least ``count`` lines."""
-    stop = time.monotonic() + deadline
-    while not path.exists() or path.read_bytes().count(b"\n") < count:
-        assert time.monotonic() < stop, f"{path} did not reach {count} lines"
-        await asyncio.sleep(0.01)
+    await eventually(
+        lambda: count_lines(path) >= count,
+        message=lambda: f"{path} reaching {count} lines (it has {count_lines(path)})",
+    )
 
 
-async def wait_for_readiness(
-    client: httpx.AsyncClient, status: int, deadline: float = 5.0
-) -> dict[str, Any]:
+async def wait_for_readiness(client: httpx.AsyncClient, status: int) -> dict[str, Any]:
     """Poll ``/readyz`` until it answers ``status``; return its body."""
-    stop = time.monotonic() + deadline
-    while True:
+
+    async def answered() -> dict[str, Any]:
         response = await client.get("/readyz")
-        if response.status_code == status:
-            return response.json()  # type: ignore[no-any-return]
-        assert time.monotonic() < stop, f"/readyz stayed {response.status_code}: {response.text}"
-        await asyncio.sleep(0.02)
+        assert response.status_code == status, (
+            f"/readyz said {response.status_code}: {response.text}"
+        )
+        return response.json()  # type: ignore[no-any-return]
+
+    return await eventually(answered, interval=0.02, message=f"/readyz answering {status}")
 
 
 def count_lines(*paths: Path) -> int:
@@ -173,14 +172,19 @@ async def test_a_moved_log_is_reopened_and_nothing_is_lost(tmp_path: Path) -> No
         # One line at a time, each written (to either file) before the next is sent, until
         # the sink's next check of its file notices the move and a line lands at the path.
         sent = 10
-        stop = time.monotonic() + 5.0
-        while count_lines(log) == 0:
-            assert time.monotonic() < stop, f"no new file at {log} after {sent} lines"
+
+        async def one_more_line_written() -> bool:
+            nonlocal sent
             await client.post(f"/send-notification/a{sent}@example.com")
             sent += 1
-            while count_lines(moved, log) < sent:
-                assert time.monotonic() < stop, f"a{sent - 1}@example.com was not written"
-                await asyncio.sleep(0.01)
+            await eventually(
+                lambda: count_lines(moved, log) >= sent,
+                message=f"a{sent - 1}@example.com written",
+            )
+            return count_lines(log) > 0
+
+        if count_lines(log) == 0:
+            await eventually(one_more_line_written, interval=0, message=f"a new file at {log}")
         for i in range(sent, sent + 20):
             await client.post(f"/send-notification/a{i}@example.com")
         sent += 20

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import make_settings, running
 from tests.support.server import free_port
+from tests.support.waiting import eventually
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "docs" / "grafana.json"
 METRIC = re.compile(r"\bnotify_[a-z_]+")
@@ -85,16 +85,15 @@ def used_families(expression: str) -> set[str]:
     return {family_of(name) for name in METRIC.findall(expression)}
 
 
-async def scrape_until(client: httpx.AsyncClient, ready: str, within: float = 10.0) -> str:
+async def scrape_until(client: httpx.AsyncClient, ready: str) -> str:
     """``/metrics``, once ``ready`` (a sample's start) is in it."""
-    deadline = time.monotonic() + within
-    while True:
+
+    async def scraped() -> str:
         response = await client.get("/metrics")
         assert response.status_code == 200
-        if ready in response.text:
-            return response.text
-        assert time.monotonic() < deadline, f"{ready} never appeared in /metrics"
-        await asyncio.sleep(0.02)
+        return response.text if ready in response.text else ""
+
+    return await eventually(scraped, interval=0.02, message=f"{ready} in /metrics")
 
 
 @pytest.fixture(scope="module")

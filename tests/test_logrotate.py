@@ -16,7 +16,6 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +24,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.server import REPO_ROOT, PostResults, post_notifications, uvicorn_server
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.slow  # logrotate against a uvicorn subprocess
 
 OPERATIONS = REPO_ROOT / "docs" / "operations.md"
 DOCUMENTED_LOG = "/var/log/notify/log.txt"
@@ -102,11 +104,8 @@ def count_lines(data: bytes, torn: list[str]) -> Counter[str]:
     return counts
 
 
-async def until(condition: Callable[[], bool], what: str, within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.005)
+async def until(condition: Callable[[], bool], what: str) -> None:
+    await eventually(condition, interval=0.005, message=what)
 
 
 async def rotate_under_load(tmp_path: Path, mode: str, rotations: int = ROTATIONS) -> Outcome:

@@ -3,10 +3,11 @@ not busy once either stops."""
 
 from __future__ import annotations
 
-import asyncio
 import time
+from collections.abc import Callable
 
 from service.outbox.load import LoopLoad
+from tests.support.waiting import eventually
 
 
 def _hold_the_loop() -> None:
@@ -19,26 +20,30 @@ async def test_busy_needs_a_late_loop_and_notifications_coming_in() -> None:
     await load.start()
     try:
         assert not load.busy  # nothing came in yet
-        async with asyncio.timeout(10):
-            # Notifications coming in while the loop is held 20 ms at a time (as a burst of
-            # requests holds it): busy.
-            while not load.busy:
-                load.took_in()
-                _hold_the_loop()
-                await asyncio.sleep(0)
-            # Still coming in, with the loop free again: the lag fades, not busy.
-            while load.busy:
-                load.took_in()
-                await asyncio.sleep(0.01)
-            # The loop held again, by something else (the deliveries catching up), with no
-            # notification coming in: busy again, then not once the last one is old enough.
-            while not load.busy:
-                load.took_in()
-                _hold_the_loop()
-                await asyncio.sleep(0)
-            while load.busy:
-                _hold_the_loop()
-                await asyncio.sleep(0)
+
+        # Each wait below checks, then acts once, then lets the loop run (``interval``).
+        def until(done: Callable[[], bool], act: Callable[[], None]) -> Callable[[], bool]:
+            def check() -> bool:
+                if done():
+                    return True
+                act()
+                return False
+
+            return check
+
+        def coming_in_while_held() -> None:
+            load.took_in()
+            _hold_the_loop()
+
+        # Notifications coming in while the loop is held 20 ms at a time (as a burst of
+        # requests holds it): busy.
+        await eventually(until(lambda: load.busy, coming_in_while_held), interval=0)
+        # Still coming in, with the loop free again: the lag fades, not busy.
+        await eventually(until(lambda: not load.busy, load.took_in), interval=0.01)
+        # The loop held again, by something else (the deliveries catching up), with no
+        # notification coming in: busy again, then not once the last one is old enough.
+        await eventually(until(lambda: load.busy, coming_in_while_held), interval=0)
+        await eventually(until(lambda: not load.busy, _hold_the_loop), interval=0)
         assert load.lag == 0.0  # quiet: the measurement stopped
     finally:
         await load.aclose()

@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -18,6 +19,7 @@ from tests.support.server import (
     service_env,
     uvicorn_command,
 )
+from tests.support.waiting import eventually
 from tests.test_file_sink import wait_for_lines
 
 HOST = "127.0.0.1"
@@ -46,12 +48,12 @@ async def scrape(client: httpx.AsyncClient) -> Samples:
 
 async def writer_failed(client: httpx.AsyncClient) -> None:
     """Wait until ``/readyz`` reports failing writes (not only a full buffer)."""
-    async with asyncio.timeout(5):
-        while True:
-            reasons: list[str] = (await client.get("/readyz")).json()["reasons"]
-            if any("writes failing" in reason for reason in reasons):
-                return
-            await asyncio.sleep(0.02)
+
+    async def failing() -> bool:
+        reasons: list[str] = (await client.get("/readyz")).json()["reasons"]
+        return any("writes failing" in reason for reason in reasons)
+
+    await eventually(failing, interval=0.02, message="/readyz reporting failing writes")
 
 
 async def test_a_burst_moves_the_counters(tmp_path: Path) -> None:
@@ -100,6 +102,7 @@ async def test_rejections_are_counted_by_reason(tmp_path: Path) -> None:
     assert value(samples, "notify_queue_depth", sink="/dev/full") == 1
 
 
+@pytest.mark.slow
 async def test_metrics_add_up_across_workers(tmp_path: Path) -> None:
     """With ``--workers 2`` and PROMETHEUS_MULTIPROC_DIR, /metrics counts both workers' work."""
     metrics_dir = tmp_path / "metrics"
@@ -165,12 +168,13 @@ async def test_written_counts_notifications_and_query_lines_apart(tmp_path: Path
         for number in range(10):
             response = await client.post(f"/send-notification/m{number}@example.com?q=x")
             assert response.status_code == 200
-        async with asyncio.timeout(5):  # until the writer has recorded both batches' lines
-            while True:
-                samples = await scrape(client)
-                if value(samples, "notify_lines_written_total", kind="query") >= 10:
-                    break
-                await asyncio.sleep(0.01)
+
+        async def both_batches_recorded() -> Samples:
+            samples = await scrape(client)
+            assert value(samples, "notify_lines_written_total", kind="query") >= 10
+            return samples
+
+        samples = await eventually(both_batches_recorded, message="10 query lines written")
     assert value(samples, "notify_notifications_accepted_total") == 10
     assert value(samples, "notify_notifications_written_total") == 10
     assert value(samples, "notify_lines_written_total", kind="notification") == 10

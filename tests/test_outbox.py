@@ -28,6 +28,7 @@ from service.outbox.redis import RedisOutbox
 from service.outbox.sqlite import SqliteOutbox
 from service.sinks.core import TargetError
 from tests.support.channels import ScriptedChannel
+from tests.support.waiting import eventually
 
 OutboxFactory = Callable[..., Awaitable[Outbox]]
 """``await make(owner, lease=60)``: an open outbox (of the test's kind) held by ``owner``;
@@ -42,7 +43,7 @@ def _lines(*names: str, at: float = 1.0) -> list[str]:
     ]
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.slow)])
 async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OutboxFactory]:
     async with AsyncExitStack() as stack:
         if request.param == "redis":
@@ -182,6 +183,7 @@ async def test_a_paused_channel_shows_its_waiting_deliveries_retrying_at_its_end
     assert email_of(await outbox.states("id-waiting")).last_error == "451 first"
 
 
+@pytest.mark.slow
 async def test_delivered_ones_expire_from_redis(redis_url: str) -> None:
     """Redis keeps a delivered delivery for the status TTL only; dead ones stay."""
     async with aioredis.Redis.from_url(redis_url) as redis:
@@ -365,13 +367,14 @@ async def test_an_operators_retry_gives_a_dead_letter_a_new_max_age(tmp_path: Pa
 
 
 async def _until_status(outbox: Outbox, notification_id: str, status: str) -> list[DeliveryState]:
-    """The notification's delivery states once one is ``status`` (within 10 s)."""
-    async with asyncio.timeout(10):
-        while True:
-            states = await outbox.states(notification_id)
-            if any(state.status == status for state in states):
-                return states
-            await asyncio.sleep(0.01)
+    """The notification's delivery states once one is ``status``."""
+
+    async def reached() -> list[DeliveryState]:
+        states = await outbox.states(notification_id)
+        assert any(state.status == status for state in states), states
+        return states
+
+    return await eventually(reached, message=f"a delivery {status}")
 
 
 async def test_while_the_api_is_busy_a_dispatcher_sends_one_at_a_time(tmp_path: Path) -> None:

@@ -6,12 +6,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from service.metrics import Metrics
 from service.runtime import Runtime
 from tests.conftest import make_settings
 from tests.support.collector import queue_lines
+
+pytestmark = pytest.mark.slow  # redis-server
 
 
 async def test_waiting_lines_leave_no_object_for_the_garbage_collector(

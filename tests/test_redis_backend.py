@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import redis.asyncio as aioredis
 
 from service.redis.broker import GROUP
@@ -28,6 +29,9 @@ from tests.support.server import (
     uvicorn_server,
     worker_command,
 )
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.slow  # redis-server, uvicorn and worker subprocesses
 
 ACKNOWLEDGEMENT = b'{"message":"Notification sent in the background"}'
 STREAM = "notifications"
@@ -37,84 +41,94 @@ def _backend(url: str, **settings: str) -> dict[str, str]:
     return {"NOTIFY_BACKEND": "redis", "NOTIFY_REDIS_URL": url, **settings}
 
 
-async def _wait_for_lines(path: Path, count: int, *, within: float) -> list[str]:
-    """The log once it has at least ``count`` lines; fails after ``within`` seconds."""
-    lines: list[str] = []
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(within):
-            while len(lines) < count:
-                await asyncio.sleep(0.05)
-                lines = read_lines(path) if path.exists() else []
-    assert len(lines) >= count, f"{len(lines)} of {count} lines after {within} s"
-    return lines
+def _lines(path: Path) -> list[str]:
+    return read_lines(path) if path.exists() else []
 
 
-async def _wait_for_every_line(path: Path, expected: set[str], *, within: float) -> None:
-    """Return once the log holds every line of ``expected`` (repeats allowed); fails after
-    ``within`` seconds. A count of lines is not enough once lines can repeat."""
-    missing = expected
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(within):
-            while missing:
-                await asyncio.sleep(0.05)
-                missing = expected.difference(read_lines(path) if path.exists() else [])
-    assert not missing, f"{len(missing)} of {len(expected)} lines missing after {within} s"
+async def _wait_for_lines(path: Path, count: int) -> list[str]:
+    """The log once it has at least ``count`` lines."""
+
+    def enough() -> list[str]:
+        lines = _lines(path)
+        return lines if len(lines) >= count else []
+
+    return await eventually(
+        enough,
+        interval=0.05,
+        message=lambda: f"{count} lines in the log (it has {len(_lines(path))})",
+    )
+
+
+async def _wait_for_every_line(path: Path, expected: set[str]) -> None:
+    """Return once the log holds every line of ``expected`` (repeats allowed). A count of
+    lines is not enough once lines can repeat."""
+    await eventually(
+        lambda: expected.issubset(_lines(path)),
+        interval=0.05,
+        message=lambda: f"{len(expected.difference(_lines(path)))} lines still missing",
+    )
 
 
 async def _until_stopped(pid: int) -> None:
     """Return once every thread of ``pid`` is stopped (SIGSTOP is delivered asynchronously:
-    ``kill`` returns before the process has stopped); fails after 5 s."""
-    async with asyncio.timeout(5):
-        while True:
-            states = []
-            for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
-                with contextlib.suppress(FileNotFoundError):  # a thread that just ended
-                    states.append(stat.read_text().rpartition(")")[2].split()[0])
-            if states and all(state in ("T", "t") for state in states):
-                return
-            await asyncio.sleep(0.01)
+    ``kill`` returns before the process has stopped)."""
+
+    def stopped() -> bool:
+        states = []
+        for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+            with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+                states.append(stat.read_text().rpartition(")")[2].split()[0])
+        return bool(states) and all(state in ("T", "t") for state in states)
+
+    await eventually(stopped, message=f"every thread of {pid} stopped")
 
 
 async def _just_after_a_ping(redis_url: str) -> None:
-    """Return as soon as Redis has answered another PING (the API's idle check); fails after
-    5 s."""
-    async with aioredis.Redis.from_url(redis_url) as redis, asyncio.timeout(5):
-        before = (await redis.info("commandstats")).get("cmdstat_ping", {}).get("calls", 0)
-        while True:
+    """Return as soon as Redis has answered another PING (the API's idle check)."""
+    async with aioredis.Redis.from_url(redis_url) as redis:
+
+        async def pings() -> int:
             stats = await redis.info("commandstats")
-            if stats.get("cmdstat_ping", {}).get("calls", 0) > before:
-                return
-            await asyncio.sleep(0.005)
+            calls: int = stats.get("cmdstat_ping", {}).get("calls", 0)
+            return calls
+
+        before = await pings()
+
+        async def another_ping() -> bool:
+            return await pings() > before
+
+        await eventually(another_ping, interval=0.005, message="another PING")
 
 
 async def _until_ready(client: httpx.AsyncClient) -> None:
-    """Return once ``/readyz`` answers 200; fails after 15 s."""
-    async with asyncio.timeout(15):
-        while True:
-            if (await client.get("/readyz")).status_code == 200:
-                return
-            await asyncio.sleep(0.1)
+    """Return once ``/readyz`` answers 200."""
+
+    async def ready() -> bool:
+        return (await client.get("/readyz")).status_code == 200
+
+    await eventually(ready, interval=0.05, message="/readyz answering 200")
 
 
 async def _until_nothing_is_held(client: httpx.AsyncClient) -> None:
     """Return once ``/readyz`` (200 or 503) says the API holds no line: each one it took was
-    handed over to Redis or withdrawn (a 503 after the ack timeout); fails after 10 s."""
-    async with asyncio.timeout(10):
-        while True:
-            sinks = (await client.get("/readyz")).json()["sinks"]
-            if all(sink["queued"] == 0 for sink in sinks):
-                return
-            await asyncio.sleep(0.02)
+    handed over to Redis or withdrawn (a 503 after the ack timeout)."""
+
+    async def nothing_held() -> bool:
+        sinks = (await client.get("/readyz")).json()["sinks"]
+        return all(sink["queued"] == 0 for sink in sinks)
+
+    await eventually(nothing_held, interval=0.02, message="the API holding no line")
 
 
 async def _until_the_stream_is_empty(redis_url: str) -> None:
     """Return once the stream holds no message: a worker wrote every batch handed over and
-    deleted it with its acknowledgement; fails after 10 s."""
-    async with aioredis.Redis.from_url(redis_url) as redis, asyncio.timeout(10):
-        while True:
-            if await redis.xlen(STREAM) == 0:
-                return
-            await asyncio.sleep(0.05)
+    deleted it with its acknowledgement."""
+    async with aioredis.Redis.from_url(redis_url) as redis:
+
+        async def empty() -> bool:
+            return await redis.xlen(STREAM) == 0
+
+        await eventually(empty, interval=0.05, message=f"an empty {STREAM} stream")
 
 
 def _assert_not_ready_for_redis(ready: httpx.Response) -> None:
@@ -125,15 +139,13 @@ def _assert_not_ready_for_redis(ready: httpx.Response) -> None:
 async def _wait_for_status(
     client: httpx.AsyncClient, notification_id: str, status: str
 ) -> dict[str, object]:
-    body: dict[str, object] = {}
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(10):
-            while body.get("status") != status:
-                response = await client.get(f"/notifications/{notification_id}")
-                body = response.json() if response.status_code == 200 else {}
-                await asyncio.sleep(0.05)
-    assert body.get("status") == status, body
-    return body
+    async def reached() -> dict[str, object]:
+        response = await client.get(f"/notifications/{notification_id}")
+        body: dict[str, object] = response.json() if response.status_code == 200 else {}
+        assert body.get("status") == status, body
+        return body
+
+    return await eventually(reached, interval=0.05, message=f"status {status}")
 
 
 async def _stream_batches(redis_url: str) -> list[list[list[Any]]]:
@@ -158,7 +170,7 @@ async def test_a_worker_writes_what_the_api_accepted_in_order(
         )
         assert response.status_code == 200
         assert response.json() == {"message": "Notification sent in the background"}
-        lines = await _wait_for_lines(tmp_path / "log.txt", 2, within=10)
+        lines = await _wait_for_lines(tmp_path / "log.txt", 2)
         assert lines == ["found query: hi", "notification for ada@example.com: hello"]
         status = await _wait_for_status(client, response.headers["x-notification-id"], "written")
         assert status["attempts"] == 1
@@ -182,7 +194,7 @@ async def test_ack_write_answers_once_redis_holds_the_record(
             "queued"
         )
         async with running_worker(tmp_path, settings):
-            lines = await _wait_for_lines(tmp_path / "log.txt", 1, within=10)
+            lines = await _wait_for_lines(tmp_path / "log.txt", 1)
             await _wait_for_status(client, notification_id, "written")
     assert lines == ["notification for bob@example.com: some notification"]
 
@@ -247,14 +259,18 @@ async def test_redis_down_gets_503_and_the_service_recovers_by_itself(tmp_path: 
             # Until the API notices (its next hand-over, or its check within a second), a
             # request is still taken: held in memory and handed over once Redis is back.
             held: list[str] = []
-            async with asyncio.timeout(5):
-                while True:
-                    email = f"during{len(held)}@example.com"
-                    refused = await client.post(f"/send-notification/{email}")
-                    if refused.status_code != 200:
-                        break
-                    held.append(email)
-                    await asyncio.sleep(0.02)
+
+            async def refused_at_last() -> httpx.Response:
+                email = f"during{len(held)}@example.com"
+                response = await client.post(f"/send-notification/{email}")
+                if response.status_code != 200:
+                    return response
+                held.append(email)
+                raise AssertionError(f"{email} was taken")
+
+            refused = await eventually(
+                refused_at_last, interval=0.02, message="a POST refused once Redis is gone"
+            )
             assert refused.status_code == 503
             assert "redis" in refused.json()["detail"]
             assert refused.headers["retry-after"] == "1"
@@ -268,7 +284,7 @@ async def test_redis_down_gets_503_and_the_service_recovers_by_itself(tmp_path: 
             await _until_ready(client)
             after = await client.post("/send-notification/after@example.com")
             assert after.status_code == 200
-            lines = await _wait_for_lines(tmp_path / "log.txt", 4 + len(held), within=15)
+            lines = await _wait_for_lines(tmp_path / "log.txt", 4 + len(held))
             assert api.output().count("write failed") == 1
             assert "Traceback" not in api.output()
     finally:
@@ -293,12 +309,14 @@ async def test_a_failing_xadd_is_retried_and_reported_not_the_end_of_the_sender(
         async with uvicorn_server(tmp_path, settings) as api, http_client(api.url) as client:
             taken = await client.post("/send-notification/first@example.com")
             assert taken.status_code == 200
-            async with asyncio.timeout(10):  # until the sender's hand-over has failed
-                while True:
-                    ready = await client.get("/readyz")
-                    if ready.status_code != 200:
-                        break
-                    await asyncio.sleep(0.02)
+
+            async def not_ready() -> httpx.Response:
+                response = await client.get("/readyz")
+                assert response.status_code != 200
+                return response
+
+            # until the sender's hand-over has failed
+            ready = await eventually(not_ready, interval=0.02, message="/readyz not 200")
             assert "WRONGTYPE" in ready.json()["reasons"][0], ready.text
             refused = await client.post("/send-notification/second@example.com")
             assert refused.status_code == 503
@@ -373,7 +391,7 @@ async def test_api_and_worker_start_without_redis_and_serve_once_it_comes(tmp_pa
             await _until_ready(client)
             accepted = await client.post("/send-notification/later@example.com")
             assert accepted.status_code == 200
-            lines = await _wait_for_lines(tmp_path / "log.txt", 1, within=10)
+            lines = await _wait_for_lines(tmp_path / "log.txt", 1)
             assert "Traceback" not in worker.output()
     finally:
         redis.stop()
@@ -418,7 +436,7 @@ async def test_a_killed_workers_batches_are_written_by_another_within_10_s(
         aioredis.Redis.from_url(redis_url) as redis,
         running_worker(tmp_path, settings, output_name="first.txt") as first,
     ):
-        await _wait_for_lines(log, 200, within=20)
+        await _wait_for_lines(log, 200)
         os.killpg(first.pid, signal.SIGSTOP)  # freeze it mid-stream, then kill it there
         await _until_stopped(first.pid)
         _, in_flight = await _pending_records(redis)
@@ -431,14 +449,10 @@ async def test_a_killed_workers_batches_are_written_by_another_within_10_s(
         assert in_flight, "the killed worker held no batch: nothing to redeliver"
         expected = {f"notification for {email}: some notification" for email in emails}
         async with running_worker(tmp_path, settings, output_name="second.txt") as second:
-            await _wait_for_every_line(log, expected, within=10 - (time.monotonic() - killed_at))
+            await _wait_for_every_line(log, expected)
             redelivered = time.monotonic() - killed_at
             assert "took over" in second.output()
-            async with asyncio.timeout(5):  # acknowledged batches are deleted from the stream
-                while True:
-                    if await redis.xlen(STREAM) == 0:
-                        break
-                    await asyncio.sleep(0.05)
+            await _until_the_stream_is_empty(redis_url)  # acknowledged batches are deleted
             counts = Counter(read_lines(log))  # every batch acknowledged: the log is final
 
     assert set(counts) == expected
@@ -466,11 +480,11 @@ async def test_the_api_spools_what_redis_did_not_take_by_shutdown_and_sends_it_n
         assert len(spool.read_text().splitlines()) == 3
         redis.start()
         async with uvicorn_server(tmp_path, settings, output_name="second.txt") as api:
-            async with asyncio.timeout(10):
-                while True:  # claimed (renamed) at start, deleted once handed over
-                    if not list(tmp_path.glob("log.txt.queue-spool*")):
-                        break
-                    await asyncio.sleep(0.05)
+            await eventually(  # claimed (renamed) at start, deleted once handed over
+                lambda: not list(tmp_path.glob("log.txt.queue-spool*")),
+                interval=0.05,
+                message="the spool handed over",
+            )
             batches = await _stream_batches(redis.url)
             assert "spooled by an earlier run" in api.output()
     finally:

@@ -29,6 +29,9 @@ from tests.support.server import (
     uvicorn_command,
     uvicorn_server,
 )
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.slow  # uvicorn subprocesses
 
 ACKNOWLEDGEMENT = b'{"message":"Notification sent in the background"}'
 LINE = re.compile(r"notification for (user\d{5}@example\.com): some notification")
@@ -46,25 +49,31 @@ def _pipe_is_full(write_fd: int) -> bool:
 async def _read_until(read_fd: int, wanted: bytes) -> bytes:
     """Read the non-blocking ``read_fd`` until what was read ends with ``wanted``."""
     data = bytearray()
-    while not data.endswith(wanted):
+
+    def read_it_all() -> bool:
         try:
             chunk = os.read(read_fd, 65536)
         except BlockingIOError:
-            await asyncio.sleep(0.02)
-            continue
-        assert chunk, "every writer closed the FIFO"
-        data += chunk
+            return data.endswith(wanted)
+        if not chunk:
+            raise EOFError("every writer closed the FIFO")
+        data.extend(chunk)
+        return data.endswith(wanted)
+
+    await eventually(read_it_all, interval=0.02, message=f"{wanted!r} read from the FIFO")
     return bytes(data)
 
 
 async def _wait_until_write_fails(client: httpx.AsyncClient) -> str:
     """Poll ``/readyz`` until a writer reports a failing write; return its reason."""
-    while True:
+
+    async def failing() -> str:
         response = await client.get("/readyz")
-        if response.status_code == 503:
-            reasons: list[str] = response.json()["reasons"]
-            return "; ".join(reasons)
-        await asyncio.sleep(0.02)
+        assert response.status_code == 503, response.text
+        reasons: list[str] = response.json()["reasons"]
+        return "; ".join(reasons)
+
+    return await eventually(failing, interval=0.02, message="/readyz answering 503")
 
 
 async def test_response_arrives_before_a_slow_write_completes(tmp_path: Path) -> None:
@@ -76,13 +85,11 @@ async def test_response_arrives_before_a_slow_write_completes(tmp_path: Path) ->
             assert response.status_code == 200
             assert response.content == ACKNOWLEDGEMENT
             assert _pipe_is_full(fifo.write_fd), "the pipe had room: the write was not slow"
-            async with asyncio.timeout(5):
-                reason = await _wait_until_write_fails(client)
+            reason = await _wait_until_write_fails(client)
             assert "Errno 11" in reason  # the writer really is stuck on EAGAIN
 
             line = b"notification for slow@example.com: some notification\n"
-            async with asyncio.timeout(10):
-                drained = await _read_until(fifo.read_fd, line)
+            drained = await _read_until(fifo.read_fd, line)
             assert drained == fifo.filler + line
 
 
@@ -95,18 +102,19 @@ async def test_sigterm_writes_the_backlog_before_exiting(tmp_path: Path) -> None
                 for email in emails:
                     response = await client.post(f"/send-notification/{email}")
                     assert response.content == ACKNOWLEDGEMENT
-                async with asyncio.timeout(5):
-                    await _wait_until_write_fails(client)
+                await _wait_until_write_fails(client)
             server.send_signal(signal.SIGTERM)
             async with asyncio.timeout(5):  # shutdown has begun with every line still queued
                 await server.wait_for_output("Waiting for application shutdown.")
             assert server.returncode is None, "it exited before its queued lines were written"
 
             drained = bytearray()
-            async with asyncio.timeout(15):
-                while server.returncode is None or pipe_has_data(fifo.read_fd):
-                    drained += read_available(fifo.read_fd)
-                    await asyncio.sleep(0.02)
+
+            def exited_and_drained() -> bool:
+                drained.extend(read_available(fifo.read_fd))
+                return server.returncode is not None and not pipe_has_data(fifo.read_fd)
+
+            await eventually(exited_and_drained, interval=0.02, message="the backlog drained")
             returncode = await server.wait_exit()
 
     assert returncode in (0, -signal.SIGTERM), server.output()

@@ -59,6 +59,7 @@ def _batch(*names: str) -> list[list[object]]:
     ]
 
 
+@pytest.mark.slow
 async def test_a_batch_delivered_again_is_not_written_again(
     tmp_path: Path, redis: aioredis.Redis, log_sink: BatchSink
 ) -> None:
@@ -79,6 +80,7 @@ async def test_a_batch_delivered_again_is_not_written_again(
     assert status["status"] == "written"
 
 
+@pytest.mark.slow
 async def test_the_memory_window_is_bounded_and_redis_still_remembers(
     tmp_path: Path, redis: aioredis.Redis, log_sink: BatchSink
 ) -> None:
@@ -93,6 +95,7 @@ async def test_the_memory_window_is_bounded_and_redis_still_remembers(
     ]
 
 
+@pytest.mark.slow
 async def test_a_record_that_is_not_one_printable_line_is_never_written(
     tmp_path: Path, redis: aioredis.Redis, log_sink: BatchSink
 ) -> None:
@@ -128,6 +131,7 @@ def test_parse_wire_record_keeps_a_good_record() -> None:
     assert parse_wire_record(list(record)) == record
 
 
+@pytest.mark.slow
 async def test_statuses_in_redis_queued_keeps_what_a_worker_already_recorded(
     redis: aioredis.Redis,
 ) -> None:
@@ -156,6 +160,7 @@ async def test_statuses_in_redis_queued_keeps_what_a_worker_already_recorded(
         assert 0 < await redis.ttl(f"notifications:status:id-{name}") <= 60
 
 
+@pytest.mark.slow
 async def test_a_worker_stuck_on_a_full_log_leaves_the_batch_for_later(
     tmp_path: Path, redis: aioredis.Redis
 ) -> None:
@@ -214,6 +219,7 @@ async def _acknowledge(message: AckableMessage) -> None:
     await acknowledged
 
 
+@pytest.mark.slow
 async def test_reclaim_runs_on_a_timer_on_a_quiet_stream(
     tmp_path: Path, redis_url: str, redis: aioredis.Redis
 ) -> None:
@@ -238,6 +244,7 @@ async def test_reclaim_runs_on_a_timer_on_a_quiet_stream(
     await second.shutdown()
 
 
+@pytest.mark.slow
 async def test_an_entry_that_is_not_a_batch_is_dropped_not_delivered(
     tmp_path: Path, redis_url: str, redis: aioredis.Redis
 ) -> None:

@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.support.redis import RedisServer
 from tests.support.server import free_port, http_client, running_worker, uvicorn_server
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.slow  # redis-server, uvicorn and worker subprocesses
 
 
 async def _until(monitor: httpx.AsyncClient, path: str, status: int, text: str = "") -> str:
-    deadline = time.monotonic() + 15
-    while True:
+    async def answered() -> str:
         try:
             response = await monitor.get(path)
-            if response.status_code == status and text in response.text:
-                return response.text
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, f"{path} never answered {status} with {text!r}"
-        await asyncio.sleep(0.05)
+        except httpx.TransportError as error:
+            raise AssertionError(f"{path}: {error!r}") from error
+        assert response.status_code == status, f"{path}: {response.status_code}"
+        assert text in response.text, f"{path}: {response.text[:200]}"
+        return response.text
+
+    return await eventually(
+        answered, interval=0.05, message=f"{path} answering {status} with {text!r}"
+    )
 
 
 async def test_a_worker_serves_metrics_and_health_and_says_when_redis_is_gone(

@@ -13,6 +13,8 @@ from service.redis.writes import WriteLedger
 from service.sinks.core import Batch, BatchOptions
 from service.sinks.file import LogFile, file_sink
 
+pytestmark = pytest.mark.slow  # redis-server
+
 
 @pytest.fixture
 async def writes(redis_url: str) -> AsyncIterator[WriteLedger]:
