@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime
+import operator
 import secrets
 import shutil
 import subprocess
@@ -42,6 +43,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -235,7 +237,7 @@ class Poster:
         except httpx.HTTPError:
             self.rejected += 1
             return None
-        notification_id = answer.headers.get("x-notification-id")
+        notification_id: str | None = answer.headers.get("x-notification-id")
         if answer.status_code != 200 or not notification_id:
             self.rejected += 1
             return None
@@ -275,7 +277,7 @@ def wait_for_ids(log: ArrivalLog, ids: Sequence[str], deadline: float) -> bool:
         left = deadline - time.monotonic()
         if left <= 0:
             return False
-        log.wait_for(lambda count, seen=seen: count > seen, timeout=min(left, 0.5))
+        log.wait_for(partial(operator.lt, seen), timeout=min(left, 0.5))  # more than seen
 
 
 class Receiver:
@@ -425,7 +427,7 @@ def format_table(runs: Sequence[RecoveryRun], give_up_s: float) -> str:
     )
     rows = [header, "-" * len(header)]
     for run in runs:
-        recovered = _seconds(run.recovered_s) if run.recovered_s is not None else f">{give_up_s:.0f}"
+        recovered = f">{give_up_s:.0f}" if run.recovered_s is None else f"{run.recovered_s:.1f}"
         rows.append(
             f"{run.scenario:<21} {run.backend:<7} {recovered:>8} {run.goal_s:>5.0f}s"
             f" {'yes' if run.met else 'NO':<4} {run.lost:>5} {run.repeats:>7}"
@@ -505,9 +507,7 @@ def parse_options(argv: Sequence[str] | None = None) -> RecoveryOptions:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--scenarios", default=",".join(names), help=f"from: {', '.join(names)}")
-    parser.add_argument(
-        "--backends", help=f"from: {', '.join(BACKENDS)} (all; --quick: local)"
-    )
+    parser.add_argument("--backends", help=f"from: {', '.join(BACKENDS)} (all; --quick: local)")
     parser.add_argument(
         "--workers", type=int, default=2, help="worker processes of the redis backend (2)"
     )
