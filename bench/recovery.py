@@ -160,6 +160,12 @@ class RecoveryRun:
     """First arrival of each accepted notification, seconds after the return, in order."""
     return_wall: float = 0.0
     """``time.time()`` of the return."""
+    missing_states: dict[str, int] = field(default_factory=dict)
+    """What ``GET /notifications/{id}`` said, at the deadline, of the channel's delivery of
+    each notification not yet arrived (``retrying``: still pending, not lost for good)."""
+    missing_next_attempt_s: float | None = None
+    """The latest ``next_attempt_at`` among those, in seconds after the return."""
+    missing_attempts_max: int | None = None
 
     @property
     def met(self) -> bool:
@@ -243,6 +249,20 @@ class Poster:
             return None
         self.accepted.append(notification_id)
         return notification_id
+
+    def delivery_state(self, notification_id: str) -> dict[str, Any] | None:
+        """The delivery channel's entry (not the log's) of ``GET /notifications/{id}``."""
+        try:
+            answer = self._client.get(f"/notifications/{notification_id}")
+        except httpx.HTTPError:
+            return None
+        if answer.status_code != 200:
+            return None
+        channels: dict[str, dict[str, Any]] = answer.json().get("channels", {})
+        for name, state in channels.items():
+            if name == "email" or name.startswith("webhook-"):
+                return state
+        return None
 
     def post_many(self, count: int, rate: float | None) -> None:
         started = time.monotonic()
@@ -398,6 +418,16 @@ def run_once(
             time.sleep(SETTLE_S)  # repeats that are still on their way
         first, counts = first_arrivals(receiver.log)
         refused = [at for at in receiver.refused_at() if at >= down_wall]
+        missing = [(i, poster.delivery_state(i)) for i in ids if i not in first]
+
+    states = Counter(state.get("status", "?") if state else "unknown" for _, state in missing)
+    result.missing_states = dict(states)
+    nexts = [_wall(state.get("next_attempt_at")) for _, state in missing if state]
+    known = [at for at in nexts if at is not None]
+    if known:
+        result.missing_next_attempt_s = round(max(known) - back_wall, 1)
+    attempts = [int(state.get("attempts", 0)) for _, state in missing if state]
+    result.missing_attempts_max = max(attempts, default=None)
 
     result.accepted = len(ids)
     result.rejected = poster.rejected
@@ -416,6 +446,16 @@ def run_once(
     return result
 
 
+def _wall(rfc3339: Any) -> float | None:
+    """An RFC 3339 time as ``time.time()`` seconds, or None."""
+    if not isinstance(rfc3339, str):
+        return None
+    try:
+        return datetime.datetime.fromisoformat(rfc3339).timestamp()
+    except ValueError:
+        return None
+
+
 def _seconds(value: float | None) -> str:
     return f"{value:.1f}" if value is not None else "-"
 
@@ -424,18 +464,23 @@ def format_table(runs: Sequence[RecoveryRun], give_up_s: float) -> str:
     header = (
         f"{'scenario':<21} {'backend':<7} {'s to all':>8} {'goal':>6} {'met?':<4}"
         f" {'lost':>5} {'repeats':>7} {'delivered by deadline':>21} {'first after':>11}"
+        f" {'still retrying':>14}"
     )
     rows = [header, "-" * len(header)]
     for run in runs:
         recovered = f">{give_up_s:.0f}" if run.recovered_s is None else f"{run.recovered_s:.1f}"
+        first = _seconds(run.first_after_return_s)
+        retrying = run.missing_states.get("retrying", 0) + run.missing_states.get("queued", 0)
         rows.append(
             f"{run.scenario:<21} {run.backend:<7} {recovered:>8} {run.goal_s:>5.0f}s"
             f" {'yes' if run.met else 'NO':<4} {run.lost:>5} {run.repeats:>7}"
-            f" {f'{run.delivered}/{run.accepted}':>21} {_seconds(run.first_after_return_s):>10}s"
+            f" {f'{run.delivered}/{run.accepted}':>21} {first:>11} {retrying:>14}"
         )
     rows.append(
         "s to all / first after: seconds from the receiver's return until every accepted"
-        " notification / the first one arrived"
+        " notification / the first one arrived;\nlost: accepted, not arrived by the deadline"
+        f" (the return + {give_up_s:g} s); still retrying: of those, what the API said was"
+        " still pending (retrying or queued) then"
     )
     return "\n".join(rows)
 
@@ -448,6 +493,12 @@ def progress_line(run: RecoveryRun) -> str:
         f" {_seconds(run.first_after_return_s)} s after its return, all"
         f" {_seconds(run.recovered_s)} s after; {run.delivered} delivered, {run.lost} lost,"
         f" {run.repeats} repeats"
+        + (
+            f"; not arrived: {run.missing_states}, next attempt at the latest"
+            f" {_seconds(run.missing_next_attempt_s)} s after the return"
+            if run.missing_states
+            else ""
+        )
     )
 
 
@@ -547,7 +598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     work_dir = Path(tempfile.mkdtemp(prefix="bench-recovery-runs-"))
     started = time.monotonic()
     try:
-        runs = run_all(options, work_dir)
+        runs = run_all(options, work_dir, partial(print, flush=True))  # progress, also to a file
     except HarnessError as exc:
         print(f"harness failed: {exc}\nruns kept in {work_dir}", file=sys.stderr)
         return 1
