@@ -95,6 +95,7 @@ bench: $(STAMP) redis-server
 	$(BIN)/python -m bench.stores
 	$(BIN)/python -m bench.email
 	$(BIN)/python -m bench.webhooks
+	$(BIN)/python -m bench.recovery
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench --quick

@@ -66,13 +66,18 @@ class SmtpSink(ReceiverThread):
 
 
 @contextmanager
-def smtp_sink(delay_s: float = 0.0) -> Iterator[SmtpSink]:
-    """A running SMTP server on a free loopback port, stopped when the block exits."""
-    recorder = Recorder(delay_s)
+def smtp_sink(
+    delay_s: float = 0.0, *, port: int | None = None, recorder: Recorder | None = None
+) -> Iterator[SmtpSink]:
+    """A running SMTP server on a free loopback port (or on ``port``: a server started again
+    where an earlier one listened, recording into the same ``recorder``), stopped when the
+    block exits."""
+    recorder = recorder or Recorder(delay_s)
     options: dict[str, Any] = {"enable_SMTPUTF8": True, "ready_timeout": _READY_TIMEOUT_S}
     for _ in range(5):  # the port was free a moment ago; another process may have taken it
         loop = new_loop()
-        controller = Controller(recorder, hostname=HOST, port=free_port(), loop=loop, **options)
+        chosen = port or free_port()
+        controller = Controller(recorder, hostname=HOST, port=chosen, loop=loop, **options)
         try:
             controller.start()
         except OSError:
@@ -80,7 +85,8 @@ def smtp_sink(delay_s: float = 0.0) -> Iterator[SmtpSink]:
             continue
         break
     else:
-        raise RuntimeError("no free loopback port for the SMTP server")
+        where = f"port {port}" if port else "free loopback port"
+        raise RuntimeError(f"no {where} for the SMTP server")
     try:
         thread_id = asyncio.run_coroutine_threadsafe(native_thread_id(), loop).result(
             _READY_TIMEOUT_S

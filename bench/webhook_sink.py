@@ -26,6 +26,7 @@ PATH = "/hook"
 _READY_TIMEOUT_S = 10.0
 _MAX_HEAD = 64 * 1024
 OK = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok"
+UNAVAILABLE = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n"
 BAD = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
@@ -66,11 +67,17 @@ def parse_request_head(head: bytes) -> Request:
 
 
 class Receiver(ArrivalLog):
-    """The record of arrivals, and how long each answer waits."""
+    """The record of arrivals, and how long each answer waits.
+
+    While ``unavailable`` is set (by the benchmark's thread) every request is answered ``503``
+    (no ``Retry-After``) and is not an arrival: its time goes to ``refused`` instead.
+    """
 
     def __init__(self, delay_s: float = 0.0) -> None:
         super().__init__()
         self.delay_s = delay_s
+        self.unavailable = False
+        self.refused: list[float] = []
 
 
 class _Connection(asyncio.Protocol):
@@ -102,8 +109,12 @@ class _Connection(asyncio.Protocol):
             if len(self._buffer) < whole:
                 return
             del self._buffer[:whole]
-            self._receiver.record(Arrival(time.time(), request.webhook_id))
             self._closing = request.close
+            if self._receiver.unavailable:
+                self._receiver.refused.append(time.time())
+                self._answer(UNAVAILABLE, request.close)
+                continue
+            self._receiver.record(Arrival(time.time(), request.webhook_id))
             delay = self._receiver.delay_s
             if delay > 0:
                 asyncio.get_running_loop().call_later(delay, self._answer, OK, request.close)
