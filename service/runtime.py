@@ -181,6 +181,9 @@ async def check_spool_places(settings: Settings) -> None:
         raise StartupError(problem)
 
 
+_NOT_RUNNING = "the service is not running (its lifespan has not started)"
+
+
 class Current:
     """Which run is current: the one object the routes hold, built once per app. Each
     lifespan run sets its ``Runtime`` here while it runs and clears it at its end; nothing
@@ -195,13 +198,17 @@ class Current:
         """The running runtime; ``SinkUnavailable`` (503) when no lifespan runs."""
         runtime = self._runtime
         if runtime is None:
-            raise SinkUnavailable("the service is not running (its lifespan has not started)")
+            raise SinkUnavailable(_NOT_RUNNING)
         return runtime
 
     @property
     def notifications(self) -> NotificationService:
-        """The running run's notification service (503 when none runs)."""
-        return self.runtime.notifications
+        """The running run's notification service (503 when none runs). Every request asks:
+        one property, as ``runtime`` is, not two."""
+        runtime = self._runtime
+        if runtime is None:
+            raise SinkUnavailable(_NOT_RUNNING)
+        return runtime.notifications
 
     @property
     def health(self) -> HealthService:
