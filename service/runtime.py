@@ -360,9 +360,9 @@ class Runtime:
             spool = settings.queue_spool().with_name(settings.queue_spool().name + ".outbox")
         self._outbox = outbox
         self._steps.append((outbox.open, outbox.close))
+        # The channels' connections close after their dispatchers (opened later) have stopped.
+        self._steps += [(None, channel.aclose) for channel in channels]
         if self._broker is None:
-            # The channels' connections close after their dispatchers have stopped.
-            self._steps += [(None, channel.aclose) for channel in channels]
             load = self._load = LoopLoad()
             self._steps.append((load.start, load.aclose))
             self.dispatchers = dispatchers(
@@ -370,8 +370,6 @@ class Runtime:
             )
             for channel in channels:
                 metrics.deliveries.disabled(channel.name, False)
-        else:
-            self._steps += [(None, channel.aclose) for channel in channels]
         counter = OutboxDepth(
             outbox, settings.file_check_interval, keep_delivered=settings.status_ttl
         )
