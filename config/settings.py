@@ -200,7 +200,18 @@ class Settings(BaseSettings):
         default=False, description="Refuse an smtp:// server that does not offer STARTTLS."
     )
     smtp_connections: int = Field(
-        default=8, ge=1, le=100, description="SMTP connections kept open (and sends in flight)."
+        default=64,
+        ge=1,
+        le=1000,
+        description="Most SMTP connections (and sends in flight): the ceiling of the channel's "
+        "concurrency, which starts at smtp_connections_min, grows while mail waits and the "
+        "server keeps up, and is halved when the server fails (421, refused, timeouts).",
+    )
+    smtp_connections_min: int = Field(
+        default=4,
+        ge=1,
+        le=1000,
+        description="The floor (and start) of the email concurrency (at most smtp_connections).",
     )
     smtp_timeout: float = Field(
         default=30.0,
@@ -265,10 +276,19 @@ class Settings(BaseSettings):
         default=15.0, gt=0, description="Seconds one webhook attempt may take, all included."
     )
     webhook_connections: int = Field(
+        default=64,
+        ge=1,
+        le=1000,
+        description="Most connections per webhook URL (and requests in flight to it): the "
+        "ceiling of its concurrency, which starts at webhook_connections_min, grows while "
+        "deliveries wait and the receiver keeps up, and is halved on 429, 502-504, timeouts.",
+    )
+    webhook_connections_min: int = Field(
         default=4,
         ge=1,
-        le=100,
-        description="Connections kept alive per webhook URL (and requests in flight to it).",
+        le=1000,
+        description="The floor (and start) of each webhook URL's concurrency (at most "
+        "webhook_connections).",
     )
 
     @field_validator("webhook_url")

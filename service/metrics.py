@@ -347,6 +347,14 @@ class DeliveryMetrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
+        self._concurrency = Gauge(
+            "notify_channel_concurrency",
+            "A delivery channel's concurrency window: sends in flight at most now (summed over "
+            "the processes that deliver it).",
+            ["channel"],
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         self._delivered: dict[str, tuple[Counter, Histogram]] = {}
         """Each channel's delivered counter and latency histogram: label lookups once per
         channel, not per email (a fifth of what recording a delivery cost)."""
@@ -370,6 +378,9 @@ class DeliveryMetrics:
 
     def disabled(self, channel: str, disabled: bool) -> None:
         self._disabled.labels(channel).set(1 if disabled else 0)
+
+    def concurrency(self, channel: str, window: int) -> None:
+        self._concurrency.labels(channel).set(window)
 
 
 class HttpMetrics:

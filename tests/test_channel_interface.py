@@ -236,3 +236,100 @@ async def test_a_bug_in_a_channel_keeps_the_delivery_and_pauses(
     assert state.attempts >= 2
     assert "sending failed unexpectedly" in caplog.text
     assert "Traceback" in caplog.text
+
+
+class _Windows:
+    """A delivery listener that records each change of the concurrency window."""
+
+    def __init__(self) -> None:
+        self.windows: list[int] = []
+
+    def delivered(self, channel: str, seconds: float) -> None:
+        pass
+
+    def retried(self, channel: str) -> None:
+        pass
+
+    def dead(self, channel: str, count: int = 1) -> None:
+        pass
+
+    def disabled(self, channel: str, disabled: bool) -> None:
+        pass
+
+    def concurrency(self, channel: str, window: int) -> None:
+        self.windows.append(window)
+
+
+async def test_the_window_widens_while_deliveries_wait_and_halves_per_failing_round(
+    tmp_path: Path,
+) -> None:
+    """From its floor, the window grows by one per delivery while others wait (slow start)
+    up to the ceiling, and no send ever goes past it; a round that finds the channel down
+    halves it, each failing probe halves it again down to the floor; once the receiver is
+    back it grows again, slowly."""
+    down = False
+    in_flight = 0
+    widest = 0
+    delivered: list[str] = []
+
+    async def receiver(delivery: Delivery) -> None:
+        nonlocal in_flight, widest
+        in_flight += 1
+        widest = max(widest, in_flight)
+        try:
+            await asyncio.sleep(0.001)  # the receiver's time: sends overlap
+            if down:
+                raise ChannelDown("503 Service Unavailable")
+            delivered.append(delivery.id)
+        finally:
+            in_flight -= 1
+
+    channel = ScriptedChannel(NAME, receiver, concurrency=16, min_concurrency=2)
+    windows = _Windows()
+    outbox = SqliteOutbox(tmp_path / "outbox.db", lease_seconds=60)
+    await outbox.open()
+    options = DispatchOptions(pause=Backoff(0.001, 0.005), poll_interval=0.05)
+    dispatcher = Dispatcher(outbox, channel, options, listener=windows)
+    try:
+        await outbox.add(_lines(300), [NAME])
+        await dispatcher.start()
+        await eventually(lambda: len(delivered) == 300)
+        assert windows.windows == list(range(2, 17))  # slow start, one by one, to the ceiling
+        assert widest == 16
+        down = True
+        await outbox.add(_lines(310)[300:], [NAME])
+        dispatcher.wake()
+        await eventually(lambda: windows.windows[-3:] == [8, 4, 2])
+        assert dispatcher.window == 2
+        down = False
+        await eventually(lambda: len(delivered) == 310)
+    finally:
+        await dispatcher.aclose()
+        await outbox.close()
+    assert windows.windows[15:18] == [8, 4, 2]  # halved once per failing round, to the floor
+    assert dispatcher.window >= 2
+
+
+async def test_the_window_stops_growing_when_the_receiver_starts_queueing(
+    tmp_path: Path,
+) -> None:
+    """A receiver with four workers taking 10 ms a request (more at once queue for a worker):
+    the window grows while sends stay fast, and stops once they queue (two workers' turns and
+    more, with slow start's overshoot: about 20 here), far below its ceiling of 64, although
+    deliveries keep waiting."""
+    workers = asyncio.Semaphore(4)
+    delivered = 0
+
+    async def receiver(delivery: Delivery) -> None:
+        nonlocal delivered
+        async with workers:
+            await asyncio.sleep(0.01)
+        delivered += 1
+
+    channel = ScriptedChannel(NAME, receiver, concurrency=64, min_concurrency=2)
+    async with dispatching(tmp_path, channel, DispatchOptions(poll_interval=0.05), 300) as (
+        _,
+        dispatcher,
+    ):
+        await eventually(lambda: delivered == 300)
+    assert 4 <= dispatcher.window <= 24

@@ -500,7 +500,8 @@ def test_email_settings_defaults_and_checks(monkeypatch: pytest.MonkeyPatch) -> 
     settings = Settings(_env_file=None)
     assert settings.smtp_url is None  # no email, as before
     assert (settings.smtp_from, settings.email_subject) == (None, "Notification")
-    assert (settings.smtp_require_tls, settings.smtp_connections) == (False, 8)
+    assert (settings.smtp_require_tls, settings.smtp_connections) == (False, 64)
+    assert settings.smtp_connections_min == 4
     assert settings.smtp_timeout == 30.0
 
     monkeypatch.setenv("NOTIFY_SMTP_URL", "smtps://user:hunter2@mail.example.com")

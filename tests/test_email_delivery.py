@@ -343,6 +343,7 @@ async def test_metrics_count_deliveries_and_the_outbox_depth(tmp_path: Path) -> 
     assert 'notify_deliveries_total{channel="email",outcome="delivered"} 1.0' in text
     assert 'notify_delivery_seconds_count{channel="email"} 1.0' in text
     assert "notify_outbox_depth" in text
+    assert 'notify_channel_concurrency{channel="email"} 4.0' in text  # the floor: nothing waited
 
 
 @pytest.mark.slow

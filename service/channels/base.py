@@ -78,7 +78,10 @@ class Channel(ABC):
     """The longest one ``send`` can take, all included: the outbox's lease is longer, so no
     other process takes a delivery over while its attempt can still end."""
     concurrency: int = 4
-    """Sends in flight at most (connections to the receiver)."""
+    """Sends in flight at most (connections to the receiver): the ceiling of the dispatcher's
+    concurrency window."""
+    min_concurrency: int = 1
+    """The floor of the window, and where it starts."""
     rate: float | None = None
     """At most this many sends a second, when set."""
 

@@ -132,13 +132,20 @@ class WebhookChannel(Channel):
     delivery POSTed, signed with ``keys`` (two while a secret is rotated)."""
 
     def __init__(
-        self, url: str, keys: Sequence[bytes], *, connections: int, timeout: float
+        self,
+        url: str,
+        keys: Sequence[bytes],
+        *,
+        connections: int,
+        timeout: float,
+        min_connections: int = 1,
     ) -> None:
         self.url = url
         self.name = channel_name(url)
         self.target = shown_url(url)
         self.attempt_timeout = timeout
         self.concurrency = connections
+        self.min_concurrency = min(min_connections, connections)
         self._keys = tuple(keys)
         self._client = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
@@ -217,6 +224,7 @@ def from_settings(settings: Settings) -> list[Channel]:
             settings.webhook_keys,
             connections=settings.webhook_connections,
             timeout=settings.webhook_timeout,
+            min_connections=settings.webhook_connections_min,
         )
         for url in settings.webhook_urls
     ]

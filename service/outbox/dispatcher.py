@@ -7,6 +7,16 @@ and claims due deliveries for the connections they freed. A connection sends its
 only once the outcome of its last one is recorded, so at most ``channel.concurrency`` are ever
 sent and not yet recorded: after a kill, at most that many are sent again.
 
+**Concurrency follows the receiver** (Postfix's per-destination concurrency window, TCP's
+congestion window). The window starts at ``channel.min_concurrency``; each delivery that went
+through while others waited for a connection, no slower than twice the fastest send (the
+receiver not queueing), widens it by one (slow start), and past the threshold by one per
+window's worth of deliveries, up to ``channel.concurrency``. A round that
+finds the channel down (refused, timed out, SMTP 421, HTTP 429/502/503/504) halves it at once,
+not below the floor, and the threshold with it. So a distant receiver (50 ms a message) gets
+as many connections as keep it busy, and a failing one fewer. ``notify_channel_concurrency``
+shows the window.
+
 What an attempt comes to (``service.channels.base``):
 
 - ``send`` returns: delivered;
@@ -45,6 +55,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,6 +84,9 @@ class DeliveryListener(Protocol):
     def disabled(self, channel: str, disabled: bool) -> None:
         """The channel was disabled (its destination is gone) or enabled again."""
 
+    def concurrency(self, channel: str, window: int) -> None:
+        """The channel's concurrency window is now ``window`` sends in flight at most."""
+
 
 @dataclass(frozen=True, slots=True)
 class DispatchOptions:
@@ -87,6 +101,9 @@ class DispatchOptions:
     processes add rows too)."""
     drain_timeout: float = 10.0
 
+
+_QUEUEING = 0.005
+"""Seconds by which a send may exceed twice the fastest one before it counts as queued."""
 
 BUSY_RATE = 20.0
 """Sends a second (one at a time) while requests have the event loop saturated: 0.6 % of the
@@ -133,6 +150,16 @@ class Dispatcher:
         """``time.monotonic()`` at which the pause under way ends."""
         self._probing = False
         """The probe of a paused channel is in flight."""
+        self._window = float(channel.min_concurrency)
+        """Sends in flight at most now: from ``channel.min_concurrency`` up to
+        ``channel.concurrency`` (see ``_grow`` and ``_cut``)."""
+        self._threshold = float(channel.concurrency)
+        """Below it the window grows by one per delivery (slow start), above it by one per
+        window's worth of deliveries; a cut sets it to the halved window."""
+        self._backlog = False
+        """The last claim was limited by the window: more deliveries were waiting."""
+        self._fastest = math.inf
+        """The shortest send since the last cut: the receiver's own time, unloaded."""
         self._next_send = 0.0
         self._disabled: str | None = None
         self._task: asyncio.Task[None] | None = None
@@ -180,7 +207,14 @@ class Dispatcher:
         """New deliveries were added: look now rather than at the next poll."""
         self._wake.set()
 
+    @property
+    def window(self) -> int:
+        """Sends in flight at most now (the concurrency window)."""
+        return int(self._window)
+
     async def start(self) -> None:
+        if self._listener is not None:
+            self._listener.concurrency(self.name, self.window)
         self._task = asyncio.create_task(self._run(), name=f"{self.name} dispatcher")
 
     async def aclose(self) -> None:
@@ -206,7 +240,8 @@ class Dispatcher:
                 await self._bury_pending(self._disabled)
                 continue
             paused = self._paused_until - time.monotonic()
-            free = self._free(paused)
+            busy = self._api_busy is not None and self._api_busy()
+            free = self._free(paused, busy)
             round_, probe = self._round, self._pauses > 0  # as they were when claiming
             if not self._finished and free <= 0:
                 # Every connection busy, paused, or probing: wait for an outcome (or the
@@ -224,7 +259,8 @@ class Dispatcher:
             self._held += len(claimed)
             if probe and claimed:
                 self._probing = True
-            busy = self._api_busy is not None and self._api_busy()
+            # Deliveries waited for a connection: what is delivered now may widen the window.
+            self._backlog = not busy and not probe and 0 < free <= len(claimed)
             rate = self.channel.rate
             if busy:
                 rate = min(rate or BUSY_RATE, BUSY_RATE)
@@ -236,14 +272,14 @@ class Dispatcher:
             if not claimed and free > 0 and not self._finished:
                 await self._idle()
 
-    def _free(self, paused: float) -> int:
+    def _free(self, paused: float, busy: bool) -> int:
         """How many deliveries this turn may claim: none while paused or probing, one (the
-        probe) once a pause is over, else the connections that the recorded outcomes free."""
+        probe) once a pause is over, else what the window leaves once the outcomes to be
+        recorded free their connections (one at a time while the API is ``busy``)."""
         if self._pauses:
             return 0 if paused > 0 or self._probing else 1
         in_progress = self._held - len(self._finished)
-        busy = self._api_busy is not None and self._api_busy()
-        return (1 if busy else self.channel.concurrency) - in_progress
+        return (1 if busy else int(self._window)) - in_progress
 
     async def _settle(self, claim: int) -> list[Delivery]:
         """One turn: record the outcomes waiting, claim up to ``claim``; tell the listener
@@ -315,6 +351,7 @@ class Dispatcher:
             return Outcome(delivery, "dead", f"not delivered within {options.max_age:g} s")
         if self._disabled is not None:  # disabled while this one waited for its turn
             return Outcome(delivery, "dead", f"disabled: {self._disabled}")
+        started = time.monotonic()
         try:
             await self.channel.send(delivery)
         except Gone as exc:
@@ -334,6 +371,8 @@ class Dispatcher:
             down = ChannelDown(f"{type(exc).__name__}: {exc}")
             return self._retry_or_die(delivery, down.reason, await self._down(down, round_))
         self._answered(round_)
+        if self._backlog:
+            self._grow(time.monotonic() - started)
         return Outcome(delivery, "delivered")
 
     def _retry_or_die(self, delivery: Delivery, error: str, at: float) -> Outcome:
@@ -362,6 +401,7 @@ class Dispatcher:
         now = time.monotonic()
         if round_ == self._round:
             pause = self._options.pause.delay(self._pauses, at_least=exc.after)
+            self._cut()
             self._round += 1
             self._pauses += 1
             self._paused_until = now + pause
@@ -371,6 +411,34 @@ class Dispatcher:
                 await self._outbox.pause(self.name, until, exc.reason)
             return until
         return time.time() + max(0.0, self._paused_until - now)
+
+    # -- the concurrency window -------------------------------------------------------------
+
+    def _grow(self, took: float) -> None:
+        """A delivery went through in ``took`` seconds while others waited: one more
+        connection (slow start), or one more per window's worth of deliveries above the
+        threshold; at most ``channel.concurrency``. As Postfix's per-destination concurrency,
+        and TCP's window. Only while the receiver's time limits the rate: a send that took
+        more than twice the fastest (and 5 ms more) says the receiver, or this process, is
+        queueing what it gets, and more at once would only wait longer (or time out)."""
+        window, ceiling = self._window, self.channel.concurrency
+        self._fastest = min(self._fastest, took)
+        if window >= ceiling or took > 2 * self._fastest + _QUEUEING:
+            return
+        window += 1.0 if window < self._threshold else 1.0 / window
+        self._resize(min(float(ceiling), window))
+
+    def _cut(self) -> None:
+        """The receiver failed (a round found the channel down): halve the window at once, not
+        below ``channel.min_concurrency``, and grow slowly from there."""
+        self._threshold = max(float(self.channel.min_concurrency), self._window / 2)
+        self._fastest = math.inf  # learnt again: the receiver may have changed
+        self._resize(self._threshold)
+
+    def _resize(self, window: float) -> None:
+        before, self._window = int(self._window), window
+        if int(window) != before and self._listener is not None:
+            self._listener.concurrency(self.name, int(window))
 
     def _answered(self, round_: int) -> None:
         """The receiver answered a send of round ``round_``: if that is the probe (or any send

@@ -14,8 +14,9 @@ __all__ = ["ScriptedChannel"]
 
 class ScriptedChannel(Channel):
     """A channel named ``name`` whose ``send`` is ``script(delivery)``: it returns (delivered)
-    or raises an outcome. Every attempt is recorded in ``attempts``, in order, and ``changed``
-    is set at each start and end of one."""
+    or raises an outcome. Its window is fixed at ``concurrency`` unless ``min_concurrency``
+    is given (then it starts there and adapts). Every attempt is recorded in ``attempts``, in
+    order, and ``changed`` is set at each start and end of one."""
 
     def __init__(
         self,
@@ -23,11 +24,13 @@ class ScriptedChannel(Channel):
         script: Callable[[Delivery], Awaitable[None]],
         *,
         concurrency: int = 4,
+        min_concurrency: int | None = None,
         target: str = "in-test receiver",
     ) -> None:
         self.name = name
         self.target = target
         self.concurrency = concurrency
+        self.min_concurrency = concurrency if min_concurrency is None else min_concurrency
         self.attempt_timeout = 5.0
         self._script = script
         self.attempts: list[str] = []

@@ -23,7 +23,13 @@ class EmailChannel(Channel):
     name = "email"
 
     def __init__(
-        self, pool: SmtpPool, *, sender: str, subject: str, rate: float | None = None
+        self,
+        pool: SmtpPool,
+        *,
+        sender: str,
+        subject: str,
+        rate: float | None = None,
+        min_concurrency: int = 1,
     ) -> None:
         self.pool = pool
         self.target = str(pool.server)
@@ -31,6 +37,7 @@ class EmailChannel(Channel):
         # connection found out costs one more step and one more connect.
         self.attempt_timeout = 6 * pool.options.timeout
         self.concurrency = pool.options.connections
+        self.min_concurrency = min(min_concurrency, self.concurrency)
         self.rate = rate
         self._sender = sender
         self._subject = subject
@@ -68,6 +75,10 @@ def from_settings(settings: Settings) -> list[Channel]:
     )
     return [
         EmailChannel(
-            pool, sender=settings.smtp_from, subject=settings.email_subject, rate=settings.smtp_rate
+            pool,
+            sender=settings.smtp_from,
+            subject=settings.email_subject,
+            rate=settings.smtp_rate,
+            min_concurrency=settings.smtp_connections_min,
         )
     ]
