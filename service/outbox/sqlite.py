@@ -305,8 +305,8 @@ class SqliteOutbox:
     async def data_version(self) -> int:
         """SQLite's ``PRAGMA data_version``: a number that changes when another connection
         (another process: the API's intake, its operator's retry) commits to the outbox, and
-        not for this outbox's own commits. A read of the WAL index in shared memory, with no
-        lock and no file read: cheap enough to ask a hundred times a second."""
+        not for this outbox's own commits (a delivery process's ``OutboxChanges`` asks it to
+        tell another process's new rows from its own claims and outcomes)."""
 
         def data_version(db: sqlite3.Connection) -> int:
             (version,) = db.execute("PRAGMA data_version").fetchone()
