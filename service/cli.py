@@ -4,7 +4,7 @@ then uvicorn, and beside it the delivery process. ``--help`` prints both and sta
 With the local backend and email or webhooks on, the API's processes only add deliveries to
 the outbox (``NOTIFY_DELIVERY=external`` in their environment) and one delivery process
 (``python -m service.deliver``) sends them, so that no send competes with the event loop that
-answers HTTP. ``DeliveryProcess`` starts it, restarts it when it dies (a killed process's
+answers HTTP. ``DeliverySupervisor`` starts it, restarts it when it dies (a killed process's
 leases are given back when the next one opens the outbox: nothing is lost, at most the sends
 in flight are repeated), and stops it once the API has stopped.
 """
@@ -27,9 +27,10 @@ import uvicorn
 from fastapi import FastAPI
 
 from config import Settings, environment_name, settings_help, settings_or_exit
+from service.logs import configure_logging
 from service.main import create_app
 
-__all__ = ["DeliveryProcess", "main", "parser"]
+__all__ = ["DeliverySupervisor", "main", "parser"]
 
 logger = logging.getLogger("service")
 
@@ -82,7 +83,7 @@ _RESTART_DELAY_MAX = 10.0
 _STEADY = 10.0
 
 
-class DeliveryProcess:
+class DeliverySupervisor:
     """The one delivery process beside the API: started, restarted when it dies, stopped.
 
     A thread waits on the process; when it ends without being asked to, it is started again
@@ -179,12 +180,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             empty_multiprocess_dir(directory)
     if args.log_level:  # the delivery process's, and the API's processes' (import string)
         os.environ[environment_name("log_level")] = args.log_level
-    delivery: DeliveryProcess | None = None
+    delivery: DeliverySupervisor | None = None
     if _delivers(settings):
         os.environ[environment_name("delivery")] = "external"
         settings = settings.model_copy(update={"delivery": "external"})
         # Its sends in flight get NOTIFY_SHUTDOWN_TIMEOUT, the closing a second more.
-        delivery = DeliveryProcess(dict(os.environ), settings.shutdown_timeout + 1.0)
+        delivery = DeliverySupervisor(dict(os.environ), settings.shutdown_timeout + 1.0)
+        # Its lines (a restart) in this process, which builds no app with --workers or --reload.
+        configure_logging(log_level, json_lines=settings.log_json)
     if args.workers == 1 and not args.reload:
         app: str | FastAPI = create_app(settings.model_copy(update={"log_level": log_level}))
     else:
@@ -207,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _stopped(number: int, frame: FrameType | None) -> None:
-    """The API has stopped on this signal: what is left to do is ``DeliveryProcess.stop``."""
+    """The API has stopped on this signal: what is left to do is ``DeliverySupervisor.stop``."""
 
 
 def _serve(

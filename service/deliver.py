@@ -106,7 +106,10 @@ class OutboxChanges:
         try:
             db = sqlite3.connect(self._outbox.path, timeout=1.0)
         except sqlite3.Error:
-            logger.exception("cannot watch the outbox for changes: polling it each second")
+            logger.exception(
+                "cannot watch the outbox for changes: the dispatchers look every "
+                "NOTIFY_FILE_CHECK_INTERVAL seconds"
+            )
             return
         try:
             last = None
