@@ -90,10 +90,12 @@ class DeliverySupervisor:
     after ``_RESTART_DELAY`` seconds (longer while it keeps failing at once, as with an outbox
     it cannot open). It runs in its own process group, so a terminal's Ctrl-C reaches only
     ``notify-service``, which stops the API first and this process after it; and with
-    ``--stop-with-parent``, so that it stops by itself if ``notify-service`` is killed."""
+    ``--parent`` (this process's id), so that it stops by itself if ``notify-service`` is
+    killed."""
 
     def __init__(self, env: dict[str, str], grace: float) -> None:
-        self._command = [sys.executable, "-m", "service.deliver", "--stop-with-parent"]
+        parent = str(os.getpid())
+        self._command = [sys.executable, "-m", "service.deliver", "--parent", parent]
         self._env = env
         self._grace = grace
         self._stopping = threading.Event()

@@ -219,21 +219,20 @@ class DeliveryProcess:
         await asyncio.gather(*(dispatcher.aclose() for dispatcher in self.dispatchers))
 
 
-async def run(settings: Settings, *, stop_with_parent: bool = False) -> None:
-    """Deliver until SIGTERM or SIGINT (or, with ``stop_with_parent``, until the process
-    that started this one is gone), then drain and return."""
+async def run(settings: Settings, *, parent: int | None = None) -> None:
+    """Deliver until SIGTERM or SIGINT (or, given ``parent``, until the process that started
+    this one, whose id that is, is gone), then drain and return."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    parent = os.getppid()
     async with DeliveryProcess(settings, Metrics(settings.prometheus_multiproc_dir)):
         logger.info("delivery process [%d] started", os.getpid())
         while not stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_PARENT_CHECK_INTERVAL):
                     await stopping.wait()
-            if stop_with_parent and os.getppid() != parent:
+            if parent is not None and os.getppid() != parent:
                 logger.warning("the process that started this one is gone: stopping")
                 break
         logger.info("delivery process [%d] stopping: finishing the sends in flight", os.getpid())
@@ -241,7 +240,7 @@ async def run(settings: Settings, *, stop_with_parent: bool = False) -> None:
 
 
 _PARENT_CHECK_INTERVAL = 0.5
-"""Seconds between checks that the parent still runs (``--stop-with-parent``)."""
+"""Seconds between checks that the parent still runs (``--parent``)."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -257,9 +256,11 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands.add_argument(
-        "--stop-with-parent",
-        action="store_true",
-        help="also stop when the process that started this one is gone (notify-service passes it)",
+        "--parent",
+        type=int,
+        metavar="PID",
+        help="also stop when the process PID, which started this one, is gone (notify-service "
+        "passes its own)",
     )
     return commands
 
@@ -269,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = settings_or_exit()
     configure_logging(settings.log_level, json_lines=settings.log_json)
     try:
-        asyncio.run(run(settings, stop_with_parent=args.stop_with_parent))
+        asyncio.run(run(settings, parent=args.parent))
     except StartupError as exc:
         raise SystemExit(f"error: {exc}") from None
     return 0

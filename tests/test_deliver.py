@@ -269,3 +269,25 @@ async def test_sigterm_stops_api_and_delivery_and_the_rest_waits_in_the_outbox(
     delivered = Counter(received.rcpt_tos[0] for received in mail.recorder.messages)
     assert set(delivered) == set(emails)
     assert sum(count - 1 for count in delivered.values()) <= CONNECTIONS, delivered
+
+
+def exited(pid: int) -> bool:
+    """Whether ``pid`` has exited: gone, or a zombie no one has reaped yet."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+@pytest.mark.slow
+async def test_a_delivery_process_whose_notify_service_is_killed_stops(tmp_path: Path) -> None:
+    """SIGKILL of notify-service alone: its delivery process, in a process group of its own,
+    sees its parent gone and stops by itself (drained: its last line says so)."""
+    with smtp_server() as mail:
+        async with notify_service(tmp_path, delivery_settings(mail.url())) as server:
+            (deliverer,) = delivery_pids(server)
+            server.send_signal(signal.SIGKILL)
+            assert await server.wait_exit() == -signal.SIGKILL
+            await eventually(lambda: exited(deliverer), message="the orphan stopped")
+    assert f"delivery process [{deliverer}] stopped" in server.output()
