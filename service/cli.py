@@ -12,6 +12,7 @@ in flight are repeated), and stops it once the API has stopped.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -81,6 +82,9 @@ _RESTART_DELAY = 0.5
 ``_RESTART_DELAY_MAX``) while each one dies within ``_STEADY`` seconds of its start."""
 _RESTART_DELAY_MAX = 10.0
 _STEADY = 10.0
+_NICENESS = 10
+"""How much lower the delivery process's CPU priority is than the API's (``nice``): see
+``DeliverySupervisor``."""
 
 
 class DeliverySupervisor:
@@ -91,7 +95,18 @@ class DeliverySupervisor:
     it cannot open). It runs in its own process group, so a terminal's Ctrl-C reaches only
     ``notify-service``, which stops the API first and this process after it; and with
     ``--parent`` (this process's id), so that it stops by itself if ``notify-service`` is
-    killed."""
+    killed.
+
+    It runs at a lower CPU priority (niceness 10): where the cores are few, a burst of
+    requests gets the CPU first and deliveries take what is left, as the API's own dispatchers
+    step back during a burst (``service/outbox/load.py``), and they use it all once the burst
+    is over. Measured on the shared 2-core VM (4,000 POSTs on 32 connections, email on, the load
+    generator and the SMTP server on the same machine, other work running: noisy), in two runs
+    of alternating rounds (3, then 5): the API answered medians of 2,760 and 2,490 requests a
+    second beside a delivery process at the same priority, 3,770 and 2,720 beside a niced one,
+    and 3,620 and 2,850 delivering itself. Delivering itself it sent 15-30 emails during the
+    burst; the delivery process sent 140-560 niced, 370-900 not; every run delivered all 4,000
+    within 5-12 s of the burst's start."""
 
     def __init__(self, env: dict[str, str], grace: float) -> None:
         parent = str(os.getpid())
@@ -127,9 +142,12 @@ class DeliverySupervisor:
         with self._lock:
             if self._stopping.is_set():
                 return
-            self._process = subprocess.Popen(
+            process = self._process = subprocess.Popen(
                 self._command, env=self._env, stdin=subprocess.DEVNULL, process_group=0
             )
+            with contextlib.suppress(OSError):  # already gone: the supervisor starts another
+                niceness = min(os.getpriority(os.PRIO_PROCESS, 0) + _NICENESS, 19)
+                os.setpriority(os.PRIO_PROCESS, process.pid, niceness)
             self._started_at = time.monotonic()
 
     def _supervise(self) -> None:
