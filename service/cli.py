@@ -160,7 +160,8 @@ class DeliverySupervisor:
                 return
             steady = time.monotonic() - self._started_at >= _STEADY
             delay = _RESTART_DELAY if steady else min(delay * 2, _RESTART_DELAY_MAX)
-            logger.error(
+            logger.log(
+                logging.WARNING if returncode == 0 else logging.ERROR,  # 0: stopped by request
                 "the delivery process [%d] exited (%s); starting another in %g s",
                 process.pid,
                 _exit_reason(returncode),
