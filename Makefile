@@ -27,8 +27,10 @@ lock:
 	  .venv-lock/bin/python -m pip freeze --exclude-editable; } > $(LOCK)
 	rm -rf .venv-lock
 
+# notify-service: the API with uvicorn (reloading on code changes) and, with email or webhooks
+# on, the delivery process beside it (restarted if it dies; not reloaded: restart make run).
 run: $(STAMP)
-	$(BIN)/uvicorn service.main:app --reload --host 127.0.0.1 --port 8000
+	$(BIN)/notify-service --reload --host 127.0.0.1 --port 8000
 
 # The Redis backend's tests start their own redis-server on a free loopback port; this puts
 # Debian's package on the machine when it is missing (as root, or through sudo).

@@ -5,6 +5,7 @@ from config.settings import (
     SettingsError,
     environment_name,
     load_settings,
+    settings_help,
     settings_or_exit,
     unknown_variables,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "SettingsError",
     "environment_name",
     "load_settings",
+    "settings_help",
     "settings_or_exit",
     "unknown_variables",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import difflib
 import os
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Self, get_args
@@ -24,6 +25,7 @@ __all__ = [
     "SmtpServer",
     "environment_name",
     "load_settings",
+    "settings_help",
     "settings_or_exit",
     "unknown_variables",
 ]
@@ -35,6 +37,7 @@ AckMode = Literal["background", "write"]
 LogFormat = Literal["text", "jsonl"]
 FsyncMode = Literal["never", "batch", "interval"]
 Backend = Literal["local", "redis"]
+DeliveryMode = Literal["inline", "external"]
 
 
 class Settings(BaseSettings):
@@ -154,6 +157,12 @@ class Settings(BaseSettings):
         default="local",
         description="local: this process writes the log; redis: records go to a Redis stream "
         "(taskiq) and `make worker` processes write the log.",
+    )
+    delivery: DeliveryMode = Field(
+        default="inline",
+        description="With backend=local: inline, the API process delivers email and webhooks; "
+        "external, it only adds them to the outbox and `notify-deliver` delivers "
+        "(`notify-service` runs one).",
     )
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0", description="Redis for backend=redis."
@@ -543,6 +552,16 @@ def environment_name(field: str) -> str:
     if isinstance(alias, str):
         return alias
     return f"{_ENV_PREFIX}{field.upper()}"
+
+
+def settings_help() -> str:
+    """Every setting's variable and description, for a command's ``--help``."""
+    lines = ["settings (environment variables, or a .env file in the working directory):"]
+    for name, field in Settings.model_fields.items():
+        description = field.description or ""
+        wrapped = textwrap.fill(description, width=72, subsequent_indent=" " * 6)
+        lines.append(f"  {environment_name(name)}\n      {wrapped}")
+    return "\n".join(lines)
 
 
 def _dotenv_names() -> set[str]:

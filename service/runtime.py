@@ -50,6 +50,7 @@ __all__ = [
     "check_spool_places",
     "file_options",
     "log_sinks",
+    "sqlite_outbox",
     "start_sinks",
 ]
 
@@ -66,6 +67,17 @@ def build_delivery_channels(settings: Settings) -> list[Channel]:
         return build_channels(settings)
     except ValueError as exc:
         raise StartupError(f"cannot start: {exc}") from None
+
+
+def sqlite_outbox(settings: Settings, channels: Sequence[Channel]) -> SqliteOutbox:
+    """The local backend's outbox (``NOTIFY_OUTBOX_PATH``) as every process that shares it
+    opens it, the API and ``service.deliver`` alike: leased for ``channels``' longest attempt,
+    each commit fsynced with ``NOTIFY_FSYNC=batch``."""
+    return SqliteOutbox(
+        settings.effective_outbox_path(),
+        lease_seconds=lease_seconds(channels),
+        durable=settings.fsync == "batch",
+    )
 
 
 def batch_options(
@@ -232,7 +244,9 @@ class Runtime:
     closes them in the reverse order: the dispatchers stop claiming and finish their sends,
     the sinks drain (or spool), then the outbox, the channels' connections and Redis close.
     With ``NOTIFY_BACKEND=redis`` the one log sink hands lines to a Redis stream, and worker
-    processes (``service.redis.worker``) write the log and deliver.
+    processes (``service.redis.worker``) write the log and deliver. With
+    ``NOTIFY_DELIVERY=external`` the local backend only adds to the outbox, and a delivery
+    process (``service.deliver``) delivers.
     """
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
@@ -300,6 +314,14 @@ class Runtime:
             )
         for channel in self.channels if self.dispatchers else ():
             logger.info("delivering notifications to %s as %s", channel.target, channel.name)
+        if self._outbox is not None and self._broker is None and not self.dispatchers:
+            names = ", ".join(channel.name for channel in self.channels)
+            logger.info(
+                "adding deliveries (%s) to the outbox %s; no dispatcher here: another process "
+                "delivers them (NOTIFY_DELIVERY=external)",
+                names,
+                self.settings.effective_outbox_path(),
+            )
 
     async def _start_sinks(self) -> None:
         await start_sinks(self.sinks)
@@ -336,17 +358,14 @@ class Runtime:
 
     def _outbox_and_dispatchers(self) -> None:
         """The outbox, its intake sink (one row per channel for each notification, in one
-        transaction), and, with the local backend, a dispatcher per channel. With Redis the
-        outbox is in Redis and the workers deliver (``service.redis.worker``)."""
+        transaction), and, with the local backend and ``NOTIFY_DELIVERY=inline``, a dispatcher
+        per channel. With ``external`` another process delivers (``service.deliver``); with
+        Redis the outbox is in Redis and the workers deliver (``service.redis.worker``)."""
         settings, metrics, channels = self.settings, self.metrics, self.channels
         outbox: Outbox
         if self._broker is None:
-            outbox_path = settings.effective_outbox_path()
-            outbox = SqliteOutbox(
-                outbox_path,
-                lease_seconds=lease_seconds(channels),
-                durable=settings.fsync == "batch",
-            )
+            outbox = sqlite_outbox(settings, channels)
+            outbox_path = outbox.path
             spool = outbox_path.with_name(outbox_path.name + ".spool")
         else:
             from service.outbox.redis import RedisOutbox  # the redis extra: only here
@@ -362,7 +381,7 @@ class Runtime:
         self._steps.append((outbox.open, outbox.close))
         # The channels' connections close after their dispatchers (opened later) have stopped.
         self._steps += [(None, channel.aclose) for channel in channels]
-        if self._broker is None:
+        if self._broker is None and settings.delivery == "inline":
             load = self._load = LoopLoad()
             self._steps.append((load.start, load.aclose))
             self.dispatchers = dispatchers(

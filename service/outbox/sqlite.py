@@ -302,6 +302,18 @@ class SqliteOutbox:
 
         return await self._with_db(next_due)
 
+    async def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version``: a number that changes when another connection
+        (another process: the API's intake, its operator's retry) commits to the outbox, and
+        not for this outbox's own commits (a delivery process's ``OutboxChanges`` asks it to
+        tell another process's new rows from its own claims and outcomes)."""
+
+        def data_version(db: sqlite3.Connection) -> int:
+            (version,) = db.execute("PRAGMA data_version").fetchone()
+            return int(version)
+
+        return await self._with_db(data_version)
+
     async def forget_finished(self, older_than: float) -> None:
         """Drop delivered rows finished before ``older_than`` (their status has expired)."""
 

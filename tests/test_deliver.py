@@ -1,0 +1,293 @@
+"""The local backend's delivery process: ``NOTIFY_DELIVERY=external`` API processes only add to
+the SQLite outbox, and ``python -m service.deliver`` (run and supervised by ``notify-service``)
+delivers it. Real processes, a real SMTP server (aiosmtpd) on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from service.deliver import DeliveryProcess
+from service.metrics import Metrics
+from tests.conftest import make_settings, running
+from tests.support.server import (
+    HOST,
+    ServerProcess,
+    free_port,
+    http_client,
+    post_notifications,
+    running_server,
+    service_command,
+    service_env,
+)
+from tests.support.smtp import Recorder, smtp_server
+from tests.support.waiting import eventually
+
+SENDER = "notify@service.example"
+ACKNOWLEDGEMENT = b'{"message":"Notification sent in the background"}'
+CONNECTIONS = 4
+_STARTED = re.compile(r"delivery process \[(\d+)\] started")
+
+
+def outbox_rows(path: Path) -> list[tuple[str, str, int, str | None]]:
+    """Every delivery in the outbox file: recipient, status, attempts, lease holder."""
+    with sqlite3.connect(path) as db:
+        rows = db.execute(
+            "SELECT recipient, status, attempts, lease_owner FROM deliveries ORDER BY recipient"
+        ).fetchall()
+    db.close()
+    return [(str(a), str(b), int(c), d) for a, b, c, d in rows]
+
+
+async def test_an_external_api_adds_to_the_outbox_and_never_sends(tmp_path: Path) -> None:
+    """NOTIFY_DELIVERY=external, through the app's lifespan: each notification's delivery is in
+    the outbox, unattempted and unleased after shutdown, and /readyz lists no channel."""
+    unreachable = f"smtp://{HOST}:{free_port()}"  # a send would fail, and count an attempt
+    settings = make_settings(tmp_path, smtp_url=unreachable, smtp_from=SENDER, delivery="external")
+    emails = [f"e{number}@example.com" for number in range(5)]
+    async with running(settings) as client:
+        for email in emails:
+            assert (await client.post(f"/send-notification/{email}")).status_code == 200
+        assert (await client.get("/readyz")).json()["channels"] == []
+        outbox = settings.effective_outbox_path()
+        await eventually(lambda: len(outbox_rows(outbox)) == len(emails), message="rows added")
+    assert outbox_rows(outbox) == [(email, "queued", 0, None) for email in emails]
+
+
+def test_notify_deliver_help_says_what_it_does_and_starts_nothing(tmp_path: Path) -> None:
+    """``python -m service.deliver --help`` prints what it does and the settings, exits 0, and
+    opens no outbox."""
+    done = subprocess.run(
+        [sys.executable, "-m", "service.deliver", "--help"],
+        cwd=tmp_path,
+        env=service_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    for text in ("NOTIFY_DELIVERY=external", "SIGTERM", "NOTIFY_OUTBOX_PATH", "NOTIFY_SMTP_URL"):
+        assert text in done.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_notify_deliver_with_no_channel_says_so_in_one_line(tmp_path: Path) -> None:
+    """With neither email nor webhooks configured it exits 1 with one line, opening nothing."""
+    done = subprocess.run(
+        [sys.executable, "-m", "service.deliver"],
+        cwd=tmp_path,
+        env=service_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "error: cannot start: nothing to deliver: set NOTIFY_SMTP_URL or NOTIFY_WEBHOOK_URL"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+async def test_a_delivery_process_is_woken_by_another_processs_commit(tmp_path: Path) -> None:
+    """The dispatchers' own poll set to a minute: a notification the external API adds is
+    delivered at once all the same, the outbox's data_version having changed."""
+    with smtp_server() as mail:
+        settings = make_settings(
+            tmp_path,
+            smtp_url=mail.url(),
+            smtp_from=SENDER,
+            delivery="external",
+            file_check_interval=60.0,
+        )
+        async with running(settings) as client, DeliveryProcess(settings, Metrics()):
+            response = await client.post("/send-notification/woken@example.com")
+            started = time.monotonic()
+            await eventually(lambda: len(mail.recorder.messages) == 1, message="delivered")
+            assert time.monotonic() - started < 30  # far below the poll's minute
+            notification_id = response.headers["x-notification-id"]
+
+            async def delivered() -> bool:
+                body = (await client.get(f"/notifications/{notification_id}")).json()
+                return bool(body["channels"]["email"]["status"] == "delivered")
+
+            await eventually(delivered, message="recorded as delivered")
+    assert mail.recorder.messages[0].rcpt_tos == ("woken@example.com",)
+
+
+# -- notify-service with its delivery process, as real processes --------------------------------
+
+
+def delivery_settings(url: str, **more: str) -> dict[str, str]:
+    return {
+        "NOTIFY_SMTP_URL": url,
+        "NOTIFY_SMTP_FROM": SENDER,
+        "NOTIFY_SMTP_CONNECTIONS": str(CONNECTIONS),
+        "NOTIFY_RETRY_INITIAL": "0.02",
+        "NOTIFY_DELIVERY_RETRY_MAX": "0.2",
+        **more,
+    }
+
+
+@asynccontextmanager
+async def notify_service(
+    workdir: Path, settings: Mapping[str, str], *, output_name: str = "service-output.txt"
+) -> AsyncIterator[ServerProcess]:
+    """``python -m service`` (notify-service) in ``workdir`` on a free port, once it answers
+    and its delivery process has started."""
+    port = free_port()
+    env = service_env({"NOTIFY_HOST": HOST, "NOTIFY_PORT": str(port), **settings})
+    async with running_server(
+        service_command(),
+        url=f"http://{HOST}:{port}",
+        cwd=workdir,
+        env=env,
+        output_path=workdir / output_name,
+    ) as server:
+        await eventually(lambda: delivery_pids(server), message="the delivery process started")
+        yield server
+
+
+def delivery_pids(server: ServerProcess) -> list[int]:
+    """The delivery processes the server has started so far, in order."""
+    return [int(pid) for pid in _STARTED.findall(server.output())]
+
+
+async def until(
+    recorder: Recorder, condition: Callable[[Recorder], bool], within: float = 20.0
+) -> None:
+    """Wait (in a thread: the SMTP server records from its own) until the server saw it."""
+    assert await asyncio.to_thread(recorder.wait_for, condition, within), "not seen in time"
+
+
+def gone(pid: int) -> bool:
+    """Whether no process ``pid`` exists (reaped: not even a zombie)."""
+    return not Path(f"/proc/{pid}").exists()
+
+
+@pytest.mark.slow
+async def test_notify_service_delivers_from_its_delivery_process(tmp_path: Path) -> None:
+    """notify-service: the delivery process sends every notification posted, and the API
+    process has no dispatcher (its /readyz lists no channel, its log says who delivers)."""
+    emails = [f"a{number:02d}@example.com" for number in range(40)]
+    with smtp_server() as mail:
+        async with notify_service(tmp_path, delivery_settings(mail.url())) as server:
+            async with asyncio.timeout(30):
+                results = await post_notifications(
+                    server.url, emails, concurrency=8, acknowledgement=ACKNOWLEDGEMENT
+                )
+            assert sorted(results.acknowledged) == emails
+            await until(mail.recorder, lambda r: len(r.messages) >= len(emails))
+            async with http_client(server.url) as client:
+                readiness = (await client.get("/readyz")).json()
+    assert readiness["channels"] == []
+    output = server.output()
+    assert "no dispatcher here: another process delivers them" in output
+    assert "service.deliver: delivering the outbox" in output
+    assert "INFO:     service: delivering notifications to" not in output  # the API's own
+    assert sorted(m.rcpt_tos[0] for m in mail.recorder.messages) == emails
+
+
+@pytest.mark.slow
+async def test_a_killed_delivery_process_is_restarted_and_loses_nothing(tmp_path: Path) -> None:
+    """SIGKILL of the delivery process with sends in flight (the SMTP server holds them):
+    notify-service starts another within seconds, which delivers every notification; a repeat
+    only for what was in flight (at most one message per connection)."""
+    emails = [f"k{number:03d}@example.com" for number in range(200)]
+    with smtp_server() as mail:
+        mail.recorder.hold_data = True
+        async with notify_service(tmp_path, delivery_settings(mail.url())) as server:
+            async with asyncio.timeout(30):
+                results = await post_notifications(
+                    server.url, emails, concurrency=16, acknowledgement=ACKNOWLEDGEMENT
+                )
+            assert sorted(results.acknowledged) == emails
+            await until(mail.recorder, lambda r: r.held == CONNECTIONS)
+            (first,) = delivery_pids(server)
+            os.kill(first, signal.SIGKILL)
+            killed_at = time.monotonic()
+            await eventually(lambda: gone(first), message="the killed process reaped")
+            mail.recorder.release()
+            await eventually(lambda: len(delivery_pids(server)) == 2, message="restarted")
+            assert time.monotonic() - killed_at < 5  # 0.5 s, and the interpreter's start
+            assert f"delivery process [{first}] exited (killed by SIGKILL)" in server.output()
+            await until(mail.recorder, lambda r: len({m.rcpt_tos for m in r.messages}) >= 200)
+    delivered = Counter(received.rcpt_tos[0] for received in mail.recorder.messages)
+    assert set(delivered) == set(emails)
+    assert sum(count - 1 for count in delivered.values()) <= CONNECTIONS, delivered
+
+
+@pytest.mark.slow
+async def test_sigterm_stops_api_and_delivery_and_the_rest_waits_in_the_outbox(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM to notify-service with sends in flight and more pending: it and its delivery
+    process have both exited within the grace period; the next start delivers every
+    notification accepted, a repeat only for what was in flight."""
+    emails = [f"t{number:03d}@example.com" for number in range(100)]
+    settings = delivery_settings("", NOTIFY_SHUTDOWN_TIMEOUT="2", NOTIFY_GRACEFUL_TIMEOUT="1")
+    with smtp_server() as mail:
+        settings["NOTIFY_SMTP_URL"] = mail.url()
+        mail.recorder.hold_data = True
+        async with notify_service(tmp_path, settings) as server:
+            async with asyncio.timeout(30):
+                results = await post_notifications(
+                    server.url, emails, concurrency=16, acknowledgement=ACKNOWLEDGEMENT
+                )
+            assert sorted(results.acknowledged) == emails
+            await until(mail.recorder, lambda r: r.held == CONNECTIONS)
+            (deliverer,) = delivery_pids(server)
+            server.send_signal(signal.SIGTERM)
+            stopping_at = time.monotonic()
+            async with asyncio.timeout(20):
+                returncode = await server.wait_exit()
+            # The API's 1 s, its writers' drain, then the delivery process's 2 s for the sends
+            # in flight (held: they do not end) and its closing.
+            assert time.monotonic() - stopping_at < 10
+        assert returncode == 0, server.output()
+        assert gone(deliverer)
+        assert f"delivery process [{deliverer}] stopped" in server.output()
+        pending = [row for row in outbox_rows(tmp_path / "log.txt.outbox") if row[1] == "queued"]
+        assert len(pending) >= len(emails) - CONNECTIONS
+        mail.recorder.release()
+        async with notify_service(tmp_path, settings, output_name="second-output.txt"):
+            await until(mail.recorder, lambda r: len({m.rcpt_tos for m in r.messages}) >= 100)
+    delivered = Counter(received.rcpt_tos[0] for received in mail.recorder.messages)
+    assert set(delivered) == set(emails)
+    assert sum(count - 1 for count in delivered.values()) <= CONNECTIONS, delivered
+
+
+def exited(pid: int) -> bool:
+    """Whether ``pid`` has exited: gone, or a zombie no one has reaped yet."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+@pytest.mark.slow
+async def test_a_delivery_process_whose_notify_service_is_killed_stops(tmp_path: Path) -> None:
+    """SIGKILL of notify-service alone: its delivery process, in a process group of its own,
+    sees its parent gone and stops by itself (drained: its last line says so)."""
+    with smtp_server() as mail:
+        async with notify_service(tmp_path, delivery_settings(mail.url())) as server:
+            (deliverer,) = delivery_pids(server)
+            server.send_signal(signal.SIGKILL)
+            assert await server.wait_exit() == -signal.SIGKILL
+            await eventually(lambda: exited(deliverer), message="the orphan stopped")
+    assert f"delivery process [{deliverer}] stopped" in server.output()
