@@ -275,7 +275,12 @@ class Runtime:
         self._steps.append((self._start_sinks, self._close_sinks))
         for dispatcher in self.dispatchers:
             self._steps.append((dispatcher.start, dispatcher.aclose))
-        self.health = HealthService(self.sinks, self.dispatchers)
+        self.health = HealthService(
+            self.sinks,
+            self.dispatchers,
+            outbox=self._outbox,
+            elsewhere=() if self.dispatchers else self.channels,
+        )
 
     async def __aenter__(self) -> Runtime:
         if self._broker is None:  # the local backend writes (and spools) the logs here

@@ -21,6 +21,7 @@ import pytest
 
 from service.deliver import DeliveryProcess
 from service.metrics import Metrics
+from service.outbox.sqlite import SqliteOutbox
 from tests.conftest import make_settings, running
 from tests.support.server import (
     HOST,
@@ -53,16 +54,29 @@ def outbox_rows(path: Path) -> list[tuple[str, str, int, str | None]]:
 
 async def test_an_external_api_adds_to_the_outbox_and_never_sends(tmp_path: Path) -> None:
     """NOTIFY_DELIVERY=external, through the app's lifespan: each notification's delivery is in
-    the outbox, unattempted and unleased after shutdown, and /readyz lists no channel."""
+    the outbox, unattempted and unleased after shutdown; /readyz shows the channel as the
+    delivering process records it in the outbox (paused with its error, then delivering)."""
     unreachable = f"smtp://{HOST}:{free_port()}"  # a send would fail, and count an attempt
     settings = make_settings(tmp_path, smtp_url=unreachable, smtp_from=SENDER, delivery="external")
     emails = [f"e{number}@example.com" for number in range(5)]
     async with running(settings) as client:
         for email in emails:
             assert (await client.post(f"/send-notification/{email}")).status_code == 200
-        assert (await client.get("/readyz")).json()["channels"] == []
+        [channel] = (await client.get("/readyz")).json()["channels"]
+        assert (channel["name"], channel["error"]) == ("email", None)
         outbox = settings.effective_outbox_path()
         await eventually(lambda: len(outbox_rows(outbox)) == len(emails), message="rows added")
+        elsewhere = SqliteOutbox(outbox, lease_seconds=60)  # as notify-deliver records it
+        await elsewhere.open()
+        try:
+            await elsewhere.pause("email", time.time() + 60, "cannot connect: refused")
+            [channel] = (await client.get("/readyz")).json()["channels"]
+            assert channel["error"] == "cannot connect: refused"
+            await elsewhere.resume("email")
+            [channel] = (await client.get("/readyz")).json()["channels"]
+            assert channel["error"] is None
+        finally:
+            await elsewhere.close()
     assert outbox_rows(outbox) == [(email, "queued", 0, None) for email in emails]
 
 
@@ -182,7 +196,8 @@ def gone(pid: int) -> bool:
 @pytest.mark.slow
 async def test_notify_service_delivers_from_its_delivery_process(tmp_path: Path) -> None:
     """notify-service: the delivery process sends every notification posted, and the API
-    process has no dispatcher (its /readyz lists no channel, its log says who delivers)."""
+    process has no dispatcher (its log says who delivers; its /readyz shows the channel as the
+    delivery process records it: working)."""
     emails = [f"a{number:02d}@example.com" for number in range(40)]
     with smtp_server() as mail:
         async with notify_service(tmp_path, delivery_settings(mail.url())) as server:
@@ -194,7 +209,7 @@ async def test_notify_service_delivers_from_its_delivery_process(tmp_path: Path)
             await until(mail.recorder, lambda r: len(r.messages) >= len(emails))
             async with http_client(server.url) as client:
                 readiness = (await client.get("/readyz")).json()
-    assert readiness["channels"] == []
+    assert [(c["name"], c["error"]) for c in readiness["channels"]] == [("email", None)]
     output = server.output()
     assert "no dispatcher here: another process delivers them" in output
     assert "service.deliver: delivering the outbox" in output

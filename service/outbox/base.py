@@ -144,6 +144,10 @@ class Outbox(Protocol):
     async def resume(self, channel: str) -> None:
         """Record that ``channel`` delivers again."""
 
+    async def pauses(self) -> dict[str, Pause]:
+        """The pauses recorded now, by channel (what ``/readyz`` shows of the channels another
+        process delivers)."""
+
     async def states(self, notification_id: str) -> list[DeliveryState]:
         """Every channel's delivery of one notification, as it stands (pauses included)."""
 

@@ -215,6 +215,8 @@ class Dispatcher:
     async def start(self) -> None:
         if self._listener is not None:
             self._listener.concurrency(self.name, self.window)
+        with contextlib.suppress(Exception):  # a pause left by a process that died paused
+            await self._outbox.resume(self.name)
         self._task = asyncio.create_task(self._run(), name=f"{self.name} dispatcher")
 
     async def aclose(self) -> None:

@@ -270,6 +270,13 @@ class RedisOutbox:
         except (RedisError, OSError) as exc:
             raise _unavailable(exc) from None
 
+    async def pauses(self) -> dict[str, Pause]:
+        try:
+            found = await self._redis.hgetall(f"{self._prefix}:pauses")
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from None
+        return {_text(channel): _pause(_text(value)) for channel, value in found.items()}
+
     # -- reading, and the operator's retry --------------------------------------------------
 
     async def states(self, notification_id: str) -> list[DeliveryState]:
@@ -283,11 +290,11 @@ class RedisOutbox:
             paused = await self._redis.hmget(f"{self._prefix}:pauses", channels) if channels else []
         except (RedisError, OSError) as exc:
             raise _unavailable(exc) from None
-        pauses: dict[str, Pause] = {}
-        for channel, value in zip(channels, paused, strict=True):
-            if value is not None:
-                until, _, error = _text(value).partition("\t")
-                pauses[channel] = Pause(float(until), error)
+        pauses = {
+            channel: _pause(_text(value))
+            for channel, value in zip(channels, paused, strict=True)
+            if value is not None
+        }
         return [
             pauses[state.channel].over(state, now) if state.channel in pauses else state
             for state in states
@@ -341,6 +348,12 @@ class RedisOutbox:
 
     async def forget_finished(self, older_than: float) -> None:
         """Delivered deliveries expire by themselves (``ttl``)."""
+
+
+def _pause(value: str) -> Pause:
+    """A ``p:pauses`` field: ``{until}\\t{error}``."""
+    until, _, error = value.partition("\t")
+    return Pause(float(until), error)
 
 
 def _unavailable(exc: BaseException) -> TargetError:

@@ -228,6 +228,13 @@ class SqliteOutbox:
 
         await self._with_db(resume)
 
+    async def pauses(self) -> dict[str, Pause]:
+        def pauses(db: sqlite3.Connection) -> dict[str, Pause]:
+            rows = db.execute("SELECT channel, until, error FROM pauses").fetchall()
+            return {str(channel): Pause(float(until), str(error)) for channel, until, error in rows}
+
+        return await self._with_db(pauses)
+
     # -- reading, and the operator's retry --------------------------------------------------
 
     async def states(self, notification_id: str) -> list[DeliveryState]:

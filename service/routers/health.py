@@ -44,7 +44,7 @@ def build_router(metrics: Metrics, current: Current) -> APIRouter:
                 target=channel.target,
                 disabled=channel.disabled,
             )
-            for channel in health.channels()
+            for channel in await health.channels()
         ]
         body = Readiness(
             status="unavailable" if reasons else "ready",

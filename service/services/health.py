@@ -1,5 +1,10 @@
 """How the current run is doing, and the operator's hand on its channels: what ``/readyz``
-reports (every writer's health, every delivery channel's state) and ``/webhooks/enable``."""
+reports (every writer's health, every delivery channel's state) and ``/webhooks/enable``.
+
+A channel this process delivers is reported by its dispatcher. One that another process
+delivers (``NOTIFY_DELIVERY=external`` beside ``notify-deliver``, or the Redis backend's
+workers) is reported as that process last recorded it in the outbox: failing while paused
+(``Outbox.pause``), not failing once it delivers again."""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from service.channels.base import Channel
+from service.outbox.base import Outbox
 from service.sinks.base import SinkHealth
 
 __all__ = ["ChannelHealth", "HealthService"]
@@ -48,15 +55,25 @@ class HealthService:
     """The health of one run's writers and of the channels this process delivers (none with
     the Redis backend: its workers deliver, and report on their own ``/readyz``)."""
 
-    def __init__(self, writers: Sequence[_Writer], delivering: Sequence[_Delivering]) -> None:
+    def __init__(
+        self,
+        writers: Sequence[_Writer],
+        delivering: Sequence[_Delivering],
+        *,
+        outbox: Outbox | None = None,
+        elsewhere: Sequence[Channel] = (),
+    ) -> None:
         self._writers = writers
         self._delivering = delivering
+        self._outbox = outbox
+        self._elsewhere = elsewhere
+        """The channels another process delivers (their state is in ``outbox``)."""
 
     def writers(self) -> list[SinkHealth]:
         return [writer.health() for writer in self._writers]
 
-    def channels(self) -> list[ChannelHealth]:
-        return [
+    async def channels(self) -> list[ChannelHealth]:
+        found = [
             ChannelHealth(
                 name=channel.name,
                 target=channel.target,
@@ -64,6 +81,25 @@ class HealthService:
                 disabled=channel.disabled,
             )
             for channel in self._delivering
+        ]
+        if self._outbox is None or not self._elsewhere:
+            return found
+        try:
+            pauses = await self._outbox.pauses()
+        except Exception as exc:  # the outbox failing: its own 503s and writer say so
+            unknown = f"its state is unknown: {exc}"
+            return found + [
+                ChannelHealth(channel.name, channel.target, unknown, False)
+                for channel in self._elsewhere
+            ]
+        return found + [
+            ChannelHealth(
+                name=channel.name,
+                target=channel.target,
+                error=None if channel.name not in pauses else pauses[channel.name].error,
+                disabled=False,
+            )
+            for channel in self._elsewhere
         ]
 
     def enable(self, names: Sequence[str] | None = None) -> list[str]:
