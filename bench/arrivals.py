@@ -28,6 +28,8 @@ class Arrival:
     at: float
     """``time.time()`` when its data had arrived (before any delay)."""
     notification_id: str | None
+    recipient: str | None = None
+    """The envelope's first recipient (SMTP only): the email the load generator posted."""
 
 
 class ArrivalLog:
