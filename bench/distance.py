@@ -89,6 +89,9 @@ BACKLOG_GOAL_S = 2.0
 """Keeping pace: the backlog at the load's end at most this many seconds of traffic."""
 
 COMMAND = "python -m bench.distance"
+PACE_DRAIN_S = 30.0
+"""The open-loop client's wait for its last responses after its last send: requests still
+unanswered then (a connection whose SYN the full listen queue dropped) count as not accepted."""
 STALL_S = 40.0
 """The wait for deliveries also ends when none has arrived for this long: longer than the
 5 s of the other benchmarks, because a client that opens thousands of SMTP connections at once
@@ -317,6 +320,10 @@ class PaceRun:
     sent: int
     acked: int
     non_200: int
+    """Sent and not answered 200 (unanswered within the drain included)."""
+    unanswered: int
+    connections: int
+    """Connections the open-loop client opened (one more each time none was free)."""
     received_by_end: int
     """Acknowledged notifications the SMTP server had when the last response arrived."""
     backlog: int
@@ -343,9 +350,10 @@ def pace_once(sink: SmtpSink, capacity: float, options: DistanceOptions, run_dir
         command = [
             *(sys.executable, "-m", "bench.openloop", "--host", HOST, "--port", str(server.port)),
             *("--rate", f"{rate:.1f}", "--seconds", f"{seconds:g}", "--warmup", "0"),
-            *("--timeout", str(seconds + 60), "--out", str(out)),
+            *("--drain", str(PACE_DRAIN_S), "--timeout", str(seconds + PACE_DRAIN_S + 60)),
+            *("--out", str(out)),
         ]
-        run_child(command, run_dir, "openloop", seconds + 90)
+        run_child(command, run_dir, "openloop", seconds + PACE_DRAIN_S + 90)
         load = OpenLoopResult.from_json(json.loads(out.read_text()))
         acked = len(load.acks)
         wait_for_arrivals(sink.recorder, acked, _limit_s(PACE, acked), STALL_S)
@@ -365,6 +373,8 @@ def pace_once(sink: SmtpSink, capacity: float, options: DistanceOptions, run_dir
         sent=load.sent,
         acked=acked,
         non_200=load.sent - acked,
+        unanswered=load.unanswered,
+        connections=load.connections,
         received_by_end=received,
         backlog=backlog,
         backlog_s=backlog / achieved,
@@ -383,6 +393,7 @@ def pace_once(sink: SmtpSink, capacity: float, options: DistanceOptions, run_dir
 class Collected:
     runs: list[DistanceRun] = field(default_factory=list)
     pace: PaceRun | None = None
+    pace_error: str | None = None
 
 
 def _ways(
@@ -450,8 +461,13 @@ def collect(options: DistanceOptions, work_dir: Path, say: Say) -> Collected:
                 capacity = run.api_rps
             if capacity <= 0:
                 raise HarnessError("the service's API req/s measured 0: no rate for the pace run")
-            collected.pace = pace_once(instant, capacity, options, work_dir / "pace")
-            pace = collected.pace
+            try:
+                pace = pace_once(instant, capacity, options, work_dir / "pace")
+            except HarnessError as exc:  # the delivery parts' figures are kept
+                collected.pace_error = str(exc)
+                say(f"  pace FAILED: {exc}")
+                return collected
+            collected.pace = pace
             say(
                 f"  pace: {pace.achieved_rate:,.0f} req/s for {pace.seconds:g} s"
                 f" ({options.pace_share:.0%} of {capacity:,.0f}); backlog at the end"
@@ -616,6 +632,8 @@ def format_pace(pace: PaceRun) -> str:
             f"{pace.achieved_rate:,.0f}",
             f"{pace.acked:,}",
             f"{pace.received_by_end:,}",
+            f"{pace.non_200:,}",
+            f"{pace.connections:,}",
             f"{pace.backlog:,}",
             f"{pace.backlog_s:.2f}",
             _fmt(pace.drained_s, ".2f", "never (lost)"),
@@ -629,6 +647,8 @@ def format_pace(pace: PaceRun) -> str:
         "offered req/s",
         "acked",
         "in by the end",
+        "not 200",
+        "connections",
         "backlog",
         "backlog, s",
         "drained in, s",
@@ -664,6 +684,7 @@ def run(
     data["parts"] = parts
     data["runs"] = [run.to_json() for run in collected.runs]
     data["pace"] = collected.pace.to_json() if collected.pace is not None else None
+    data["pace_error"] = collected.pace_error
     data["goals"] = [
         {**goal.to_json(), "command": command}
         for goal, command in zip(listed, commands, strict=True)
