@@ -98,6 +98,7 @@ bench: $(STAMP) redis-server
 	$(BIN)/python -m bench.email
 	$(BIN)/python -m bench.webhooks
 	$(BIN)/python -m bench.recovery
+	$(BIN)/python -m bench.distance
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench --quick

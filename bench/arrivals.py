@@ -28,6 +28,8 @@ class Arrival:
     at: float
     """``time.time()`` when its data had arrived (before any delay)."""
     notification_id: str | None
+    recipient: str | None = None
+    """The envelope's first recipient (SMTP only): the email the load generator posted."""
 
 
 class ArrivalLog:
@@ -86,8 +88,10 @@ class ReceiverThread:
         return process_cpu_seconds(self.thread_id)
 
 
-def wait_for_arrivals(recorder: ArrivalLog, expected: int, limit_s: float) -> bool:
-    """Until ``expected`` arrivals, none for ``STALL_S``, or ``limit_s`` passed; whether all
+def wait_for_arrivals(
+    recorder: ArrivalLog, expected: int, limit_s: float, stall_s: float = STALL_S
+) -> bool:
+    """Until ``expected`` arrivals, none for ``stall_s``, or ``limit_s`` passed; whether all
     ``expected`` arrived."""
     deadline = time.monotonic() + limit_s
     seen, changed = recorder.count(), time.monotonic()
@@ -97,7 +101,7 @@ def wait_for_arrivals(recorder: ArrivalLog, expected: int, limit_s: float) -> bo
         now, count = time.monotonic(), recorder.count()
         if count != seen:
             seen, changed = count, now
-        if now - changed >= STALL_S or now >= deadline:
+        if now - changed >= stall_s or now >= deadline:
             return False
 
 

@@ -7,7 +7,10 @@ and ``time.time()`` when the response had arrived, so another process can match 
 (the email benchmark: the SMTP server's receipt of that notification's message). The first
 ``warmup`` seconds are sent the same way but marked unmeasured.
 
-The JSON result goes to ``--out`` (or to stdout).
+With ``--drain S`` the wait for the last responses after the last send ends after ``S``
+seconds: requests still unanswered then are counted in ``unanswered`` (and as status 0 when
+measured), so a server that fell behind still yields a result. The JSON result goes to
+``--out`` (or to stdout).
 """
 
 from __future__ import annotations
@@ -110,6 +113,8 @@ class OpenLoopResult:
     connections: int = 0
     first_send: float = 0.0
     last_send: float = 0.0
+    unanswered: int = 0
+    """Requests without a response when the ``drain`` wait after the last send ended."""
 
     @property
     def achieved_rate(self) -> float:
@@ -138,7 +143,12 @@ def _request(email: str, host_header: str) -> bytes:
 
 
 async def run_open_loop(
-    address: Address, rate: float, seconds: float, warmup_seconds: float, token: str
+    address: Address,
+    rate: float,
+    seconds: float,
+    warmup_seconds: float,
+    token: str,
+    drain: float | None = None,
 ) -> OpenLoopResult:
     """Send ``rate`` requests a second for ``warmup_seconds + seconds``; see the module doc."""
     result = OpenLoopResult(rate, seconds, warmup_seconds)
@@ -186,7 +196,17 @@ async def run_open_loop(
             result.sent += 1
             result.last_send = now
         tasks.append(asyncio.create_task(one(index)))
-    await asyncio.gather(*tasks)
+    if drain is None:
+        await asyncio.gather(*tasks)
+    else:
+        _, pending = await asyncio.wait(tasks, timeout=drain)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        result.unanswered = len(pending)
+        result.statuses[CONNECTION_FAILED] += sum(
+            index >= warmup_count for index, task in enumerate(tasks) if task in pending
+        )
     result.connections = len(opened)
     for exchange in opened:
         exchange.close()
@@ -202,9 +222,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds before, unmeasured")
     parser.add_argument("--token", default=secrets.token_hex(4), help="makes emails unique")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds for the whole run")
+    parser.add_argument(
+        "--drain",
+        type=float,
+        help="seconds to wait for the last responses after the last send (default: all)",
+    )
     parser.add_argument("--out", type=Path, help="JSON result file (default: stdout)")
     args = parser.parse_args(argv)
-    run = run_open_loop((args.host, args.port), args.rate, args.seconds, args.warmup, args.token)
+    run = run_open_loop(
+        (args.host, args.port), args.rate, args.seconds, args.warmup, args.token, args.drain
+    )
     try:
         result = asyncio.run(asyncio.wait_for(run, args.timeout))
     except (OSError, TimeoutError) as exc:

@@ -2,7 +2,8 @@
 process with its own event loop, uvloop's when installed) on a free loopback port.
 
 Its handler accepts every message and records when the data arrived (``time.time()``: the one
-clock every process of the machine shares) and the message's ``X-Notification-Id``; with a
+clock every process of the machine shares), the message's ``X-Notification-Id`` and its
+envelope's first recipient; with a
 delay it then waits that long (``asyncio.sleep``, other connections go on meanwhile) before
 answering, as a slow mail server would.
 """
@@ -50,7 +51,8 @@ class Recorder(ArrivalLog):
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         at = time.time()
         content = envelope.original_content or b""
-        self.record(Arrival(at, notification_id(content)))
+        recipient = envelope.rcpt_tos[0] if envelope.rcpt_tos else None
+        self.record(Arrival(at, notification_id(content), recipient))
         if self.delay_s > 0:
             await asyncio.sleep(self.delay_s)
         return "250 2.0.0 OK queued"
