@@ -38,7 +38,6 @@ import json
 import math
 import shlex
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -61,6 +60,7 @@ from bench.email_report import GUIDE, SERVICE, Goal, at_least, format_goals, for
 from bench.errors import HarnessError
 from bench.loadgen import LoadResult
 from bench.openloop import OpenLoopResult
+from bench.options import chosen_parts, results_dir
 from bench.paths import REPO_ROOT, RESULTS_DIR
 from bench.process import HOST, running_server
 from bench.servers import ServerSpec
@@ -737,12 +737,8 @@ def parse_options(argv: Sequence[str] | None = None) -> DistanceOptions:
         help=f"small counts, one round, {QUICK.pace_seconds:g} s of pace, into a temp dir",
     )
     args = parser.parse_args(argv)
-    parts = tuple(part.strip() for part in args.parts.split(",") if part.strip())
-    if not parts or any(part not in PARTS for part in parts):
-        parser.error(f"--parts takes some of {', '.join(PARTS)}")
-    out = args.out
-    if out is None:
-        out = Path(tempfile.mkdtemp(prefix="bench-distance-")) if args.quick else RESULTS_DIR
+    parts = chosen_parts(parser, args.parts, PARTS)
+    out = results_dir(args.out, quick=args.quick, name="distance")
     chosen = {
         "emails": args.emails,
         "warmup": args.warmup,

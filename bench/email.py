@@ -61,7 +61,7 @@ from bench.loadgen import LoadResult
 from bench.machine import machine_info
 from bench.measure import RunResult, run_once
 from bench.openloop import OpenLoopResult
-from bench.options import Options
+from bench.options import Options, results_dir
 from bench.paths import REPO_ROOT, RESULTS_DIR, save_json
 from bench.process import HOST, running_server, tail_text
 from bench.report import NOISY_OTHER_CPU
@@ -759,9 +759,7 @@ def parse_options(argv: list[str] | None = None) -> EmailOptions:
     unknown = [part for part in parts if part not in PARTS]
     if unknown:
         raise SystemExit(f"error: unknown part(s) {', '.join(unknown)}; known: {', '.join(PARTS)}")
-    out = args.out
-    if out is None:
-        out = Path(tempfile.mkdtemp(prefix="bench-email-")) if args.quick else RESULTS_DIR
+    out = results_dir(args.out, quick=args.quick, name="email")
     overrides = {
         "api_rounds": args.rounds,
         "api_requests": args.requests,

@@ -52,6 +52,7 @@ import httpx
 from bench.arrivals import ArrivalLog
 from bench.errors import HarnessError
 from bench.machine import machine_info
+from bench.options import results_dir
 from bench.paths import REPO_ROOT, RESULTS_DIR, save_json
 from bench.process import HOST, ServerProcess, running_server
 from bench.redis_stack import running_redis, running_worker
@@ -584,9 +585,7 @@ def parse_options(argv: Sequence[str] | None = None) -> RecoveryOptions:
     give_up = args.give_up or (QUICK_GIVE_UP_S if args.quick else GIVE_UP_S)
     if args.quick:
         scenarios = tuple(quick(scenario) for scenario in scenarios)
-    out = args.out
-    if out is None:
-        out = Path(tempfile.mkdtemp(prefix="bench-recovery-")) if args.quick else RESULTS_DIR
+    out = results_dir(args.out, quick=args.quick, name="recovery")
     return RecoveryOptions(scenarios, backends, args.workers, give_up, out, args.quick)
 
 

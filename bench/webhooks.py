@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import base64
 import secrets
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -55,6 +54,7 @@ from bench.email_report import (
     at_least,
     format_goals,
 )
+from bench.options import chosen_parts, results_dir
 from bench.paths import RESULTS_DIR
 from bench.servers import ServerSpec
 from bench.webhook_sink import webhook_sink
@@ -157,12 +157,8 @@ def parse_options(argv: Sequence[str] | None = None) -> WebhookOptions:
         "--quick", action="store_true", help="one short round of each, to a temp dir"
     )
     args = parser.parse_args(argv)
-    parts = tuple(part.strip() for part in args.parts.split(",") if part.strip())
-    if not parts or any(part not in PARTS for part in parts):
-        parser.error(f"--parts takes some of {', '.join(PARTS)}")
-    out = args.out
-    if out is None:
-        out = Path(tempfile.mkdtemp(prefix="bench-webhooks-")) if args.quick else RESULTS_DIR
+    parts = chosen_parts(parser, args.parts, PARTS)
+    out = results_dir(args.out, quick=args.quick, name="webhooks")
     chosen = {
         "delivery_webhooks": args.webhooks,
         "delivery_rounds": args.delivery_rounds,
