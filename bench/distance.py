@@ -116,6 +116,9 @@ class DistanceOptions:
     parts: tuple[str, ...] = PARTS
     out: Path = RESULTS_DIR
     quick: bool = False
+    delivery: str = "inline"
+    """How the service row runs: ``inline``, ``uvicorn service.main:app`` delivering on its
+    own event loop; ``process``, ``notify-service``: the API and a delivery process."""
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -144,6 +147,8 @@ class DistanceOptions:
         if part != PACE:
             args += ["--rounds", str(self.rounds)]
         args += ["--concurrency", str(self.concurrency)]
+        if self.delivery != "inline":
+            args += ["--delivery", self.delivery]
         return shlex.join(args)
 
 
@@ -263,7 +268,8 @@ def distance_once(
     warmup, count = options.count(part)
     recorder: ArrivalLog = sink.recorder
     recorder.clear()
-    with running_server(spec, run_dir, REPO_ROOT) as server:
+    through_notify_service = way == SERVICE and options.delivery == "process"
+    with running_server(spec, run_dir, REPO_ROOT, notify_service=through_notify_service) as server:
         server.wait_ready(READY_TIMEOUT_S)
         warm_acked, warm_all = 0, True
         if warmup > 0:
@@ -343,7 +349,10 @@ def pace_once(sink: SmtpSink, capacity: float, options: DistanceOptions, run_dir
     run_dir.mkdir(parents=True)
     rate = options.pace_share * capacity
     sink.recorder.clear()
-    with running_server(email_spec(SERVICE, sink), run_dir, REPO_ROOT) as server:
+    through_notify_service = options.delivery == "process"
+    with running_server(
+        email_spec(SERVICE, sink), run_dir, REPO_ROOT, notify_service=through_notify_service
+    ) as server:
         server.wait_ready(READY_TIMEOUT_S)
         out = run_dir / "openloop.json"
         seconds = options.pace_seconds
@@ -730,6 +739,12 @@ def parse_options(argv: Sequence[str] | None = None) -> DistanceOptions:
     parser.add_argument(
         "--pace-share", type=float, help=f"share of the API capacity ({defaults.pace_share})"
     )
+    parser.add_argument(
+        "--delivery",
+        choices=("inline", "process"),
+        help="the service row: inline, uvicorn service.main:app delivering on its event loop "
+        "(the default); process, notify-service: the API and its delivery process",
+    )
     parser.add_argument("--out", type=Path, help=f"results directory ({RESULTS_DIR})")
     parser.add_argument(
         "--quick",
@@ -750,6 +765,7 @@ def parse_options(argv: Sequence[str] | None = None) -> DistanceOptions:
         "webhook_delay_s": args.webhook_delay,
         "pace_seconds": args.pace_seconds,
         "pace_share": args.pace_share,
+        "delivery": args.delivery,
     }
     base = QUICK if args.quick else defaults
     overrides = {key: value for key, value in chosen.items() if value is not None}

@@ -176,12 +176,19 @@ def running_server(
     *,
     wrapper: Sequence[str] = (),
     extra_env: Mapping[str, str] | None = None,
+    notify_service: bool = False,
 ) -> Iterator[ServerProcess]:
     """Start ``uvicorn {spec.app}`` in ``run_dir`` (under ``wrapper``, a command such as
-    valgrind, when given); it is killed when the block exits."""
+    valgrind, when given); it is killed when the block exits. With ``notify_service`` (the
+    ``service.main`` rows only) the server is ``python -m service`` instead, as a user runs
+    ``notify-service``: the API with ``NOTIFY_DELIVERY=external`` and its delivery process,
+    which stops by itself once ``notify-service`` is killed."""
     port = free_port()
-    uvicorn = [sys.executable, "-m", "uvicorn", spec.app, "--host", HOST, "--port", str(port)]
-    command = [*wrapper, *uvicorn]
+    if notify_service:
+        serve = [sys.executable, "-m", "service", "--host", HOST, "--port", str(port)]
+    else:
+        serve = [sys.executable, "-m", "uvicorn", spec.app, "--host", HOST, "--port", str(port)]
+    command = [*wrapper, *serve]
     env = {**server_env(spec, run_dir, repo_root, redis_url), **(extra_env or {})}
     popen = spawn(command, run_dir, env, run_dir / "server.out")
     server = ServerProcess(spec.name, popen, run_dir / "server.out", port=port)
