@@ -1,7 +1,8 @@
 """The email of a notification, built with the standard library: pure, no I/O.
 
-One ``email.message.EmailMessage`` per notification (policy ``email.policy.SMTP``, or its
-``SMTPUTF8`` twin when the recipient's local part is not ASCII), with exactly these headers:
+One message per notification, as an ``email.message.EmailMessage`` with policy
+``email.policy.SMTP`` (or its ``SMTPUTF8`` twin when the recipient's local part is not ASCII)
+writes it (``build_mail`` says how), with exactly these headers:
 ``From``, ``To``, ``Subject``, ``Date``, ``Message-ID: <{id}@{domain of From}>``,
 ``X-Notification-Id: {id}``, and the MIME headers of a ``text/plain; charset="utf-8"`` body.
 ``Date`` is not optional in RFC 5322 (3.6), so the caller passes the time to put in it.
@@ -24,14 +25,17 @@ form: such a message needs a server that offers SMTPUTF8 (``needs_smtputf8``).
 
 from __future__ import annotations
 
+import binascii
 import functools
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from email.headerregistry import Address, BaseHeader, HeaderRegistry
+from email import policy
+from email.headerregistry import Address, BaseHeader
 from email.message import EmailMessage
 from email.policy import EmailPolicy
 from email.utils import format_datetime
+from typing import TypeAlias
 
 from email_validator import validate_email
 
@@ -52,20 +56,21 @@ class Mail:
     """One notification's email, ready for SMTP: its envelope and its message.
 
     ``sender`` and ``recipient`` are the envelope (``MAIL FROM``, ``RCPT TO``), with ASCII
-    domains; ``smtputf8`` says whether the server must offer SMTPUTF8 to take it."""
+    domains; ``smtputf8`` says whether the server must offer SMTPUTF8 to take it; ``data`` is
+    the message as sent after ``DATA``: CRLF line ends, before SMTP's dot-stuffing."""
 
     notification_id: str
     sender: str
     recipient: str
-    message: EmailMessage
+    data: bytes
 
     @property
     def smtputf8(self) -> bool:
         return needs_smtputf8(self.recipient)
 
     def as_bytes(self) -> bytes:
-        """The message as sent after ``DATA``: CRLF line ends, before SMTP's dot-stuffing."""
-        return self.message.as_bytes()
+        """The message as sent after ``DATA`` (``data``)."""
+        return self.data
 
 
 def ascii_address(address: str) -> str:
@@ -101,7 +106,16 @@ def build_mail(
 
     ``sender`` (``From`` and the envelope sender) must be an address with an ASCII local part;
     ``subject`` printable text on one line; ``date`` an aware datetime. Raises ``ValueError``
-    naming the problem for an invalid id, address, subject or date (never for a message)."""
+    naming the problem for an invalid id, address, subject or date (never for a message).
+
+    The bytes are those of an ``EmailMessage`` with these headers set as strings and the body
+    by ``set_content`` (the tests compare them for every kind of input), made without building
+    one: each header is folded by the standard policy (its documented ``header_factory`` and
+    ``fold_binary``), once per process for what messages share (``From``, ``Subject``, the
+    MIME headers; ``Date`` once a second), and a message's own plain one-token values (an
+    ASCII address, its message id) are written as the policy writes them when they fit on
+    the line. Building the standard message object cost four times the rest of a delivery's
+    CPU."""
     if not _ID.fullmatch(notification_id):
         raise ValueError("a notification id must be letters, digits, '.', '_' or '-'")
     if date.tzinfo is None or date.utcoffset() is None:
@@ -110,128 +124,118 @@ def build_mail(
     smtputf8 = needs_smtputf8(recipient)
     constant = _constant_headers(sender, subject, smtputf8)
     mail_policy = _POLICIES[smtputf8]
-    make = mail_policy.header_factory
-
-    mail = EmailMessage(policy=mail_policy)
-    mail["From"] = constant.from_
-    mail["To"] = recipient  # validated above; checked below to be exactly one address
-    mail["Subject"] = constant.subject
-    mail["Date"] = _date_header(format_datetime(date), smtputf8)
-    mail["Message-ID"] = make("Message-ID", f"<{notification_id}@{constant.domain}>")
-    mail["X-Notification-Id"] = make("X-Notification-Id", notification_id)
-    _check_one_address(mail["To"], recipient)
+    head = b"".join(
+        (
+            constant.from_,
+            _address_line(mail_policy, "To", recipient),
+            constant.subject,
+            _date_line(format_datetime(date), smtputf8),
+            _own_line(mail_policy, "Message-ID", f"<{notification_id}@{constant.domain}>"),
+            _own_line(mail_policy, "X-Notification-Id", notification_id),
+        )
+    )
     if _transfer_encoding(message) == "7bit":
-        # What ``set_content(message, charset="utf-8", cte="7bit")`` makes (the tests compare
-        # the bytes), with its three headers parsed once per process rather than per message.
-        for header in constant.plain_text:
-            mail[header.name] = header
-        mail.set_payload("\n".join(message.splitlines()) + "\n")
+        # What ``set_content(message, charset="utf-8", cte="7bit")`` writes: its three
+        # headers, a blank line, then each line of the text ended by CRLF.
+        lines = message.splitlines()
+        body = constant.plain_text + ("\r\n".join(lines) + "\r\n").encode("ascii")
     else:
-        mail.set_content(message, charset="utf-8", cte="quoted-printable")
-    return Mail(notification_id, constant.envelope_sender, recipient, mail)
+        body = constant.quoted_printable + _quoted_printable(message)
+    return Mail(notification_id, constant.envelope_sender, recipient, head + body)
 
 
-class _HeaderClasses(HeaderRegistry):
-    """The standard ``HeaderRegistry``, building each header name's class once: the standard
-    one builds a new class for every header it makes (``__getitem__``), a third of the cost of
-    a message. The classes, and so the headers, are the standard ones."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._classes: dict[str, type[BaseHeader]] = {}
-
-    def __getitem__(self, name: str) -> type[BaseHeader]:
-        key = name.lower()
-        made = self._classes.get(key)
-        if made is None:
-            made = self._classes[key] = super().__getitem__(name)
-        return made
-
-
-_SHARED_HEADERS = frozenset(
-    {"from", "subject", "date", "content-type", "content-transfer-encoding", "mime-version"}
-)
 _ONE_TOKEN = {
-    "to": re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+"),
-    "message-id": re.compile(r"<[A-Za-z0-9._-]+@[A-Za-z0-9.-]+>"),
-    "x-notification-id": _ID,
+    "To": re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9.-]+"),
+    "Message-ID": re.compile(r"<[A-Za-z0-9._-]+@[A-Za-z0-9.-]+>"),
+    "X-Notification-Id": _ID,
 }
 """The values of a message's own headers that the policy writes out as they are when they fit
 on the line: a plain ASCII address, message id or notification id, with nothing to quote,
 encode or fold."""
-_FOLDED: dict[tuple[bool, str, int | None, str, str], bytes] = {}
-_FOLDED_MAX = 1024
+
+_Policy: TypeAlias = "EmailPolicy[EmailMessage]"
+
+_POLICIES: dict[bool, _Policy] = {False: policy.SMTP, True: policy.SMTPUTF8}
+"""``email.policy.SMTP``, or ``SMTPUTF8`` for a non-ASCII local part."""
 
 
-class _SmtpPolicy(EmailPolicy):
-    """``EmailPolicy`` that folds each value of the headers messages share (``From`` and
-    ``Subject`` from the settings, ``Date`` to the second, the MIME headers) once rather than
-    once per message, and writes a message's own plain one-token headers (``To``,
-    ``Message-ID``, ``X-Notification-Id``) as they are when they fit on a line: folding is the
-    dearest part of writing a message out. The bytes are the policy's own (``fold_binary`` is
-    the documented hook; the tests compare)."""
-
-    def fold_binary(self, name: str, value: str) -> bytes:
-        lower, text = name.lower(), str(value)
-        if lower in _SHARED_HEADERS:
-            key = (self.utf8, self.linesep, self.max_line_length, name, text)
-            folded = _FOLDED.get(key)
-            if folded is None:
-                if len(_FOLDED) >= _FOLDED_MAX:  # a year of distinct Dates is not kept
-                    _FOLDED.clear()
-                folded = _FOLDED[key] = super().fold_binary(name, value)
-            return folded
-        token, limit = _ONE_TOKEN.get(lower), self.max_line_length
-        fits = not limit or len(name) + 2 + len(text) <= limit
-        if token is not None and fits and token.fullmatch(text):
-            # What the policy's fold of such a value comes to, without parsing it again.
-            return f"{getattr(value, 'name', name)}: {text}{self.linesep}".encode("ascii")
-        return super().fold_binary(name, value)
+def _fold(mail_policy: _Policy, name: str, value: str) -> tuple[BaseHeader, bytes]:
+    """The header ``name: value`` as the policy parses it, and its line(s) as it writes them
+    (what ``message[name] = value`` then ``as_bytes()`` do)."""
+    header: BaseHeader = mail_policy.header_factory(name, value)
+    return header, mail_policy.fold_binary(name, header)
 
 
-_HEADERS = _HeaderClasses()
-_SMTP = _SmtpPolicy(linesep="\r\n", header_factory=_HEADERS)
-_POLICIES = {False: _SMTP, True: _SMTP.clone(utf8=True)}
-"""``email.policy.SMTP`` (or ``SMTPUTF8`` for a non-ASCII local part: the same with
-``utf8``), with the header factory and the folding above: the same parsing, folding and
-checks (``header_factory`` is a documented setting, ``fold_binary`` a documented method)."""
+def _own_line(mail_policy: _Policy, name: str, value: str) -> bytes:
+    """The line of one of a message's own headers: as it is when it is one plain token that
+    fits on a line (what the policy's fold comes to), else folded by the policy."""
+    limit = mail_policy.max_line_length
+    fits = not limit or len(name) + 2 + len(value) <= limit
+    if fits and _ONE_TOKEN[name].fullmatch(value):
+        return f"{name}: {value}\r\n".encode("ascii")
+    return _fold(mail_policy, name, value)[1]
+
+
+def _address_line(mail_policy: _Policy, name: str, address: str) -> bytes:
+    """The line of an address header holding exactly ``address``; ``ValueError`` if the
+    policy would read anything else in it."""
+    if _ONE_TOKEN[name].fullmatch(address):  # one dot-atom address: nothing else to read
+        return _own_line(mail_policy, name, address)
+    header, line = _fold(mail_policy, name, address)
+    _check_one_address(header, address)
+    return line
+
+
+def _quoted_printable(text: str) -> bytes:
+    """``text`` in UTF-8, quoted-printable (``binascii.b2a_qp``: lines of at most 76
+    characters, as RFC 2045 requires; ``set_content`` writes up to 78), each of its line
+    breaks (CRLF, CR or LF) a CRLF, ended by one."""
+    lines = text.encode("utf-8").splitlines()  # bytes split at CR, LF and CRLF only
+    return binascii.b2a_qp(b"\n".join(lines) + b"\n").replace(b"\n", b"\r\n")
+
+
+def _content(mail_policy: _Policy, text: str, cte: str) -> bytes:
+    """The MIME headers, blank line and body that ``set_content(text, charset="utf-8",
+    cte=cte)`` gives a message (written after the headers set before it)."""
+    part = EmailMessage(policy=mail_policy)
+    part.set_content(text, charset="utf-8", cte=cte)
+    return part.as_bytes()
 
 
 @dataclass(frozen=True, slots=True)
 class _Constant:
-    """What every message of a process shares (the settings' sender and subject)."""
+    """What every message of a process shares (the settings' sender and subject), folded."""
 
     envelope_sender: str
     domain: str
-    from_: BaseHeader
-    subject: BaseHeader
-    plain_text: tuple[BaseHeader, ...]
-    """``Content-Type``, ``Content-Transfer-Encoding`` and ``MIME-Version`` of a 7bit body."""
+    from_: bytes
+    subject: bytes
+    plain_text: bytes
+    """``Content-Type``, ``Content-Transfer-Encoding``, ``MIME-Version`` of a 7bit body and
+    the blank line after them."""
+    quoted_printable: bytes
+    """The same for a quoted-printable body."""
 
 
 @functools.lru_cache(maxsize=8)
 def _constant_headers(sender: str, subject: str, smtputf8: bool) -> _Constant:
-    """The headers from the settings, parsed once for every message of a process and checked
-    as a message's are. A header object set on a message is kept as it is
-    (``EmailPolicy.header_store_parse``, documented)."""
+    """The headers from the settings, folded once for every message of a process and checked
+    as a message's are."""
     if not subject.isprintable():
         raise ValueError("the subject must be printable text on one line")
     envelope_sender = ascii_address(sender)
     if needs_smtputf8(envelope_sender):
         raise ValueError("the sender's local part must be ASCII")
-    make = _POLICIES[smtputf8].header_factory
-    from_ = make("From", str(Address(addr_spec=envelope_sender)))
+    mail_policy = _POLICIES[smtputf8]
+    from_, from_line = _fold(mail_policy, "From", str(Address(addr_spec=envelope_sender)))
     _check_one_address(from_, envelope_sender)
     return _Constant(
         envelope_sender=envelope_sender,
         domain=envelope_sender.rpartition("@")[2],
-        from_=from_,
-        subject=make("Subject", subject),
-        plain_text=(
-            make("Content-Type", 'text/plain; charset="utf-8"'),
-            make("Content-Transfer-Encoding", "7bit"),
-            make("MIME-Version", "1.0"),
-        ),
+        from_=from_line,
+        subject=_fold(mail_policy, "Subject", subject)[1],
+        plain_text=_content(mail_policy, "", "7bit").removesuffix(b"\r\n"),
+        quoted_printable=_content(mail_policy, "", "quoted-printable").removesuffix(b"\r\n"),
     )
 
 
@@ -244,10 +248,9 @@ def _check_one_address(header: BaseHeader, expected: str) -> None:
 
 
 @functools.lru_cache(maxsize=256)
-def _date_header(date: str, smtputf8: bool) -> BaseHeader:
-    """A ``Date`` header: messages accepted within the same second share it."""
-    header: BaseHeader = _POLICIES[smtputf8].header_factory("Date", date)
-    return header
+def _date_line(date: str, smtputf8: bool) -> bytes:
+    """The ``Date`` line: messages accepted within the same second share it."""
+    return _fold(_POLICIES[smtputf8], "Date", date)[1]
 
 
 def _transfer_encoding(text: str) -> str:
