@@ -306,3 +306,18 @@ async def test_a_delivery_process_whose_notify_service_is_killed_stops(tmp_path:
             assert await server.wait_exit() == -signal.SIGKILL
             await eventually(lambda: exited(deliverer), message="the orphan stopped")
     assert f"delivery process [{deliverer}] stopped" in server.output()
+
+
+def test_the_delivery_process_runs_on_uvloop_as_uvicorn_does() -> None:
+    """uvloop comes with uvicorn[standard] (in the lock file): the delivery process uses it."""
+    import uvloop
+
+    from service.deliver import event_loop_factory
+
+    factory = event_loop_factory()
+    assert factory is not None
+    loop = factory()
+    try:
+        assert isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()
