@@ -38,6 +38,7 @@ import json
 import math
 import shlex
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -64,6 +65,7 @@ from bench.options import chosen_parts, results_dir
 from bench.paths import REPO_ROOT, RESULTS_DIR
 from bench.process import HOST, running_server
 from bench.servers import ServerSpec
+from bench.smtp_lean import lean_smtp_sink
 from bench.smtp_sink import SmtpSink, smtp_sink
 from bench.webhook_sink import webhook_sink
 from bench.webhooks import guide_spec as guide_webhook_spec
@@ -74,6 +76,8 @@ EMAIL_SLOW = "email-50ms"
 EMAIL_INSTANT = "email-instant"
 WEBHOOK_SLOW = "webhook-200ms"
 PACE = "pace"
+LEAN = "lean"
+AIOSMTPD = "aiosmtpd"
 PARTS = (EMAIL_SLOW, EMAIL_INSTANT, WEBHOOK_SLOW, PACE)
 DELIVERY_PARTS = (EMAIL_SLOW, EMAIL_INSTANT, WEBHOOK_SLOW)
 
@@ -271,6 +275,7 @@ def distance_once(
     through_notify_service = way == SERVICE and options.delivery == "process"
     with running_server(spec, run_dir, REPO_ROOT, notify_service=through_notify_service) as server:
         server.wait_ready(READY_TIMEOUT_S)
+        server.track_group()  # with notify-service, its delivery process too
         warm_acked, warm_all = 0, True
         if warmup > 0:
             warm = _post(server.port, warmup, options.concurrency, run_dir, "warmup")
@@ -317,6 +322,8 @@ def distance_once(
 
 @dataclass(frozen=True)
 class PaceRun:
+    receiver: str
+    """The SMTP server: ``lean`` (``bench.smtp_lean``, the goal's) or ``aiosmtpd``."""
     capacity_rps: float
     """The service's API req/s (closed loop, email on) the rate was taken from."""
     rate: float
@@ -340,12 +347,19 @@ class PaceRun:
     some never did)."""
     lost: int
     repeats: int
+    service_cores: float
+    """CPU the service's processes (the API and, with ``--delivery process``, its delivery
+    process) used during the load, in cores."""
+    receiver_cores: float
+    """CPU the SMTP server's thread used during the load, in cores."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def pace_once(sink: SmtpSink, capacity: float, options: DistanceOptions, run_dir: Path) -> PaceRun:
+def pace_once(
+    receiver: str, sink: SmtpSink, capacity: float, options: DistanceOptions, run_dir: Path
+) -> PaceRun:
     run_dir.mkdir(parents=True)
     rate = options.pace_share * capacity
     sink.recorder.clear()
@@ -354,6 +368,7 @@ def pace_once(sink: SmtpSink, capacity: float, options: DistanceOptions, run_dir
         email_spec(SERVICE, sink), run_dir, REPO_ROOT, notify_service=through_notify_service
     ) as server:
         server.wait_ready(READY_TIMEOUT_S)
+        server.track_group()  # notify-service's delivery process started before the API
         out = run_dir / "openloop.json"
         seconds = options.pace_seconds
         command = [
@@ -362,18 +377,24 @@ def pace_once(sink: SmtpSink, capacity: float, options: DistanceOptions, run_dir
             *("--drain", str(PACE_DRAIN_S), "--timeout", str(seconds + PACE_DRAIN_S + 60)),
             *("--out", str(out)),
         ]
+        service_cpu, receiver_cpu, started = server.cpu_seconds(), sink.cpu_seconds(), time.time()
         run_child(command, run_dir, "openloop", seconds + PACE_DRAIN_S + 90)
         load = OpenLoopResult.from_json(json.loads(out.read_text()))
+        end = max((at for _, at in load.acks), default=started)
+        # CPU to the moment the run ended (the open loop's drain has nothing left to send).
+        took = max(time.time() - started, 1e-9)
+        service_cores = (server.cpu_seconds() - service_cpu) / took
+        receiver_cores = (sink.cpu_seconds() - receiver_cpu) / took
         acked = len(load.acks)
         wait_for_arrivals(sink.recorder, acked, _limit_s(PACE, acked), STALL_S)
         server.stop(STOP_TIMEOUT_S)
     ids = [nid for nid, _ in load.acks]
     matched = match_arrivals(sink.recorder.arrivals(), lambda a: a.notification_id, ids)
-    end = max((at for _, at in load.acks), default=0.0)
     received = sum(at <= end for at in matched.first.values())
     backlog = acked - received
     achieved = load.achieved_rate or rate
     return PaceRun(
+        receiver=receiver,
         capacity_rps=capacity,
         rate=rate,
         achieved_rate=load.achieved_rate,
@@ -392,6 +413,8 @@ def pace_once(sink: SmtpSink, capacity: float, options: DistanceOptions, run_dir
         ),
         lost=matched.lost,
         repeats=matched.repeats,
+        service_cores=service_cores,
+        receiver_cores=receiver_cores,
     )
 
 
@@ -402,6 +425,9 @@ def pace_once(sink: SmtpSink, capacity: float, options: DistanceOptions, run_dir
 class Collected:
     runs: list[DistanceRun] = field(default_factory=list)
     pace: PaceRun | None = None
+    """The goal's run: the lean SMTP server."""
+    pace_aiosmtpd: PaceRun | None = None
+    """The same with aiosmtpd as the SMTP server, for reference."""
     pace_error: str | None = None
 
 
@@ -445,6 +471,7 @@ def collect(options: DistanceOptions, work_dir: Path, say: Say) -> Collected:
     with (
         smtp_sink(options.smtp_delay_s) as slow,
         smtp_sink() as instant,
+        lean_smtp_sink() as lean,
         webhook_sink(options.webhook_delay_s) as hook,
     ):
         smtp = {EMAIL_SLOW: slow, EMAIL_INSTANT: instant}
@@ -456,33 +483,54 @@ def collect(options: DistanceOptions, work_dir: Path, say: Say) -> Collected:
                     collected.runs.append(run)
                     _say_run(run, options.rounds, say)
         if PACE in options.parts:
-            capacity = median_or_zero(
-                run.api_rps
-                for run in collected.runs
-                if run.part == EMAIL_INSTANT and run.way == SERVICE
-            )
-            if capacity == 0:
-                say("  pace: measuring the service's API req/s with email on first")
-                spec = email_spec(SERVICE, instant)
-                run = distance_once(
-                    EMAIL_INSTANT, SERVICE, spec, instant, 0, options, work_dir / "capacity"
-                )
-                capacity = run.api_rps
-            if capacity <= 0:
-                raise HarnessError("the service's API req/s measured 0: no rate for the pace run")
-            try:
-                pace = pace_once(instant, capacity, options, work_dir / "pace")
-            except HarnessError as exc:  # the delivery parts' figures are kept
-                collected.pace_error = str(exc)
-                say(f"  pace FAILED: {exc}")
-                return collected
-            collected.pace = pace
-            say(
-                f"  pace: {pace.achieved_rate:,.0f} req/s for {pace.seconds:g} s"
-                f" ({options.pace_share:.0%} of {capacity:,.0f}); backlog at the end"
-                f" {pace.backlog:,} = {pace.backlog_s:.2f} s of traffic"
-            )
+            capacities = {
+                AIOSMTPD: median_or_zero(
+                    run.api_rps
+                    for run in collected.runs
+                    if run.part == EMAIL_INSTANT and run.way == SERVICE
+                ),
+                LEAN: 0.0,
+            }
+            sinks = {LEAN: lean, AIOSMTPD: instant}
+            for receiver, sink in sinks.items():
+                try:
+                    pace = _pace(receiver, sink, capacities[receiver], options, work_dir, say)
+                except HarnessError as exc:  # the delivery parts' figures are kept
+                    collected.pace_error = str(exc)
+                    say(f"  pace FAILED: {exc}")
+                    return collected
+                if receiver == LEAN:
+                    collected.pace = pace
+                else:
+                    collected.pace_aiosmtpd = pace
     return collected
+
+
+def _pace(
+    receiver: str,
+    sink: SmtpSink,
+    capacity: float,
+    options: DistanceOptions,
+    work_dir: Path,
+    say: Say,
+) -> PaceRun:
+    """The pace run against ``sink``, at ``pace_share`` of ``capacity`` (measured here, with
+    this SMTP server, when 0)."""
+    if capacity == 0:
+        say(f"  pace ({receiver}): measuring the service's API req/s with email on first")
+        spec = email_spec(SERVICE, sink)
+        run_dir = work_dir / f"capacity-{receiver}"
+        capacity = distance_once(EMAIL_INSTANT, SERVICE, spec, sink, 0, options, run_dir).api_rps
+    if capacity <= 0:
+        raise HarnessError("the service's API req/s measured 0: no rate for the pace run")
+    pace = pace_once(receiver, sink, capacity, options, work_dir / f"pace-{receiver}")
+    say(
+        f"  pace ({receiver}): {pace.achieved_rate:,.0f} req/s for {pace.seconds:g} s"
+        f" ({options.pace_share:.0%} of {capacity:,.0f}); backlog at the end"
+        f" {pace.backlog:,} = {pace.backlog_s:.2f} s of traffic; CPU: service"
+        f" {pace.service_cores:.2f}, SMTP server {pace.receiver_cores:.2f} of a core"
+    )
+    return pace
 
 
 def median_or_zero(values: Iterable[float]) -> float:
@@ -633,10 +681,10 @@ def format_part(part: str, ways: dict[str, Any], options: DistanceOptions) -> st
     return format_rows(header, rows)
 
 
-def format_pace(pace: PaceRun) -> str:
+def format_pace(runs: Sequence[PaceRun]) -> str:
     rows = [
         (
-            "service, instant SMTP server",
+            f"service, instant SMTP server ({pace.receiver})",
             f"{pace.capacity_rps:,.0f}",
             f"{pace.achieved_rate:,.0f}",
             f"{pace.acked:,}",
@@ -648,10 +696,13 @@ def format_pace(pace: PaceRun) -> str:
             _fmt(pace.drained_s, ".2f", "never (lost)"),
             f"{pace.lost:,}",
             f"{pace.repeats:,}",
+            f"{pace.service_cores:.2f}",
+            f"{pace.receiver_cores:.2f}",
         )
+        for pace in runs
     ]
     header = (
-        f"pace ({pace.seconds:g} s open loop)",
+        f"pace ({runs[0].seconds:g} s open loop)",
         "capacity req/s",
         "offered req/s",
         "acked",
@@ -663,6 +714,8 @@ def format_pace(pace: PaceRun) -> str:
         "drained in, s",
         "lost",
         "repeats",
+        "service cores",
+        "SMTP server cores",
     )
     return format_rows(header, rows)
 
@@ -693,14 +746,17 @@ def run(
     data["parts"] = parts
     data["runs"] = [run.to_json() for run in collected.runs]
     data["pace"] = collected.pace.to_json() if collected.pace is not None else None
+    reference = collected.pace_aiosmtpd
+    data["pace_aiosmtpd"] = reference.to_json() if reference is not None else None
     data["pace_error"] = collected.pace_error
     data["goals"] = [
         {**goal.to_json(), "command": command}
         for goal, command in zip(listed, commands, strict=True)
     ]
     tables = [format_part(part, ways, options) for part, ways in parts.items()]
-    if collected.pace is not None:
-        tables.append(format_pace(collected.pace))
+    paced = [run for run in (collected.pace, collected.pace_aiosmtpd) if run is not None]
+    if paced:
+        tables.append(format_pace(paced))
     tables.append(format_goals(listed))
     tables.append(format_goal_commands(listed, commands))
     data["tables"] = tables

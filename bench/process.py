@@ -65,8 +65,10 @@ def spawn(command: Sequence[str], cwd: Path, env: Mapping[str, str], output_path
 
 
 def group_pids(group: int) -> list[int]:
-    """The processes whose process group is ``group`` right now."""
-    pids = []
+    """The processes whose process group is ``group`` right now, and their descendants (a
+    process that started one in a group of its own: notify-service's delivery process)."""
+    parents: dict[int, int] = {}
+    members = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -74,9 +76,15 @@ def group_pids(group: int) -> list[int]:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
+        parents[int(entry.name)] = int(fields[1])
         if int(fields[2]) == group:
-            pids.append(int(entry.name))
-    return sorted(pids)
+            members.add(int(entry.name))
+    grown = True
+    while grown:
+        found = {pid for pid, parent in parents.items() if parent in members} - members
+        members |= found
+        grown = bool(found)
+    return sorted(members)
 
 
 def _peak_rss_kb(pid: int) -> int:
@@ -104,7 +112,8 @@ class ChildProcess:
         self.pids = self.pids or (self.popen.pid,)
 
     def track_group(self) -> None:
-        """From now on, measure every process that is in the process group at this moment."""
+        """From now on, measure every process that is in the process group at this moment, and
+        their descendants."""
         self.pids = tuple(group_pids(self.popen.pid)) or (self.popen.pid,)
 
     def died(self, what: str) -> str:

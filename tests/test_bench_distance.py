@@ -60,9 +60,13 @@ def test_quick_distance_benchmark_loses_nothing_and_judges_every_goal(tmp_path: 
         assert run["all_in_s"] is not None, run
         assert run["all_in_s"] > 0, run
         assert run["warmup_all_arrived"], run
-    pace = results["pace"]
-    assert pace["lost"] == 0
-    assert pace["acked"] > 0
-    assert pace["backlog"] == pace["acked"] - pace["received_by_end"]
+    for receiver, pace in (("lean", results["pace"]), ("aiosmtpd", results["pace_aiosmtpd"])):
+        assert pace["receiver"] == receiver
+        assert pace["lost"] == 0
+        assert pace["repeats"] == 0
+        assert pace["acked"] > 0
+        assert pace["backlog"] == pace["acked"] - pace["received_by_end"]
+        assert pace["service_cores"] > 0
+        assert pace["receiver_cores"] > 0
     assert [goal["verdict"] in ("met", "NOT met") for goal in results["goals"]] == [True] * 5
     assert all(goal["command"].startswith("python -m bench.distance") for goal in results["goals"])
