@@ -193,7 +193,11 @@ async def check_spool_places(settings: Settings) -> None:
         raise StartupError(problem)
 
 
-_NOT_RUNNING = "the service is not running (its lifespan has not started)"
+_NOT_RUNNING = (
+    "the service is not running (its lifespan has not started): serve the app with uvicorn; "
+    "in tests, enter its lifespan: 'with TestClient(app) as client:' (not a bare "
+    "TestClient(app)), or httpx.AsyncClient inside asgi_lifespan.LifespanManager(app)"
+)
 
 
 class Current:
