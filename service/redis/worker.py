@@ -36,8 +36,7 @@ from service.channels.base import Channel
 from service.channels.registry import lease_seconds
 from service.logs import configure_logging
 from service.metrics import Metrics
-from service.outbox.delivery import OutboxDepth, dispatchers
-from service.outbox.dispatcher import Dispatcher
+from service.outbox.delivery import OutboxDepth, close_dispatchers, dispatchers
 from service.outbox.redis import RedisOutbox
 from service.records import Kind
 from service.redis.delivery import DeliveryService
@@ -169,7 +168,7 @@ class Worker:
         stack.push_async_callback(counter.aclose)
         self.metrics.track_outbox(lambda: counter.depth)
         started = dispatchers(settings, outbox, channels, self.metrics.deliveries)
-        stack.push_async_callback(_close_dispatchers, started)
+        stack.push_async_callback(close_dispatchers, started)
         for dispatcher in started:
             await dispatcher.start()
         targets = ", ".join(f"{channel.target} as {channel.name}" for channel in channels)
@@ -178,12 +177,6 @@ class Worker:
     async def _close_sinks(self) -> None:
         for sink in self._sinks:
             await sink.aclose()
-
-
-async def _close_dispatchers(started: Sequence[Dispatcher]) -> None:
-    """Every dispatcher at once: each claims nothing more and lets its sends in flight finish
-    within ``NOTIFY_SHUTDOWN_TIMEOUT``, so the whole drain takes that long at most."""
-    await asyncio.gather(*(dispatcher.aclose() for dispatcher in started))
 
 
 async def consume(
