@@ -34,6 +34,7 @@ from redis.exceptions import RedisError
 from config import Settings, settings_help, settings_or_exit
 from service.channels.base import Channel
 from service.channels.registry import lease_seconds
+from service.deliver import event_loop_factory
 from service.logs import configure_logging
 from service.metrics import Metrics
 from service.outbox.delivery import OutboxDepth, close_dispatchers, dispatchers
@@ -288,7 +289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"error: cannot open log file {path}: {reason}") from None
     configure_logging(settings.log_level, json_lines=settings.log_json)
     try:
-        asyncio.run(run(settings))
+        # uvloop when installed, as taskiq's worker ran on before and notify-deliver runs on.
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(run(settings))
     except StartupError as exc:
         raise SystemExit(f"error: {exc}") from None
     return 0
