@@ -71,7 +71,7 @@ mail: $(STAMP)
 
 # A worker of the redis backend (NOTIFY_BACKEND=redis on the API): same settings, same sinks.
 worker: $(STAMP)
-	$(BIN)/python -m service.redis.worker
+	$(BIN)/notify-worker
 
 test: $(STAMP) redis-server browser logrotate
 	$(BIN)/python -m pytest

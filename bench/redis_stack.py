@@ -2,7 +2,7 @@
 
 Redis listens on a free loopback port with an append-only file (``appendfsync everysec``, no
 RDB snapshots), as ``make redis`` runs it; the worker is ``python -m service.redis.worker``
-(taskiq's worker with one worker process), as ``make worker`` runs it, with the API's
+(one process, what ``make worker``'s ``notify-worker`` runs), with the API's
 ``NOTIFY_*`` settings. Both run in their own process group and are killed when their block
 exits.
 """
@@ -129,17 +129,13 @@ def _wait_for_output(process: ChildProcess, text: str, timeout: float) -> None:
 def running_worker(
     spec: ServerSpec, run_dir: Path, repo_root: Path, redis_url: str, ready_timeout: float
 ) -> Iterator[ChildProcess]:
-    """One worker with the API's settings, in ``run_dir``, ready; killed when the block exits.
-
-    taskiq forks the worker from a managing process; both are measured (``track_group``).
-    """
-    command = [sys.executable, "-m", "service.redis.worker"]  # as `make worker`
+    """One worker with the API's settings, in ``run_dir``, ready; killed when the block exits."""
+    command = [sys.executable, "-m", "service.redis.worker"]  # notify-worker, as `make worker`
     env = {**server_env(spec, run_dir, repo_root, redis_url), "PYTHONUNBUFFERED": "1"}
     output_path = run_dir / "worker.out"
     worker = ChildProcess("worker", spawn(command, run_dir, env, output_path), output_path)
     try:
         _wait_for_output(worker, WORKER_READY_TEXT, ready_timeout)
-        worker.track_group()
         yield worker
     finally:
         worker.kill()

@@ -156,7 +156,7 @@ class Settings(BaseSettings):
     backend: Backend = Field(
         default="local",
         description="local: this process writes the log; redis: records go to a Redis stream "
-        "(taskiq) and `make worker` processes write the log.",
+        "and `notify-worker` processes (`make worker`) write the log.",
     )
     delivery: DeliveryMode = Field(
         default="inline",

@@ -36,7 +36,7 @@ from config import Settings, settings_help, settings_or_exit
 from service.channels.base import Channel
 from service.logs import configure_logging
 from service.metrics import Metrics
-from service.outbox.delivery import OutboxDepth, dispatchers
+from service.outbox.delivery import OutboxDepth, close_dispatchers, dispatchers
 from service.outbox.dispatcher import Dispatcher
 from service.outbox.sqlite import SqliteOutbox
 from service.runtime import StartupError, build_delivery_channels, sqlite_outbox
@@ -192,7 +192,8 @@ class DeliveryProcess:
                 stack.push_async_callback(channel.aclose)
             await self._depth.start()
             stack.push_async_callback(self._depth.aclose)
-            stack.push_async_callback(self._close_dispatchers)
+            # At once: within NOTIFY_SHUTDOWN_TIMEOUT (notify-service waits a second more).
+            stack.push_async_callback(close_dispatchers, self.dispatchers)
             for dispatcher in self.dispatchers:
                 self.metrics.deliveries.disabled(dispatcher.name, False)
                 await dispatcher.start()
@@ -218,12 +219,6 @@ class DeliveryProcess:
     ) -> None:
         await self._stack.aclose()
         self.metrics.process_exited()
-
-    async def _close_dispatchers(self) -> None:
-        """Every dispatcher at once: each lets its sends in flight finish within
-        ``NOTIFY_SHUTDOWN_TIMEOUT``, so the whole drain takes that long at most, whatever the
-        number of channels (``notify-service`` waits a second more, then kills)."""
-        await asyncio.gather(*(dispatcher.aclose() for dispatcher in self.dispatchers))
 
 
 async def run(settings: Settings, *, parent: int | None = None) -> None:

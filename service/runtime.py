@@ -39,7 +39,7 @@ from service.sinks.fs import os_error_reason
 from service.status import Idempotency, Ledger, LocalLedger, StatusStore
 
 if TYPE_CHECKING:  # imported where it is used: the redis extra is optional
-    from service.redis.broker import NotificationBroker
+    from service.redis.stream import RedisStream
 
 __all__ = [
     "Current",
@@ -264,9 +264,9 @@ class Runtime:
         self._stack = AsyncExitStack()
         self._load: LoopLoad | None = None
         """Whether requests saturate the event loop (local dispatchers step back then)."""
-        self._broker: NotificationBroker | None = None
+        self._stream: RedisStream | None = None
         if settings.backend == "redis":
-            self._broker = self._redis_broker()
+            self._stream = self._redis_stream()
         self.channels = build_delivery_channels(settings)
         self._intake: OutboxIntake | None = None
         self._outbox: Outbox | None = None
@@ -287,7 +287,7 @@ class Runtime:
         )
 
     async def __aenter__(self) -> Runtime:
-        if self._broker is None:  # the local backend writes (and spools) the logs here
+        if self._stream is None:  # the local backend writes (and spools) the logs here
             await check_spool_places(self.settings)
         stack = self._stack
         try:
@@ -323,7 +323,7 @@ class Runtime:
             )
         for channel in self.channels if self.dispatchers else ():
             logger.info("delivering notifications to %s as %s", channel.target, channel.name)
-        if self._outbox is not None and self._broker is None and not self.dispatchers:
+        if self._outbox is not None and self._stream is None and not self.dispatchers:
             names = ", ".join(channel.name for channel in self.channels)
             logger.info(
                 "adding deliveries (%s) to the outbox %s; no dispatcher here: another process "
@@ -372,7 +372,7 @@ class Runtime:
         Redis the outbox is in Redis and the workers deliver (``service.redis.worker``)."""
         settings, metrics, channels = self.settings, self.metrics, self.channels
         outbox: Outbox
-        if self._broker is None:
+        if self._stream is None:
             outbox = sqlite_outbox(settings, channels)
             outbox_path = outbox.path
             spool = outbox_path.with_name(outbox_path.name + ".spool")
@@ -380,7 +380,7 @@ class Runtime:
             from service.outbox.redis import RedisOutbox  # the redis extra: only here
 
             outbox = RedisOutbox(
-                self._broker.redis(),
+                self._stream.redis,
                 settings.redis_stream,
                 lease_seconds=lease_seconds(channels),
                 ttl=settings.status_ttl,
@@ -390,7 +390,7 @@ class Runtime:
         self._steps.append((outbox.open, outbox.close))
         # The channels' connections close after their dispatchers (opened later) have stopped.
         self._steps += [(None, channel.aclose) for channel in channels]
-        if self._broker is None and settings.delivery == "inline":
+        if self._stream is None and settings.delivery == "inline":
             load = self._load = LoopLoad()
             self._steps.append((load.start, load.aclose))
             self.dispatchers = dispatchers(
@@ -430,29 +430,29 @@ class Runtime:
         keys = Idempotency(settings.status_max_entries, settings.idempotency_ttl)
         return self._service(notifications, queries, LocalLedger(statuses, keys))
 
-    def _redis_broker(self) -> NotificationBroker:
-        from service.redis.broker import build_broker
+    def _redis_stream(self) -> RedisStream:
+        from service.redis.stream import RedisStream
 
-        broker = build_broker(self.settings)
-        self._steps.append((None, broker.connection_pool.disconnect))
-        return broker
+        stream = RedisStream(self.settings)
+        self._steps.append((None, stream.aclose))
+        return stream
 
     def _redis_backend(self) -> NotificationService:
         # Imported here: the Redis packages are an optional extra, needed only for this backend.
         from service.redis.ledger import RedisLedger
         from service.redis.publisher import stream_sink
 
-        settings, broker = self.settings, self._broker
-        assert broker is not None  # built first, by __init__
+        settings, stream = self.settings, self._stream
+        assert stream is not None  # built first, by __init__
         ledger = RedisLedger(
-            broker.redis(),
+            stream.redis,
             settings.redis_stream,
             status_ttl=settings.status_ttl,
             idempotency_ttl=settings.idempotency_ttl,
             local=self.statuses,
         )
         options = batch_options(settings, waiting=settings.ack == "write")
-        sink = stream_sink(broker, ledger.queued, options, settings.queue_spool())
+        sink = stream_sink(stream, ledger.queued, options, settings.queue_spool())
         self.metrics.for_sink(sink.target.name).track(lambda: sink.held)
         self.sinks.append(sink)
         return self._service(sink, sink, ledger)

@@ -12,6 +12,7 @@ import pytest
 from config import SettingsError, load_settings
 from service.cli import empty_multiprocess_dir
 from service.main import create_app
+from tests.support.server import service_env, worker_command
 
 
 def test_help_lists_the_options_and_the_settings_and_starts_nothing(tmp_path: Path) -> None:
@@ -33,6 +34,25 @@ def test_help_lists_the_options_and_the_settings_and_starts_nothing(tmp_path: Pa
         "NOTIFY_SMTP_URL",
         "PROMETHEUS_MULTIPROC_DIR",
     ):
+        assert variable in done.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_notify_worker_help_lists_the_settings_and_starts_nothing(tmp_path: Path) -> None:
+    """``notify-worker --help`` (the entry point pyproject.toml declares) prints and exits 0;
+    no log file appears and no Redis is needed."""
+    done = subprocess.run(
+        [*worker_command(), "--help"],
+        cwd=tmp_path,
+        env=service_env({"NOTIFY_REDIS_URL": "redis://127.0.0.1:1/0"}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: notify-worker")
+    for variable in ("NOTIFY_REDIS_STREAM", "NOTIFY_REDIS_IDLE_TIMEOUT", "NOTIFY_LOG_PATH"):
         assert variable in done.stdout
     assert list(tmp_path.iterdir()) == []
 

@@ -35,6 +35,6 @@ async def test_waiting_lines_leave_no_object_for_the_garbage_collector(
         pass
     async with aioredis.Redis.from_url(redis_url) as redis:
         entries: Any = await redis.xrange("notifications")
-    records = [record for _, fields in entries for record in json.loads(fields[b"data"])["args"][0]]
+    records = [record for _, fields in entries for record in json.loads(fields[b"records"])]
     assert [(record[0], record[2]) for record in records] == list(zip(ids, lines, strict=True))
     assert not runtime.settings.queue_spool().exists()

@@ -1,5 +1,5 @@
 """``NOTIFY_BACKEND=redis``: the API hands lines to a real Redis stream and real worker
-processes (``taskiq worker service.redis.worker:broker``) write the log."""
+processes (``notify-worker``) write the log."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from service.redis.broker import GROUP
+from service.redis.stream import GROUP, RECORDS
 from tests.conftest import read_lines
 from tests.support.redis import RedisServer
 from tests.support.server import (
@@ -149,10 +149,10 @@ async def _wait_for_status(
 
 
 async def _stream_batches(redis_url: str) -> list[list[list[Any]]]:
-    """The records of each message in the stream (the JSON form of ``WireRecord``)."""
+    """The records of each entry in the stream (the JSON form of ``WireRecord``)."""
     async with aioredis.Redis.from_url(redis_url) as redis:
         entries: Any = await redis.xrange(STREAM)
-    return [json.loads(fields[b"data"])["args"][0] for _, fields in entries]
+    return [json.loads(fields[RECORDS.encode()]) for _, fields in entries]
 
 
 async def test_a_worker_writes_what_the_api_accepted_in_order(
@@ -300,9 +300,10 @@ async def test_a_failing_xadd_is_retried_and_reported_not_the_end_of_the_sender(
     tmp_path: Path, redis_url: str
 ) -> None:
     """Redis refuses the XADD itself (here the stream's key holds a string: WRONGTYPE) after
-    the statuses were set. taskiq reports that as its own SendTaskError, which once ended the
-    sender task silently while POST went on answering 200. Now it is a failed hand-over like
-    any other: logged once, 503 naming the error, retried, and handed over once Redis takes it."""
+    the statuses were set. It is a failed hand-over like any other (under taskiq it was once
+    taskiq's own SendTaskError, which ended the sender task silently while POST went on
+    answering 200): logged once, 503 naming the error, retried, and handed over once Redis
+    takes it."""
     async with aioredis.Redis.from_url(redis_url) as redis:
         await redis.set(STREAM, "not a stream")
         settings = _backend(redis_url)
@@ -410,8 +411,7 @@ async def _pending_records(redis: aioredis.Redis) -> tuple[str, set[str]]:
     for entry in pending:
         entries: Any = await redis.xrange(STREAM, entry["message_id"], entry["message_id"])
         for _, fields in entries:
-            message = json.loads(fields[b"data"])
-            ids.update(record[0] for record in message["args"][0])
+            ids.update(record[0] for record in json.loads(fields[RECORDS.encode()]))
     return name, ids
 
 
@@ -461,6 +461,40 @@ async def test_a_killed_workers_batches_are_written_by_another_within_10_s(
     assert redelivered < 10
 
 
+async def test_a_stopped_worker_finishes_what_it_read_and_exits_0(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """SIGTERM while a worker writes a backlog: it writes and acknowledges every batch it had
+    read, holds none, exits 0; each line is either in the log, once, or still in the stream."""
+    settings = _backend(redis_url, NOTIFY_ACK="write", NOTIFY_BATCH_SIZE="20")
+    log = tmp_path / "log.txt"
+    emails = [f"t{number:04d}@example.com" for number in range(2000)]
+    async with uvicorn_server(tmp_path, settings) as api:
+        async with asyncio.timeout(60):
+            posted = await post_notifications(
+                api.url, emails, concurrency=32, acknowledgement=ACKNOWLEDGEMENT
+            )
+    assert len(posted.acknowledged) == len(emails), posted.unexpected[:3]
+    async with (
+        aioredis.Redis.from_url(redis_url) as redis,
+        running_worker(tmp_path, settings) as worker,
+    ):
+        await _wait_for_lines(log, 1)
+        worker.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            assert await worker.wait_exit() == 0
+        assert "worker stopped" in worker.output()
+        assert "Traceback" not in worker.output()
+        consumers = await redis.xinfo_consumers(STREAM, GROUP)
+        assert [consumer["pending"] for consumer in consumers] == [0]
+        left = [record[2] for batch in await _stream_batches(redis_url) for record in batch]
+    written = Counter(read_lines(log))
+    assert max(written.values()) == 1
+    assert sorted([*written, *(line.removesuffix("\n") for line in left)]) == sorted(
+        f"notification for {email}: some notification" for email in emails
+    )
+
+
 async def test_the_api_spools_what_redis_did_not_take_by_shutdown_and_sends_it_next_start(
     tmp_path: Path,
 ) -> None:
@@ -496,7 +530,7 @@ async def test_the_api_spools_what_redis_did_not_take_by_shutdown_and_sends_it_n
 
 def test_a_worker_that_cannot_open_its_log_stops_with_one_line(tmp_path: Path) -> None:
     """``make worker`` with an unusable log path exits 1 at once, naming the path and why,
-    instead of a worker process that taskiq restarts for ever."""
+    instead of a worker process that retries for ever."""
     (tmp_path / "a-file").write_text("")
     log = tmp_path / "a-file" / "log.txt"
     env = service_env({"NOTIFY_BACKEND": "redis", "NOTIFY_LOG_PATH": str(log)})

@@ -1,9 +1,9 @@
 """The worker's parts on a real Redis and real files: delivery (written once, however often a
-batch arrives) and the broker (reclaim on a timer; acknowledged messages deleted)."""
+batch arrives) and the stream reader (reclaim on a timer; acknowledged entries deleted; a lost
+group made again; what is not a batch dropped)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,23 +11,19 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError, ResponseError
-from taskiq import AckableMessage
 
 from config import Settings
-from service.redis.broker import (
-    GROUP,
-    NotificationBroker,
-    describe_redis_error,
-    public_redis_error,
-)
 from service.redis.delivery import DeliveryService
+from service.redis.errors import describe_redis_error, public_redis_error
 from service.redis.ledger import RedisLedger
 from service.redis.publisher import StreamPublisher
+from service.redis.stream import GROUP, Entry, RedisStream, StreamReader
 from service.sinks.core import Batch, BatchOptions, BatchSink
 from service.sinks.file import file_sink
 from service.status import NotificationStatus
 from service.wire import WireRecord, parse_wire_record
 from tests.conftest import read_lines
+from tests.support.waiting import eventually
 
 
 @pytest.fixture
@@ -189,7 +185,8 @@ async def test_a_worker_stuck_on_a_full_log_leaves_the_batch_for_later(
     assert read_lines(tmp_path / "log.txt") == ["notification for late@example.com: hi"]
 
 
-def _broker(redis_url: str, tmp_path: Path, name: str) -> NotificationBroker:
+@pytest.fixture
+async def stream(redis_url: str, tmp_path: Path) -> AsyncIterator[RedisStream]:
     settings = Settings(
         _env_file=None,
         log_path=tmp_path / "log.txt",
@@ -197,69 +194,89 @@ def _broker(redis_url: str, tmp_path: Path, name: str) -> NotificationBroker:
         redis_idle_timeout=0.5,
         redis_reclaim_interval=0.2,
     )
-    broker = NotificationBroker(settings)
-    broker.consumer_name = name
-    return broker
+    stream = RedisStream(settings)
+    yield stream
+    await stream.aclose()
 
 
-async def _next(messages: AsyncIterator[AckableMessage], within: float) -> AckableMessage:
-    async with asyncio.timeout(within):
-        return await anext(messages)
+def _reader(stream: RedisStream, name: str) -> StreamReader:
+    return StreamReader(stream, name, idle_timeout=0.5, reclaim_interval=0.2)
 
 
-async def _publish(broker: NotificationBroker, redis: aioredis.Redis, name: str) -> None:
-    """Publish one batch holding the notification of ``{name}@example.com``."""
-    publisher = StreamPublisher(broker, _ledger(redis).queued)
+async def _publish(stream: RedisStream, redis: aioredis.Redis, name: str) -> None:
+    """Publish one batch holding the notification of ``{name}@example.com``, as the API does."""
+    publisher = StreamPublisher(stream, _ledger(redis).queued)
     await publisher.send(Batch.of(parse_wire_record(record) for record in _batch(name)))
 
 
-async def _acknowledge(message: AckableMessage) -> None:
-    acknowledged = message.ack()
-    assert acknowledged is not None
-    await acknowledged
+async def _next(reader: StreamReader) -> list[Entry]:
+    """The next entries ``reader`` gets (on a quiet stream: once it takes some over)."""
+
+    async def read() -> list[Entry]:
+        return await reader.read(10)
+
+    return await eventually(read, message=f"entries for {reader.consumer}")
+
+
+def _names(entry: Entry) -> list[str]:
+    return [record[2] for record in entry.records]
 
 
 @pytest.mark.slow
 async def test_reclaim_runs_on_a_timer_on_a_quiet_stream(
-    tmp_path: Path, redis_url: str, redis: aioredis.Redis
+    stream: RedisStream, redis: aioredis.Redis
 ) -> None:
-    """A message taken by a worker that never acknowledges it goes to another worker after
-    the idle timeout, with no new message arriving; acknowledging it deletes it."""
-    first, second = _broker(redis_url, tmp_path, "first"), _broker(redis_url, tmp_path, "second")
-    await first.startup()
-    await _publish(first, redis, "q")
-    taken = first.listen()
-    held = await _next(taken, within=5)
-    assert b"q@example.com" in held.data
-    reclaimed = second.listen()
-    again = await _next(reclaimed, within=5)
-    assert again.data == held.data
+    """An entry taken by a worker that never acknowledges it goes to another worker after
+    the idle timeout, with no new entry arriving; acknowledging it deletes it."""
+    first, second = _reader(stream, "first"), _reader(stream, "second")
+    assert await first.read(10) == []  # makes the group
+    await _publish(stream, redis, "q")
+    (held,) = await _next(first)
+    assert _names(held) == ["notification for q@example.com: hi\n"]
+    (again,) = await _next(second)
+    assert again == held
     assert await redis.xlen("notifications") == 1
-    await _acknowledge(again)
+    await second.ack([again.id])
     assert await redis.xlen("notifications") == 0
     assert (await redis.xpending("notifications", GROUP))["pending"] == 0
-    await taken.aclose()
-    await reclaimed.aclose()
-    await first.shutdown()
-    await second.shutdown()
+
+
+@pytest.mark.slow
+async def test_a_lost_group_is_made_again_and_reads_from_the_start(
+    stream: RedisStream, redis: aioredis.Redis
+) -> None:
+    """Redis lost the stream and its group (a restart without its data): the reader makes the
+    group again and reads what was added meanwhile, from the stream's start."""
+    reader = _reader(stream, "only")
+    assert await reader.read(10) == []
+    await _publish(stream, redis, "before")
+    (before,) = await _next(reader)
+    await reader.ack([before.id])
+    await redis.delete("notifications")  # the stream, its group and their pending list
+    await _publish(stream, redis, "after")  # before any worker reads again
+    (after,) = await _next(reader)
+    assert _names(after) == ["notification for after@example.com: hi\n"]
+    groups = await redis.xinfo_groups("notifications")
+    assert [group["name"] for group in groups] == [GROUP.encode()]
 
 
 @pytest.mark.slow
 async def test_an_entry_that_is_not_a_batch_is_dropped_not_delivered(
-    tmp_path: Path, redis_url: str, redis: aioredis.Redis
+    stream: RedisStream, redis: aioredis.Redis
 ) -> None:
-    """Something else wrote to the stream: its entry is removed, the worker goes on."""
-    broker = _broker(redis_url, tmp_path, "only")
-    await broker.startup()
-    await redis.xadd("notifications", {"not-data": "notification for x@example.com: forged\n"})
-    await _publish(broker, redis, "real")
-    messages = broker.listen()
-    delivered = await _next(messages, within=5)
-    assert b"real@example.com" in delivered.data
-    await _acknowledge(delivered)
+    """Something else wrote to the stream: its entries are removed, the worker goes on."""
+    reader = _reader(stream, "only")
+    assert await reader.read(10) == []
+    await redis.xadd("notifications", {"not-records": "notification for x@example.com: forged\n"})
+    await redis.xadd("notifications", {"records": "not JSON"})
+    await redis.xadd("notifications", {"records": '{"not": "a list"}'})
+    await _publish(stream, redis, "real")
+    (delivered,) = await _next(reader)
+    assert _names(delivered) == ["notification for real@example.com: hi\n"]
+    assert await redis.xlen("notifications") == 1
+    await reader.ack([delivered.id])
     assert await redis.xlen("notifications") == 0
-    await messages.aclose()
-    await broker.shutdown()
+    assert (await redis.xpending("notifications", GROUP))["pending"] == 0
 
 
 def test_a_redis_error_shown_to_clients_has_no_address_and_the_log_line_has_it() -> None:

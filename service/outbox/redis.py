@@ -37,7 +37,7 @@ from service.outbox.base import (
     Pause,
     notification_fields,
 )
-from service.redis.broker import describe_redis_error, public_redis_error
+from service.redis.errors import describe_redis_error, public_redis_error
 from service.sinks.core import TargetError
 from service.sinks.fs import holder_gone, process_token
 
@@ -208,7 +208,7 @@ class RedisOutbox:
             await self._call(self._release, owner, *flat)
 
     async def close(self) -> None:
-        """The connection pool belongs to the broker, which closes it."""
+        """The client belongs to the stream (``RedisStream``), which closes it."""
 
     async def _call(self, script: Any, *args: Any) -> Any:
         try:

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from service.redis.broker import describe_redis_error, public_redis_error
+from service.redis.errors import describe_redis_error, public_redis_error
 from service.sinks.base import SinkUnavailable
 from service.status import (
     Fingerprint,

@@ -3,7 +3,8 @@ metrics, with the local backend's names), ``/healthz`` and ``/readyz`` (Redis an
 worker's logs can be written), served on ``NOTIFY_WORKER_HOST``.
 
 The server is uvicorn, in a thread of its own with its own event loop: the worker's loop
-belongs to taskiq and its signal handling, and nothing here may slow its deliveries.
+handles SIGTERM and SIGINT itself (uvicorn would take them over), and nothing here may slow
+its deliveries.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from service.metrics import CONTENT_TYPE, Metrics
-from service.redis.broker import public_redis_error
+from service.redis.errors import public_redis_error
 from service.sinks.base import SinkHealth
 
 __all__ = ["WorkerMonitor"]

@@ -30,7 +30,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from service.redis.broker import describe_redis_error, public_redis_error
+from service.redis.errors import describe_redis_error, public_redis_error
 from service.sinks.core import TargetError
 
 __all__ = ["WriteLedger"]

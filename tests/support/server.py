@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tomllib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ __all__ = [
     "run_until_exit",
     "running_server",
     "running_worker",
+    "script_target",
     "service_command",
     "service_env",
     "uvicorn_command",
@@ -265,8 +267,21 @@ async def uvicorn_server(
 
 
 def worker_command() -> list[str]:
-    """``python -m service.redis.worker``, as ``make worker`` runs it (one taskiq worker)."""
-    return [sys.executable, "-m", "service.redis.worker"]
+    """``notify-worker``, as ``make worker`` runs it: the entry point pyproject.toml declares
+    for it, called as the installed script calls it, from this checkout."""
+    module, _, function = script_target("notify-worker").partition(":")
+    return [
+        sys.executable,
+        "-c",
+        f"import sys; from {module} import {function}; sys.exit({function}())",
+    ]
+
+
+def script_target(name: str) -> str:
+    """``module:function``, the entry point of the console script ``name`` in pyproject.toml."""
+    with (REPO_ROOT / "pyproject.toml").open("rb") as file:
+        target: str = tomllib.load(file)["project"]["scripts"][name]
+    return target
 
 
 @contextlib.asynccontextmanager
