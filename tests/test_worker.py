@@ -279,6 +279,31 @@ async def test_an_entry_that_is_not_a_batch_is_dropped_not_delivered(
     assert (await redis.xpending("notifications", GROUP))["pending"] == 0
 
 
+async def test_an_entry_of_the_taskiq_releases_is_written_after_an_upgrade(
+    stream: RedisStream, redis: aioredis.Redis
+) -> None:
+    """An entry the taskiq-based releases added (taskiq-redis's ``data`` field: taskiq's
+    message as JSON, the batch's records its one argument) left in the stream by an upgrade is
+    read as a batch, not dropped."""
+    reader = _reader(stream, "only")
+    assert await reader.read(10) == []
+    record = ["old-id", "notification", "notification for old@example.com: hi\n", 1.5]
+    message: dict[str, object] = {
+        "task_id": "0f6e",
+        "task_name": "service.redis.worker:write_batch",
+        "labels": {},
+        "labels_types": None,
+        "args": [[record]],
+        "kwargs": {},
+    }
+    await redis.xadd("notifications", {b"data": json.dumps(message).encode()})
+    await redis.xadd("notifications", {b"data": b'{"args": "not a batch"}'})
+    (delivered,) = await _next(reader)
+    assert delivered.records == [record]
+    await reader.ack([delivered.id])
+    assert await redis.xlen("notifications") == 0
+
+
 def test_a_redis_error_shown_to_clients_has_no_address_and_the_log_line_has_it() -> None:
     """What a 503 and /readyz say (public_redis_error) names the error, not where Redis is;
     the service's own log line (describe_redis_error) keeps the address."""

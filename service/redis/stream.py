@@ -18,9 +18,12 @@ A reader
 - **makes the group again** when Redis has none (``NOGROUP``: the stream does not exist yet,
   or Redis restarted without its data), reading from the stream's start, so what the API added
   before any worker ran is read too;
-- **drops an entry that is not a batch** (no ``records`` field holding a JSON array: something
-  else wrote to the stream) with one log line, acknowledged and deleted, so it can neither
-  block the stream nor stop the worker. What it held is not logged.
+- **reads the entries of earlier releases** (taskiq's messages, in the field ``data``), so an
+  upgrade loses none of those left in the stream;
+- **drops an entry that is not a batch** (no ``records`` field holding a JSON array, nor an
+  earlier release's message: something else wrote to the stream) with one log line,
+  acknowledged and deleted, so it can neither block the stream nor stop the worker. What it
+  held is not logged.
 
 Errors talking to Redis are raised; the worker's loop (``service.redis.worker``) backs off and
 reads again.
@@ -170,12 +173,30 @@ class StreamReader:
 
 
 def _records(fields: dict[bytes, bytes]) -> list[Any] | None:
-    """The batch an entry holds, or None if it holds none."""
+    """The batch an entry holds, or None if it holds none. An entry that the taskiq-based
+    releases added (``data``: a taskiq message whose one argument was the batch's records) is
+    read too, so that the entries left in the stream by an upgrade are written, not lost."""
     raw = fields.get(RECORDS.encode())
     if raw is None:
-        return None
+        return _records_of_taskiq_message(fields.get(b"data"))
     try:
         records = json.loads(raw)
     except ValueError:
         return None
     return records if isinstance(records, list) else None
+
+
+def _records_of_taskiq_message(raw: bytes | None) -> list[Any] | None:
+    """The records of an entry the releases before 2026-12-07 added: taskiq-redis's ``data``
+    field, taskiq's message as JSON (``{"task_id": ..., "args": [records], "kwargs": {}}``)."""
+    if raw is None:
+        return None
+    try:
+        message = json.loads(raw)
+    except ValueError:
+        return None
+    args = message.get("args") if isinstance(message, dict) else None
+    if not isinstance(args, list) or len(args) != 1 or not isinstance(args[0], list):
+        return None
+    records: list[Any] = args[0]
+    return records
