@@ -32,11 +32,10 @@ from pathlib import Path
 from typing import Literal, Protocol, TypeVar
 
 import aiofiles.os
-from aiofiles.threadpool.binary import AsyncFileIO
 
 from service.sinks.base import SinkListener
 from service.sinks.core import Batch, BatchOptions, BatchSink, TargetError
-from service.sinks.fs import MACHINE, file_state, open_append, pipe_sized, rotate
+from service.sinks.fs import MACHINE, AppendFile, file_state, open_append, pipe_sized, rotate
 from service.sinks.spool import RAW_LINES, Spool
 from service.wire import WireRecord
 
@@ -70,7 +69,7 @@ class LogFile:
         self.name = str(path)
         self.description = f"log file {path}"
         self._options = options or FileOptions()
-        self._handle: AsyncFileIO | None = None
+        self._handle: AppendFile | None = None
         self._size = 0
         self._fifo = False
         self._last_fsync = time.monotonic()
@@ -173,7 +172,7 @@ class LogFile:
             await guard.before_write(key, opened.st_size, len(data), ids)
             return await self._write_some(data)
 
-    async def _locked_handle(self, incoming: int) -> AsyncFileIO:
+    async def _locked_handle(self, incoming: int) -> AppendFile:
         try:
             handle = await self._ready_handle(incoming)
         except OSError as exc:
@@ -241,7 +240,7 @@ class LogFile:
         else:
             logger.info("%s was moved away (rotated): reopening it at its path", self.description)
 
-    async def _ready_handle(self, incoming: int) -> AsyncFileIO:
+    async def _ready_handle(self, incoming: int) -> AppendFile:
         """The open handle, reopened if needed and rotated first if ``incoming`` overflows it."""
         limit = self._options.rotate_bytes
         if limit and self._handle is not None and self._size > 0 and self._size + incoming > limit:
@@ -251,7 +250,7 @@ class LogFile:
             self._handle = await self._open()
         return self._handle
 
-    async def _open(self) -> AsyncFileIO:
+    async def _open(self) -> AppendFile:
         handle = await open_append(self.path)
         opened = await asyncio.to_thread(os.fstat, handle.fileno())
         self._size, self._fifo = opened.st_size, stat.S_ISFIFO(opened.st_mode)

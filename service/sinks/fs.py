@@ -9,13 +9,13 @@ import select
 import socket
 import uuid
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import aiofiles
-from aiofiles.threadpool.binary import AsyncFileIO
 
 __all__ = [
     "MACHINE",
+    "AppendFile",
     "FileState",
     "file_state",
     "holder_gone",
@@ -40,7 +40,18 @@ def _nonblocking_opener(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_NONBLOCK, 0o644)
 
 
-async def open_append(path: Path) -> AsyncFileIO:
+class AppendFile(Protocol):
+    """What the log file sink uses of the file ``aiofiles.open`` gives (its documented async
+    ``write`` and ``close``, and ``fileno``), rather than naming aiofiles' own class."""
+
+    async def write(self, data: bytes, /) -> int: ...
+
+    def fileno(self) -> int: ...
+
+    async def close(self) -> None: ...
+
+
+async def open_append(path: Path) -> AppendFile:
     """Open ``path`` for appending, unbuffered (``O_APPEND``: whole writes never interleave)."""
     return await aiofiles.open(path, "ab", buffering=0, opener=_nonblocking_opener)
 
