@@ -176,25 +176,26 @@ class _HttpTally:
     """Requests of one (route, method, status): how many, their total time, and how many fell
     in each latency bucket (not cumulative; the last one is +Inf)."""
 
-    __slots__ = ("buckets", "count", "created", "sum")
+    __slots__ = ("buckets", "count", "sum")
 
     def __init__(self) -> None:
         self.count = 0
         self.sum = 0.0
         self.buckets = [0] * (len(_HTTP_BUCKETS) + 1)
-        self.created = time.time()
 
 
 class Tallies:
-    """The per-request metrics of one process as plain numbers; a prometheus-client collector.
+    """The per-request metrics of one process as plain numbers; a prometheus-client collector,
+    written as its documentation's "Custom Collectors" shows (``CounterMetricFamily``,
+    ``HistogramMetricFamily`` and their ``add_metric``).
 
-    ``collect`` gives the families that ``DirectMetrics``'s prometheus-client objects give for
-    the same observations: names, labels, buckets, sums and ``_created`` (a test compares).
+    ``collect`` gives the samples that ``DirectMetrics``'s prometheus-client objects give for
+    the same observations: names, labels, buckets and sums (a test compares); not their
+    ``_created`` series, which that API does not document.
     """
 
     def __init__(self) -> None:
         self.accepted = 0
-        self._accepted_created = time.time()
         self._http: dict[tuple[str, str, int], _HttpTally] = {}
 
     def count_accepted(self) -> None:
@@ -218,11 +219,11 @@ class Tallies:
         yield HistogramMetricFamily(*_HTTP_SECONDS, labels=["route", "method"])
 
     def collect(self) -> Iterator[Metric]:
-        yield CounterMetricFamily(*_ACCEPTED, value=self.accepted, created=self._accepted_created)
+        yield CounterMetricFamily(*_ACCEPTED, value=self.accepted)
         requests = CounterMetricFamily(*_HTTP_REQUESTS, labels=["route", "method", "status"])
         by_route: dict[tuple[str, str], list[_HttpTally]] = {}
         for (route, method, status), tally in self._http.items():
-            requests.add_metric([route, method, str(status)], tally.count, created=tally.created)
+            requests.add_metric([route, method, str(status)], tally.count)
             by_route.setdefault((route, method), []).append(tally)
         yield requests
         seconds = HistogramMetricFamily(*_HTTP_SECONDS, labels=["route", "method"])
@@ -232,17 +233,15 @@ class Tallies:
             for bound, count in zip((*_HTTP_BUCKETS, float("inf")), per_bucket, strict=True):
                 cumulative += count
                 buckets.append((_bucket_label(bound), float(cumulative)))
-            total = sum(t.sum for t in tallies)
-            created = min(t.created for t in tallies)
-            seconds.add_metric([route, method], buckets, total)
-            labels = {"route": route, "method": method}
-            seconds.add_sample(f"{_HTTP_SECONDS[0]}_created", labels, created)
+            seconds.add_metric([route, method], buckets, sum(t.sum for t in tallies))
         yield seconds
 
 
 def _bucket_label(bound: float) -> str:
-    """A bucket's ``le`` label as prometheus-client writes it for these bounds: ``+Inf``, or
-    Python's shortest form (``0.0005``, ``1.0``); a test compares with its own objects'."""
+    """A bucket's ``le`` label: ``+Inf``, or Python's shortest form of the bound (``0.0005``,
+    ``1.0``), as the text format takes any float; the same labels as prometheus-client's own
+    histograms give these bounds (a test compares), so a series keeps its labels whether the
+    service runs as one process or several."""
     return "+Inf" if bound == float("inf") else repr(bound)
 
 
