@@ -73,7 +73,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             *(route for router in routers for route in router.routes),
             *docs_routes(TITLE, "/openapi.json", "/docs/oauth2-redirect"),
         ],
-        # /docs and /redoc are served from the package (service/routers/docs.py), not a CDN.
+        # /docs and /redoc are served from the package (service/routers/docs.py), not a CDN,
+        # and the schema by a route of ours (it notes its template for the HTTP metrics).
+        openapi_url=None,
         docs_url=None,
         redoc_url=None,
         exception_handlers={

@@ -18,9 +18,12 @@ from __future__ import annotations
 import os
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -42,6 +45,8 @@ __all__ = [
     "Metrics",
     "SinkMetrics",
     "Tallies",
+    "TemplatedRoute",
+    "note_route",
 ]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -382,8 +387,33 @@ class DeliveryMetrics:
         self._concurrency.labels(channel).set(window)
 
 
+def note_route(request: Request, template: str) -> None:
+    """Tell ``HttpMetrics`` the route template ``request`` matched (in ``request.state``,
+    Starlette's documented place for what a request carries along)."""
+    request.state.route = template
+
+
+class TemplatedRoute(APIRoute):
+    """FastAPI's ``APIRoute`` that notes its path template for ``HttpMetrics`` before its
+    handler runs (FastAPI's documented way for per-route behaviour: a custom ``APIRoute`` class,
+    given to ``APIRouter(route_class=...)``). Noted first, so a request the route refuses
+    (422, 413, 401) is counted under the route too."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+        template = self.path_format
+
+        async def handle_and_note(request: Request) -> Response:
+            request.state.route = template
+            return await handle(request)
+
+        return handle_and_note
+
+
 class HttpMetrics:
-    """ASGI middleware: count and time every HTTP request by route template and status."""
+    """ASGI middleware: count and time every HTTP request by route template and status. The
+    template is the one the route noted (``TemplatedRoute``, ``note_route``); a request no
+    route took (404, 405) is ``<unmatched>``."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -402,10 +432,14 @@ class HttpMetrics:
                 status = message["status"]
             await send(message)
 
+        # Set first: where the lifespan's state is one dict for every request (asgi-lifespan's
+        # test harness; the ASGI spec and uvicorn give each request a copy), no earlier
+        # request's route is left in it.
+        state = Request(scope).state
+        state.route = _UNMATCHED
         try:
             await self.app(scope, receive, send_and_note_status)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path_format", _UNMATCHED)
+            template = state.route
             elapsed = time.perf_counter() - started
             self.metrics.observe_http(template, scope["method"], status, elapsed)

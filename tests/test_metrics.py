@@ -132,6 +132,33 @@ async def test_metrics_add_up_across_workers(tmp_path: Path) -> None:
     assert value(samples, "notify_notifications_accepted_total") == 300
 
 
+async def test_every_request_is_counted_under_the_route_template_it_matched(
+    tmp_path: Path,
+) -> None:
+    """Each route notes its template (a custom APIRoute class; the schema, the static files):
+    a refused request counts under its route, one no route took under ``<unmatched>``."""
+    async with running(make_settings(tmp_path)) as client:
+        assert (await client.post("/send-notification/not-an-email")).status_code == 422
+        assert (await client.get("/openapi.json")).status_code == 200
+        assert (await client.get("/docs")).status_code == 200
+        assert (await client.get("/static-docs/swagger-ui.css")).status_code == 200
+        assert (await client.get("/no/such/page")).status_code == 404
+        assert (await client.delete("/healthz")).status_code == 405
+        samples = await scrape(client)
+
+    def count(route: str, method: str, status: str) -> float:
+        return value(
+            samples, "notify_http_requests_total", route=route, method=method, status=status
+        )
+
+    assert count("/send-notification/{email}", "POST", "422") == 1
+    assert count("/openapi.json", "GET", "200") == 1
+    assert count("/docs", "GET", "200") == 1
+    assert count("/static-docs/{path}", "GET", "200") == 1
+    assert count("<unmatched>", "GET", "404") == 1
+    assert count("<unmatched>", "DELETE", "405") == 1
+
+
 def test_tallies_expose_what_prometheus_client_objects_do() -> None:
     """The single-process fast path (plain numbers, a collector) and prometheus-client's own
     Counter and Histogram give the same samples for the same requests, bucket edges included

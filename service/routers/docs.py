@@ -12,15 +12,18 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.openapi.docs import (
     get_redoc_html,
     get_swagger_ui_html,
     get_swagger_ui_oauth2_redirect_html,
 )
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.routing import BaseRoute, Mount
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.metrics import TemplatedRoute, note_route
 
 __all__ = ["STATIC_URL", "docs_routes"]
 
@@ -33,8 +36,14 @@ def _static_directory() -> Path:
 
 
 def docs_routes(title: str, openapi_url: str, oauth2_redirect_url: str) -> list[BaseRoute]:
-    """The routes of ``/docs``, ``/redoc`` and their static files."""
-    router = APIRouter(include_in_schema=False)
+    """The routes of the OpenAPI schema, ``/docs``, ``/redoc`` and their static files: the
+    schema too, so that every route notes its template for the HTTP metrics
+    (``TemplatedRoute``; FastAPI's own schema route is a plain Starlette one)."""
+    router = APIRouter(include_in_schema=False, route_class=TemplatedRoute)
+
+    @router.get(openapi_url)
+    async def openapi(request: Request) -> JSONResponse:
+        return JSONResponse(request.app.openapi())
 
     @router.get("/docs")
     async def swagger_ui() -> HTMLResponse:
@@ -61,5 +70,18 @@ def docs_routes(title: str, openapi_url: str, oauth2_redirect_url: str) -> list[
             with_google_fonts=False,
         )
 
-    static = Mount(STATIC_URL, StaticFiles(directory=_static_directory()), name="static-docs")
+    files = _Noted(StaticFiles(directory=_static_directory()), f"{STATIC_URL}/{{path}}")
+    static = Mount(STATIC_URL, files, name="static-docs")
     return [*router.routes, static]
+
+
+class _Noted:
+    """An ASGI app that notes ``template`` as its route for the HTTP metrics, then serves."""
+
+    def __init__(self, app: ASGIApp, template: str) -> None:
+        self.app = app
+        self.template = template
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        note_route(Request(scope), self.template)
+        await self.app(scope, receive, send)

@@ -3,7 +3,7 @@
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from service.metrics import CONTENT_TYPE, Metrics
+from service.metrics import CONTENT_TYPE, Metrics, TemplatedRoute
 from service.runtime import Current
 from service.schemas import ChannelState, Health, Readiness, SinkState
 
@@ -12,7 +12,7 @@ __all__ = ["build_router"]
 
 def build_router(metrics: Metrics, current: Current) -> APIRouter:
     """``/metrics`` of the app, and the health of the current run's sinks."""
-    router = APIRouter(tags=["health"])
+    router = APIRouter(tags=["health"], route_class=TemplatedRoute)
 
     @router.get(
         "/metrics",

@@ -21,6 +21,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from config import Settings
 from service.deps import BodyReader, idempotency_key, query_logger, token_checker
 from service.emails import Email
+from service.metrics import TemplatedRoute
 from service.runtime import Current
 from service.schemas import (
     ACKNOWLEDGEMENT,
@@ -109,7 +110,7 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
     """The notification routes, with the configured limits. The service they call is the
     current run's (``current``, set by each lifespan run)."""
     register_convertors()
-    router = APIRouter(tags=["notifications"])
+    router = APIRouter(tags=["notifications"], route_class=TemplatedRoute)
     in_background = settings.ack == "background"
     log_query = query_logger(current, settings.max_query_length, schedule=in_background)
     body_reader = BodyReader(settings.max_message_length, settings.max_body_bytes)
