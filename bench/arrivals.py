@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
 from bench.cpu import process_cpu_seconds
+from bench.process import HOST, free_port
 
 STALL_S = 5.0
 """Waiting for arrivals ends when none has arrived for this long."""
@@ -117,3 +119,41 @@ def new_loop() -> asyncio.AbstractEventLoop:
         return asyncio.new_event_loop()
     loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
     return loop
+
+
+_READY_TIMEOUT_S = 10.0
+
+
+@contextmanager
+def protocol_server(
+    protocol: Callable[[], asyncio.Protocol], name: str
+) -> Iterator[tuple[int, int]]:
+    """A server of ``protocol`` connections on a free loopback port, on a thread of its own
+    with its own event loop (``new_loop``); yields ``(port, native thread id)`` and stops
+    when the block exits."""
+    loop = new_loop()
+    thread = threading.Thread(target=loop.run_forever, name=name, daemon=True)
+    thread.start()
+    server: asyncio.Server | None = None
+    try:
+        for _ in range(5):  # the port was free a moment ago; another process may have taken it
+            port = free_port()
+            opening = loop.create_server(protocol, HOST, port, backlog=1024)
+            try:
+                server = asyncio.run_coroutine_threadsafe(opening, loop).result(_READY_TIMEOUT_S)
+            except OSError:
+                continue
+            break
+        else:
+            raise RuntimeError(f"no free loopback port for the {name}")
+        thread_id = asyncio.run_coroutine_threadsafe(native_thread_id(), loop).result(
+            _READY_TIMEOUT_S
+        )
+        yield port, thread_id
+    finally:
+        if server is not None:
+            loop.call_soon_threadsafe(server.close)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(_READY_TIMEOUT_S)
+        if not thread.is_alive():
+            loop.close()

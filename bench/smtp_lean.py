@@ -17,19 +17,16 @@ verifies nothing else; anything else gets ``502``.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import cast
 
-from bench.arrivals import Arrival, native_thread_id, new_loop
-from bench.process import HOST, free_port
+from bench.arrivals import Arrival, protocol_server
 from bench.smtp_sink import Recorder, SmtpSink, notification_id
 
 __all__ = ["lean_smtp_sink"]
 
-_READY_TIMEOUT_S = 10.0
 _MAX_LINE = 4096
 _GREETING = b"220 lean.sink ESMTP\r\n"
 _EHLO = b"250-lean.sink\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-PIPELINING\r\n250 SIZE 33554432\r\n"
@@ -143,29 +140,5 @@ class _Connection(asyncio.Protocol):
 def lean_smtp_sink(delay_s: float = 0.0) -> Iterator[SmtpSink]:
     """A running lean SMTP server on a free loopback port, stopped when the block exits."""
     recorder = Recorder(delay_s)
-    loop = new_loop()
-    thread = threading.Thread(target=loop.run_forever, name="lean smtp sink", daemon=True)
-    thread.start()
-    server: asyncio.Server | None = None
-    try:
-        for _ in range(5):  # the port was free a moment ago; another process may have taken it
-            port = free_port()
-            opening = loop.create_server(lambda: _Connection(recorder), HOST, port, backlog=1024)
-            try:
-                server = asyncio.run_coroutine_threadsafe(opening, loop).result(_READY_TIMEOUT_S)
-            except OSError:
-                continue
-            break
-        else:
-            raise RuntimeError("no free loopback port for the lean SMTP server")
-        thread_id = asyncio.run_coroutine_threadsafe(native_thread_id(), loop).result(
-            _READY_TIMEOUT_S
-        )
-        yield SmtpSink(port, thread_id, recorder)
-    finally:
-        if server is not None:
-            loop.call_soon_threadsafe(server.close)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(_READY_TIMEOUT_S)
-        if not thread.is_alive():
-            loop.close()
+    with protocol_server(lambda: _Connection(recorder), "lean SMTP server") as (port, thread):
+        yield SmtpSink(port, thread, recorder)

@@ -12,18 +12,16 @@ would. Anything it cannot parse gets a 400 and the connection is closed.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import cast
 
-from bench.arrivals import Arrival, ArrivalLog, ReceiverThread, native_thread_id, new_loop
-from bench.process import HOST, free_port
+from bench.arrivals import Arrival, ArrivalLog, ReceiverThread, protocol_server
+from bench.process import HOST
 
 PATH = "/hook"
-_READY_TIMEOUT_S = 10.0
 _MAX_HEAD = 64 * 1024
 OK = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok"
 UNAVAILABLE = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n"
@@ -147,29 +145,5 @@ class WebhookSink(ReceiverThread):
 def webhook_sink(delay_s: float = 0.0) -> Iterator[WebhookSink]:
     """A running receiver on a free loopback port, stopped when the block exits."""
     receiver = Receiver(delay_s)
-    loop = new_loop()
-    thread = threading.Thread(target=loop.run_forever, name="webhook sink", daemon=True)
-    thread.start()
-    server: asyncio.Server | None = None
-    try:
-        for _ in range(5):  # the port was free a moment ago; another process may have taken it
-            port = free_port()
-            opening = loop.create_server(lambda: _Connection(receiver), HOST, port, backlog=1024)
-            try:
-                server = asyncio.run_coroutine_threadsafe(opening, loop).result(_READY_TIMEOUT_S)
-            except OSError:
-                continue
-            break
-        else:
-            raise RuntimeError("no free loopback port for the webhook receiver")
-        thread_id = asyncio.run_coroutine_threadsafe(native_thread_id(), loop).result(
-            _READY_TIMEOUT_S
-        )
-        yield WebhookSink(port, thread_id, receiver)
-    finally:
-        if server is not None:
-            loop.call_soon_threadsafe(server.close)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(_READY_TIMEOUT_S)
-        if not thread.is_alive():
-            loop.close()
+    with protocol_server(lambda: _Connection(receiver), "webhook receiver") as (port, thread):
+        yield WebhookSink(port, thread, receiver)
