@@ -5,16 +5,15 @@ delivers it. Real processes, a real SMTP server (aiosmtpd) on loopback."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
-import re
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,21 +24,21 @@ from service.outbox.sqlite import SqliteOutbox
 from tests.conftest import make_settings, running
 from tests.support.server import (
     HOST,
-    ServerProcess,
+    delivery_pids,
     free_port,
     http_client,
+    notify_service,
     post_notifications,
-    running_server,
-    service_command,
     service_env,
 )
 from tests.support.smtp import Recorder, smtp_server
 from tests.support.waiting import eventually
+from tests.support.webhooks import disabled_and_enabled_from_the_api, webhook_receiver
 
 SENDER = "notify@service.example"
 ACKNOWLEDGEMENT = b'{"message":"Notification sent in the background"}'
 CONNECTIONS = 4
-_STARTED = re.compile(r"delivery process \[(\d+)\] started")
+SECRET = "whsec_" + base64.b64encode(b"the-delivery-process-secret-key").decode()
 
 
 def outbox_rows(path: Path) -> list[tuple[str, str, int, str | None]]:
@@ -155,30 +154,6 @@ def delivery_settings(url: str, **more: str) -> dict[str, str]:
         "NOTIFY_DELIVERY_RETRY_MAX": "0.2",
         **more,
     }
-
-
-@asynccontextmanager
-async def notify_service(
-    workdir: Path, settings: Mapping[str, str], *, output_name: str = "service-output.txt"
-) -> AsyncIterator[ServerProcess]:
-    """``python -m service`` (notify-service) in ``workdir`` on a free port, once it answers
-    and its delivery process has started."""
-    port = free_port()
-    env = service_env({"NOTIFY_HOST": HOST, "NOTIFY_PORT": str(port), **settings})
-    async with running_server(
-        service_command(),
-        url=f"http://{HOST}:{port}",
-        cwd=workdir,
-        env=env,
-        output_path=workdir / output_name,
-    ) as server:
-        await eventually(lambda: delivery_pids(server), message="the delivery process started")
-        yield server
-
-
-def delivery_pids(server: ServerProcess) -> list[int]:
-    """The delivery processes the server has started so far, in order."""
-    return [int(pid) for pid in _STARTED.findall(server.output())]
 
 
 async def until(
@@ -321,3 +296,23 @@ def test_the_delivery_process_runs_on_uvloop_as_uvicorn_does() -> None:
         assert isinstance(loop, uvloop.Loop)
     finally:
         loop.close()
+
+
+@pytest.mark.slow
+async def test_a_url_disabled_by_a_410_is_shown_and_enabled_from_the_api(tmp_path: Path) -> None:
+    """notify-service with a webhook URL that answers 410: its delivery process disables it
+    in the outbox, so the API's /readyz shows it and what comes next is dead without a
+    request; the API's POST /webhooks/enable reaches the delivery process, woken by the
+    outbox's change (its own look is once a minute here), which delivers the next one."""
+    with webhook_receiver(SECRET) as hooks:
+        settings = {
+            "NOTIFY_WEBHOOK_URL": hooks.url(),
+            "NOTIFY_WEBHOOK_SECRET": SECRET,
+            "NOTIFY_RETRY_INITIAL": "0.02",
+            "NOTIFY_FILE_CHECK_INTERVAL": "60",
+        }
+        async with (
+            notify_service(tmp_path, settings) as server,
+            http_client(server.url) as client,
+        ):
+            await disabled_and_enabled_from_the_api(client, hooks, server.output)

@@ -340,14 +340,12 @@ class Dispatcher:
             self.disable(reason, recorded=True)
 
     async def _while_disabled(self, reason: str) -> None:
-        """While disabled: record what ended; record the disable in the outbox, or, once it
-        is there, deliver again if an operator dropped it (``enable`` in any process); make
+        """While disabled: record the disable in the outbox, or, once it is there, deliver
+        again if an operator dropped it (``enable`` in any process); record what ended; make
         the channel's pending deliveries dead; then wait for more (a wake or the poll
         interval)."""
         try:
-            if self._finished:
-                await self._settle(0)
-            if not self._recorded:
+            if not self._recorded:  # before the outcomes: a delivery dead of a 410 shows so
                 await self._outbox.disable(self.name, reason)
                 if self._disabled is None:  # enabled while it was being recorded
                     await self._outbox.enable([self.name])
@@ -356,6 +354,8 @@ class Dispatcher:
             elif self.name not in await self._outbox.disabled():
                 self._enabled()
                 return
+            if self._finished:
+                await self._settle(0)
             if self._disabled is None:  # enabled meanwhile (``enable``, in this process)
                 return
             buried = await self._outbox.bury(self.name, f"disabled: {reason}")
