@@ -316,3 +316,82 @@ async def test_a_url_disabled_by_a_410_is_shown_and_enabled_from_the_api(tmp_pat
             http_client(server.url) as client,
         ):
             await disabled_and_enabled_from_the_api(client, hooks, server.output)
+
+
+def metric(text: str, sample: str) -> float | None:
+    """The value of ``sample`` (a name with its labels, as exposed) in ``/metrics``'s text."""
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name == sample:
+            return float(value)
+    return None
+
+
+@pytest.mark.slow
+async def test_notify_service_shows_its_delivery_processs_metrics_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without PROMETHEUS_MULTIPROC_DIR, notify-service gives the API and its delivery process
+    a private one, in the temporary directory: the API's /metrics shows the delivery
+    process's deliveries and window beside the API's own counts; a SIGKILLed delivery
+    process's window is dropped when it is replaced (its counts stay); the directory is gone
+    once notify-service has exited."""
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    emails = [f"m{number}@example.com" for number in range(10)]
+    window = 'notify_channel_concurrency{channel="email"}'
+    delivered = 'notify_deliveries_total{channel="email",outcome="delivered"}'
+    with smtp_server() as mail:
+        settings = delivery_settings(mail.url(), TMPDIR=str(temporary))
+        async with notify_service(tmp_path, settings) as server, http_client(server.url) as client:
+            async with asyncio.timeout(30):
+                await post_notifications(
+                    server.url, emails, concurrency=4, acknowledgement=ACKNOWLEDGEMENT
+                )
+            await until(mail.recorder, lambda r: len(r.messages) >= len(emails))
+
+            async def scraped() -> str:
+                text = (await client.get("/metrics")).text
+                assert metric(text, delivered) == len(emails), "not all recorded yet"
+                return text
+
+            text = await eventually(scraped, message="the deliveries in the API's /metrics")
+            [private] = temporary.iterdir()
+            assert private.name.startswith("notify-service-metrics-")
+            assert metric(text, window) == CONNECTIONS
+            assert metric(text, "notify_notifications_accepted_total") == len(emails)
+            (first,) = delivery_pids(server)
+            os.kill(first, signal.SIGKILL)
+            await eventually(lambda: len(delivery_pids(server)) == 2, message="restarted")
+            text = (await client.get("/metrics")).text
+            assert metric(text, window) == CONNECTIONS  # the new process's alone
+            assert metric(text, delivered) == len(emails)
+        assert server.returncode == 0
+    assert list(temporary.iterdir()) == []
+
+
+@pytest.mark.slow
+async def test_notify_service_empties_and_keeps_the_operators_multiprocess_dir(
+    tmp_path: Path,
+) -> None:
+    """PROMETHEUS_MULTIPROC_DIR set: notify-service empties it first (a file an earlier run
+    left is gone), the API and the delivery process share it, and it stays after the exit."""
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    (directory / "counter_999999.db").write_bytes(b"left by an earlier run")
+    delivered = 'notify_deliveries_total{channel="email",outcome="delivered"}'
+    with smtp_server() as mail:
+        settings = delivery_settings(mail.url(), PROMETHEUS_MULTIPROC_DIR=str(directory))
+        async with notify_service(tmp_path, settings) as server, http_client(server.url) as client:
+            assert not (directory / "counter_999999.db").exists()
+            response = await client.post("/send-notification/kept@example.com")
+            assert response.status_code == 200
+
+            async def scraped() -> bool:
+                text = (await client.get("/metrics")).text
+                return metric(text, delivered) == 1
+
+            await eventually(scraped, message="the delivery in the API's /metrics")
+    assert server.returncode == 0
+    assert {path.name.partition("_")[0] for path in directory.iterdir()} >= {"counter"}
