@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import signal
 import sqlite3
@@ -16,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from service.deliver import DeliveryProcess
@@ -395,3 +397,41 @@ async def test_notify_service_empties_and_keeps_the_operators_multiprocess_dir(
             await eventually(scraped, message="the delivery in the API's /metrics")
     assert server.returncode == 0
     assert {path.name.partition("_")[0] for path in directory.iterdir()} >= {"counter"}
+
+
+@pytest.mark.slow
+async def test_with_reload_a_code_change_restarts_the_delivery_process(tmp_path: Path) -> None:
+    """``notify-service --reload`` (``make run``): a Python file changing in its working
+    directory restarts the delivery process as well as the API; the new one delivers."""
+    with smtp_server() as mail:
+        async with notify_service(
+            tmp_path, delivery_settings(mail.url()), options=["--reload"]
+        ) as server:
+            (first,) = delivery_pids(server)
+            changes = 0
+
+            def changed_and_restarted() -> bool:
+                nonlocal changes
+                if len(delivery_pids(server)) > 1:
+                    return True
+                changes += 1  # until the watcher has started, a change may go unseen
+                (tmp_path / "edited.py").write_text(f"VERSION = {changes}\n")
+                return False
+
+            await eventually(changed_and_restarted, interval=0.5, message="restarted")
+            assert "edited.py changed: restarting the delivery process" in server.output()
+            await eventually(lambda: gone(first), message="the first one reaped")
+            assert f"delivery process [{first}] stopped" in server.output()
+            async with http_client(server.url) as client:
+
+                async def posted() -> bool:  # the API reloads too: it may not answer at once
+                    with contextlib.suppress(httpx.TransportError):
+                        response = await client.post("/send-notification/new@example.com")
+                        return response.status_code == 200
+                    return False
+
+                await eventually(posted, message="the reloaded API answers")
+            await until(
+                mail.recorder, lambda r: ("new@example.com",) in {m.rcpt_tos for m in r.messages}
+            )
+        assert server.returncode == 0
