@@ -6,7 +6,8 @@ the outbox (``NOTIFY_DELIVERY=external`` in their environment) and one delivery 
 (``python -m service.deliver``) sends them, so that no send competes with the event loop that
 answers HTTP. ``DeliverySupervisor`` starts it, restarts it when it dies (a killed process's
 leases are given back when the next one opens the outbox: nothing is lost, at most the sends
-in flight are repeated), and stops it once the API has stopped.
+in flight are repeated), stops it once the API has stopped, and with ``--reload`` restarts it
+when the code changes, as uvicorn restarts the API.
 
 Whenever it runs more than one process (a delivery process, ``--workers N``), they share one
 ``PROMETHEUS_MULTIPROC_DIR``, so that the API's ``/metrics`` shows them all: the operator's,
@@ -74,7 +75,10 @@ def parser() -> argparse.ArgumentParser:
         "--log-level", choices=_LOG_LEVELS, help="the service's and uvicorn's log level"
     )
     commands.add_argument(
-        "--reload", action="store_true", help="restart on code changes (development)"
+        "--reload",
+        action="store_true",
+        help="restart the API and the delivery process when Python files in the working "
+        "directory change (development)",
     )
     return commands
 
