@@ -27,8 +27,8 @@ lock:
 	  .venv-lock/bin/python -m pip freeze --exclude-editable; } > $(LOCK)
 	rm -rf .venv-lock
 
-# notify-service: the API with uvicorn (reloading on code changes) and, with email or webhooks
-# on, the delivery process beside it (restarted if it dies; not reloaded: restart make run).
+# notify-service: the API with uvicorn and, with email or webhooks on, the delivery process
+# beside it (restarted if it dies); both restart on code changes.
 run: $(STAMP)
 	$(BIN)/notify-service --reload --host 127.0.0.1 --port 8000
 

@@ -102,8 +102,9 @@ class Settings(BaseSettings):
     prometheus_multiproc_dir: Path | None = Field(
         default=None,
         validation_alias="PROMETHEUS_MULTIPROC_DIR",
-        description="prometheus-client's own variable (no NOTIFY_ prefix): with --workers N, "
-        "a directory where the workers' metrics meet.",
+        description="prometheus-client's own variable (no NOTIFY_ prefix): a directory where "
+        "the metrics of several processes meet (--workers N, the delivery process); "
+        "notify-service empties it first, and makes a temporary one of its own when unset.",
     )
     queue_size: int = Field(
         default=100_000, ge=1, description="Records a log writer may hold before it refuses more."

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -208,11 +208,58 @@ async def test_dead_is_at_once_and_gone_disables_the_channel_until_enabled(
         assert channel.attempts == ["n0", "n1"]  # the rest were buried without an attempt
         assert {s.last_error for s in states[2:]} == {"disabled: 410 Gone"}
         gone = False
-        assert dispatcher.enable()
+        assert await dispatcher.enable()
         await outbox.add(_lines(7)[6:], [NAME])  # n6, added later
         dispatcher.wake()
         await _until_states(outbox, 7, lambda states: states[6].status == "delivered")
     assert channel.attempts[-1] == "n6"
+
+
+async def test_gone_in_one_process_disables_the_channel_for_every_process_until_enabled(
+    tmp_path: Path,
+) -> None:
+    """Two dispatchers of one channel, each with its own connection to one outbox file (two
+    processes): the one that gets ``Gone`` records it in the outbox, and the other stops too,
+    so what comes next is dead without an attempt; ``enable`` in the process that never saw
+    the 410 drops the record, the first then delivers again too."""
+    gone = True
+
+    async def receiver(delivery: Delivery) -> None:
+        if gone:
+            raise Gone("410 Gone")
+
+    channels = [ScriptedChannel(NAME, receiver, concurrency=1) for _ in range(2)]
+    options = DispatchOptions(poll_interval=0.05)
+    async with AsyncExitStack() as stack:
+        outboxes = []
+        for owner in ("first", "second"):
+            outbox = SqliteOutbox(tmp_path / "outbox.db", lease_seconds=60, owner=owner)
+            await outbox.open()
+            stack.push_async_callback(outbox.close)
+            outboxes.append(outbox)
+        dispatchers = [
+            Dispatcher(outbox, channel, options)
+            for outbox, channel in zip(outboxes, channels, strict=True)
+        ]
+        for dispatcher in dispatchers:
+            await dispatcher.start()
+            stack.push_async_callback(dispatcher.aclose)
+        await outboxes[0].add(_lines(1), [NAME])
+        await eventually(lambda: all(d.disabled for d in dispatchers), message="both disabled")
+        assert await outboxes[1].disabled() == {NAME: "410 Gone"}
+        await outboxes[0].add(_lines(6)[1:], [NAME])
+        await _until_states(outboxes[1], 6, lambda states: all(s.status == "dead" for s in states))
+        assert sorted(channels[0].attempts + channels[1].attempts) == ["n0"]
+        gone = False
+        saw_it, other = dispatchers if channels[0].attempts else dispatchers[::-1]
+        assert await other.enable()
+        await eventually(lambda: not saw_it.disabled, message="enabled in the other process")
+        assert await outboxes[0].disabled() == {}
+        await outboxes[0].add(_lines(8)[6:], [NAME])
+        states = await _until_states(
+            outboxes[0], 8, lambda states: all(s.status == "delivered" for s in states[6:])
+        )
+    assert [state.attempts for state in states[6:]] == [1, 1]
 
 
 async def test_a_bug_in_a_channel_keeps_the_delivery_and_pauses(

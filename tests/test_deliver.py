@@ -5,18 +5,19 @@ delivers it. Real processes, a real SMTP server (aiosmtpd) on loopback."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import os
-import re
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from service.deliver import DeliveryProcess
@@ -25,21 +26,21 @@ from service.outbox.sqlite import SqliteOutbox
 from tests.conftest import make_settings, running
 from tests.support.server import (
     HOST,
-    ServerProcess,
+    delivery_pids,
     free_port,
     http_client,
+    notify_service,
     post_notifications,
-    running_server,
-    service_command,
     service_env,
 )
 from tests.support.smtp import Recorder, smtp_server
 from tests.support.waiting import eventually
+from tests.support.webhooks import disabled_and_enabled_from_the_api, webhook_receiver
 
 SENDER = "notify@service.example"
 ACKNOWLEDGEMENT = b'{"message":"Notification sent in the background"}'
 CONNECTIONS = 4
-_STARTED = re.compile(r"delivery process \[(\d+)\] started")
+SECRET = "whsec_" + base64.b64encode(b"the-delivery-process-secret-key").decode()
 
 
 def outbox_rows(path: Path) -> list[tuple[str, str, int, str | None]]:
@@ -155,30 +156,6 @@ def delivery_settings(url: str, **more: str) -> dict[str, str]:
         "NOTIFY_DELIVERY_RETRY_MAX": "0.2",
         **more,
     }
-
-
-@asynccontextmanager
-async def notify_service(
-    workdir: Path, settings: Mapping[str, str], *, output_name: str = "service-output.txt"
-) -> AsyncIterator[ServerProcess]:
-    """``python -m service`` (notify-service) in ``workdir`` on a free port, once it answers
-    and its delivery process has started."""
-    port = free_port()
-    env = service_env({"NOTIFY_HOST": HOST, "NOTIFY_PORT": str(port), **settings})
-    async with running_server(
-        service_command(),
-        url=f"http://{HOST}:{port}",
-        cwd=workdir,
-        env=env,
-        output_path=workdir / output_name,
-    ) as server:
-        await eventually(lambda: delivery_pids(server), message="the delivery process started")
-        yield server
-
-
-def delivery_pids(server: ServerProcess) -> list[int]:
-    """The delivery processes the server has started so far, in order."""
-    return [int(pid) for pid in _STARTED.findall(server.output())]
 
 
 async def until(
@@ -321,3 +298,140 @@ def test_the_delivery_process_runs_on_uvloop_as_uvicorn_does() -> None:
         assert isinstance(loop, uvloop.Loop)
     finally:
         loop.close()
+
+
+@pytest.mark.slow
+async def test_a_url_disabled_by_a_410_is_shown_and_enabled_from_the_api(tmp_path: Path) -> None:
+    """notify-service with a webhook URL that answers 410: its delivery process disables it
+    in the outbox, so the API's /readyz shows it and what comes next is dead without a
+    request; the API's POST /webhooks/enable reaches the delivery process, woken by the
+    outbox's change (its own look is once a minute here), which delivers the next one."""
+    with webhook_receiver(SECRET) as hooks:
+        settings = {
+            "NOTIFY_WEBHOOK_URL": hooks.url(),
+            "NOTIFY_WEBHOOK_SECRET": SECRET,
+            "NOTIFY_RETRY_INITIAL": "0.02",
+            "NOTIFY_FILE_CHECK_INTERVAL": "60",
+        }
+        async with (
+            notify_service(tmp_path, settings) as server,
+            http_client(server.url) as client,
+        ):
+            await disabled_and_enabled_from_the_api(client, hooks, server.output)
+
+
+def metric(text: str, sample: str) -> float | None:
+    """The value of ``sample`` (a name with its labels, as exposed) in ``/metrics``'s text."""
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name == sample:
+            return float(value)
+    return None
+
+
+@pytest.mark.slow
+async def test_notify_service_shows_its_delivery_processs_metrics_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without PROMETHEUS_MULTIPROC_DIR, notify-service gives the API and its delivery process
+    a private one, in the temporary directory: the API's /metrics shows the delivery
+    process's deliveries and window beside the API's own counts; a SIGKILLed delivery
+    process's window is dropped when it is replaced (its counts stay); the directory is gone
+    once notify-service has exited."""
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    emails = [f"m{number}@example.com" for number in range(10)]
+    window = 'notify_channel_concurrency{channel="email"}'
+    delivered = 'notify_deliveries_total{channel="email",outcome="delivered"}'
+    with smtp_server() as mail:
+        settings = delivery_settings(mail.url(), TMPDIR=str(temporary))
+        async with notify_service(tmp_path, settings) as server, http_client(server.url) as client:
+            async with asyncio.timeout(30):
+                await post_notifications(
+                    server.url, emails, concurrency=4, acknowledgement=ACKNOWLEDGEMENT
+                )
+            await until(mail.recorder, lambda r: len(r.messages) >= len(emails))
+
+            async def scraped() -> str:
+                text = (await client.get("/metrics")).text
+                assert metric(text, delivered) == len(emails), "not all recorded yet"
+                return text
+
+            text = await eventually(scraped, message="the deliveries in the API's /metrics")
+            [private] = temporary.iterdir()
+            assert private.name.startswith("notify-service-metrics-")
+            assert metric(text, window) == CONNECTIONS
+            assert metric(text, "notify_notifications_accepted_total") == len(emails)
+            (first,) = delivery_pids(server)
+            os.kill(first, signal.SIGKILL)
+            await eventually(lambda: len(delivery_pids(server)) == 2, message="restarted")
+            text = (await client.get("/metrics")).text
+            assert metric(text, window) == CONNECTIONS  # the new process's alone
+            assert metric(text, delivered) == len(emails)
+        assert server.returncode == 0
+    assert list(temporary.iterdir()) == []
+
+
+@pytest.mark.slow
+async def test_notify_service_empties_and_keeps_the_operators_multiprocess_dir(
+    tmp_path: Path,
+) -> None:
+    """PROMETHEUS_MULTIPROC_DIR set: notify-service empties it first (a file an earlier run
+    left is gone), the API and the delivery process share it, and it stays after the exit."""
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    (directory / "counter_999999.db").write_bytes(b"left by an earlier run")
+    delivered = 'notify_deliveries_total{channel="email",outcome="delivered"}'
+    with smtp_server() as mail:
+        settings = delivery_settings(mail.url(), PROMETHEUS_MULTIPROC_DIR=str(directory))
+        async with notify_service(tmp_path, settings) as server, http_client(server.url) as client:
+            assert not (directory / "counter_999999.db").exists()
+            response = await client.post("/send-notification/kept@example.com")
+            assert response.status_code == 200
+
+            async def scraped() -> bool:
+                text = (await client.get("/metrics")).text
+                return metric(text, delivered) == 1
+
+            await eventually(scraped, message="the delivery in the API's /metrics")
+    assert server.returncode == 0
+    assert {path.name.partition("_")[0] for path in directory.iterdir()} >= {"counter"}
+
+
+@pytest.mark.slow
+async def test_with_reload_a_code_change_restarts_the_delivery_process(tmp_path: Path) -> None:
+    """``notify-service --reload`` (``make run``): a Python file changing in its working
+    directory restarts the delivery process as well as the API; the new one delivers."""
+    with smtp_server() as mail:
+        async with notify_service(
+            tmp_path, delivery_settings(mail.url()), options=["--reload"]
+        ) as server:
+            (first,) = delivery_pids(server)
+            changes = 0
+
+            def changed_and_restarted() -> bool:
+                nonlocal changes
+                if len(delivery_pids(server)) > 1:
+                    return True
+                changes += 1  # until the watcher has started, a change may go unseen
+                (tmp_path / "edited.py").write_text(f"VERSION = {changes}\n")
+                return False
+
+            await eventually(changed_and_restarted, interval=0.5, message="restarted")
+            assert "edited.py changed: restarting the delivery process" in server.output()
+            await eventually(lambda: gone(first), message="the first one reaped")
+            assert f"delivery process [{first}] stopped" in server.output()
+            async with http_client(server.url) as client:
+
+                async def posted() -> bool:  # the API reloads too: it may not answer at once
+                    with contextlib.suppress(httpx.TransportError):
+                        response = await client.post("/send-notification/new@example.com")
+                        return response.status_code == 200
+                    return False
+
+                await eventually(posted, message="the reloaded API answers")
+            await until(
+                mail.recorder, lambda r: ("new@example.com",) in {m.rcpt_tos for m in r.messages}
+            )
+        assert server.returncode == 0

@@ -16,6 +16,7 @@ from tests.support.server import (
     free_port,
     http_client,
     running_server,
+    service_command,
     service_env,
     uvicorn_command,
 )
@@ -157,6 +158,49 @@ async def test_every_request_is_counted_under_the_route_template_it_matched(
     assert count("/static-docs/{path}", "GET", "200") == 1
     assert count("<unmatched>", "GET", "404") == 1
     assert count("<unmatched>", "DELETE", "405") == 1
+
+
+@pytest.mark.slow
+async def test_notify_service_workers_share_a_private_multiprocess_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``notify-service --workers 2`` without PROMETHEUS_MULTIPROC_DIR: its workers share a
+    temporary directory it makes, so /metrics counts both workers' work; it is removed when
+    notify-service exits."""
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    port = free_port()
+    env = service_env(
+        {
+            "NOTIFY_LOG_PATH": str(tmp_path / "log.txt"),
+            "NOTIFY_HOST": HOST,
+            "NOTIFY_PORT": str(port),
+            "TMPDIR": str(temporary),
+        }
+    )
+    async with (
+        running_server(
+            [*service_command(), "--workers", "2"],
+            url=f"http://{HOST}:{port}",
+            cwd=tmp_path,
+            env=env,
+            output_path=tmp_path / "server.txt",
+            ready_timeout=60,
+        ) as server,
+        http_client(f"http://{HOST}:{port}", connections=32) as client,
+    ):
+        responses = await asyncio.gather(
+            *(client.post(f"/send-notification/w{i}@example.com") for i in range(300))
+        )
+        assert {response.status_code for response in responses} == {200}
+        [private] = temporary.iterdir()
+        pids = {int(path.stem.split("_")[-1]) for path in private.glob("counter_*.db")}
+        samples = await scrape(client)
+    assert server.returncode == 0
+    assert len(pids) == 2, "both workers served requests"
+    assert value(samples, "notify_notifications_accepted_total") == 300
+    assert list(temporary.iterdir()) == []
 
 
 def test_tallies_expose_what_prometheus_client_objects_do() -> None:

@@ -148,6 +148,28 @@ async def test_a_disabled_channel_buries_what_nobody_holds(make: OutboxFactory) 
     assert held.id == "id-held"
 
 
+async def test_a_disabled_channel_is_recorded_for_every_holder_until_enabled(
+    make: OutboxFactory,
+) -> None:
+    """One holder records a channel disabled; another (another process) reads it, with its
+    reason, and enables it: the names it enabled come back once, and the record is gone for
+    both."""
+    one, two = await make("one"), await make("two")
+    assert await two.disabled() == {}
+    await one.disable("webhook-1", "HTTP 410 Gone: the receiver says this URL is gone")
+    await one.disable("webhook-2", '410 "quoted" ünïcödé')
+    assert await two.disabled() == {
+        "webhook-1": "HTTP 410 Gone: the receiver says this URL is gone",
+        "webhook-2": '410 "quoted" ünïcödé',
+    }
+    assert await two.enable(["email", "webhook-1"]) == ["webhook-1"]
+    assert await one.disabled() == {"webhook-2": '410 "quoted" ünïcödé'}
+    assert await two.enable(["email", "webhook-1"]) == []
+    assert await two.enable([]) == []
+    assert await one.enable(["webhook-2"]) == ["webhook-2"]
+    assert await two.disabled() == {}
+
+
 async def test_a_paused_channel_shows_its_waiting_deliveries_retrying_at_its_end(
     make: OutboxFactory,
 ) -> None:

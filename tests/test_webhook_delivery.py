@@ -18,10 +18,15 @@ import pytest
 from config import Settings
 from service.channels.webhook import channel_name
 from tests.conftest import make_settings, read_lines, running
-from tests.support.server import post_notifications, uvicorn_server
+from tests.support.server import http_client, post_notifications, running_worker, uvicorn_server
 from tests.support.takeover import worker_killed_mid_delivery
 from tests.support.waiting import eventually
-from tests.support.webhooks import Answer, Receiver, webhook_receiver
+from tests.support.webhooks import (
+    Answer,
+    Receiver,
+    disabled_and_enabled_from_the_api,
+    webhook_receiver,
+)
 
 pytestmark = pytest.mark.slow  # a webhook receiver under uvicorn, some with uvicorn subprocesses
 
@@ -210,6 +215,48 @@ async def test_a_410_disables_the_url_until_enabled(tmp_path: Path) -> None:
             assert retried.json() == {"id": second_id, "retried": 1}
             await until_status(client, second_id, gone, "delivered")
     assert [r.webhook_id for r in hooks.receiver.on("/gone")] == [first_id, second_id]
+
+
+async def test_a_restart_enables_a_disabled_url_as_before(tmp_path: Path) -> None:
+    """The API delivering (plain uvicorn): a URL disabled by a 410 is recorded so in the
+    outbox, and the next start delivers to it again all the same, as before that record."""
+    with webhook_receiver(SECRET) as hooks:
+        hooks.receiver.answer("/hook", Answer(410))
+        name = channel_name(hooks.url())
+        settings = webhook_settings(tmp_path, hooks.url())
+        async with running(settings) as client:
+            response = await client.post("/send-notification/a@example.com")
+            await until_status(client, response.headers["x-notification-id"], name, "dead")
+            assert (await readyz_channel(client, name))["disabled"] is True
+        hooks.receiver.answer("/hook", Answer(200))
+        async with running(settings) as client:
+            assert (await readyz_channel(client, name))["disabled"] is False
+            response = await client.post("/send-notification/b@example.com")
+            await until_status(client, response.headers["x-notification-id"], name, "delivered")
+            assert (await client.post("/webhooks/enable")).json() == {"enabled": []}
+
+
+async def test_with_redis_a_url_disabled_by_a_410_is_shown_and_enabled_from_the_api(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """NOTIFY_BACKEND=redis, a worker delivering: its 410 disables the URL in Redis, so the
+    API (another process) shows it and what comes next is dead without a request; the API's
+    POST /webhooks/enable reaches the worker at its next look, and it delivers again."""
+    with webhook_receiver(SECRET) as hooks:
+        settings = {
+            "NOTIFY_BACKEND": "redis",
+            "NOTIFY_REDIS_URL": redis_url,
+            "NOTIFY_WEBHOOK_URL": hooks.url(),
+            "NOTIFY_WEBHOOK_SECRET": SECRET,
+            "NOTIFY_RETRY_INITIAL": "0.02",
+            "NOTIFY_FILE_CHECK_INTERVAL": "0.1",
+        }
+        async with (
+            uvicorn_server(tmp_path, settings) as api,
+            running_worker(tmp_path, settings) as worker,
+            http_client(api.url) as client,
+        ):
+            await disabled_and_enabled_from_the_api(client, hooks, worker.output)
 
 
 async def test_a_receiver_that_hangs_past_the_timeout_gets_it_again(tmp_path: Path) -> None:

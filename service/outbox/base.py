@@ -148,6 +148,17 @@ class Outbox(Protocol):
         """The pauses recorded now, by channel (what ``/readyz`` shows of the channels another
         process delivers)."""
 
+    async def disable(self, channel: str, reason: str) -> None:
+        """Record that ``channel`` is disabled (its receiver said it is gone) for ``reason``:
+        every dispatcher of it, in any process sharing the outbox, stops delivering it, and
+        ``/readyz`` shows it, until ``enable``."""
+
+    async def enable(self, channels: Sequence[str]) -> list[str]:
+        """Drop the record of those of ``channels`` that are disabled; their names."""
+
+    async def disabled(self) -> dict[str, str]:
+        """The channels disabled now, each with the reason."""
+
     async def states(self, notification_id: str) -> list[DeliveryState]:
         """Every channel's delivery of one notification, as it stands (pauses included)."""
 

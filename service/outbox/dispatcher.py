@@ -29,6 +29,15 @@ What an attempt comes to (``service.channels.base``):
   that arrive later, become dead without an attempt, until ``enable`` (an operator's call, or
   a restart).
 
+**Disabled is recorded in the outbox** (``Outbox.disable``), so that it holds for every
+process sharing it: the dispatchers of the channel in other processes look at that record
+once per ``poll_interval`` and stop too, and ``/readyz`` shows it from any process. An
+operator's ``enable`` in any process drops the record (``Outbox.enable``); a disabled
+dispatcher looks at it at each wake (a delivery process is woken by any other process's
+commit to the SQLite outbox: ``service.deliver.OutboxChanges``) and at least once per
+``poll_interval``, and delivers again once it is gone. A dispatcher that starts drops it, as
+it drops a pause left by a process that died: a restart enables the channel.
+
 **A failing channel is paused per round and probed** (a circuit breaker). The first
 ``ChannelDown`` of a round of sends pauses the channel; the other sends of that round that
 fail too (up to ``concurrency`` were in flight) wait for the same pause and do not lengthen it.
@@ -162,6 +171,12 @@ class Dispatcher:
         """The shortest send since the last cut: the receiver's own time, unloaded."""
         self._next_send = 0.0
         self._disabled: str | None = None
+        """Why the channel is disabled (its destination said it is gone), or None."""
+        self._recorded = False
+        """The outbox holds the record of this disable (recorded here, or learnt from it)."""
+        self._next_look = 0.0
+        """``time.monotonic()`` after which an enabled dispatcher looks whether another
+        process disabled the channel (``Outbox.disabled``)."""
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -181,21 +196,32 @@ class Dispatcher:
         """Whether the channel is disabled (its destination said it is gone)."""
         return self._disabled is not None
 
-    def disable(self, reason: str) -> None:
+    def disable(self, reason: str, *, recorded: bool = False) -> None:
         """Send nothing more: pending deliveries become dead with ``reason``, until
-        ``enable``."""
+        ``enable``. The next turn records it in the outbox, unless it is ``recorded`` there
+        already (another process disabled the channel)."""
         if self._disabled is None:
             logger.error("%s: disabled: %s", self.name, reason)
             if self._listener is not None:
                 self._listener.disabled(self.name, True)
+            self._recorded = recorded
         self._disabled = reason
         self._wake.set()
 
-    def enable(self) -> bool:
-        """Deliver again after ``disable``; whether the channel was disabled."""
+    async def enable(self) -> bool:
+        """Deliver again after ``disable``: the outbox's record of it goes (so that no
+        process keeps the channel disabled), then this dispatcher's. Whether the channel was
+        disabled, here or in the outbox. Raises what the outbox raises."""
+        recorded = await self._outbox.enable([self.name])
+        return self._enabled() or bool(recorded)
+
+    def _enabled(self) -> bool:
+        """This dispatcher delivers again; whether it was disabled."""
         if self._disabled is None:
             return False
         self._disabled = None
+        self._recorded = False
+        self._next_look = time.monotonic() + self._options.poll_interval
         self._recovered()
         logger.info("%s: enabled again", self.name)
         if self._listener is not None:
@@ -217,6 +243,9 @@ class Dispatcher:
             self._listener.concurrency(self.name, self.window)
         with contextlib.suppress(Exception):  # a pause left by a process that died paused
             await self._outbox.resume(self.name)
+        with contextlib.suppress(Exception):  # a restart enables the channel (as before)
+            await self._outbox.enable([self.name])
+        self._next_look = time.monotonic() + self._options.poll_interval
         self._task = asyncio.create_task(self._run(), name=f"{self.name} dispatcher")
 
     async def aclose(self) -> None:
@@ -238,8 +267,10 @@ class Dispatcher:
     async def _run(self) -> None:
         while True:
             self._wake.clear()  # set again by whatever happens while this turn runs
+            if self._disabled is None and time.monotonic() >= self._next_look:
+                await self._look_if_disabled()
             if self._disabled is not None:
-                await self._bury_pending(self._disabled)
+                await self._while_disabled(self._disabled)
                 continue
             paused = self._paused_until - time.monotonic()
             busy = self._api_busy is not None and self._api_busy()
@@ -297,12 +328,36 @@ class Dispatcher:
             self._tell(outcome)
         return claimed
 
-    async def _bury_pending(self, reason: str) -> None:
-        """While disabled: record what ended, make the channel's pending deliveries dead, then
-        wait for more (a wake or the poll interval)."""
+    async def _look_if_disabled(self) -> None:
+        """Whether another process disabled the channel (``Outbox.disabled``): at most once
+        per ``poll_interval`` while enabled."""
+        self._next_look = time.monotonic() + self._options.poll_interval
         try:
+            reason = (await self._outbox.disabled()).get(self.name)
+        except Exception:  # the claims that follow say what is wrong with the outbox
+            return
+        if reason is not None and self._disabled is None:
+            self.disable(reason, recorded=True)
+
+    async def _while_disabled(self, reason: str) -> None:
+        """While disabled: record the disable in the outbox, or, once it is there, deliver
+        again if an operator dropped it (``enable`` in any process); record what ended; make
+        the channel's pending deliveries dead; then wait for more (a wake or the poll
+        interval)."""
+        try:
+            if not self._recorded:  # before the outcomes: a delivery dead of a 410 shows so
+                await self._outbox.disable(self.name, reason)
+                if self._disabled is None:  # enabled while it was being recorded
+                    await self._outbox.enable([self.name])
+                    return
+                self._recorded = True
+            elif self.name not in await self._outbox.disabled():
+                self._enabled()
+                return
             if self._finished:
                 await self._settle(0)
+            if self._disabled is None:  # enabled meanwhile (``enable``, in this process)
+                return
             buried = await self._outbox.bury(self.name, f"disabled: {reason}")
         except Exception:
             logger.exception("%s: cannot read the outbox; trying again", self.name)

@@ -11,7 +11,9 @@ Keys, under the stream's name as prefix ``p``:
   time, and a worker that dies leaves it to come due again when the lease ends;
 - ``p:dead``: the dead deliveries (``{id}\\t{channel}``, listed in id order);
 - ``p:ch:{id}``: the channels of one notification; ``p:channels``: every channel seen;
-- ``p:pauses``: a hash of the paused channels, each ``{until}\\t{error}``.
+- ``p:pauses``: a hash of the paused channels, each ``{until}\\t{error}``;
+- ``p:disabled``: a hash of the disabled channels (a webhook URL that answered 410), each
+  with its reason.
 
 Each operation is one Lua script: atomic, one round trip. The scripts build key names from the
 prefix, so this outbox needs a single Redis (not a cluster), as the rest of the backend does.
@@ -276,6 +278,31 @@ class RedisOutbox:
         except (RedisError, OSError) as exc:
             raise _unavailable(exc) from None
         return {_text(channel): _pause(_text(value)) for channel, value in found.items()}
+
+    async def disable(self, channel: str, reason: str) -> None:
+        try:
+            await self._redis.hset(f"{self._prefix}:disabled", channel, reason)
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from None
+
+    async def enable(self, channels: Sequence[str]) -> list[str]:
+        if not channels:
+            return []
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for channel in channels:
+                    pipe.hdel(f"{self._prefix}:disabled", channel)
+                removed = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from None
+        return [channel for channel, count in zip(channels, removed, strict=True) if count]
+
+    async def disabled(self) -> dict[str, str]:
+        try:
+            found = await self._redis.hgetall(f"{self._prefix}:disabled")
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from None
+        return {_text(channel): _text(reason) for channel, reason in found.items()}
 
     # -- reading, and the operator's retry --------------------------------------------------
 

@@ -66,6 +66,12 @@ CREATE TABLE IF NOT EXISTS pauses (
     until REAL NOT NULL,
     error TEXT NOT NULL
 );
+-- A channel disabled by a dispatcher (its receiver is gone), until an operator enables it:
+-- every process sharing the outbox stops delivering it and shows it disabled.
+CREATE TABLE IF NOT EXISTS disabled (
+    channel TEXT PRIMARY KEY,
+    reason TEXT NOT NULL
+);
 -- Partial: a new (queued) row is not in it, so adding costs nothing more.
 CREATE INDEX IF NOT EXISTS deliveries_delivered ON deliveries (delivered_at)
     WHERE status = 'delivered';
@@ -234,6 +240,35 @@ class SqliteOutbox:
             return {str(channel): Pause(float(until), str(error)) for channel, until, error in rows}
 
         return await self._with_db(pauses)
+
+    async def disable(self, channel: str, reason: str) -> None:
+        def disable(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute(
+                    "INSERT OR REPLACE INTO disabled (channel, reason) VALUES (?, ?)",
+                    (channel, reason),
+                )
+
+        await self._with_db(disable)
+
+    async def enable(self, channels: Sequence[str]) -> list[str]:
+        def enable(db: sqlite3.Connection) -> list[str]:
+            with db:
+                rows = db.execute(
+                    "DELETE FROM disabled WHERE channel IN (SELECT value FROM json_each(?))"
+                    " RETURNING channel",
+                    (json.dumps(list(channels)),),
+                ).fetchall()
+            return [str(channel) for (channel,) in rows]
+
+        return await self._with_db(enable)
+
+    async def disabled(self) -> dict[str, str]:
+        def disabled(db: sqlite3.Connection) -> dict[str, str]:
+            rows = db.execute("SELECT channel, reason FROM disabled").fetchall()
+            return {str(channel): str(reason) for channel, reason in rows}
+
+        return await self._with_db(disabled)
 
     # -- reading, and the operator's retry --------------------------------------------------
 

@@ -221,7 +221,7 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
             Query(description="Only these channels (`webhook-…`); all when absent."),
         ] = None,
     ) -> EnabledOut:
-        return EnabledOut(enabled=current.health.enable(channel))
+        return EnabledOut(enabled=await current.health.enable(channel))
 
     return router
 

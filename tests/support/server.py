@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -28,6 +29,7 @@ import httpx
 
 from bench.loadgen import parse_head
 from bench.process import spawn
+from tests.support.waiting import eventually
 
 __all__ = [
     "HOST",
@@ -36,8 +38,10 @@ __all__ = [
     "ServerExitedError",
     "ServerNotReadyError",
     "ServerProcess",
+    "delivery_pids",
     "free_port",
     "http_client",
+    "notify_service",
     "post_notifications",
     "run_until_exit",
     "running_server",
@@ -433,3 +437,34 @@ async def post_notifications(
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return results
+
+
+_DELIVERY_STARTED = re.compile(r"delivery process \[(\d+)\] started")
+
+
+@contextlib.asynccontextmanager
+async def notify_service(
+    workdir: Path,
+    settings: Mapping[str, str],
+    *,
+    output_name: str = "service-output.txt",
+    options: Sequence[str] = (),
+) -> AsyncIterator[ServerProcess]:
+    """``python -m service`` (notify-service) with ``options`` in ``workdir`` on a free port,
+    once it answers and its delivery process has started."""
+    port = free_port()
+    env = service_env({"NOTIFY_HOST": HOST, "NOTIFY_PORT": str(port), **settings})
+    async with running_server(
+        [*service_command(), *options],
+        url=f"http://{HOST}:{port}",
+        cwd=workdir,
+        env=env,
+        output_path=workdir / output_name,
+    ) as server:
+        await eventually(lambda: delivery_pids(server), message="the delivery process started")
+        yield server
+
+
+def delivery_pids(server: ServerProcess) -> list[int]:
+    """The delivery processes a notify-service has started so far, in order."""
+    return [int(pid) for pid in _DELIVERY_STARTED.findall(server.output())]

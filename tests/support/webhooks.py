@@ -24,13 +24,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import uvicorn
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from starlette.types import Receive, Scope, Send
 
+from service.channels.webhook import channel_name
 from tests.support.server import HOST, free_port
+from tests.support.waiting import eventually
 
-__all__ = ["Answer", "Received", "Receiver", "webhook_receiver"]
+__all__ = [
+    "Answer",
+    "Received",
+    "Receiver",
+    "disabled_and_enabled_from_the_api",
+    "webhook_receiver",
+]
 
 _WAIT_S = 5.0
 
@@ -221,3 +230,65 @@ def webhook_receiver(*secrets: str) -> Iterator[ReceiverServer]:
         receiver.release()
         server.should_exit = True
         thread.join(_WAIT_S * 2)
+
+
+async def disabled_and_enabled_from_the_api(
+    client: httpx.AsyncClient, hooks: ReceiverServer, deliverer_output: Callable[[], str]
+) -> None:
+    """A URL (``hooks.url()``) delivered by another process than the API ``client`` talks to
+    answers 410: the API shows its delivery dead and the URL disabled (``/readyz``), and the
+    next notification's delivery dead without a request; once the receiver is back,
+    ``POST /webhooks/enable`` on the API answers the URL's channel, the delivering process
+    (whose output ``deliverer_output`` reads) says it delivers again, and the next
+    notification is delivered; enabling again answers none."""
+    name = channel_name(hooks.url())
+    receiver = hooks.receiver
+    receiver.answer("/hook", Answer(410))
+
+    async def status(notification_id: str, wanted: str) -> dict[str, Any]:
+        async def reached() -> dict[str, Any]:
+            response = await client.get(f"/notifications/{notification_id}")
+            state: dict[str, Any] = response.json()["channels"][name]
+            assert state["status"] == wanted, state
+            return state
+
+        return await eventually(reached, message=f"{name} {wanted}")
+
+    async def channel() -> dict[str, Any]:
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        [found] = [c for c in ready.json()["channels"] if c["name"] == name]
+        return found  # type: ignore[no-any-return]
+
+    async def post(email: str) -> str:
+        response = await client.post(f"/send-notification/{email}")
+        assert response.status_code == 200, response.text
+        return response.headers["x-notification-id"]
+
+    first = await post("first@example.com")
+    assert "410" in (await status(first, "dead"))["last_error"]
+    disabled = await channel()
+    assert disabled["disabled"] is True, disabled
+    assert "HTTP 410" in disabled["error"]
+    assert disabled["target"] == hooks.url()
+    buried = await status(await post("second@example.com"), "dead")
+    assert buried["attempts"] == 0
+    assert buried["last_error"].startswith("disabled: HTTP 410")
+    assert [request.webhook_id for request in receiver.on("/hook")] == [first]
+
+    receiver.answer("/hook", Answer(200))
+    enabled = await client.post("/webhooks/enable")
+    assert enabled.json() == {"enabled": [name]}
+    assert await channel() == {
+        "name": name,
+        "error": None,
+        "target": hooks.url(),
+        "disabled": False,
+    }
+    await eventually(
+        lambda: f"{name}: enabled again" in deliverer_output(), message="enabled where delivered"
+    )
+    third = await post("third@example.com")
+    await status(third, "delivered")
+    assert [request.webhook_id for request in receiver.on("/hook")] == [first, third]
+    assert (await client.post("/webhooks/enable")).json() == {"enabled": []}
