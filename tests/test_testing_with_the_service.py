@@ -35,3 +35,12 @@ def test_with_ack_write_the_line_is_in_the_log_when_the_answer_comes(tmp_path: P
             "found query: x",
             "notification for ada@example.com: hi",
         ]
+
+
+def test_the_readmes_example_the_line_is_written_when_the_block_ends(tmp_path: Path) -> None:
+    """README "Testing an app with it", as written there: default mode, asserted after the
+    ``with`` block, whose exit (the lifespan's end) writes what was acknowledged."""
+    log = tmp_path / "log.txt"
+    with TestClient(create_app(Settings(log_path=log))) as client:  # runs the lifespan
+        client.post("/send-notification/ada@example.com")
+    assert log.read_text() == "notification for ada@example.com: some notification\n"
