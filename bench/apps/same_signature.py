@@ -25,7 +25,7 @@ from service.deps import BodyReader, idempotency_key
 from service.emails import Email
 from service.ids import new_id
 from service.main import NotificationApp
-from service.metrics import HttpMetrics, Metrics
+from service.metrics import HttpMetrics, Metrics, TemplatedRoute
 from service.routers.notifications import register_convertors
 
 settings = Settings()
@@ -79,7 +79,7 @@ async def read_query(
 ACKNOWLEDGEMENT_JSON = b'{"message":"Notification sent in the background"}'
 
 register_convertors()
-router = APIRouter(tags=["notifications"])
+router = APIRouter(tags=["notifications"], route_class=TemplatedRoute)
 
 
 @router.post(
