@@ -94,7 +94,9 @@ class Settings(BaseSettings):
         default=3600.0, gt=0, description="Seconds a notification's status stays queryable."
     )
     status_max_entries: int = Field(
-        default=100_000, ge=1, description="Most statuses (and idempotency keys) kept in memory."
+        default=100_000,
+        ge=1,
+        description="Most statuses (and idempotency keys) kept, in memory and in the ledger.",
     )
     idempotency_ttl: float = Field(
         default=3600.0, gt=0, description="Seconds an Idempotency-Key is remembered."
@@ -105,6 +107,12 @@ class Settings(BaseSettings):
         description="prometheus-client's own variable (no NOTIFY_ prefix): a directory where "
         "the metrics of several processes meet (--workers N, the delivery process); "
         "notify-service empties it first, and makes a temporary one of its own when unset.",
+    )
+    ledger_path: Path | None = Field(
+        default=None,
+        description="With backend=local: the SQLite file of statuses and Idempotency-Keys that "
+        "every process on the machine shares (default: <log>.ledger, in the spool's directory "
+        "when spool_path is set).",
     )
     queue_size: int = Field(
         default=100_000, ge=1, description="Records a log writer may hold before it refuses more."
@@ -414,6 +422,15 @@ class Settings(BaseSettings):
         if self.outbox_path is not None:
             return self.outbox_path
         return self.log_path.with_name(self.log_path.name + ".outbox")
+
+    def effective_ledger_path(self) -> Path:
+        """The local backend's ledger: ``ledger_path``; else ``<log name>.ledger`` in the
+        spool's directory when a spool is set (a log that is a device needs one, and nothing is
+        made beside a device), else beside the log."""
+        if self.ledger_path is not None:
+            return self.ledger_path
+        directory = (self.spool_path if self.spool_path is not None else self.log_path).parent
+        return directory / (self.log_path.name + ".ledger")
 
     @property
     def effective_query_log_path(self) -> Path:

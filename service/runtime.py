@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from config import Settings
 from service.channels.base import Channel
 from service.channels.registry import build_channels, lease_seconds
+from service.ledger.sqlite import SqliteLedger
 from service.metrics import Metrics
 from service.outbox.base import Outbox
 from service.outbox.delivery import OutboxDepth, dispatchers
@@ -32,11 +33,11 @@ from service.records import RENDERERS
 from service.retry import Backoff
 from service.services import NotificationService
 from service.services.health import HealthService
-from service.sinks.base import Lines, Listeners, SinkUnavailable
+from service.sinks.base import Lines, Listeners, SinkListener, SinkUnavailable
 from service.sinks.core import BatchOptions, BatchSink
 from service.sinks.file import FileOptions, FileSinks, WriteGuard, file_sink
 from service.sinks.fs import os_error_reason
-from service.status import Idempotency, Ledger, LocalLedger, StatusStore
+from service.status import Ledger, Statuses, StatusStore
 
 if TYPE_CHECKING:  # imported where it is used: the redis extra is optional
     from service.redis.stream import RedisStream
@@ -113,7 +114,7 @@ def log_sinks(
     metrics: Metrics,
     *,
     waiting: bool,
-    statuses: StatusStore | None = None,
+    statuses: SinkListener | None = None,
     guard: WriteGuard | None = None,
 ) -> FileSinks:
     """The sinks of the log and the query log (one, when both paths are one file), each
@@ -235,6 +236,10 @@ class Current:
         self._runtime = runtime
 
 
+async def _nothing() -> None:
+    """A step's closing that has nothing to do."""
+
+
 _Step = tuple[Callable[[], Awaitable[None]] | None, Callable[[], Awaitable[object]]]
 """What to do to open one part of a run (None: nothing), and to close it."""
 
@@ -259,6 +264,9 @@ class Runtime:
         self.statuses = StatusStore(settings.status_max_entries, settings.status_ttl)
         self.sinks: list[BatchSink] = []
         self.dispatchers: list[Dispatcher] = []
+        self.ledger: SqliteLedger | None = None
+        """The local backend's statuses and Idempotency-Keys, shared by its processes. It
+        opens after the log sinks, and closes after them, so their last outcomes are in it."""
         self._steps: list[_Step] = []
         """The parts' openings and closings, in the order they open (they close in reverse)."""
         self._stack = AsyncExitStack()
@@ -277,10 +285,12 @@ class Runtime:
         else:
             self.notifications = self._local_backend()
         self._steps.append((self._start_sinks, self._close_sinks))
+        if self.ledger is not None:  # opened once the logs are (their errors come first)
+            self._steps.append((self.ledger.open, _nothing))
         for dispatcher in self.dispatchers:
             self._steps.append((dispatcher.start, dispatcher.aclose))
         self.health = HealthService(
-            self.sinks,
+            [*self.sinks, *([self.ledger] if self.ledger is not None else [])],
             self.dispatchers,
             outbox=self._outbox,
             elsewhere=() if self.dispatchers else self.channels,
@@ -338,7 +348,9 @@ class Runtime:
     async def _close_sinks(self) -> None:
         await asyncio.gather(*(sink.aclose() for sink in self.sinks))
 
-    def _service(self, notifications: Lines, queries: Lines, ledger: Ledger) -> NotificationService:
+    def _service(
+        self, notifications: Lines, queries: Lines, ledger: Ledger, statuses: Statuses
+    ) -> NotificationService:
         settings = self.settings
         return NotificationService(
             deliveries=self._intake,
@@ -347,7 +359,7 @@ class Runtime:
             on_retry=self._wake_dispatchers if self._outbox is not None else None,
             notifications=notifications,
             queries=queries,
-            statuses=self.statuses,
+            statuses=statuses,
             ledger=ledger,
             render=RENDERERS[settings.log_format],
             on_accept=self.metrics.count_accepted,
@@ -420,15 +432,24 @@ class Runtime:
         self._intake = OutboxIntake(intake, settings.outbox_max, lambda: counter.depth)
 
     def _local_backend(self) -> NotificationService:
-        settings, statuses = self.settings, self.statuses
-        files = log_sinks(
-            settings, self.metrics, waiting=settings.ack == "write", statuses=statuses
+        """The log files, and the ledger every local process shares (``SqliteLedger``)."""
+        settings = self.settings
+        ledger = self.ledger = SqliteLedger(
+            settings.effective_ledger_path(),
+            local=self.statuses,
+            status_ttl=settings.status_ttl,
+            idempotency_ttl=settings.idempotency_ttl,
+            max_entries=settings.status_max_entries,
+            check_interval=settings.file_check_interval,
+            retry=Backoff(initial=settings.retry_initial, maximum=settings.retry_max),
+            durable=settings.fsync == "batch",
         )
+        self._steps.append((None, ledger.close))  # after the sinks' (see ``self.ledger``)
+        files = log_sinks(settings, self.metrics, waiting=settings.ack == "write", statuses=ledger)
         notifications = files.for_path(settings.log_path)
         queries = files.for_path(settings.effective_query_log_path)
         self.sinks.extend(files)
-        keys = Idempotency(settings.status_max_entries, settings.idempotency_ttl)
-        return self._service(notifications, queries, LocalLedger(statuses, keys))
+        return self._service(notifications, queries, ledger, ledger)
 
     def _redis_stream(self) -> RedisStream:
         from service.redis.stream import RedisStream
@@ -455,4 +476,4 @@ class Runtime:
         sink = stream_sink(stream, ledger.queued, options, settings.queue_spool())
         self.metrics.for_sink(sink.target.name).track(lambda: sink.held)
         self.sinks.append(sink)
-        return self._service(sink, sink, ledger)
+        return self._service(sink, sink, ledger, self.statuses)

@@ -1,8 +1,11 @@
-"""Per-process memory of accepted notifications: their status, and idempotency keys.
+"""Statuses and Idempotency-Keys: what they are, the ``Ledger`` protocol that claims keys and
+reads statuses, and ``StatusStore``, one process's memory of the statuses it recorded.
 
-Both are bounded in size and time: entries expire after a TTL and the oldest go first when
-the bound is reached. They live in the memory of one process, so with ``--workers N`` a status
-or key is known only to the worker that accepted the request (the queue backend shares them).
+A ``StatusStore`` is bounded in size and time: entries expire after a TTL and the oldest go
+first when the bound is reached. It is one process's: what every process shares is a ledger,
+``service.ledger.sqlite.SqliteLedger`` (the local backend, one machine) or
+``service.redis.ledger.RedisLedger`` (Redis); each keeps a ``StatusStore`` for what its own
+process accepted and has not yet shared.
 """
 
 from __future__ import annotations
@@ -20,12 +23,11 @@ from service.records import Kind
 __all__ = [
     "ExpiringMap",
     "Fingerprint",
-    "Idempotency",
     "IdempotencyConflict",
     "Ledger",
-    "LocalLedger",
     "NotificationStatus",
     "StatusStore",
+    "Statuses",
     "key_holder",
     "key_value",
 ]
@@ -136,7 +138,8 @@ class StatusStore:
         self._outcomes: dict[str, _Outcome] = {}
         self._limit, self._ttl, self._clock = limit, ttl, clock
 
-    def accepted(self, notification_id: str, at: float) -> None:
+    def accepted(self, notification_id: str, at: float, email: str = "") -> None:
+        """``notification_id`` (to ``email``) was accepted at ``at``."""
         accepted = self._accepted
         accepted[notification_id] = at
         if len(accepted) > self._limit:
@@ -165,7 +168,10 @@ class StatusStore:
         seconds: float = 0.0,
         kinds: Sequence[Kind] = (),
     ) -> None:
-        now = self._clock()
+        self.written_at(ids, attempts, self._clock())
+
+    def written_at(self, ids: Iterable[str], attempts: int, now: float) -> None:
+        """``written``, at ``now`` (``time.time()``)."""
         self._record(ids, _Outcome("written", now, attempts, None))
         self._expire(now)
 
@@ -195,37 +201,22 @@ class StatusStore:
             self._outcomes.pop(oldest, None)
 
 
+class Statuses(Protocol):
+    """Where the service records what happens to the notifications it accepts: this
+    process's ``StatusStore``, or the ledger every local process shares (which keeps one)."""
+
+    def accepted(self, notification_id: str, at: float, email: str = "") -> None: ...
+
+    def withdrawn(self, notification_id: str, reason: str) -> None: ...
+
+
 class IdempotencyConflict(Exception):
     """The key was used with a different request."""
 
 
-class Idempotency:
-    """Remembers which notification an ``Idempotency-Key`` created, and for which request.
-
-    A key keeps one string, ``<fingerprint digest> <id>`` (as ``RedisLedger`` stores it), so a
-    key held for the TTL leaves no object the garbage collector tracks (see ``StatusStore``).
-    """
-
-    def __init__(self, limit: int, ttl: float, clock: Callable[[], float] = time.time) -> None:
-        self._keys: ExpiringMap[str, str] = ExpiringMap(limit, ttl, clock)
-
-    def claim(self, key: str, fingerprint: Fingerprint, notification_id: str) -> str | None:
-        """Take ``key`` for ``notification_id`` and return None if the key is new; else the id
-        it created for this same request. Raises ``IdempotencyConflict`` when it was used for
-        a different request."""
-        claimed = key_value(fingerprint, notification_id)
-        held = self._keys.get(key)
-        if held is None:
-            self._keys.put(key, claimed)
-            return None
-        return key_holder(held, claimed)
-
-    def forget(self, key: str) -> None:
-        self._keys.pop(key)
-
-
 class Ledger(Protocol):
-    """Where idempotency keys are claimed and statuses read: this process, or Redis."""
+    """Where Idempotency-Keys are claimed and statuses read: SQLite (every process of one
+    machine) or Redis."""
 
     async def claim(self, key: str, fingerprint: Fingerprint, notification_id: str) -> str | None:
         """Claim ``key`` for ``notification_id``: ``None`` if it was free, else the id that
@@ -236,21 +227,3 @@ class Ledger(Protocol):
 
     async def status(self, notification_id: str) -> NotificationStatus | None:
         """The status of ``notification_id``, or ``None`` if unknown or expired."""
-
-
-class LocalLedger:
-    """The ``Ledger`` of one process (``NOTIFY_BACKEND=local``). Nothing here awaits, so
-    concurrent requests with one key cannot both claim it."""
-
-    def __init__(self, statuses: StatusStore, keys: Idempotency) -> None:
-        self._statuses = statuses
-        self._keys = keys
-
-    async def claim(self, key: str, fingerprint: Fingerprint, notification_id: str) -> str | None:
-        return self._keys.claim(key, fingerprint, notification_id)
-
-    async def forget(self, key: str, notification_id: str) -> None:
-        self._keys.forget(key)
-
-    async def status(self, notification_id: str) -> NotificationStatus | None:
-        return self._statuses.get(notification_id)

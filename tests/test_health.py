@@ -22,7 +22,7 @@ async def test_healthz_says_ok(client: httpx.AsyncClient) -> None:
 
 
 async def test_readyz_lists_every_writer(tmp_path: Path) -> None:
-    """``/readyz`` answers 200 and lists each log writer as running and open."""
+    """``/readyz`` answers 200 and lists each log writer, and the ledger, as running and open."""
     settings = make_settings(tmp_path, query_log_path=tmp_path / "queries.txt")
     async with LifespanManager(create_app(settings)) as manager:
         transport = httpx.ASGITransport(app=manager.app)
@@ -35,6 +35,7 @@ async def test_readyz_lists_every_writer(tmp_path: Path) -> None:
     assert {sink["name"] for sink in body["sinks"]} == {
         str(tmp_path / "log.txt"),
         str(tmp_path / "queries.txt"),
+        f"ledger {tmp_path / 'log.txt.ledger'}",
     }
     assert all(sink["running"] and sink["open"] for sink in body["sinks"])
 

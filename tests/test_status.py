@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
-
 from service.status import (
     ExpiringMap,
-    Idempotency,
-    IdempotencyConflict,
     NotificationStatus,
     StatusStore,
 )
-from tests.support.collector import tracked_growth
 
 
 def test_oldest_entries_go_first_at_the_limit() -> None:
@@ -79,26 +74,3 @@ def test_statuses_are_bounded_and_expire_oldest_first() -> None:
     assert store.get("4") is not None
     store.written(["4"], 1)
     assert list(store._accepted) == ["4"]
-
-
-def test_remembered_keys_leave_no_object_for_the_garbage_collector() -> None:
-    """Every Idempotency-Key is kept for the TTL; as plain strings they add nothing to the
-    collector's count (a tuple per key did, see ``StatusStore``), and they still tell a replay
-    from a conflict."""
-    count = 10_000
-    keys = Idempotency(limit=count, ttl=3600.0)
-    requests = [(f"key-{i}", (f"u{i}@example.com", "hi", None), f"id-{i}") for i in range(count)]
-    claimed: list[str | None] = []
-
-    def claim_all() -> None:
-        for key, fingerprint, notification_id in requests:
-            claimed.append(keys.claim(key, fingerprint, notification_id))
-
-    grown = tracked_growth(claim_all)
-    assert claimed == [None] * count
-    assert grown < count // 100, f"{grown} tracked objects for {count} keys"
-    assert keys.claim("key-7", ("u7@example.com", "hi", None), "id-new") == "id-7"
-    with pytest.raises(IdempotencyConflict, match="different request"):
-        keys.claim("key-7", ("u7@example.com", "other", None), "id-new")
-    keys.forget("key-7")
-    assert keys.claim("key-7", ("u7@example.com", "other", None), "id-new") is None

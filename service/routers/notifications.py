@@ -132,7 +132,7 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
         q = None if query is None else query.q
         # SinkUnavailable -> 503 and IdempotencyConflict -> 422, raised before any task runs.
         if key is None:
-            notification_id = service.accept(query)
+            notification_id = service.accept(email, query)
         else:
             accepted = await service.accept_keyed(query, key=key, fingerprint=(email, message, q))
             notification_id = accepted.id

@@ -12,7 +12,7 @@ from service.outbox.base import DeliveryState, Outbox, notification_line
 from service.records import Record, notification_renderer, render_text
 from service.services.deadlines import Deadlines, wait_all
 from service.sinks.base import Lines, SinkUnavailable, Wait
-from service.status import Fingerprint, Ledger, NotificationStatus, StatusStore
+from service.status import Fingerprint, Ledger, NotificationStatus, Statuses
 
 __all__ = ["Acceptance", "NotificationService", "QueryLine"]
 
@@ -50,7 +50,7 @@ class NotificationService:
         notifications: Lines,
         queries: Lines,
         *,
-        statuses: StatusStore,
+        statuses: Statuses,
         ledger: Ledger,
         render: Renderer = render_text,
         ack_timeout: float = 5.0,
@@ -80,11 +80,12 @@ class NotificationService:
         self._ack_timeout = ack_timeout
         self._deadlines = Deadlines(ack_timeout)
 
-    def accept(self, query: QueryLine | None) -> str:
-        """Admit the lines of a request without an Idempotency-Key and give it a new id, or
-        raise ``SinkUnavailable`` (nothing held). A plain call: nothing here waits."""
+    def accept(self, email: str, query: QueryLine | None) -> str:
+        """Admit the lines of a request to ``email`` without an Idempotency-Key and give it a
+        new id, or raise ``SinkUnavailable`` (nothing held). A plain call: nothing here
+        waits."""
         notification_id = new_id()
-        self._admit(notification_id, query)
+        self._admit(notification_id, email, query)
         return notification_id
 
     async def accept_keyed(
@@ -101,7 +102,7 @@ class NotificationService:
         if known is not None:
             return Acceptance(known, new=False)
         try:
-            self._admit(notification_id, query)
+            self._admit(notification_id, fingerprint[0], query)
         except SinkUnavailable:
             await self._ledger.forget(key, notification_id)
             raise
@@ -198,13 +199,13 @@ class NotificationService:
             self._statuses.withdrawn(notification_id, reason)
             raise SinkUnavailable(reason) from None
 
-    def _admit(self, notification_id: str, query: QueryLine | None) -> None:
+    def _admit(self, notification_id: str, email: str, query: QueryLine | None) -> None:
         """Reserve the request's lines (all or none) and record it as queued."""
         if query is None and self._deliveries is None:
             self._notifications.admit()  # the usual request: one line
         else:
             self._admit_all(query)
-        self._statuses.accepted(notification_id, time.time())
+        self._statuses.accepted(notification_id, time.time(), email)
         self._on_accept()
 
     def _admit_all(self, query: QueryLine | None) -> None:

@@ -1,0 +1,535 @@
+"""Statuses and Idempotency-Keys in SQLite, shared by every process on the machine
+(``NOTIFY_BACKEND=local``: with ``--workers N`` every process opens the same file).
+
+The file (``NOTIFY_LEDGER_PATH``, default ``<log>.ledger``) is SQLite in WAL mode, like the
+outbox, but a file of its own: a delivery process watches the outbox's ``data_version`` to
+learn of new deliveries, and the ledger's commits (every 25 ms under load) would wake it for
+nothing. Its tables:
+
+- ``notifications``: one row per accepted notification: its id, email and acceptance time,
+  and its log status (``queued``, ``written`` or ``failed``, with ``written_at``, attempts and
+  the error). ``seq`` is the order rows came in: expiry drops rows from its front, past
+  ``NOTIFY_STATUS_TTL``, and beyond the newest ``NOTIFY_STATUS_MAX_ENTRIES``.
+- ``idempotency_keys``: a key and what it holds, ``<SHA-256 of the request> <id>`` (as in
+  Redis), until ``expires_at`` (``NOTIFY_IDEMPOTENCY_TTL``); bounded the same way.
+
+**Writes are batched, off the event loop.** A request only appends its id, email and time
+to three lists (plain values: nothing the garbage collector tracks; no I/O), and the log's
+writer tells each batch's outcome (``written``, ``failed``) as it does the ``StatusStore``.
+One task takes what gathered, after lingering ``linger`` seconds for more, and hands it to
+the ledger's own thread, which writes it in one transaction. The rows cross as one JSON text
+that SQLite unpacks (``json_each``), as the outbox's do, so the thread does not take Python's
+GIL back once per row while the event loop wants it. A notification whose line was written
+before its row went in (most: the log lingers 5 ms, the ledger 25) is inserted as ``written``
+at once: one insert, not an insert and an update.
+
+**Reads.** The process that accepted a notification answers from its own ``StatusStore``,
+which is never behind the file for what it accepted; any other process reads the file (on a
+second thread and connection, so a read never waits for a batch), and sees a notification
+once its batch is in: within about ``linger`` of its acceptance.
+
+**Claims are atomic.** A key is claimed on the ledger's thread in one transaction that
+begins with a write, so it holds SQLite's write lock, against every process, from its first
+statement to its commit: drop the key if it expired, insert it unless present, else read
+what holds it. Only a request with a key awaits this (one hop to the thread); the event loop
+never waits on SQLite.
+
+A failing file (a full disk) is retried with backoff, one log line per failure episode, and
+named by ``/readyz``; a claim that fails is a 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from service.records import Kind
+from service.retry import Backoff, Episode
+from service.sinks.base import SinkHealth, SinkUnavailable
+from service.status import (
+    Fingerprint,
+    NotificationStatus,
+    State,
+    StatusStore,
+    key_holder,
+    key_value,
+)
+
+__all__ = ["SqliteLedger"]
+
+logger = logging.getLogger("service.ledger")
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS notifications (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    email TEXT NOT NULL,
+    accepted_at REAL NOT NULL,
+    status TEXT NOT NULL,
+    written_at REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    seq INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,
+    value TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+"""
+
+_INSERT = (
+    "INSERT INTO notifications (id, email, accepted_at, status, written_at, attempts, error)"
+    " SELECT n.value ->> 0, n.value ->> 1, n.value ->> 2, n.value ->> 3, n.value ->> 4,"
+    " n.value ->> 5, n.value ->> 6 FROM json_each(?) AS n WHERE true"
+    " ON CONFLICT (id) DO NOTHING"
+)
+"""The batch's new rows, ``[id, email, accepted_at, status, written_at, attempts, error]``
+each, in one JSON text."""
+
+_WRITTEN = (
+    "UPDATE notifications SET status = 'written', written_at = ?, attempts = ?, error = NULL"
+    " WHERE id IN (SELECT value FROM json_each(?))"
+)
+_FAILED = (
+    "UPDATE notifications SET status = 'failed', attempts = ?, error = ?"
+    " WHERE id IN (SELECT value FROM json_each(?)) AND status != 'written'"
+)
+"""A line written once is never reported failed again (a withdrawn line whose write had
+begun)."""
+
+_QUEUED_TAIL = ',"queued",null,0,null]'
+_ENCODE = json.JSONEncoder().encode
+
+_BUSY_TIMEOUT = 5.0
+"""Seconds a statement waits for another process's write lock before it fails."""
+
+EXPIRE_INTERVAL = 1.0
+"""Seconds between drops of expired rows and keys (a read checks the TTL itself)."""
+
+
+class _Change:
+    """One batch's log outcome, for the notifications ``ids``."""
+
+    __slots__ = ("at", "attempts", "error", "ids", "state", "tail")
+
+    def __init__(
+        self, state: State, at: float | None, attempts: int, error: str | None, ids: list[str]
+    ) -> None:
+        self.state, self.at, self.attempts, self.error, self.ids = state, at, attempts, error, ids
+        self.tail = f",{_ENCODE(state)},{_ENCODE(at)},{attempts},{_ENCODE(error)}]"
+        """A new row's JSON after its id, email and time (see ``_INSERT``)."""
+
+
+def _batch(
+    ids: Sequence[str], emails: Sequence[str], times: Sequence[float], changes: Sequence[_Change]
+) -> tuple[str, list[tuple[_Change, list[str]]]]:
+    """The batch's new rows as ``_INSERT``'s JSON text, each with its latest outcome in this
+    batch; and the outcomes of rows already in the file (earlier batches), to update."""
+    latest: dict[str, _Change] = {}
+    new = set(ids) if changes else set()
+    earlier: list[tuple[_Change, list[str]]] = []
+    for change in changes:
+        rest = []
+        for notification_id in change.ids:
+            if notification_id not in new:
+                rest.append(notification_id)
+                continue
+            held = latest.get(notification_id)
+            if change.state == "failed" and held is not None and held.state == "written":
+                continue
+            latest[notification_id] = change
+        if rest:
+            earlier.append((change, rest))
+    # Ids are the service's own (``service.ids.new_id``: hex and dashes), safe in JSON as
+    # they are; an email is encoded (quotes, non-ASCII).
+    rows = ",".join(
+        [
+            f'["{notification_id}",{_ENCODE(email)},{at!r}'
+            + (_QUEUED_TAIL if (last := latest.get(notification_id)) is None else last.tail)
+            for notification_id, email, at in zip(ids, emails, times, strict=True)
+        ]
+    )
+    return f"[{rows}]", earlier
+
+
+def _write(
+    db: sqlite3.Connection,
+    ids: Sequence[str],
+    emails: Sequence[str],
+    times: Sequence[float],
+    changes: Sequence[_Change],
+    expiry: tuple[float, float, int] | None,
+) -> None:
+    """One batch, in one transaction (on the ledger's thread)."""
+    rows, earlier = _batch(ids, emails, times, changes)
+    with db:
+        if ids:
+            db.execute(_INSERT, (rows,))
+        for change, rest in earlier:
+            if change.state == "written":
+                db.execute(_WRITTEN, (change.at, change.attempts, json.dumps(rest)))
+            else:
+                db.execute(_FAILED, (change.attempts, change.error, json.dumps(rest)))
+        if expiry is not None:
+            _expire(db, *expiry)
+
+
+def _expire(db: sqlite3.Connection, status_horizon: float, now: float, limit: int) -> None:
+    """Drop rows accepted before ``status_horizon`` and keys expired by ``now``, from the
+    front of ``seq`` (a scan of just what goes), and all but the newest ``limit`` of each."""
+    for table, column, bound in (
+        ("notifications", "accepted_at", status_horizon),
+        ("idempotency_keys", "expires_at", now),
+    ):
+        db.execute(
+            f"DELETE FROM {table} WHERE seq < coalesce("
+            f"(SELECT seq FROM {table} WHERE {column} > ? ORDER BY seq LIMIT 1),"
+            f" (SELECT max(seq) + 1 FROM {table}))",
+            (bound,),
+        )
+        db.execute(f"DELETE FROM {table} WHERE seq <= (SELECT max(seq) FROM {table}) - ?", (limit,))
+
+
+def _claim(
+    db: sqlite3.Connection, key: str, claimed: str, now: float, expires: float
+) -> str | None:
+    """Take ``key`` for ``claimed`` unless it is held: None; else what holds it. One
+    transaction that begins with a write: SQLite's write lock is held from its first statement,
+    so no other process claims between the look and the insert."""
+    with db:
+        db.execute("DELETE FROM idempotency_keys WHERE key = ? AND expires_at <= ?", (key, now))
+        inserted = db.execute(
+            "INSERT INTO idempotency_keys (key, value, expires_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (key) DO NOTHING RETURNING value",
+            (key, claimed, expires),
+        ).fetchall()
+        if inserted:
+            return None
+        (held,) = db.execute("SELECT value FROM idempotency_keys WHERE key = ?", (key,)).fetchone()
+    return str(held)
+
+
+class SqliteLedger:
+    """The local backend's ``Ledger`` and ``Statuses``, and the log sinks' listener; see the
+    module docstring. Build one per lifespan run (its task and threads are the run's)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        local: StatusStore,
+        status_ttl: float,
+        idempotency_ttl: float,
+        max_entries: int,
+        linger: float = 0.025,
+        check_interval: float = 1.0,
+        retry: Backoff | None = None,
+        durable: bool = False,
+    ) -> None:
+        self.path = path
+        self._local = local
+        self._status_ttl = status_ttl
+        self._key_ttl = idempotency_ttl
+        self._limit = max_entries
+        self._linger = linger
+        self._check_interval = check_interval
+        self._retry = retry or Backoff()
+        # As the outbox: a commit survives the process's death; with ``durable``
+        # (NOTIFY_FSYNC=batch) a power loss too.
+        self._synchronous = "FULL" if durable else "NORMAL"
+        self._ids: list[str] = []
+        self._emails: list[str] = []
+        self._times: list[float] = []
+        """The rows not yet handed to the thread, as parallel lists of plain values."""
+        self._changes: list[_Change] = []
+        """The log outcomes not yet handed to the thread, in the order they came."""
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._closing = False
+        self._expire_at = 0.0
+        self._episode = Episode(
+            logger,
+            f"ledger {path}",
+            failing="cannot record statuses: {error}; keeping them and retrying",
+            recovered="recording statuses again after {seconds:.1f} s",
+        )
+        self._stopped: str | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._reader: ThreadPoolExecutor | None = None
+        self._write_db: sqlite3.Connection | None = None
+        self._read_db: sqlite3.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open (or create) the file, and start the batch task. ``ValueError`` (naming the
+        file) if it cannot be opened."""
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="ledger-write")
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="ledger-read")
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._writer, self._connect_writer)
+            await loop.run_in_executor(self._reader, self._connect_reader)
+        except (sqlite3.Error, OSError) as exc:
+            await self.close()
+            raise ValueError(f"ledger {self.path}: {exc}") from None
+        self._task = asyncio.create_task(self._run(), name=f"ledger {self.path}")
+
+    async def close(self) -> None:
+        """Write what is pending (one attempt), then close the file. Call it after the log's
+        writers have drained, so that their last outcomes are in."""
+        task, self._task = self._task, None
+        if task is not None:
+            self._closing = True
+            self._stop.set()
+            self._wake.set()
+            await task
+        loop = asyncio.get_running_loop()
+        for executor, attribute in ((self._writer, "_write_db"), (self._reader, "_read_db")):
+            db = getattr(self, attribute)
+            setattr(self, attribute, None)
+            if executor is not None and db is not None:
+                await loop.run_in_executor(executor, db.close)
+        for executor in (self._writer, self._reader):
+            if executor is not None:
+                executor.shutdown(wait=False)
+        self._writer = self._reader = None
+
+    def health(self) -> SinkHealth:
+        """For ``/readyz``: failing while batches cannot be written."""
+        task = self._task
+        return SinkHealth(
+            name=f"ledger {self.path}",
+            running=task is not None and not task.done(),
+            open=self._write_db is not None,
+            queued=len(self._ids),
+            capacity=self._limit,
+            error=self._stopped or self._episode.error,
+        )
+
+    # -- what the service records (``Statuses``) ----------------------------------------------
+
+    def accepted(self, notification_id: str, at: float, email: str = "") -> None:
+        """Once per request: a plain call, three appends."""
+        self._local.accepted(notification_id, at)
+        ids = self._ids
+        ids.append(notification_id)
+        self._emails.append(email)
+        self._times.append(at)
+        if len(ids) == 1:  # the first of a batch: the task may be waiting for it
+            self._wake.set()
+
+    def withdrawn(self, notification_id: str, reason: str) -> None:
+        self._local.withdrawn(notification_id, reason)
+        status = self._local.get(notification_id)
+        attempts = status.attempts if status is not None else 0
+        self._add(_Change("failed", None, attempts, reason, [notification_id]))
+
+    # -- the log sinks' listener ------------------------------------------------------------
+
+    def written(
+        self,
+        ids: Sequence[str],
+        attempts: int,
+        seconds: float = 0.0,
+        kinds: Sequence[Kind] = (),
+    ) -> None:
+        now = time.time()
+        self._local.written_at(ids, attempts, now)
+        self._add(_Change("written", now, attempts, None, _notifications(ids, kinds)))
+
+    def failed(self, ids: Sequence[str], error: str, attempts: int) -> None:
+        self._local.failed(ids, error, attempts)
+        self._add(_Change("failed", None, attempts, error, list(ids)))
+
+    def _add(self, change: _Change) -> None:
+        if change.ids:
+            self._changes.append(change)
+            self._wake.set()
+
+    # -- the Ledger protocol ----------------------------------------------------------------
+
+    async def claim(self, key: str, fingerprint: Fingerprint, notification_id: str) -> str | None:
+        claimed = key_value(fingerprint, notification_id)
+        now = time.time()
+        try:
+            held = await self._on_writer(
+                lambda db: _claim(db, key, claimed, now, now + self._key_ttl)
+            )
+        except sqlite3.Error as exc:
+            raise SinkUnavailable(f"ledger: cannot claim the Idempotency-Key now: {exc}") from None
+        return None if held is None else key_holder(held, claimed)
+
+    async def forget(self, key: str, notification_id: str) -> None:
+        def forget(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute(
+                    "DELETE FROM idempotency_keys WHERE key = ? AND substr(value, 66) = ?",
+                    (key, notification_id),
+                )
+
+        try:
+            await self._on_writer(forget)
+        except sqlite3.Error as exc:
+            # It then expires with its TTL; until then a retry with it gets the id of the
+            # request that was refused (503) instead of a new one.
+            logger.warning(
+                "ledger %s: cannot free an Idempotency-Key (%s); it is freed when it expires",
+                self.path,
+                exc,
+            )
+
+    async def status(self, notification_id: str) -> NotificationStatus | None:
+        """This process's own record first (never behind the file), else the file's."""
+        status = self._local.get(notification_id)
+        if status is not None:
+            return status
+        horizon = time.time() - self._status_ttl
+
+        def read(db: sqlite3.Connection) -> NotificationStatus | None:
+            row = db.execute(
+                "SELECT status, accepted_at, written_at, attempts, error FROM notifications"
+                " WHERE id = ? AND accepted_at > ?",
+                (notification_id, horizon),
+            ).fetchone()
+            if row is None:
+                return None
+            state, accepted_at, written_at, attempts, error = row
+            return NotificationStatus(
+                notification_id, state, accepted_at, written_at, attempts, error
+            )
+
+        try:
+            return await self._on_reader(read)
+        except sqlite3.Error as exc:
+            raise SinkUnavailable(f"ledger: cannot read statuses now: {exc}") from None
+
+    # -- the batch task ---------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            await self._write_forever()
+        except Exception as exc:  # a bug: loud once; statuses then stay in this process
+            self._stopped = f"stopped: {type(exc).__name__}: {exc}"
+            logger.exception("ledger %s: stopped; statuses are no longer shared", self.path)
+
+    async def _write_forever(self) -> None:
+        failures = 0
+        while True:
+            if not self._ids and not self._changes:
+                if self._closing:
+                    return
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._check_interval):
+                        await self._wake.wait()
+            if (self._ids or self._changes) and not failures and not self._closing:
+                await self._pause(self._linger)  # more rows come meanwhile under load
+            try:
+                await self._flush()
+            except sqlite3.Error as exc:
+                failures += 1
+                self._episode.fail(f"{type(exc).__name__}: {exc}", waiting=len(self._ids))
+                if self._closing:
+                    logger.error(
+                        "ledger %s: %d statuses not recorded by shutdown (%s)",
+                        self.path,
+                        len(self._ids),
+                        exc,
+                    )
+                    return
+                await self._pause(self._retry.delay(failures - 1))
+                continue
+            if failures:
+                failures = 0
+                self._episode.recover()
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds``, or until ``close``."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stop.wait()
+
+    async def _flush(self) -> None:
+        """Hand what gathered to the thread, in one transaction; on failure it is kept (the
+        oldest rows dropped past the bound, as expiry would drop them)."""
+        ids, emails, times, changes = self._ids, self._emails, self._times, self._changes
+        now = time.monotonic()
+        expiry = None
+        if now >= self._expire_at:
+            self._expire_at = now + EXPIRE_INTERVAL
+            wall = time.time()
+            expiry = (wall - self._status_ttl, wall, self._limit)
+        if not ids and not changes and expiry is None:
+            return
+        self._ids, self._emails, self._times, self._changes = [], [], [], []
+        try:
+            await self._on_writer(lambda db: _write(db, ids, emails, times, changes, expiry))
+        except BaseException:
+            self._ids[:0], self._emails[:0], self._times[:0] = ids, emails, times
+            self._changes[:0] = changes
+            excess = len(self._ids) - self._limit
+            if excess > 0:
+                del self._ids[:excess], self._emails[:excess], self._times[:excess]
+            if expiry is not None:
+                self._expire_at = 0.0
+            raise
+
+    # -- the threads ------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self._synchronous}")
+        return db
+
+    def _connect_writer(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = self._connect()
+        db.executescript(_SCHEMA)
+        db.isolation_level = "DEFERRED"  # `with db:` commits a batch as one transaction
+        self._write_db = db
+
+    def _connect_reader(self) -> None:
+        self._read_db = self._connect()
+
+    async def _on_writer(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._on(self._writer, "_write_db", work)
+
+    async def _on_reader(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._on(self._reader, "_read_db", work)
+
+    async def _on(
+        self,
+        executor: ThreadPoolExecutor | None,
+        attribute: str,
+        work: Callable[[sqlite3.Connection], T],
+    ) -> T:
+        def run() -> T:
+            db: sqlite3.Connection | None = getattr(self, attribute)
+            if db is None:
+                raise sqlite3.ProgrammingError("the ledger is closed")
+            return work(db)
+
+        if executor is None:
+            raise sqlite3.ProgrammingError("the ledger is closed")
+        return await asyncio.get_running_loop().run_in_executor(executor, run)
+
+
+def _notifications(ids: Sequence[str], kinds: Sequence[Kind]) -> list[str]:
+    """The notifications among a batch's records (``found query`` lines have no status)."""
+    if not kinds:
+        return list(ids)
+    return [record_id for record_id, kind in zip(ids, kinds, strict=True) if kind == "notification"]

@@ -1,0 +1,297 @@
+"""The local backend's ledger: statuses and Idempotency-Keys that every process on the machine
+shares, through the real app (two runs of it on one file are two processes of one machine,
+as ``--workers 2`` makes them), and through real uvicorn processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from service.ledger.sqlite import SqliteLedger
+from service.main import create_app
+from service.runtime import StartupError
+from service.status import StatusStore
+from tests.conftest import make_settings, read_lines, running
+from tests.support.collector import tracked_growth
+from tests.support.server import (
+    HOST,
+    free_port,
+    http_client,
+    running_server,
+    service_env,
+    uvicorn_command,
+    uvicorn_server,
+)
+from tests.support.waiting import eventually
+
+GUIDE_BODY = {"message": "Notification sent in the background"}
+
+
+async def status_of(client: httpx.AsyncClient, location: str, state: str) -> dict[str, Any]:
+    """``GET location`` until it answers 200 with ``state``."""
+
+    async def reached() -> dict[str, Any]:
+        response = await client.get(location)
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        assert body["status"] == state, body
+        return body
+
+    return await eventually(reached, message=f"{location} {state}")
+
+
+async def test_another_process_reads_the_status_the_accepting_one_gives(tmp_path: Path) -> None:
+    """A notification accepted by one process is answered by another with the same status,
+    times and attempts, once its batch is in the ledger."""
+    settings = make_settings(tmp_path)
+    async with running(settings) as first, running(settings) as second:
+        location = (await first.post("/send-notification/ada@example.com")).headers["location"]
+        here = await status_of(first, location, "written")
+        there = await status_of(second, location, "written")
+    assert there == here
+    assert there["channels"]["log"]["status"] == "written"
+
+
+async def test_a_status_outlives_the_process_that_accepted_it(tmp_path: Path) -> None:
+    """A status is in the file, not only in memory: a later start still answers it."""
+    settings = make_settings(tmp_path)
+    async with running(settings) as client:
+        location = (await client.post("/send-notification/ada@example.com")).headers["location"]
+        before = await status_of(client, location, "written")
+    async with running(settings) as client:
+        after = (await client.get(location)).json()
+    assert after == before
+
+
+async def test_a_failing_write_is_failed_in_every_process(tmp_path: Path) -> None:
+    """On ``/dev/full`` the other process, too, sees the status ``failed`` with the error."""
+    settings = make_settings(
+        tmp_path, log_path=Path("/dev/full"), spool_path=tmp_path / "spool", shutdown_timeout=0.2
+    )
+    async with running(settings) as first, running(settings) as second:
+        location = (await first.post("/send-notification/ada@example.com")).headers["location"]
+        body = await status_of(second, location, "failed")
+    assert "No space left on device" in body["error"]
+    assert body["attempts"] >= 1
+    assert (tmp_path / "full.ledger").exists(), "beside the spool, not in /dev"
+    assert not Path("/dev/full.ledger").exists()
+
+
+async def test_one_key_gives_one_notification_across_processes(tmp_path: Path) -> None:
+    """The same Idempotency-Key sent to two processes, one after the other and 20 at once,
+    gets one id and writes one line."""
+    settings = make_settings(tmp_path)
+    headers = {"Idempotency-Key": "order-1234"}
+    url = "/send-notification/ada@example.com?q=x"
+    async with running(settings) as first, running(settings) as second:
+        one = await first.post(url, headers=headers, json={"message": "hi"})
+        again = await second.post(url, headers=headers, json={"message": "hi"})
+        together = await asyncio.gather(
+            *(
+                client.post("/send-notification/bob@example.com", headers={"Idempotency-Key": "k"})
+                for client in [first, second] * 10
+            )
+        )
+    assert one.status_code == again.status_code == 200
+    assert again.json() == GUIDE_BODY
+    assert again.headers["x-notification-id"] == one.headers["x-notification-id"]
+    assert {response.status_code for response in together} == {200}
+    assert len({response.headers["x-notification-id"] for response in together}) == 1
+    assert sorted(read_lines(settings.log_path)) == [
+        "found query: x",
+        "notification for ada@example.com: hi",
+        "notification for bob@example.com: some notification",
+    ]
+
+
+async def test_a_key_used_for_another_request_elsewhere_is_422(tmp_path: Path) -> None:
+    """A key one process took for one request is refused (422) by another for a different one."""
+    settings = make_settings(tmp_path)
+    async with running(settings) as first, running(settings) as second:
+        await first.post("/send-notification/ada@example.com", headers={"Idempotency-Key": "k"})
+        other = await second.post(
+            "/send-notification/bob@example.com", headers={"Idempotency-Key": "k"}
+        )
+    assert other.status_code == 422
+    assert "different request" in other.json()["detail"][0]["msg"]
+
+
+async def test_a_key_is_free_again_once_it_expires(tmp_path: Path) -> None:
+    """After NOTIFY_IDEMPOTENCY_TTL the key makes a new notification (a held key gives 422
+    for another request; an expired one is taken again)."""
+    settings = make_settings(tmp_path, idempotency_ttl=0.05)
+    headers = {"Idempotency-Key": "k"}
+    async with running(settings) as client:
+        taken = await client.post("/send-notification/ada@example.com", headers=headers)
+
+        async def new_id() -> bool:
+            again = await client.post("/send-notification/bob@example.com", headers=headers)
+            assert again.status_code in (200, 422), again.text
+            held = again.headers.get("x-notification-id")
+            return held is not None and held != taken.headers["x-notification-id"]
+
+        await eventually(new_id, message="a new id for the key once it expired")
+
+
+async def test_statuses_expire_and_are_bounded_in_the_file(tmp_path: Path) -> None:
+    """The file keeps at most NOTIFY_STATUS_MAX_ENTRIES notifications, the newest; and none
+    past NOTIFY_STATUS_TTL."""
+    settings = make_settings(tmp_path, status_max_entries=3)
+    async with running(settings) as first, running(settings) as second:
+        locations = [
+            (await first.post(f"/send-notification/u{i}@example.com")).headers["location"]
+            for i in range(5)
+        ]
+        for location in locations[2:]:
+            await status_of(second, location, "written")
+
+        async def dropped() -> bool:
+            answers = [(await second.get(location)).status_code for location in locations]
+            return answers == [404, 404, 200, 200, 200]
+
+        await eventually(dropped, message="the two oldest dropped from the file")
+    expiring = make_settings(tmp_path, status_ttl=0.05)
+    async with running(expiring) as client:
+        location = (await client.post("/send-notification/ada@example.com")).headers["location"]
+
+        async def gone() -> bool:
+            return (await client.get(location)).status_code == 404
+
+        await eventually(gone, message="a 404 once the TTL has run out")
+
+    def rows() -> int:
+        with sqlite3.connect(expiring.effective_ledger_path()) as db:
+            (count,) = db.execute("SELECT count(*) FROM notifications").fetchone()
+        return int(count)
+
+    async with running(expiring):
+        await eventually(lambda: rows() == 0, message="expired rows deleted")
+
+
+async def test_an_unopenable_ledger_stops_startup_with_one_line(tmp_path: Path) -> None:
+    """A ledger path that cannot be opened (a directory) stops startup, naming it."""
+    (tmp_path / "dir").mkdir()
+    app = create_app(make_settings(tmp_path, ledger_path=tmp_path / "dir"))
+    with pytest.raises(StartupError) as caught:
+        async with LifespanManager(app):
+            pass
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"ledger {tmp_path / 'dir'}" in message
+
+
+async def test_waiting_statuses_leave_no_object_for_the_garbage_collector(tmp_path: Path) -> None:
+    """10,000 statuses waiting for their batch are plain values: they add nothing to the
+    collector's count (an object per request set off a collection every ~50 requests)."""
+    count = 10_000
+    ledger = SqliteLedger(
+        tmp_path / "ledger",
+        local=StatusStore(limit=count, ttl=3600.0),
+        status_ttl=3600.0,
+        idempotency_ttl=3600.0,
+        max_entries=count,
+        linger=3600.0,
+    )
+    ids = [f"00000000-0000-4000-8000-{i:012d}" for i in range(count)]
+    emails = [f"u{i}@example.com" for i in range(count)]
+    now = time.time()
+
+    def accept_all() -> None:
+        for notification_id, email in zip(ids, emails, strict=True):
+            ledger.accepted(notification_id, now, email)
+
+    await ledger.open()
+    try:
+        grown = tracked_growth(accept_all)
+    finally:
+        await ledger.close()  # writes them
+    assert grown < count // 100, f"{grown} tracked objects for {count} statuses"
+    with sqlite3.connect(tmp_path / "ledger") as db:
+        (stored,) = db.execute("SELECT count(*) FROM notifications").fetchone()
+    assert stored == count
+
+
+# -- real uvicorn processes -------------------------------------------------------------------
+
+
+def written_in_ledger(path: Path, ids: list[str]) -> bool:
+    """Whether the ledger file has every one of ``ids`` as written."""
+    with sqlite3.connect(path) as db:
+        rows = db.execute(
+            "SELECT count(*) FROM notifications WHERE status = 'written' AND id IN"
+            " (SELECT value FROM json_each(?))",
+            (json.dumps(ids),),
+        ).fetchone()
+    return int(rows[0]) == len(ids)
+
+
+@pytest.mark.slow
+async def test_two_servers_on_one_ledger_answer_alike(tmp_path: Path) -> None:
+    """Two uvicorn processes with the same settings: what one accepts, the other answers (the
+    log status included), and a key one took is the other's too."""
+    async with (
+        uvicorn_server(tmp_path, output_name="a.txt") as first,
+        uvicorn_server(tmp_path, output_name="b.txt") as second,
+        http_client(first.url) as to_first,
+        http_client(second.url) as to_second,
+    ):
+        accepted = await to_first.post("/send-notification/ada@example.com")
+        here = await status_of(to_first, accepted.headers["location"], "written")
+        there = await status_of(to_second, accepted.headers["location"], "written")
+        key = {"Idempotency-Key": "order-1"}
+        keyed = await to_first.post("/send-notification/bob@example.com", headers=key)
+        replayed = await to_second.post("/send-notification/bob@example.com", headers=key)
+    assert there == here
+    assert replayed.headers["x-notification-id"] == keyed.headers["x-notification-id"]
+    assert sorted(read_lines(tmp_path / "log.txt")) == [
+        "notification for ada@example.com: some notification",
+        "notification for bob@example.com: some notification",
+    ]
+
+
+@pytest.mark.slow
+async def test_with_two_workers_every_location_answers_and_a_key_writes_once(
+    tmp_path: Path,
+) -> None:
+    """Issue 24 as a new user saw it: ``uvicorn --workers 2``, 20 notifications and one key
+    sent 10 times, each on a new connection (so both processes answer). Every ``Location``
+    answers 200 ``written`` on every try, and the key makes one notification and one line."""
+    port = free_port()
+    url = f"http://{HOST}:{port}"
+    fresh = httpx.Limits(max_keepalive_connections=0)  # a new connection per request
+    async with (
+        running_server(
+            [*uvicorn_command(port), "--workers", "2"],
+            url=url,
+            cwd=tmp_path,
+            env=service_env({"NOTIFY_LOG_PATH": str(tmp_path / "log.txt")}),
+            output_path=tmp_path / "server.txt",
+            ready_timeout=60,
+        ),
+        httpx.AsyncClient(base_url=url, limits=fresh, trust_env=False, timeout=10) as client,
+    ):
+        locations = [
+            (await client.post(f"/send-notification/u{i}@example.com")).headers["location"]
+            for i in range(20)
+        ]
+        key = {"Idempotency-Key": "order-1234"}
+        keyed = [
+            await client.post("/send-notification/ada@example.com", headers=key) for _ in range(10)
+        ]
+        ids = [location.rpartition("/")[2] for location in locations]
+        await eventually(lambda: written_in_ledger(tmp_path / "log.txt.ledger", ids))
+        answers = [(await client.get(location)).json()["status"] for location in locations * 3]
+    assert answers == ["written"] * 60
+    assert {response.status_code for response in keyed} == {200}
+    assert len({response.headers["x-notification-id"] for response in keyed}) == 1
+    lines = read_lines(tmp_path / "log.txt")
+    assert lines.count("notification for ada@example.com: some notification") == 1
+    assert len(lines) == 21
