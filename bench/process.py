@@ -197,6 +197,8 @@ def running_server(
         serve = [sys.executable, "-m", "service", "--host", HOST, "--port", str(port)]
     else:
         serve = [sys.executable, "-m", "uvicorn", spec.app, "--host", HOST, "--port", str(port)]
+    if spec.workers > 1:
+        serve += ["--workers", str(spec.workers)]
     command = [*wrapper, *serve]
     env = {**server_env(spec, run_dir, repo_root, redis_url), **(extra_env or {})}
     popen = spawn(command, run_dir, env, run_dir / "server.out")

@@ -28,6 +28,8 @@ class ServerSpec:
     """Whether a run without ``--servers`` includes it (when its module exists)."""
     redis: bool = False
     """Whether each run also starts a redis-server and one worker, which writes ``log.txt``."""
+    workers: int = 1
+    """uvicorn's ``--workers``: processes sharing the port (and the service's files)."""
 
     @property
     def app(self) -> str:
@@ -69,6 +71,9 @@ SERVERS: tuple[ServerSpec, ...] = (
         default=False,
     ),
     ServerSpec("redis", "service.main", env=_REDIS_ENV, default=False, redis=True),
+    # --workers 2, side by side (not in make bench: the 2-core machine runs the load too)
+    ServerSpec("bare-workers-2", "bench.apps.bare", writes_log=False, default=False, workers=2),
+    ServerSpec("service-workers-2", "service.main", env=_SERVICE_ENV, default=False, workers=2),
 )
 
 REDIS_MISSING = (
