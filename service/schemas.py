@@ -62,9 +62,8 @@ class NotificationStatusOut(BaseModel):
     id: str
     status: Literal["queued", "written", "failed", "unknown"] = Field(
         description="queued: waiting for its write; written: in the log; failed: its last "
-        "write failed and it is kept and retried (error says why); unknown: another process "
-        "accepted it (with --workers N a log status lives in the process that accepted the "
-        "request; its deliveries, in the shared outbox, are under channels)."
+        "write failed and it is kept and retried (error says why); unknown: the outbox has its "
+        "deliveries (under channels) but its log status is no longer kept."
     )
     accepted_at: str = Field(description="RFC 3339, UTC.")
     written_at: str | None = Field(description="RFC 3339, UTC; null until written.")
@@ -80,7 +79,7 @@ class NotificationStatusOut(BaseModel):
     def of_deliveries(
         cls, notification_id: str, deliveries: list[DeliveryState]
     ) -> NotificationStatusOut:
-        """What the shared outbox knows of a notification another process accepted."""
+        """What the outbox knows of a notification whose log status is no longer kept."""
         return cls(
             id=notification_id,
             status="unknown",

@@ -152,7 +152,7 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
         "/notifications/{notification_id}",
         response_model=NotificationStatusOut,
         responses=_errors(404, 503),
-        summary="What happened to an accepted notification (kept per process, for a while)",
+        summary="What happened to an accepted notification (kept for NOTIFY_STATUS_TTL)",
     )
     async def notification_status(
         notification_id: Annotated[str, Path(max_length=64)],
@@ -161,7 +161,7 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
         status = await service.status(notification_id)
         deliveries = await service.deliveries(notification_id)
         if status is None:
-            if deliveries:  # accepted by another process sharing the outbox (--workers N)
+            if deliveries:  # its log status expired (or was dropped) before its deliveries
                 return NotificationStatusOut.of_deliveries(notification_id, deliveries)
             raise HTTPException(
                 status_code=404,
