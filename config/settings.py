@@ -111,8 +111,8 @@ class Settings(BaseSettings):
     ledger_path: Path | None = Field(
         default=None,
         description="With backend=local: the SQLite file of statuses and Idempotency-Keys that "
-        "every process on the machine shares (default: <log>.ledger, in the spool's directory "
-        "when spool_path is set).",
+        "every process on the machine shares (default: <log>.ledger; for a log that is a "
+        "device, <log name>.ledger in the spool's directory).",
     )
     queue_size: int = Field(
         default=100_000, ge=1, description="Records a log writer may hold before it refuses more."
@@ -424,13 +424,11 @@ class Settings(BaseSettings):
         return self.log_path.with_name(self.log_path.name + ".outbox")
 
     def effective_ledger_path(self) -> Path:
-        """The local backend's ledger: ``ledger_path``; else ``<log name>.ledger`` in the
-        spool's directory when a spool is set (a log that is a device needs one, and nothing is
-        made beside a device), else beside the log."""
+        """The local backend's ledger: ``ledger_path``, or beside the log (for a log that is a
+        device, the runtime puts it in the spool's directory instead)."""
         if self.ledger_path is not None:
             return self.ledger_path
-        directory = (self.spool_path if self.spool_path is not None else self.log_path).parent
-        return directory / (self.log_path.name + ".ledger")
+        return self.log_path.with_name(self.log_path.name + ".ledger")
 
     @property
     def effective_query_log_path(self) -> Path:

@@ -50,6 +50,7 @@ __all__ = [
     "build_delivery_channels",
     "check_spool_places",
     "file_options",
+    "ledger_place",
     "log_sinks",
     "sqlite_outbox",
     "start_sinks",
@@ -187,6 +188,22 @@ def _spool_problem(settings: Settings) -> str | None:
     return None
 
 
+def ledger_place(settings: Settings) -> Path:
+    """Where the local ledger goes: ``NOTIFY_LEDGER_PATH``, or beside the log; for a log that
+    is a device (``/dev/full``), ``<log name>.ledger`` in the spool's directory, which such a
+    log needs set (nothing is made beside a device). Blocking (a ``stat``): run on a thread."""
+    beside = settings.effective_ledger_path()
+    if settings.ledger_path is not None or settings.spool_path is None:
+        return beside
+    try:
+        mode = settings.log_path.stat().st_mode
+    except OSError:
+        return beside
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):
+        return settings.spool_path.parent / (settings.log_path.name + ".ledger")
+    return beside
+
+
 async def check_spool_places(settings: Settings) -> None:
     """``StartupError`` when a log needs an explicit spool (see ``_spool_problem``)."""
     problem = await asyncio.to_thread(_spool_problem, settings)
@@ -299,6 +316,8 @@ class Runtime:
     async def __aenter__(self) -> Runtime:
         if self._stream is None:  # the local backend writes (and spools) the logs here
             await check_spool_places(self.settings)
+        if self.ledger is not None:
+            self.ledger.path = await asyncio.to_thread(ledger_place, self.settings)
         stack = self._stack
         try:
             for open_, close in self._steps:

@@ -81,7 +81,7 @@ async def test_a_failing_write_is_failed_in_every_process(tmp_path: Path) -> Non
         body = await status_of(second, location, "failed")
     assert "No space left on device" in body["error"]
     assert body["attempts"] >= 1
-    assert (tmp_path / "full.ledger").exists(), "beside the spool, not in /dev"
+    assert (tmp_path / "full.ledger").exists(), "in the spool's directory, not in /dev"
     assert not Path("/dev/full.ledger").exists()
 
 

@@ -246,6 +246,7 @@ class SqliteLedger:
         durable: bool = False,
     ) -> None:
         self.path = path
+        """The file (its owner may place it elsewhere before ``open``)."""
         self._local = local
         self._status_ttl = status_ttl
         self._key_ttl = idempotency_ttl
@@ -284,6 +285,7 @@ class SqliteLedger:
     async def open(self) -> None:
         """Open (or create) the file, and start the batch task. ``ValueError`` (naming the
         file) if it cannot be opened."""
+        self._episode.what = f"ledger {self.path}"
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="ledger-write")
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="ledger-read")
         loop = asyncio.get_running_loop()
