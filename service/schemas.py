@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.outbox.base import DeliveryState
+from service.outbox.base import Attempt, DeliveryState
 from service.records import rfc3339
 from service.status import NotificationStatus
 
@@ -15,6 +15,7 @@ __all__ = [
     "ACKNOWLEDGEMENT",
     "DEFAULT_MESSAGE",
     "Acknowledgement",
+    "AttemptOut",
     "ChannelState",
     "ChannelStatusOut",
     "DeadLetterOut",
@@ -60,6 +61,7 @@ class NotificationStatusOut(BaseModel):
     """``GET /notifications/{id}``: what happened to one accepted notification."""
 
     id: str
+    email: str | None = Field(description="Where it goes (null if no longer known).")
     status: Literal["queued", "written", "failed", "unknown"] = Field(
         description="queued: waiting for its write; written: in the log; failed: its last "
         "write failed and it is kept and retried (error says why); unknown: the outbox has its "
@@ -82,6 +84,7 @@ class NotificationStatusOut(BaseModel):
         """What the outbox knows of a notification whose log status is no longer kept."""
         return cls(
             id=notification_id,
+            email=deliveries[0].recipient or None,
             status="unknown",
             accepted_at=rfc3339(min(delivery.accepted_at for delivery in deliveries)),
             written_at=None,
@@ -115,6 +118,7 @@ class NotificationStatusOut(BaseModel):
                 channels[channel] = ChannelStatusOut.on_its_way()
         return cls(
             id=status.id,
+            email=status.email or None,
             status=status.status,
             accepted_at=rfc3339(status.accepted_at),
             written_at=None if status.written_at is None else rfc3339(status.written_at),
@@ -137,6 +141,10 @@ class ChannelStatusOut(BaseModel):
     last_error: str | None
     next_attempt_at: str | None = Field(description="RFC 3339, UTC; while pending.")
     delivered_at: str | None = Field(description="RFC 3339, UTC.")
+    history: list[AttemptOut] = Field(
+        default_factory=list,
+        description="Email and webhooks: the last attempts (at most 10), oldest first.",
+    )
 
     @classmethod
     def on_its_way(cls) -> ChannelStatusOut:
@@ -159,7 +167,22 @@ class ChannelStatusOut(BaseModel):
             if delivery.next_attempt_at is None
             else rfc3339(delivery.next_attempt_at),
             delivered_at=None if delivery.delivered_at is None else rfc3339(delivery.delivered_at),
+            history=[AttemptOut.of(attempt) for attempt in delivery.history],
         )
+
+
+class AttemptOut(BaseModel):
+    """One attempt at a delivery: when it ended, how, and the error."""
+
+    at: str = Field(description="RFC 3339, UTC.")
+    outcome: Literal["delivered", "retrying", "dead"] = Field(
+        description="delivered; retrying: a temporary failure; dead: failed for good."
+    )
+    error: str | None
+
+    @classmethod
+    def of(cls, attempt: Attempt) -> AttemptOut:
+        return cls(at=rfc3339(attempt.at), outcome=attempt.outcome, error=attempt.error)
 
 
 class DeadLetterOut(BaseModel):

@@ -110,6 +110,7 @@ class NotificationStatus:
     written_at: float | None = None
     attempts: int = 0
     error: str | None = None
+    email: str = ""
 
 
 class _Outcome:
@@ -135,6 +136,7 @@ class StatusStore:
 
     def __init__(self, limit: int, ttl: float, clock: Callable[[], float] = time.time) -> None:
         self._accepted: OrderedDict[str, float] = OrderedDict()
+        self._emails: dict[str, str] = {}
         self._outcomes: dict[str, _Outcome] = {}
         self._limit, self._ttl, self._clock = limit, ttl, clock
 
@@ -142,16 +144,20 @@ class StatusStore:
         """``notification_id`` (to ``email``) was accepted at ``at``."""
         accepted = self._accepted
         accepted[notification_id] = at
+        self._emails[notification_id] = email
         if len(accepted) > self._limit:
-            self._outcomes.pop(accepted.popitem(last=False)[0], None)
+            oldest = accepted.popitem(last=False)[0]
+            self._outcomes.pop(oldest, None)
+            self._emails.pop(oldest, None)
 
     def get(self, notification_id: str) -> NotificationStatus | None:
         accepted_at = self._accepted.get(notification_id)
         if accepted_at is None or accepted_at + self._ttl <= self._clock():
             return None
         outcome = self._outcomes.get(notification_id)
+        email = self._emails.get(notification_id, "")
         if outcome is None:
-            return NotificationStatus(notification_id, "queued", accepted_at)
+            return NotificationStatus(notification_id, "queued", accepted_at, email=email)
         return NotificationStatus(
             notification_id,
             outcome.status,
@@ -159,6 +165,7 @@ class StatusStore:
             outcome.at,
             outcome.attempts,
             outcome.error,
+            email,
         )
 
     def written(
@@ -199,6 +206,7 @@ class StatusStore:
                 break
             del accepted[oldest]
             self._outcomes.pop(oldest, None)
+            self._emails.pop(oldest, None)
 
 
 class Statuses(Protocol):

@@ -16,6 +16,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from service.outbox.base import (
+    HISTORY,
+    Attempt,
     Delivery,
     DeliveryState,
     Outbox,
@@ -96,6 +98,36 @@ async def test_a_dead_processes_lease_ends_and_another_takes_over(make: OutboxFa
     [held] = await dying.settle("email", [], 1)
     [taken] = await (await make("heir")).settle("email", [], 1)
     assert taken.id == held.id
+
+
+async def test_each_attempt_is_kept_in_the_deliverys_history_the_last_ten(
+    make: OutboxFactory,
+) -> None:
+    """Every recorded outcome is one entry of its delivery's history (when, how, the error),
+    oldest first; the history keeps the last HISTORY; a state names its recipient."""
+    outbox = await make("a")
+    await outbox.add(_lines("ada"), ["email"])
+    for attempt in range(HISTORY + 2):
+        [delivery] = await outbox.settle("email", [], 1)
+        error = f"451 try {attempt}" if attempt != HISTORY else "a NUL \x00 in it"
+        failed = Outcome(delivery, "retrying", error, 0.0, at=100.0 + attempt)
+        await outbox.settle("email", [failed])
+    [delivery] = await outbox.settle("email", [], 1)
+    await outbox.settle("email", [Outcome(delivery, "dead", "550 no such\nmailbox", at=200.5)])
+    [state] = await outbox.states("id-ada")
+    assert state.recipient == "ada@example.com"
+    assert state.attempts == HISTORY + 3
+    assert len(state.history) == HISTORY
+    assert state.history[-1] == Attempt(200.5, "dead", "550 no such\nmailbox")
+    assert state.history[0] == Attempt(103.0, "retrying", "451 try 3")
+    assert state.history[-3] == Attempt(100.0 + HISTORY, "retrying", "a NUL \x00 in it")
+    assert [attempt.at for attempt in state.history] == sorted(a.at for a in state.history)
+    await outbox.retry_dead("id-ada")
+    [delivery] = await outbox.settle("email", [], 1)
+    await outbox.settle("email", [Outcome(delivery, "delivered", at=300.25)])
+    [state] = await outbox.states("id-ada")
+    assert state.history[-1] == Attempt(300.25, "delivered", None)
+    assert state.history[-2] == Attempt(200.5, "dead", "550 no such\nmailbox")
 
 
 async def test_outcomes_are_recorded_and_dead_letters_can_be_retried(

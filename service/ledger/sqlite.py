@@ -333,7 +333,7 @@ class SqliteLedger:
 
     def accepted(self, notification_id: str, at: float, email: str = "") -> None:
         """Once per request: a plain call, three appends."""
-        self._local.accepted(notification_id, at)
+        self._local.accepted(notification_id, at, email)
         ids = self._ids
         ids.append(notification_id)
         self._emails.append(email)
@@ -410,15 +410,15 @@ class SqliteLedger:
 
         def read(db: sqlite3.Connection) -> NotificationStatus | None:
             row = db.execute(
-                "SELECT status, accepted_at, written_at, attempts, error FROM notifications"
+                "SELECT status, accepted_at, written_at, attempts, error, email FROM notifications"
                 " WHERE key = ? AND id = ? AND accepted_at > ?",
                 (_key(notification_id), notification_id, horizon),
             ).fetchone()
             if row is None:
                 return None
-            state, accepted_at, written_at, attempts, error = row
+            state, accepted_at, written_at, attempts, error, email = row
             return NotificationStatus(
-                notification_id, state, accepted_at, written_at, attempts, error
+                notification_id, state, accepted_at, written_at, attempts, error, email
             )
 
         try:

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
 __all__ = [
+    "HISTORY",
+    "Attempt",
     "Delivery",
     "DeliveryState",
     "DeliveryStatus",
@@ -17,6 +19,7 @@ __all__ = [
     "Outbox",
     "Outcome",
     "Pause",
+    "history_of",
     "notification_fields",
     "notification_line",
 ]
@@ -77,6 +80,20 @@ class Outcome:
     """When it was decided (for ``delivered``: when the receiver took it)."""
 
 
+HISTORY = 10
+"""Attempts a delivery's history keeps, the latest (``Outbox.settle`` drops the oldest)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One attempt at a delivery, as ``Outbox.settle`` recorded it."""
+
+    at: float
+    """When it ended (``time.time()``)."""
+    outcome: Literal["delivered", "retrying", "dead"]
+    error: str | None
+
+
 @dataclass(frozen=True, slots=True)
 class DeliveryState:
     """Where one delivery stands (``GET /notifications/{id}``'s ``channels``)."""
@@ -89,6 +106,17 @@ class DeliveryState:
     accepted_at: float
     next_attempt_at: float | None
     delivered_at: float | None
+    recipient: str = ""
+    """The notification's email."""
+    history: tuple[Attempt, ...] = ()
+    """Its last ``HISTORY`` attempts, oldest first."""
+
+
+def history_of(text: str | None) -> tuple[Attempt, ...]:
+    """A history as an outbox keeps it: a JSON array of ``[at, outcome, error]``."""
+    if not text:
+        return ()
+    return tuple(Attempt(float(at), outcome, error) for at, outcome, error in json.loads(text))
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,8 +160,9 @@ class Outbox(Protocol):
     async def settle(
         self, channel: str, finished: Sequence[Outcome], claim: int = 0
     ) -> list[Delivery]:
-        """Record ``finished`` (outcomes of this holder's deliveries of ``channel``), then
-        lease up to ``claim`` due deliveries of ``channel`` to this holder, oldest first."""
+        """Record ``finished`` (outcomes of this holder's deliveries of ``channel``), each also
+        in its delivery's history (the last ``HISTORY``), then lease up to ``claim`` due
+        deliveries of ``channel`` to this holder, oldest first."""
 
     async def bury(self, channel: str, error: str) -> int: ...
 
@@ -160,7 +189,8 @@ class Outbox(Protocol):
         """The channels disabled now, each with the reason."""
 
     async def states(self, notification_id: str) -> list[DeliveryState]:
-        """Every channel's delivery of one notification, as it stands (pauses included)."""
+        """Every channel's delivery of one notification, as it stands (pauses included), with
+        its history."""
 
     async def listed(
         self, status: DeliveryStatus, *, limit: int, after: str | None

@@ -4,8 +4,9 @@ process and worker, with the same operations and guarantees as the SQLite outbox
 Keys, under the stream's name as prefix ``p``:
 
 - ``p:dl:{id}:{channel}``: a hash, one delivery: recipient, message, ``q`` (as JSON),
-  status, attempts, last error, accepted / retried / next attempt / delivered times, and the
-  lease (owner, until);
+  status, attempts, last error, accepted / retried / next attempt / delivered times, the
+  lease (owner, until), and the history of its last attempts (JSON ``[[at, outcome,
+  error], ...]``);
 - ``p:due:{channel}``: a sorted set of the channel's pending deliveries by when they are due.
   A claim moves a delivery's score to the end of its lease, so one live worker holds it at a
   time, and a worker that dies leaves it to come due again when the lease ends;
@@ -32,11 +33,13 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from service.outbox.base import (
+    HISTORY,
     Delivery,
     DeliveryState,
     DeliveryStatus,
     Outcome,
     Pause,
+    history_of,
     notification_fields,
 )
 from service.redis.errors import describe_redis_error, public_redis_error
@@ -78,6 +81,12 @@ for i = 8, #ARGV, 5 do
         redis.call('HDEL', key, 'lease_owner', 'lease_until')
         redis.call('HSET', key, 'status', status)
         if err ~= '' then redis.call('HSET', key, 'last_error', err) end
+        -- The attempt, in the delivery's history (the last KEEP).
+        local held = redis.call('HGET', key, 'history')
+        local history = held and cjson.decode(held) or {}
+        table.insert(history, {at, status, err ~= '' and err or cjson.null})
+        while #history > KEEP do table.remove(history, 1) end
+        redis.call('HSET', key, 'history', cjson.encode(history))
         if status == 'retrying' then
             redis.call('HSET', key, 'next_attempt_at', next_at)
             redis.call('ZADD', due, next_at, id)
@@ -106,7 +115,7 @@ if limit > 0 then
     end
 end
 return out
-"""
+""".replace("KEEP", str(HISTORY))
 
 _RELEASE = """
 local p, owner = ARGV[1], ARGV[2]
@@ -400,4 +409,6 @@ def _state(fields: dict[str, str]) -> DeliveryState:
         accepted_at=float(fields["accepted_at"]),
         next_attempt_at=float(fields["next_attempt_at"]) if pending else None,
         delivered_at=None if delivered_at is None else float(delivered_at),
+        recipient=fields.get("recipient", ""),
+        history=history_of(fields.get("history")),
     )

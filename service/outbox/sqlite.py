@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import TypeVar
 
 from service.outbox.base import (
+    HISTORY,
     Delivery,
     DeliveryState,
     DeliveryStatus,
     Outcome,
     Pause,
+    history_of,
     notification_fields,
 )
 from service.sinks.core import TargetError
@@ -53,6 +55,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     delivered_at REAL,
     lease_owner TEXT,
     lease_until REAL,
+    history TEXT,
     PRIMARY KEY (id, channel)
 );
 -- Partial: only what is pending, in the order it is due, so a claim reads the first rows of
@@ -177,6 +180,7 @@ class SqliteOutbox:
                 outcome.at if outcome.status == "delivered" else None,
                 outcome.delivery.id,
                 outcome.delivery.channel,
+                outcome.at,
             )
             for outcome in finished
         ]
@@ -399,14 +403,19 @@ class SqliteOutbox:
 _RECORD = (
     "UPDATE deliveries SET status = {status}, attempts = attempts + 1, last_error = {error},"
     " next_attempt_at = COALESCE({next_at}, next_attempt_at), delivered_at = {delivered_at},"
-    " lease_owner = NULL, lease_until = NULL"
+    " lease_owner = NULL, lease_until = NULL,"
+    # The attempt, appended to the history in the row (no other row, no other index: the
+    # row is written anyway), which keeps the last HISTORY.
+    " history = json_insert(CASE WHEN json_array_length(history) >= {keep}"
+    " THEN json_remove(history, '$[0]') ELSE coalesce(history, '[]') END,"
+    " '$[#]', json_array({at}, {status}, {error}))"
 )
 
 
 def _record(db: sqlite3.Connection, outcomes: Sequence[tuple[object, ...]]) -> None:
-    """Record the outcomes (``status, error, next attempt, delivered at, id, channel``). They
-    cross as one JSON text that SQLite unpacks: one statement, during which this thread does
-    not take Python's GIL back once per outcome while the event loop wants it. An error
+    """Record the outcomes (``status, error, next attempt, delivered at, id, channel, at``).
+    They cross as one JSON text that SQLite unpacks: one statement, during which this thread
+    does not take Python's GIL back once per outcome while the event loop wants it. An error
     holding a NUL (where SQLite's JSON text would end) goes in as parameters."""
     text = json.dumps(outcomes)
     if "\\u0000" not in text:
@@ -416,6 +425,8 @@ def _record(db: sqlite3.Connection, outcomes: Sequence[tuple[object, ...]]) -> N
                 error="o.value ->> 1",
                 next_at="o.value ->> 2",
                 delivered_at="o.value ->> 3",
+                at="o.value ->> 6",
+                keep=HISTORY,
             )
             + " FROM json_each(?) AS o"
             " WHERE deliveries.id = o.value ->> 4 AND deliveries.channel = o.value ->> 5",
@@ -423,18 +434,20 @@ def _record(db: sqlite3.Connection, outcomes: Sequence[tuple[object, ...]]) -> N
         )
         return
     db.executemany(
-        _RECORD.format(status="?", error="?", next_at="?", delivered_at="?")
-        + " WHERE id = ? AND channel = ?",
+        _RECORD.format(
+            status="?1", error="?2", next_at="?3", delivered_at="?4", at="?7", keep=HISTORY
+        )
+        + " WHERE id = ?5 AND channel = ?6",
         outcomes,
     )
 
 
 def _add_missing_columns(db: sqlite3.Connection) -> None:
-    """Bring an outbox written before ``q`` and ``retried_at`` up to date. Its webhook
-    deliveries held their whole payload as their message: it becomes the message and ``q``
-    again (the payload is now built when sent)."""
+    """Bring an outbox written before ``q`` and ``retried_at``, or before ``history``, up to
+    date. Its webhook deliveries held their whole payload as their message: it becomes the
+    message and ``q`` again (the payload is now built when sent)."""
     columns = {str(row[1]) for row in db.execute("PRAGMA table_info(deliveries)")}
-    if "q" in columns:
+    if {"q", "history"} <= columns:
         return
     db.execute("BEGIN IMMEDIATE")  # one transaction: another process may open it too
     try:
@@ -446,6 +459,8 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
                 "UPDATE deliveries SET q = message ->> '$.q', message = message ->> '$.message'"
                 " WHERE channel LIKE 'webhook-%' AND json_valid(message)"
             )
+        if "history" not in columns:  # the attempts' history (issue 24)
+            db.execute("ALTER TABLE deliveries ADD COLUMN history TEXT")
     except BaseException:
         db.execute("ROLLBACK")
         raise
@@ -466,7 +481,8 @@ def _release_leases_of_the_dead(db: sqlite3.Connection) -> None:
 
 
 _STATE_COLUMNS = (
-    "id, channel, status, attempts, last_error, accepted_at, next_attempt_at, delivered_at"
+    "id, channel, status, attempts, last_error, accepted_at, next_attempt_at, delivered_at,"
+    " recipient, history"
 )
 
 
@@ -480,6 +496,8 @@ def _state(row: tuple[object, ...]) -> DeliveryState:
         accepted_at,
         next_at,
         delivered_at,
+        recipient,
+        history,
     ) = row
     pending = status in ("queued", "retrying")
     return DeliveryState(
@@ -491,4 +509,6 @@ def _state(row: tuple[object, ...]) -> DeliveryState:
         accepted_at=float(accepted_at),  # type: ignore[arg-type]
         next_attempt_at=float(next_at) if pending else None,  # type: ignore[arg-type]
         delivered_at=None if delivered_at is None else float(delivered_at),  # type: ignore[arg-type]
+        recipient=str(recipient),
+        history=history_of(None if history is None else str(history)),
     )
