@@ -462,6 +462,7 @@ class Runtime:
             check_interval=settings.file_check_interval,
             retry=Backoff(initial=settings.retry_initial, maximum=settings.retry_max),
             durable=settings.fsync == "batch",
+            outbox=settings.effective_outbox_path() if self._outbox is not None else None,
         )
         self._steps.append((None, ledger.close))  # after the sinks' (see ``self.ledger``)
         files = log_sinks(settings, self.metrics, waiting=settings.ack == "write", statuses=ledger)
@@ -479,20 +480,24 @@ class Runtime:
 
     def _redis_backend(self) -> NotificationService:
         # Imported here: the Redis packages are an optional extra, needed only for this backend.
+        from service.outbox.redis import RedisOutbox
         from service.redis.ledger import RedisLedger
         from service.redis.publisher import stream_sink
 
         settings, stream = self.settings, self._stream
         assert stream is not None  # built first, by __init__
+        outbox = self._outbox
         ledger = RedisLedger(
             stream.redis,
             settings.redis_stream,
             status_ttl=settings.status_ttl,
             idempotency_ttl=settings.idempotency_ttl,
             local=self.statuses,
+            max_entries=settings.status_max_entries,
+            outbox=outbox if isinstance(outbox, RedisOutbox) else None,
         )
         options = batch_options(settings, waiting=settings.ack == "write")
         sink = stream_sink(stream, ledger.queued, options, settings.queue_spool())
         self.metrics.for_sink(sink.target.name).track(lambda: sink.held)
         self.sinks.append(sink)
-        return self._service(sink, sink, ledger, self.statuses)
+        return self._service(sink, sink, ledger, ledger)

@@ -15,11 +15,10 @@ __all__ = [
     "ACKNOWLEDGEMENT",
     "DEFAULT_MESSAGE",
     "Acknowledgement",
+    "ActivityOut",
     "AttemptOut",
     "ChannelState",
     "ChannelStatusOut",
-    "DeadLetterOut",
-    "DeadLettersOut",
     "EnabledOut",
     "ErrorBody",
     "Health",
@@ -185,30 +184,11 @@ class AttemptOut(BaseModel):
         return cls(at=rfc3339(attempt.at), outcome=attempt.outcome, error=attempt.error)
 
 
-class DeadLetterOut(BaseModel):
-    """A delivery that failed for good or ran out of time."""
+class ActivityOut(BaseModel):
+    """A page of the activity log, newest first; ``next`` is the ``after`` of the next page
+    (null: the last)."""
 
-    id: str
-    channel: str
-    attempts: int
-    last_error: str | None
-    accepted_at: str
-
-    @classmethod
-    def of(cls, delivery: DeliveryState) -> DeadLetterOut:
-        return cls(
-            id=delivery.id,
-            channel=delivery.channel,
-            attempts=delivery.attempts,
-            last_error=delivery.last_error,
-            accepted_at=rfc3339(delivery.accepted_at),
-        )
-
-
-class DeadLettersOut(BaseModel):
-    """A page of dead letters; ``next`` is the ``after`` of the next page (null: the last)."""
-
-    items: list[DeadLetterOut]
+    items: list[NotificationStatusOut]
     next: str | None
 
 

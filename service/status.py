@@ -18,9 +18,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Literal, Protocol, TypeVar
 
+from service.outbox.base import DeliveryState
 from service.records import Kind
 
 __all__ = [
+    "LOG_STATUSES",
+    "ActivityEntry",
+    "ActivityQuery",
+    "ActivityStatus",
+    "BadCursor",
     "ExpiringMap",
     "Fingerprint",
     "IdempotencyConflict",
@@ -33,6 +39,9 @@ __all__ = [
 ]
 
 State = Literal["queued", "written", "failed"]
+ActivityStatus = Literal["queued", "written", "failed", "retrying", "delivered", "dead"]
+"""What the activity log filters by: a log status, or a delivery's."""
+LOG_STATUSES: tuple[State, ...] = ("queued", "written", "failed")
 Fingerprint = tuple[str, str, str | None]
 """What makes two requests with one Idempotency-Key the same: (email, message, q)."""
 
@@ -222,6 +231,37 @@ class IdempotencyConflict(Exception):
     """The key was used with a different request."""
 
 
+@dataclass(frozen=True, slots=True)
+class ActivityQuery:
+    """``GET /notifications``: which notifications, newest first, a page at a time."""
+
+    email: str | None = None
+    """Only those to this (normalized) address."""
+    status: ActivityStatus | None = None
+    """Only those whose log status or any delivery's (``channel``'s, when given) is this."""
+    channel: str | None = None
+    """``log``, or a delivery channel: only those with a delivery on it (in ``status``)."""
+    since: float | None = None
+    """Only those accepted at or after this (``time.time()``)."""
+    limit: int = 100
+    after: str | None = None
+    """The ``next`` of the page before (opaque)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityEntry:
+    """One notification of the activity log: its log status (None when only its deliveries
+    are still kept) and its deliveries, each with its history."""
+
+    id: str
+    status: NotificationStatus | None
+    deliveries: list[DeliveryState]
+
+
+class BadCursor(ValueError):
+    """An ``after`` that is not a ``next`` this listing gave."""
+
+
 class Ledger(Protocol):
     """Where Idempotency-Keys are claimed and statuses read: SQLite (every process of one
     machine) or Redis."""
@@ -235,3 +275,7 @@ class Ledger(Protocol):
 
     async def status(self, notification_id: str) -> NotificationStatus | None:
         """The status of ``notification_id``, or ``None`` if unknown or expired."""
+
+    async def activity(self, query: ActivityQuery) -> tuple[list[ActivityEntry], str | None]:
+        """The page of notifications ``query`` asks for, newest first, and the ``after`` of
+        the next page (None: this is the last). ``BadCursor`` for a malformed ``after``."""

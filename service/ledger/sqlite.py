@@ -50,12 +50,18 @@ import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, NamedTuple, TypeVar
 
+from service.outbox.base import DeliveryState, Pause
+from service.outbox.sqlite import STATE_COLUMNS, delivery_state
 from service.records import Kind
 from service.retry import Backoff, Episode
 from service.sinks.base import SinkHealth, SinkUnavailable
 from service.status import (
+    LOG_STATUSES,
+    ActivityEntry,
+    ActivityQuery,
+    BadCursor,
     Fingerprint,
     NotificationStatus,
     State,
@@ -75,6 +81,7 @@ CREATE TABLE IF NOT EXISTS notifications (
     seq INTEGER PRIMARY KEY,
     key INTEGER NOT NULL,
     id TEXT NOT NULL,
+    email_key INTEGER NOT NULL,
     email TEXT NOT NULL,
     accepted_at REAL NOT NULL,
     status TEXT NOT NULL,
@@ -83,6 +90,8 @@ CREATE TABLE IF NOT EXISTS notifications (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS notifications_key ON notifications (key);
+-- (email_key, seq): a recipient's notifications, newest first, without a sort.
+CREATE INDEX IF NOT EXISTS notifications_email ON notifications (email_key);
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     seq INTEGER PRIMARY KEY,
     key TEXT NOT NULL UNIQUE,
@@ -93,12 +102,12 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 
 _INSERT = (
     "INSERT INTO notifications"
-    " (key, id, email, accepted_at, status, written_at, attempts, error)"
+    " (key, id, email_key, email, accepted_at, status, written_at, attempts, error)"
     " SELECT n.value ->> 0, n.value ->> 1, n.value ->> 2, n.value ->> 3, n.value ->> 4,"
-    " n.value ->> 5, n.value ->> 6, n.value ->> 7 FROM json_each(?) AS n"
+    " n.value ->> 5, n.value ->> 6, n.value ->> 7, n.value ->> 8 FROM json_each(?) AS n"
 )
-"""The batch's new rows, ``[key, id, email, accepted_at, status, written_at, attempts,
-error]`` each, in one JSON text."""
+"""The batch's new rows, ``[key, id, email_key, email, accepted_at, status, written_at,
+attempts, error]`` each, in one JSON text."""
 
 _THESE = "key IN (SELECT value FROM json_each(?)) AND id IN (SELECT value FROM json_each(?))"
 _WRITTEN = (
@@ -119,7 +128,10 @@ _BUSY_TIMEOUT = 5.0
 """Seconds a statement waits for another process's write lock before it fails."""
 
 EXPIRE_INTERVAL = 1.0
-"""Seconds between drops of expired rows and keys (a read checks the TTL itself)."""
+"""Seconds between drops of expired rows and keys."""
+
+SWEEP_INTERVAL = 60.0
+"""Seconds between looks at the pinned notifications again (whose deliveries may be gone)."""
 
 
 class _Change:
@@ -159,7 +171,7 @@ def _batch(
     # they are; an email is encoded (quotes, non-ASCII).
     rows = ",".join(
         [
-            f'[{_key(notification_id)},"{notification_id}",{_ENCODE(email)},{at!r}'
+            f'[{_crc(notification_id)},"{notification_id}",{_crc(email)},{_ENCODE(email)},{at!r}'
             + (_QUEUED_TAIL if (last := latest.get(notification_id)) is None else last.tail)
             for notification_id, email, at in zip(ids, emails, times, strict=True)
         ]
@@ -173,40 +185,67 @@ def _write(
     emails: Sequence[str],
     times: Sequence[float],
     changes: Sequence[_Change],
-    expiry: tuple[float, float, int] | None,
-) -> None:
-    """One batch, in one transaction (on the ledger's thread)."""
+    expiry: _Expiry | None,
+) -> int | None:
+    """One batch, in one transaction (on the ledger's thread); with ``expiry``, the new
+    ``low`` (see ``_expire``)."""
     rows, earlier = _batch(ids, emails, times, changes)
     with db:
         if ids:
             db.execute(_INSERT, (rows,))
         for change, rest in earlier:
             these = (
-                json.dumps([_key(notification_id) for notification_id in rest]),
+                json.dumps([_crc(notification_id) for notification_id in rest]),
                 json.dumps(rest),
             )
             if change.state == "written":
                 db.execute(_WRITTEN, (change.at, change.attempts, *these))
             else:
                 db.execute(_FAILED, (change.attempts, change.error, *these))
-        if expiry is not None:
-            _expire(db, *expiry)
+        return None if expiry is None else _expire(db, expiry)
 
 
-def _expire(db: sqlite3.Connection, status_horizon: float, now: float, limit: int) -> None:
-    """Drop rows accepted before ``status_horizon`` and keys expired by ``now``, from the
-    front of ``seq`` (a scan of just what goes), and all but the newest ``limit`` of each."""
-    for table, column, bound in (
-        ("notifications", "accepted_at", status_horizon),
-        ("idempotency_keys", "expires_at", now),
-    ):
+class _Expiry(NamedTuple):
+    status_horizon: float
+    """Notifications accepted before it go (unless pinned)."""
+    now: float
+    """Keys that expired by then go."""
+    limit: int
+    """All but the newest ``limit`` of each go (pinned or not: the bound)."""
+    low: int
+    """Notifications below this ``seq`` were looked at before: only pinned ones are left."""
+    pinned: bool
+    """The outbox is attached: a notification it still has a delivery of is kept (pending,
+    dead, or delivered less than ``NOTIFY_STATUS_TTL`` ago: the outbox keeps those that long),
+    so the activity log answers for a delivery retried for a day, or dead."""
+
+
+def _expire(db: sqlite3.Connection, expiry: _Expiry) -> int:
+    """Drop expired notifications and keys, from the front of ``seq`` (a scan of just what
+    goes, and the pinned rows from ``low`` on), and all but the newest ``limit`` of each.
+    Returns the next ``low``."""
+    horizon, now, limit, low, pinned = expiry
+    (cut,) = db.execute(
+        "SELECT coalesce((SELECT seq FROM notifications WHERE seq >= ? AND accepted_at > ?"
+        " ORDER BY seq LIMIT 1), (SELECT max(seq) + 1 FROM notifications), ?)",
+        (low, horizon, low),
+    ).fetchone()
+    if pinned:
         db.execute(
-            f"DELETE FROM {table} WHERE seq < coalesce("
-            f"(SELECT seq FROM {table} WHERE {column} > ? ORDER BY seq LIMIT 1),"
-            f" (SELECT max(seq) + 1 FROM {table}))",
-            (bound,),
+            "DELETE FROM notifications WHERE seq >= ? AND seq < ? AND NOT EXISTS"
+            " (SELECT 1 FROM outbox.deliveries AS d WHERE d.id = notifications.id)",
+            (low, cut),
         )
+    else:
+        db.execute("DELETE FROM notifications WHERE seq < ?", (cut,))
+    db.execute(
+        "DELETE FROM idempotency_keys WHERE seq < coalesce((SELECT seq FROM idempotency_keys"
+        " WHERE expires_at > ? ORDER BY seq LIMIT 1), (SELECT max(seq) + 1 FROM idempotency_keys))",
+        (now,),
+    )
+    for table in ("notifications", "idempotency_keys"):
         db.execute(f"DELETE FROM {table} WHERE seq <= (SELECT max(seq) FROM {table}) - ?", (limit,))
+    return int(cut)
 
 
 def _claim(
@@ -244,8 +283,12 @@ class SqliteLedger:
         check_interval: float = 1.0,
         retry: Backoff | None = None,
         durable: bool = False,
+        outbox: Path | None = None,
     ) -> None:
         self.path = path
+        self._outbox = outbox
+        """The SQLite outbox, when email or webhooks are on: attached to both connections,
+        for the deliveries the activity log shows and the pins expiry keeps."""
         """The file (its owner may place it elsewhere before ``open``)."""
         self._local = local
         self._status_ttl = status_ttl
@@ -267,6 +310,8 @@ class SqliteLedger:
         self._stop = asyncio.Event()
         self._closing = False
         self._expire_at = 0.0
+        self._sweep_at = 0.0
+        self._low = 0
         self._episode = Episode(
             logger,
             f"ledger {path}",
@@ -402,29 +447,57 @@ class SqliteLedger:
             )
 
     async def status(self, notification_id: str) -> NotificationStatus | None:
-        """This process's own record first (never behind the file), else the file's."""
+        """This process's own record first (never behind the file), else the file's (which
+        keeps it until expiry drops it, within ``EXPIRE_INTERVAL`` of its TTL, or longer while
+        pinned by its deliveries)."""
         status = self._local.get(notification_id)
         if status is not None:
             return status
-        horizon = time.time() - self._status_ttl
 
         def read(db: sqlite3.Connection) -> NotificationStatus | None:
             row = db.execute(
-                "SELECT status, accepted_at, written_at, attempts, error, email FROM notifications"
-                " WHERE key = ? AND id = ? AND accepted_at > ?",
-                (_key(notification_id), notification_id, horizon),
+                f"SELECT {_STATUS_COLUMNS} FROM notifications WHERE key = ? AND id = ?",
+                (_crc(notification_id), notification_id),
             ).fetchone()
-            if row is None:
-                return None
-            state, accepted_at, written_at, attempts, error, email = row
-            return NotificationStatus(
-                notification_id, state, accepted_at, written_at, attempts, error, email
-            )
+            return None if row is None else _status(row)
 
         try:
             return await self._on_reader(read)
         except sqlite3.Error as exc:
             raise SinkUnavailable(f"ledger: cannot read statuses now: {exc}") from None
+
+    async def activity(self, query: ActivityQuery) -> tuple[list[ActivityEntry], str | None]:
+        """The page ``query`` asks for, newest first (by ``seq``: the order rows came in),
+        with each notification's deliveries from the attached outbox, in one read
+        transaction. A recipient's page is a walk of the ``email_key`` index; ``next`` is the
+        last row's ``seq``."""
+        after = _cursor(query.after)
+        where, params = _filters(query, after, outboxed=self._outbox is not None)
+        sql = (
+            f"SELECT n.seq, {_STATUS_COLUMNS} FROM notifications AS n WHERE {where}"
+            " ORDER BY n.seq DESC LIMIT ?"
+        )
+        now = time.time()
+
+        def read(db: sqlite3.Connection) -> tuple[list[ActivityEntry], str | None]:
+            db.execute("BEGIN")
+            try:
+                rows = db.execute(sql, (*params, query.limit)).fetchall()
+                found = {row[1]: _status(row[1:]) for row in rows}
+                deliveries = _deliveries(db, list(found), now) if self._outbox else {}
+            finally:
+                db.execute("COMMIT")
+            entries = [
+                ActivityEntry(notification_id, status, deliveries.get(notification_id, []))
+                for notification_id, status in found.items()
+            ]
+            more = len(rows) == query.limit
+            return entries, str(rows[-1][0]) if more else None
+
+        try:
+            return await self._on_reader(read)
+        except sqlite3.Error as exc:
+            raise SinkUnavailable(f"ledger: cannot read the activity log now: {exc}") from None
 
     # -- the batch task ---------------------------------------------------------------------
 
@@ -480,13 +553,18 @@ class SqliteLedger:
         expiry = None
         if now >= self._expire_at:
             self._expire_at = now + EXPIRE_INTERVAL
+            if now >= self._sweep_at:
+                self._sweep_at, self._low = now + SWEEP_INTERVAL, 0
             wall = time.time()
-            expiry = (wall - self._status_ttl, wall, self._limit)
+            pinned = self._outbox is not None
+            expiry = _Expiry(wall - self._status_ttl, wall, self._limit, self._low, pinned)
         if not ids and not changes and expiry is None:
             return
         self._ids, self._emails, self._times, self._changes = [], [], [], []
         try:
-            await self._on_writer(lambda db: _write(db, ids, emails, times, changes, expiry))
+            low = await self._on_writer(lambda db: _write(db, ids, emails, times, changes, expiry))
+            if low is not None:
+                self._low = low
         except BaseException:
             self._ids[:0], self._emails[:0], self._times[:0] = ids, emails, times
             self._changes[:0] = changes
@@ -503,6 +581,8 @@ class SqliteLedger:
         db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self._synchronous}")
+        if self._outbox is not None:  # read only here (its owner writes it)
+            db.execute("ATTACH DATABASE ? AS outbox", (str(self._outbox),))
         return db
 
     def _connect_writer(self) -> None:
@@ -538,12 +618,99 @@ class SqliteLedger:
         return await asyncio.get_running_loop().run_in_executor(executor, run)
 
 
-def _key(notification_id: str) -> int:
-    """What ``notifications`` is indexed by: the id's CRC-32. An index of these small integers
-    is a quarter the size of one of the ids' text, so a batch of random ids dirties fewer of
-    its pages (each one written to the WAL at the commit): measured, 9 against 19 µs of the
-    thread's time a row at 100,000 rows. Two ids may share one; a lookup checks the id too."""
-    return zlib.crc32(notification_id.encode())
+_STATUS_COLUMNS = "id, status, accepted_at, written_at, attempts, error, email"
+
+
+def _status(row: Sequence[object]) -> NotificationStatus:
+    """A status from a row of ``_STATUS_COLUMNS``."""
+    notification_id, state, accepted_at, written_at, attempts, error, email = row
+    return NotificationStatus(
+        str(notification_id),
+        state,  # type: ignore[arg-type]
+        float(accepted_at),  # type: ignore[arg-type]
+        None if written_at is None else float(written_at),  # type: ignore[arg-type]
+        int(attempts),  # type: ignore[call-overload]
+        None if error is None else str(error),
+        str(email),
+    )
+
+
+def _cursor(after: str | None) -> int | None:
+    """The ``seq`` an ``after`` stands for; ``BadCursor`` if it is none of ours."""
+    if after is None:
+        return None
+    if not after.isdigit() or len(after) > 19:
+        raise BadCursor("not a 'next' of this listing")
+    return int(after)
+
+
+def _filters(query: ActivityQuery, after: int | None, *, outboxed: bool) -> tuple[str, list[Any]]:
+    """``query``'s WHERE clause over ``notifications AS n``, and its parameters. A status
+    without a channel matches the log status or any delivery's; ``log`` is the log."""
+    where: list[str] = []
+    params: list[Any] = []
+    if after is not None:
+        where.append("n.seq < ?")
+        params.append(after)
+    if query.email is not None:
+        where.append("n.email_key = ? AND n.email = ?")
+        params += [_crc(query.email), query.email]
+    if query.since is not None:
+        where.append("n.accepted_at >= ?")
+        params.append(query.since)
+    status, channel = query.status, query.channel
+    delivery = "SELECT 1 FROM outbox.deliveries AS d WHERE d.id = n.id"
+    if channel == "log":
+        if status is not None:
+            where.append("n.status = ?")
+            params.append(status)
+    elif channel is not None:
+        if not outboxed:
+            where.append("0")
+        elif status is None:
+            where.append(f"EXISTS ({delivery} AND d.channel = ?)")
+            params.append(channel)
+        else:
+            where.append(f"EXISTS ({delivery} AND d.channel = ? AND d.status = ?)")
+            params += [channel, status]
+    elif status is not None:
+        either = ["n.status = ?"] if status in LOG_STATUSES else []
+        params += [status] if either else []
+        if outboxed:
+            either.append(f"EXISTS ({delivery} AND d.status = ?)")
+            params.append(status)
+        where.append(f"({' OR '.join(either)})" if either else "0")
+    return " AND ".join(where) or "1", params
+
+
+def _deliveries(
+    db: sqlite3.Connection, ids: list[str], now: float
+) -> dict[str, list[DeliveryState]]:
+    """The deliveries of ``ids`` in the attached outbox, by notification (pauses included)."""
+    if not ids:
+        return {}
+    rows = db.execute(
+        f"SELECT {STATE_COLUMNS}, p.until, p.error FROM outbox.deliveries AS d"
+        " LEFT JOIN outbox.pauses AS p USING (channel)"
+        " WHERE d.id IN (SELECT value FROM json_each(?)) ORDER BY d.id, d.channel",
+        (json.dumps(ids),),
+    ).fetchall()
+    found: dict[str, list[DeliveryState]] = {}
+    for *columns, until, error in rows:
+        state = delivery_state(tuple(columns))
+        if until is not None:
+            state = Pause(until, error).over(state, now)
+        found.setdefault(state.id, []).append(state)
+    return found
+
+
+def _crc(text: str) -> int:
+    """What ``notifications`` is indexed by: the id's CRC-32 (``key``), the email's
+    (``email_key``). An index of these small integers is a quarter the size of one of the
+    texts, so a batch of random ids dirties fewer of its pages (each one written to the WAL at
+    the commit): measured, 9 against 19 µs of the thread's time a row at 100,000 rows. Two
+    texts may share one; a lookup checks the text too."""
+    return zlib.crc32(text.encode())
 
 
 def _notifications(ids: Sequence[str], kinds: Sequence[Kind]) -> list[str]:

@@ -336,6 +336,32 @@ class RedisOutbox:
             for state in states
         ]
 
+    async def states_of(self, ids: Sequence[str]) -> dict[str, list[DeliveryState]]:
+        """``states`` of many notifications, by id, in three round trips (what the activity
+        log shows of a page)."""
+        now = time.time()
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for notification_id in ids:
+                    pipe.smembers(f"{self._prefix}:ch:{notification_id}")
+                channels = await pipe.execute()
+            wanted = [
+                (notification_id, channel)
+                for notification_id, members in zip(ids, channels, strict=True)
+                for channel in sorted(_text(member) for member in members)
+            ]
+            states = await self._read_states(wanted) if wanted else []
+            paused = await self.pauses() if wanted else {}
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from None
+        found: dict[str, list[DeliveryState]] = {}
+        for state in states:
+            pause = paused.get(state.channel)
+            found.setdefault(state.id, []).append(
+                state if pause is None else pause.over(state, now)
+            )
+        return found
+
     async def _read_states(self, deliveries: Iterable[tuple[str, str]]) -> list[DeliveryState]:
         """The states of the deliveries ``(notification id, channel)``, in one round trip; a
         hash gone meanwhile (an expired one) is left out."""

@@ -35,7 +35,7 @@ from service.outbox.base import (
 from service.sinks.core import TargetError
 from service.sinks.fs import holder_gone, process_token
 
-__all__ = ["SqliteOutbox"]
+__all__ = ["STATE_COLUMNS", "SqliteOutbox", "delivery_state"]
 
 T = TypeVar("T")
 
@@ -282,13 +282,13 @@ class SqliteOutbox:
 
         def states(db: sqlite3.Connection) -> list[DeliveryState]:
             rows = db.execute(
-                f"SELECT {_STATE_COLUMNS}, p.until, p.error FROM deliveries AS d"
+                f"SELECT {STATE_COLUMNS}, p.until, p.error FROM deliveries AS d"
                 " LEFT JOIN pauses AS p USING (channel) WHERE d.id = ? ORDER BY channel",
                 (notification_id,),
             ).fetchall()
             found = []
             for *columns, until, error in rows:
-                state = _state(tuple(columns))
+                state = delivery_state(tuple(columns))
                 found.append(state if until is None else Pause(until, error).over(state, now))
             return found
 
@@ -301,11 +301,11 @@ class SqliteOutbox:
 
         def listed(db: sqlite3.Connection) -> list[DeliveryState]:
             rows = db.execute(
-                f"SELECT {_STATE_COLUMNS} FROM deliveries WHERE status = ? AND id > ?"
+                f"SELECT {STATE_COLUMNS} FROM deliveries WHERE status = ? AND id > ?"
                 " ORDER BY id, channel LIMIT ?",
                 (status, after or "", limit),
             ).fetchall()
-            return [_state(row) for row in rows]
+            return [delivery_state(row) for row in rows]
 
         return await self._with_db(listed)
 
@@ -480,13 +480,14 @@ def _release_leases_of_the_dead(db: sqlite3.Connection) -> None:
             )
 
 
-_STATE_COLUMNS = (
+STATE_COLUMNS = (
     "id, channel, status, attempts, last_error, accepted_at, next_attempt_at, delivered_at,"
     " recipient, history"
 )
 
 
-def _state(row: tuple[object, ...]) -> DeliveryState:
+def delivery_state(row: tuple[object, ...]) -> DeliveryState:
+    """A delivery's state from a row of ``STATE_COLUMNS``."""
     (
         notification_id,
         channel,

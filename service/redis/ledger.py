@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -24,6 +27,9 @@ from redis.exceptions import RedisError
 from service.redis.errors import describe_redis_error, public_redis_error
 from service.sinks.base import SinkUnavailable
 from service.status import (
+    ActivityEntry,
+    ActivityQuery,
+    BadCursor,
     Fingerprint,
     NotificationStatus,
     State,
@@ -32,6 +38,9 @@ from service.status import (
     key_value,
 )
 from service.wire import WireRecord
+
+if TYPE_CHECKING:
+    from service.outbox.redis import RedisOutbox
 
 __all__ = ["RedisLedger"]
 
@@ -46,21 +55,123 @@ _CLAIM_TRIES = 3
 # "written" one (a line written once is never reported failed by a later, redelivered copy),
 # "" replaces.
 _SET_STATUSES = """
+-- The API's status begins {"email": "...", and a worker's does not: a worker's keeps the
+-- email the API recorded (the first ', "status": ' ends it: a quote inside the email's JSON
+-- string is escaped).
+local function with_email(current, value)
+    if current and string.sub(current, 1, 10) == '{"email": ' then
+        local cut = string.find(current, ', "status": ', 1, true)
+        if cut then return string.sub(current, 1, cut - 1) .. ', ' .. string.sub(value, 2) end
+    end
+    return value
+end
 local ttl, mode = ARGV[#ARGV - 1], ARGV[#ARGV]
 for i, key in ipairs(KEYS) do
     if mode == "NX" then
         redis.call("SET", key, ARGV[i], "NX", "EX", ttl)
-    elseif mode == "UNLESS_WRITTEN" then
-        local current = redis.call("GET", key)
-        if not (current and string.find(current, '"status": "written"', 1, true)) then
-            redis.call("SET", key, ARGV[i], "EX", ttl)
-        end
     else
-        redis.call("SET", key, ARGV[i], "EX", ttl)
+        local current = redis.call("GET", key)
+        if mode ~= "UNLESS_WRITTEN"
+            or not (current and string.find(current, '"status": "written"', 1, true)) then
+            redis.call("SET", key, with_email(current, ARGV[i]), "EX", ttl)
+        end
     end
 end
 return #KEYS
 """
+
+# The API's part of the activity log: for each record, ``id``, ``email`` and ``at``; each goes
+# into ``{p}:activity`` (member ``{id}\t{email}``, by time) and ``{p}:email:{email}`` (member
+# the id); past ``limit`` the oldest leave both.
+_INDEX = """
+local p, limit = ARGV[1], tonumber(ARGV[2])
+local activity = p .. ':activity'
+for i = 3, #ARGV, 3 do
+    local id, email, at = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+    redis.call('ZADD', activity, at, id .. '\t' .. email)
+    redis.call('ZADD', p .. ':email:' .. email, at, id)
+end
+local over = redis.call('ZCARD', activity) - limit
+if over > 0 then
+    for _, member in ipairs(redis.call('ZRANGE', activity, 0, over - 1)) do
+        local tab = string.find(member, '\t', 1, true)
+        local email, id = string.sub(member, tab + 1), string.sub(member, 1, tab - 1)
+        redis.call('ZREM', p .. ':email:' .. email, id)
+    end
+    redis.call('ZREMRANGEBYRANK', activity, 0, over - 1)
+end
+return 1
+"""
+
+# Expiry of the activity log: of the entries scored from ARGV[2] to before ARGV[3] (the
+# horizon), at most ARGV[4], each goes unless the outbox still has a delivery of it (``{p}:ch:
+# {id}`` lives while one is pending or dead, and NOTIFY_STATUS_TTL after the last is
+# delivered). Returns how many it looked at and the last score (the next call's start).
+_EXPIRE = """
+local p, low, horizon, count = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local activity = p .. ':activity'
+local found = redis.call('ZRANGEBYSCORE', activity, low, '(' .. horizon, 'WITHSCORES',
+    'LIMIT', 0, count)
+local last = low
+for i = 1, #found, 2 do
+    local member = found[i]
+    local tab = string.find(member, '\t', 1, true)
+    local id = string.sub(member, 1, tab - 1)
+    if redis.call('EXISTS', p .. ':ch:' .. id) == 0 then
+        redis.call('ZREM', activity, member)
+        redis.call('ZREM', p .. ':email:' .. string.sub(member, tab + 1), id)
+    end
+    last = found[i + 1]
+end
+return {#found / 2, last}
+"""
+
+
+EXPIRE_INTERVAL = 1.0
+"""Seconds between expiries of the activity log (an API process's, with its batches)."""
+SWEEP_INTERVAL = 60.0
+"""Seconds between looks at the pinned entries again (whose deliveries may be gone)."""
+_EXPIRE_COUNT = 2000
+"""Entries one ``_EXPIRE`` call looks at (Redis runs a script alone: a few ms)."""
+_EXPIRE_CALLS = 5
+"""Calls at most per expiry: 10,000 entries a second, an API process."""
+_SCAN = 5000
+"""Entries one activity request looks at, at most, when filtering by status or channel."""
+
+
+def _redis_cursor(after: str | None) -> tuple[float, str | None]:
+    """``(score, member)`` of an ``after`` (``{score}:{member}``); ``BadCursor`` if none."""
+    if after is None:
+        return math.inf, None
+    score, colon, member = after.partition(":")
+    try:
+        value = float(score)
+    except ValueError:
+        value = math.nan
+    if not colon or not member or not math.isfinite(value):
+        raise BadCursor("not a 'next' of this listing")
+    return value, member
+
+
+def _redis_next(score: float, member: str) -> str:
+    return f"{score!r}:{member}"
+
+
+def _matches(entry: ActivityEntry, query: ActivityQuery) -> bool:
+    """Whether ``entry`` passes ``query``'s status and channel (as the SQLite ledger's
+    ``_filters``: a status without a channel, the log's or any delivery's)."""
+    status, channel = query.status, query.channel
+    log = None if entry.status is None else entry.status.status
+    if channel == "log":
+        return status is None or log == status
+    if channel is not None:
+        return any(
+            state.channel == channel and (status is None or state.status == status)
+            for state in entry.deliveries
+        )
+    if status is None:
+        return True
+    return log == status or any(state.status == status for state in entry.deliveries)
 
 
 @contextmanager
@@ -93,16 +204,41 @@ class RedisLedger:
         status_ttl: float,
         idempotency_ttl: float,
         local: StatusStore | None = None,
+        max_entries: int = 100_000,
+        outbox: RedisOutbox | None = None,
     ) -> None:
         self._redis = redis
         self._prefix = prefix
         self._status_ttl = max(1, round(status_ttl))
         self._key_ttl = max(1, round(idempotency_ttl))
         self._local = local
+        self._limit = max_entries
+        self._outbox = outbox
+        """The Redis outbox, when email or webhooks are on: the activity log's deliveries."""
+        self._emails: dict[str, str] = {}
+        """The email of each notification accepted here and not yet published."""
+        self._expire_at = 0.0
+        self._sweep_at = 0.0
+        self._low = "-inf"
         self._set_statuses = redis.register_script(_SET_STATUSES)
+        self._index = redis.register_script(_INDEX)
+        self._expire = redis.register_script(_EXPIRE)
 
     def _status_key(self, notification_id: str) -> str:
         return f"{self._prefix}:status:{notification_id}"
+
+    # -- what the API records (``Statuses``) -------------------------------------------------
+
+    def accepted(self, notification_id: str, at: float, email: str = "") -> None:
+        """Once per request: kept here until its batch is published (``queued``)."""
+        if self._local is not None:
+            self._local.accepted(notification_id, at, email)
+        self._emails[notification_id] = email
+
+    def withdrawn(self, notification_id: str, reason: str) -> None:
+        self._emails.pop(notification_id, None)  # not published, unless its write had begun
+        if self._local is not None:
+            self._local.withdrawn(notification_id, reason)
 
     # -- the Ledger protocol ----------------------------------------------------------------
 
@@ -139,12 +275,108 @@ class RedisLedger:
             return NotificationStatus(id=notification_id, **json.loads(raw))
         return self._local.get(notification_id) if self._local is not None else None
 
+    async def activity(self, query: ActivityQuery) -> tuple[list[ActivityEntry], str | None]:
+        """The page ``query`` asks for, newest first (by acceptance time), from
+        ``{p}:email:{email}`` for a recipient (one sorted set: an index, not a scan), else from
+        ``{p}:activity``; ``since`` is the score's lower bound. A status or channel filter is
+        applied to what is read, at most ``_SCAN`` entries a request: a page may then hold
+        fewer than ``limit``, and ``next`` says where to go on. An entry whose status expired
+        and whose deliveries are gone is left out (expiry drops it from the index later)."""
+        key = (
+            f"{self._prefix}:activity"
+            if query.email is None
+            else f"{self._prefix}:email:{query.email}"
+        )
+        top, seen = _redis_cursor(query.after)
+        bottom: float | str = "-inf" if query.since is None else query.since
+        entries: list[ActivityEntry] = []
+        looked = 0
+        last: tuple[float, str] | None = None
+        with _unavailable_on_error():
+            while looked < _SCAN:
+                count = min(_SCAN - looked, max(query.limit - len(entries), 1) * 2)
+                found = await self._redis.zrange(
+                    key,
+                    "+inf" if top == math.inf else top,
+                    bottom,
+                    desc=True,
+                    byscore=True,
+                    offset=0,
+                    num=count,
+                    withscores=True,
+                )
+                batch: list[tuple[str, float]] = [
+                    (_text(member), float(score))
+                    for member, score in cast(list[tuple[bytes | str, float]], found)
+                    if not (float(score) == top and seen is not None and _text(member) >= seen)
+                ]
+                if not batch:
+                    return entries, None
+                read = await self._entries([member.partition("\t")[0] for member, _ in batch])
+                for (member, score), entry in zip(batch, read, strict=True):
+                    looked += 1
+                    last = (score, member)
+                    if entry is not None and _matches(entry, query):
+                        entries.append(entry)
+                        if len(entries) == query.limit:
+                            return entries, _redis_next(score, member)
+                if last is not None:
+                    top, seen = last[0], last[1]
+        return entries, None if last is None else _redis_next(last[0], last[1])
+
+    async def _entries(self, ids: Sequence[str]) -> list[ActivityEntry | None]:
+        """Each id's status and deliveries, in two round trips; None for one whose status
+        expired and whose deliveries are gone."""
+        raw = await self._redis.mget([self._status_key(notification_id) for notification_id in ids])
+        deliveries = await self._outbox.states_of(ids) if self._outbox is not None else {}
+        found: list[ActivityEntry | None] = []
+        for notification_id, value in zip(ids, raw, strict=True):
+            status = (
+                None
+                if value is None
+                else NotificationStatus(id=notification_id, **json.loads(value))
+            )
+            states = deliveries.get(notification_id, [])
+            found.append(
+                None
+                if status is None and not states
+                else ActivityEntry(notification_id, status, states)
+            )
+        return found
+
     # -- what the API and workers record ----------------------------------------------------
 
     async def queued(self, records: Sequence[WireRecord]) -> None:
-        """``records`` are about to be published (a status already there is kept). Redis
-        errors propagate as they are: the publisher reports them."""
-        await self._set_all(records, "queued", keep=True)
+        """``records`` are about to be published (a status already there is kept), and go
+        into the activity log (``_INDEX``), whose expired entries go once a second
+        (``_EXPIRE``). Redis errors propagate as they are: the publisher reports them."""
+        emails = self._emails
+        known = [(record, emails.pop(record[0], "")) for record in records]
+        await self._set_all(records, "queued", keep=True, emails=[email for _, email in known])
+        indexed: list[str | float] = []
+        for (record_id, kind, _, accepted_at), email in known:
+            if email and kind == "notification":
+                indexed += [record_id, email, accepted_at]
+        if indexed:
+            await self._index(args=[self._prefix, self._limit, *indexed])
+        now = time.monotonic()
+        if now >= self._expire_at:
+            self._expire_at = now + EXPIRE_INTERVAL
+            if now >= self._sweep_at:  # look at the pinned entries again
+                self._sweep_at, self._low = now + SWEEP_INTERVAL, "-inf"
+            await self._expire_activity()
+
+    async def _expire_activity(self) -> None:
+        """Drop what expired from the activity log, a bounded number at a time, from where the
+        last call stopped (what is below that was pinned)."""
+        horizon = time.time() - self._status_ttl
+        for _ in range(_EXPIRE_CALLS):
+            looked, last = await self._expire(
+                args=[self._prefix, self._low, horizon, _EXPIRE_COUNT]
+            )
+            self._low = _text(last)
+            if int(looked) < _EXPIRE_COUNT:
+                return
 
     async def written_among(self, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` a worker has already written."""
@@ -175,15 +407,19 @@ class RedisLedger:
         written_at: float | None = None,
         attempts: int = 0,
         error: str | None = None,
+        emails: Sequence[str] = (),
     ) -> None:
         """Set the status of every record in one command; ``keep``: only where none is set.
-        A ``failed`` never replaces a ``written``: the line is in the log."""
+        A ``failed`` never replaces a ``written``: the line is in the log. ``emails`` (the
+        API's, when known) come first in the value, where a worker's update keeps them."""
         mode = "NX" if keep else "UNLESS_WRITTEN" if state == "failed" else ""
         keys: list[str] = []
         values: list[str] = []
-        for record_id, _, _, accepted_at in records:
+        for index, (record_id, _, _, accepted_at) in enumerate(records):
             keys.append(self._status_key(record_id))
-            status = {
+            email = emails[index] if index < len(emails) else ""
+            status: dict[str, object] = {"email": email} if email else {}
+            status |= {
                 "status": state,
                 "accepted_at": accepted_at,
                 "written_at": written_at,

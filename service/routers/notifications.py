@@ -3,7 +3,8 @@
 # No ``from __future__ import annotations``: FastAPI evaluates these annotations, and one
 # refers to a value of ``build_router`` (the query dependency, bound to the limits).
 import json
-from typing import Annotated, Any, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 from fastapi import (
     APIRouter,
@@ -26,14 +27,14 @@ from service.runtime import Current
 from service.schemas import (
     ACKNOWLEDGEMENT,
     Acknowledgement,
-    DeadLetterOut,
-    DeadLettersOut,
+    ActivityOut,
     EnabledOut,
     ErrorBody,
     NotificationStatusOut,
     RetriedOut,
 )
 from service.services import QueryLine
+from service.status import ActivityQuery, ActivityStatus, BadCursor
 
 __all__ = ["build_router", "register_convertors"]
 
@@ -173,23 +174,63 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
 
     @router.get(
         "/notifications",
-        response_model=DeadLettersOut,
+        response_model=ActivityOut,
         dependencies=guarded,
         responses=_errors(*([401] if settings.tokens else []), 503),
-        summary="Dead letters: deliveries that failed for good or ran out of time, by page",
+        summary="The activity log: notifications, newest first, by page (kept for "
+        "NOTIFY_STATUS_TTL, and while a delivery of theirs is pending or dead)",
     )
-    async def dead_letters(
+    async def activity(
+        email: Annotated[Email | None, Query(description="Only those to this address.")] = None,
         status: Annotated[
-            Literal["dead"], Query(description="Only `dead` can be listed.")
-        ] = "dead",
+            ActivityStatus | None,
+            Query(
+                description="Only those whose log status or any delivery's (the `channel`'s, "
+                "when given) is this; `dead`: the dead letters."
+            ),
+        ] = None,
+        channel: Annotated[
+            str | None,
+            Query(max_length=64, description="`log`, `email` or a `webhook-…` channel."),
+        ] = None,
+        since: Annotated[
+            datetime | None,
+            Query(
+                description="Only those accepted at or after this time (RFC 3339; UTC if "
+                "no offset)."
+            ),
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
         after: Annotated[
-            str | None, Query(max_length=64, description="The `next` of the previous page.")
+            str | None, Query(max_length=400, description="The `next` of the previous page.")
         ] = None,
-    ) -> DeadLettersOut:
-        page = await current.notifications.dead_letters(limit=limit, after=after)
-        items = [DeadLetterOut.of(delivery) for delivery in page]
-        return DeadLettersOut(items=items, next=page[-1].id if len(page) == limit else None)
+    ) -> ActivityOut:
+        service = current.notifications
+        if channel is not None and channel != "log" and channel not in service.channels:
+            raise _invalid_query(
+                "channel",
+                channel,
+                "channel must be one of: " + ", ".join(["log", *service.channels]),
+            )
+        query = ActivityQuery(
+            email=email,
+            status=status,
+            channel=channel,
+            since=None if since is None else _timestamp(since),
+            limit=limit,
+            after=after,
+        )
+        try:
+            entries, after_next = await service.activity(query)
+        except BadCursor as exc:
+            raise _invalid_query("after", after, f"after: {exc}") from None
+        items = [
+            NotificationStatusOut.of_deliveries(entry.id, entry.deliveries)
+            if entry.status is None
+            else NotificationStatusOut.of(entry.status, entry.deliveries, service.channels)
+            for entry in entries
+        ]
+        return ActivityOut(items=items, next=after_next)
 
     @router.post(
         "/notifications/{notification_id}/retry",
@@ -224,6 +265,20 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
         return EnabledOut(enabled=await current.health.enable(channel))
 
     return router
+
+
+def _invalid_query(name: str, value: object, message: str) -> RequestValidationError:
+    """A 422 naming the query parameter ``name``, as FastAPI's own."""
+    return RequestValidationError(
+        [{"type": "value_error", "loc": ("query", name), "msg": message, "input": value}]
+    )
+
+
+def _timestamp(moment: datetime) -> float:
+    """``moment`` as ``time.time()`` counts; without an offset, UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 def _domain_allowed(email: str, allowed: frozenset[str]) -> bool:

@@ -12,7 +12,14 @@ from service.outbox.base import DeliveryState, Outbox, notification_line
 from service.records import Record, notification_renderer, render_text
 from service.services.deadlines import Deadlines, wait_all
 from service.sinks.base import Lines, SinkUnavailable, Wait
-from service.status import Fingerprint, Ledger, NotificationStatus, Statuses
+from service.status import (
+    ActivityEntry,
+    ActivityQuery,
+    Fingerprint,
+    Ledger,
+    NotificationStatus,
+    Statuses,
+)
 
 __all__ = ["Acceptance", "NotificationService", "QueryLine"]
 
@@ -122,11 +129,10 @@ class NotificationService:
             return []
         return await self._outbox.states(notification_id)
 
-    async def dead_letters(self, *, limit: int, after: str | None) -> list[DeliveryState]:
-        """Deliveries that failed for good or ran out of time, by id, a page at a time."""
-        if self._outbox is None:
-            return []
-        return await self._outbox.listed("dead", limit=limit, after=after)
+    async def activity(self, query: ActivityQuery) -> tuple[list[ActivityEntry], str | None]:
+        """The activity log's page ``query`` asks for (newest first) and the next page's
+        ``after``; ``BadCursor`` for an ``after`` it did not give."""
+        return await self._ledger.activity(query)
 
     async def retry(self, notification_id: str) -> int:
         """Make the notification's dead deliveries due again; how many there were."""
