@@ -425,7 +425,7 @@ async def test_with_redis_workers_deliver_and_a_killed_one_is_taken_over_within_
             assert time.monotonic() - takeover.killed_at < 10
             late = await client.post("/send-notification/late@example.com")
             await until_email_status(client, late.headers["x-notification-id"], "delivered")
-            response = await client.get("/notifications")  # dead letters: none
+            response = await client.get("/notifications", params={"status": "dead"})  # none
             assert response.json() == {"items": [], "next": None}
     delivered = Counter(received.rcpt_tos[0] for received in mail.recorder.messages)
     assert set(delivered) == {*emails, "late@example.com"}
