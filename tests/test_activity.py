@@ -148,6 +148,7 @@ async def test_why_ada_did_not_get_her_email_is_one_request(tmp_path: Path) -> N
             bob = await post(client, "bob@example.com")
             await until_email_status(client, ada, "dead")
             await until_email_status(client, bob, "delivered")
+            await listed_ids(client, 2)  # both in the ledger
             [found] = (await listing(client, email="ada@example.com"))["items"]
             dead = await listing(client, status="dead")
             by_channel = await listing(client, channel="email", status="dead")

@@ -128,8 +128,15 @@ async def test_a_550_is_dead_at_once_listed_and_sent_by_retry(tmp_path: Path) ->
             dead = await until_email_status(client, notification_id, "dead")
             assert dead["attempts"] == 1
             assert "550" in dead["last_error"]
-            listed = (await client.get("/notifications", params={"status": "dead"})).json()
-            assert [item["id"] for item in listed["items"]] == [notification_id]
+
+            async def dead_listed() -> dict[str, Any]:  # once its row is in the ledger
+                body: dict[str, Any] = (
+                    await client.get("/notifications", params={"status": "dead"})
+                ).json()
+                assert [item["id"] for item in body["items"]] == [notification_id], body
+                return body
+
+            listed = await eventually(dead_listed, message="listed as dead")
             assert listed["next"] is None
             assert server.recorder.messages == []
             del server.recorder.rcpt_replies["gone@example.com"]
