@@ -94,7 +94,6 @@ format: $(STAMP)
 bench: $(STAMP) redis-server
 	$(BIN)/python -m bench --servers bare,same-signature,guide,service,service-ack-write,redis
 	$(BIN)/python -m bench.writer
-	$(BIN)/python -m bench.stores
 	$(BIN)/python -m bench.activity
 	$(BIN)/python -m bench.email
 	$(BIN)/python -m bench.webhooks

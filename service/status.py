@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Generic, Literal, Protocol, TypeVar
+from typing import Literal, Protocol
 
 from service.outbox.base import DeliveryState
 from service.records import Kind
@@ -27,7 +27,6 @@ __all__ = [
     "ActivityQuery",
     "ActivityStatus",
     "BadCursor",
-    "ExpiringMap",
     "Fingerprint",
     "IdempotencyConflict",
     "Ledger",
@@ -59,54 +58,6 @@ def key_holder(held: str, claimed: str) -> str:
     if held_digest != claimed.partition(" ")[0]:
         raise IdempotencyConflict("this Idempotency-Key was already used with a different request")
     return held_id
-
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class ExpiringMap(Generic[K, V]):
-    """A dict whose entries expire ``ttl`` seconds after insertion, at most ``limit`` kept.
-
-    An ``OrderedDict`` of expiry times, not a ``dict``: a dict emptied from the front keeps the
-    deleted slots until it is resized, and ``next(iter(...))`` walks them all, so once
-    ``limit`` entries (or a TTL's worth) were held every ``put`` cost tens of microseconds,
-    growing to 120 µs at 100,000 entries. An ``OrderedDict`` finds its oldest entry in constant
-    time. Values live in a second dict, so an entry adds no object of its own for the garbage
-    collector to track (a plain string value adds none at all; see ``StatusStore``).
-    """
-
-    def __init__(self, limit: int, ttl: float, clock: Callable[[], float]) -> None:
-        self._expiry: OrderedDict[K, float] = OrderedDict()
-        self._values: dict[K, V] = {}
-        self._limit, self._ttl, self._clock = limit, ttl, clock
-
-    def __len__(self) -> int:
-        return len(self._expiry)
-
-    def put(self, key: K, value: V) -> None:
-        now = self._clock()
-        expiry, values = self._expiry, self._values
-        expiry.pop(key, None)
-        expiry[key] = now + self._ttl
-        values[key] = value
-        # Insertion order is expiry order: drop from the front while stale or over the limit.
-        while expiry:
-            oldest = next(iter(expiry))
-            if len(expiry) <= self._limit and expiry[oldest] > now:
-                break
-            del expiry[oldest]
-            del values[oldest]
-
-    def get(self, key: K) -> V | None:
-        expires = self._expiry.get(key)
-        if expires is None or expires <= self._clock():
-            return None
-        return self._values[key]
-
-    def pop(self, key: K) -> None:
-        self._expiry.pop(key, None)
-        self._values.pop(key, None)
 
 
 @dataclass(slots=True)

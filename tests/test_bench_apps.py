@@ -9,7 +9,6 @@ from typing import Any
 import httpx
 
 from bench.apps.same_signature import app as same_signature
-from bench.stores import run_store_bench
 from bench.writer import run_writer_bench
 from tests.conftest import make_settings, running
 
@@ -42,14 +41,6 @@ def test_writer_benchmark_writes_every_line_both_ways() -> None:
     assert result.lines == 5000
     assert result.sink_lines_per_s > 0
     assert result.plain_lines_per_s > 0
-
-
-def test_store_benchmark_fills_the_store_to_its_limit() -> None:
-    """The expiring-store micro-benchmark runs, and the full store evicted down to its limit."""
-    result = run_store_bench(limit=500, repeats=1)
-    assert (result.puts, result.final_size) == (1000, 500)
-    assert result.roomy_puts_per_s > 0
-    assert result.full_puts_per_s > 0
 
 
 async def test_same_signature_answers_as_the_service_does(tmp_path: Path) -> None:

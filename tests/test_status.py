@@ -1,32 +1,8 @@
-"""The bounded, expiring memory behind statuses and idempotency keys."""
+"""The bounded, expiring memory a process keeps of the statuses it accepted."""
 
 from __future__ import annotations
 
-from service.status import (
-    ExpiringMap,
-    NotificationStatus,
-    StatusStore,
-)
-
-
-def test_oldest_entries_go_first_at_the_limit() -> None:
-    items: ExpiringMap[int, str] = ExpiringMap(limit=3, ttl=60.0, clock=lambda: 0.0)
-    for key in range(5):
-        items.put(key, str(key))
-    assert [items.get(key) for key in range(5)] == [None, None, "2", "3", "4"]
-
-
-def test_entries_expire_after_the_ttl() -> None:
-    now = [0.0]
-    items: ExpiringMap[str, int] = ExpiringMap(limit=10, ttl=5.0, clock=lambda: now[0])
-    items.put("a", 1)
-    now[0] = 4.0
-    items.put("b", 2)
-    now[0] = 5.0
-    assert items.get("a") is None
-    assert items.get("b") == 2
-    items.put("c", 3)  # drops the expired "a" from the front
-    assert len(items) == 2
+from service.status import NotificationStatus, StatusStore
 
 
 def test_a_status_goes_from_queued_to_failed_to_written() -> None:
