@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import difflib
 import os
+import re
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -282,8 +283,9 @@ class Settings(BaseSettings):
     webhook_url: SecretStr | None = Field(
         default=None,
         description="One http(s) URL, or several comma-separated, each notification is POSTed "
-        "to (signed, Standard Webhooks); unset: no webhooks. Hidden in errors (it may hold a "
-        "token).",
+        "to (signed, Standard Webhooks); unset: no webhooks. A URL may be named, "
+        "name=https://...: its channel's name (lowercase letters, digits, - and _); unnamed, "
+        "webhook-<8 hex>. Hidden in errors (it may hold a token).",
     )
     webhook_secret: SecretStr | None = Field(
         default=None,
@@ -312,17 +314,23 @@ class Settings(BaseSettings):
     @field_validator("webhook_url")
     @classmethod
     def _webhook_urls_have_their_shape(cls, urls: SecretStr | None) -> SecretStr | None:
-        """Each URL's scheme and host, no repeats; the message never repeats a URL."""
+        """Each URL's scheme and host, each name's shape, no repeats; the message never
+        repeats a URL."""
         if urls is not None:
-            listed = _split(urls.get_secret_value())
+            listed = [_webhook_entry(entry) for entry in _split(urls.get_secret_value())]
             if not listed:
                 raise ValueError("names no URL")
-            for number, url in enumerate(listed, 1):
+            for number, (name, url) in enumerate(listed, 1):
                 problem = _webhook_url_problem(url)
+                if problem is None and name is not None:
+                    problem = _webhook_name_problem(name)
                 if problem is not None:
                     raise ValueError(f"URL {number} of {len(listed)} {problem}")
-            if len(set(listed)) != len(listed):
+            if len({url for _, url in listed}) != len(listed):
                 raise ValueError("names the same URL twice")
+            names = [name for name, _ in listed if name is not None]
+            if len(set(names)) != len(names):
+                raise ValueError("gives two URLs the same name")
         return urls
 
     @field_validator("webhook_secret")
@@ -383,9 +391,14 @@ class Settings(BaseSettings):
     @property
     def webhook_urls(self) -> tuple[str, ...]:
         """The webhook URLs, in the order given (none: webhooks are off)."""
+        return tuple(url for _, url in self.webhook_targets)
+
+    @property
+    def webhook_targets(self) -> tuple[tuple[str | None, str], ...]:
+        """Each webhook URL with the name given to it (``name=https://...``), or None."""
         if self.webhook_url is None:
             return ()
-        return tuple(_split(self.webhook_url.get_secret_value()))
+        return tuple(_webhook_entry(entry) for entry in _split(self.webhook_url.get_secret_value()))
 
     @property
     def webhook_keys(self) -> tuple[bytes, ...]:
@@ -505,6 +518,29 @@ class SmtpServer:
 
 def _split(values: str) -> list[str]:
     return [value.strip() for value in values.split(",") if value.strip()]
+
+
+_WEBHOOK_NAMED = re.compile(r"([^=:/]+)=(.*)", re.DOTALL)
+_WEBHOOK_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+_RESERVED_NAMES = frozenset({"email", "log"})
+
+
+def _webhook_entry(entry: str) -> tuple[str | None, str]:
+    """``(name, url)`` of one ``NOTIFY_WEBHOOK_URL`` entry: ``name=url``, or a bare URL (a
+    URL's own ``=`` comes after its ``://``)."""
+    named = _WEBHOOK_NAMED.fullmatch(entry)
+    if named is None:
+        return None, entry
+    return named.group(1).strip(), named.group(2).strip()
+
+
+def _webhook_name_problem(name: str) -> str | None:
+    """What is wrong with a webhook URL's name; None if nothing."""
+    if not _WEBHOOK_NAME.fullmatch(name):
+        return "has a name that is not 1-32 lowercase letters, digits, - or _, from a letter"
+    if name in _RESERVED_NAMES or name.startswith("webhook-"):
+        return "has a name kept for another channel (email, log, webhook-...)"
+    return None
 
 
 def _webhook_url_problem(url: str) -> str | None:

@@ -24,6 +24,9 @@ from service.channels.webhook import (
     shown_url,
     signature,
 )
+from service.channels.webhook import (
+    from_settings as webhook_channels,
+)
 from service.outbox.base import notification_line
 from service.outbox.sqlite import SqliteOutbox
 from service.outbox.writer import OutboxWriter
@@ -129,10 +132,37 @@ def test_settings_read_urls_and_secrets() -> None:
     assert _settings().webhook_urls == ()
 
 
+async def test_a_webhook_url_may_be_named_and_its_channel_takes_the_name() -> None:
+    """``name=url`` names a URL's channel; an unnamed one keeps ``webhook-<8 hex>``; a URL's
+    own ``=`` (its query) is not a name."""
+    settings = _settings(
+        webhook_url="billing=https://b.example/h?token=x=y, https://c.example/h?a=b",
+        webhook_secret=SECRET_A,
+    )
+    assert settings.webhook_targets == (
+        ("billing", "https://b.example/h?token=x=y"),
+        (None, "https://c.example/h?a=b"),
+    )
+    assert settings.webhook_urls == ("https://b.example/h?token=x=y", "https://c.example/h?a=b")
+    channels = webhook_channels(settings)
+    try:
+        names = [channel.name for channel in channels]
+        assert names == ["billing", channel_name("https://c.example/h?a=b")]
+    finally:
+        for channel in channels:
+            await channel.aclose()
+
+
 @pytest.mark.parametrize(
     ("variables", "expected"),
     [
         ({"NOTIFY_WEBHOOK_URL": "ftp://x.example/h"}, "must start with http:// or https://"),
+        ({"NOTIFY_WEBHOOK_URL": "Billing=https://x.example/h"}, "URL 1 of 1 has a name that is"),
+        ({"NOTIFY_WEBHOOK_URL": "email=https://x.example/h"}, "a name kept for another channel"),
+        (
+            {"NOTIFY_WEBHOOK_URL": "a=https://x.example/h,a=https://y.example/h"},
+            "gives two URLs the same name",
+        ),
         ({"NOTIFY_WEBHOOK_URL": "http:///h"}, "names no host"),
         ({"NOTIFY_WEBHOOK_URL": "http://a.example/h,http://a.example/h"}, "the same URL twice"),
         ({"NOTIFY_WEBHOOK_URL": "http://a.example/h"}, "NOTIFY_WEBHOOK_SECRET must be set"),

@@ -146,6 +146,25 @@ async def test_a_500_is_retried_then_delivered_without_pausing_the_channel(
     assert f'notify_deliveries_total{{channel="{name}",outcome="delivered"}} 1.0' in metrics
 
 
+async def test_a_named_url_is_a_channel_of_that_name_everywhere(tmp_path: Path) -> None:
+    """``NOTIFY_WEBHOOK_URL=billing=<url>``: the status, /readyz and the metrics call the
+    channel ``billing``; the URL is shown in none of them."""
+    with webhook_receiver(SECRET) as hooks:
+        async with running(webhook_settings(tmp_path, f"billing={hooks.url()}")) as client:
+            response = await client.post("/send-notification/n@example.com")
+            notification_id = response.headers["x-notification-id"]
+            delivered = await until_status(client, notification_id, "billing", "delivered")
+            assert delivered["attempts"] == 1
+            assert (await readyz_channel(client, "billing"))["error"] is None
+            metrics = (await client.get("/metrics")).text
+            status = (await client.get(f"/notifications/{notification_id}")).text
+        (request,) = hooks.receiver.received
+    assert request.webhook_id == notification_id
+    assert 'notify_deliveries_total{channel="billing",outcome="delivered"} 1.0' in metrics
+    assert hooks.url() not in status
+    assert channel_name(hooks.url()) not in status
+
+
 async def test_a_429_retry_after_is_honoured(tmp_path: Path) -> None:
     """429 with Retry-After: 1, with a backoff of a few hundredths: the next attempt comes
     at least a second after the first (by the receiver's clock)."""

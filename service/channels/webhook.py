@@ -11,9 +11,10 @@ so a receiver verifies it with that spec's libraries:
   ``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">``, one per secret, space-separated
   (two while a secret is rotated).
 
-One outbox channel per URL, named ``webhook-<first 8 hex digits of the URL's SHA-256>``: stable
-across restarts and reorderings of ``NOTIFY_WEBHOOK_URL``, and free of the URL itself (which may
-hold a token) in statuses and metrics. Each URL has its own ``httpx.AsyncClient``s (of at most
+One outbox channel per URL, named as the operator named it (``billing=https://...``) or else
+``webhook-<first 8 hex digits of the URL's SHA-256>``: stable across restarts and reorderings
+of ``NOTIFY_WEBHOOK_URL``, and free of the URL itself (which may hold a token) in statuses and
+metrics. Each URL has its own ``httpx.AsyncClient``s (of at most
 8 kept-alive connections each; ``NOTIFY_WEBHOOK_CONNECTIONS`` in all), no redirects followed, no
 proxy variables read. What each answer means (``service.channels.base``):
 
@@ -141,9 +142,10 @@ class WebhookChannel(Channel):
         connections: int,
         timeout: float,
         min_connections: int = 1,
+        name: str | None = None,
     ) -> None:
         self.url = url
-        self.name = channel_name(url)
+        self.name = name or channel_name(url)
         self.target = shown_url(url)
         self.attempt_timeout = timeout
         self.concurrency = connections
@@ -235,7 +237,8 @@ def _judge(answer: httpx.Response) -> None:
 
 
 def from_settings(settings: Settings) -> list[Channel]:
-    """A channel for each of ``settings.webhook_urls`` (``NOTIFY_WEBHOOK_*``), in order."""
+    """A channel for each of ``settings.webhook_targets`` (``NOTIFY_WEBHOOK_*``), in order,
+    named as given or ``channel_name(url)``."""
     return [
         WebhookChannel(
             url,
@@ -243,6 +246,7 @@ def from_settings(settings: Settings) -> list[Channel]:
             connections=settings.webhook_connections,
             timeout=settings.webhook_timeout,
             min_connections=settings.webhook_connections_min,
+            name=name,
         )
-        for url in settings.webhook_urls
+        for name, url in settings.webhook_targets
     ]
