@@ -29,7 +29,7 @@ import signal
 import sqlite3
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import TracebackType
 
 from config import Settings, settings_help, settings_or_exit
@@ -40,13 +40,12 @@ from service.outbox.delivery import OutboxDepth, close_dispatchers, dispatchers
 from service.outbox.dispatcher import Dispatcher
 from service.outbox.sqlite import SqliteOutbox
 from service.runtime import StartupError, build_delivery_channels, sqlite_outbox
-from service.tasks import stop
+from service.tasks import run_main, stop
 
 __all__ = [
     "CHANGE_CHECK_INTERVAL",
     "DeliveryProcess",
     "OutboxChanges",
-    "event_loop_factory",
     "main",
     "parser",
 ]
@@ -267,24 +266,12 @@ def parser() -> argparse.ArgumentParser:
     return commands
 
 
-def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop when it is installed (it comes with ``uvicorn[standard]``), as
-    uvicorn picks for the API (``--loop auto``): its transports are C, and a delivery is mostly
-    socket reads and writes (about an eighth less CPU per email, ad hoc); else asyncio's."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - installed with uvicorn[standard]
-        return None
-    return uvloop.new_event_loop
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     settings = settings_or_exit()
     configure_logging(settings.log_level, json_lines=settings.log_json)
     try:
-        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-            runner.run(run(settings, parent=args.parent))
+        run_main(run(settings, parent=args.parent))
     except StartupError as exc:
         raise SystemExit(f"error: {exc}") from None
     return 0

@@ -404,7 +404,7 @@ class TemplatedRoute(APIRoute):
         template = self.path_format
 
         async def handle_and_note(request: Request) -> Response:
-            request.state.route = template
+            note_route(request, template)
             return await handle(request)
 
         return handle_and_note

@@ -286,10 +286,11 @@ async def test_a_delivery_process_whose_notify_service_is_killed_stops(tmp_path:
 
 
 def test_the_delivery_process_runs_on_uvloop_as_uvicorn_does() -> None:
-    """uvloop comes with uvicorn[standard] (in the lock file): the delivery process uses it."""
+    """uvloop comes with uvicorn[standard] (in the lock file): the delivery process (and the
+    Redis worker: ``run_main``) uses it."""
     import uvloop
 
-    from service.deliver import event_loop_factory
+    from service.tasks import event_loop_factory
 
     factory = event_loop_factory()
     assert factory is not None

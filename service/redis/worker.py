@@ -34,7 +34,6 @@ from redis.exceptions import RedisError
 from config import Settings, settings_help, settings_or_exit
 from service.channels.base import Channel
 from service.channels.registry import lease_seconds
-from service.deliver import event_loop_factory
 from service.logs import configure_logging
 from service.metrics import Metrics
 from service.outbox.delivery import OutboxDepth, close_dispatchers, dispatchers
@@ -57,6 +56,7 @@ from service.runtime import (
 from service.sinks.core import BatchSink
 from service.sinks.file import LogFile
 from service.sinks.fs import os_error_reason, process_token
+from service.tasks import run_main
 
 __all__ = ["BATCHES_AT_ONCE", "Worker", "consume", "main", "parser", "run"]
 
@@ -289,9 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"error: cannot open log file {path}: {reason}") from None
     configure_logging(settings.log_level, json_lines=settings.log_json)
     try:
-        # uvloop when installed, as taskiq's worker ran on before and notify-deliver runs on.
-        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-            runner.run(run(settings))
+        run_main(run(settings))  # uvloop when installed, as taskiq's worker ran on before
     except StartupError as exc:
         raise SystemExit(f"error: {exc}") from None
     return 0
