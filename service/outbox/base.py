@@ -65,6 +65,9 @@ class Delivery:
     """When this delivery's time (``NOTIFY_DELIVERY_MAX_AGE``) began: ``accepted_at``, or
     when an operator last retried it."""
     attempts: int
+    subject: str | None = None
+    """The notification's own subject (``"subject"`` in its request), or None for the
+    configured default (``NOTIFY_EMAIL_SUBJECT``)."""
 
 
 @dataclass(frozen=True, slots=True)
