@@ -17,7 +17,7 @@ from pydantic import Field, TypeAdapter, ValidationError, create_model
 from starlette.datastructures import Headers
 
 from service.runtime import Current
-from service.schemas import DEFAULT_MESSAGE, NotificationBody
+from service.schemas import DEFAULT_BODY, DEFAULT_MESSAGE, NotificationBody
 from service.services import QueryLine
 
 __all__ = [
@@ -160,13 +160,13 @@ class BodyReader:
             }
         }
 
-    async def message(self, request: Request) -> str:
-        """The message to log: the body's, or the default when no body was sent."""
+    async def read(self, request: Request) -> NotificationBody:
+        """The request's body: the default one when it sent none."""
         if not _sends_body(request.headers):
-            return DEFAULT_MESSAGE
+            return DEFAULT_BODY
         raw = await self._read_limited(request)
         if not raw:
-            return DEFAULT_MESSAGE
+            return DEFAULT_BODY
         content_type = request.headers.get("content-type", "")
         if not _is_json(content_type):
             raise RequestValidationError(
@@ -187,7 +187,7 @@ class BodyReader:
                 error["loc"] = ("body", *error["loc"])
                 error["input"] = _json_safe(error["input"])
             raise RequestValidationError(errors) from None
-        return DEFAULT_MESSAGE if body is None else body.message
+        return DEFAULT_BODY if body is None else body
 
     async def _read_limited(self, request: Request) -> bytes:
         """The body, or 413 as soon as it is known to pass ``max_bytes`` (before parsing)."""

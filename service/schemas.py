@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from service.outbox.base import Attempt, DeliveryState
 from service.records import rfc3339
@@ -13,7 +13,9 @@ from service.status import NotificationStatus
 
 __all__ = [
     "ACKNOWLEDGEMENT",
+    "DEFAULT_BODY",
     "DEFAULT_MESSAGE",
+    "MAX_SUBJECT_LENGTH",
     "Acknowledgement",
     "ActivityOut",
     "AttemptOut",
@@ -30,14 +32,52 @@ __all__ = [
 ]
 
 DEFAULT_MESSAGE = "some notification"
+MAX_SUBJECT_LENGTH = 200
+"""The longest ``subject`` a request may give, in characters."""
 
 
 class NotificationBody(BaseModel):
     """The optional JSON body of ``POST /send-notification/{email}``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"message": "Your order has shipped"},
+                {
+                    "message": "Your order has shipped",
+                    "subject": "Order 1042",
+                    "channels": ["email"],
+                },
+            ]
+        },
+    )
 
     message: str = Field(default=DEFAULT_MESSAGE, description="The text to log.")
+    subject: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_SUBJECT_LENGTH,
+        description="The email's Subject, the Apprise title and the webhook payload's "
+        "`subject` (default: NOTIFY_EMAIL_SUBJECT). Line breaks and other unprintable "
+        "characters are escaped (`\\n`): it stays one line.",
+    )
+    channels: list[Annotated[str, StringConstraints(min_length=1, max_length=64)]] | None = Field(
+        default=None,
+        min_length=1,
+        description="The delivery channels to use, by name (`email`, a webhook's or an Apprise "
+        "URL's name; `GET /readyz` lists them); default: every configured channel. `log` "
+        "alone: the log line only. The log line is always written.",
+    )
+
+    @property
+    def shaped(self) -> bool:
+        """Whether the body gave a subject or channels."""
+        return self.subject is not None or self.channels is not None
+
+
+DEFAULT_BODY = NotificationBody()
+"""The body of a request that sent none."""
 
 
 class Acknowledgement(BaseModel):
@@ -99,8 +139,10 @@ class NotificationStatusOut(BaseModel):
         deliveries: list[DeliveryState] | None = None,
         channels_on: Iterable[str] = (),
     ) -> NotificationStatusOut:
-        """``status`` in the log and ``deliveries`` in the outbox; a channel of ``channels_on``
-        with no delivery yet is ``queued`` (accepted, on its way into the outbox)."""
+        """``status`` in the log and ``deliveries`` in the outbox. Until the outbox has its
+        deliveries (all of a notification's come in one transaction), each channel it goes to
+        is ``queued`` (accepted, on its way into the outbox): those its request named, when
+        known here, else every one of ``channels_on``."""
         channels = {
             "log": ChannelStatusOut(
                 status=status.status,
@@ -112,8 +154,9 @@ class NotificationStatusOut(BaseModel):
         }
         for delivery in deliveries or []:
             channels[delivery.channel] = ChannelStatusOut.of(delivery)
-        for channel in channels_on:
-            if channel not in channels:
+        if not deliveries:
+            on_its_way = channels_on if status.channels is None else status.channels
+            for channel in on_its_way:
                 channels[channel] = ChannelStatusOut.on_its_way()
         return cls(
             id=status.id,

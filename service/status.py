@@ -41,8 +41,9 @@ State = Literal["queued", "written", "failed"]
 ActivityStatus = Literal["queued", "written", "failed", "retrying", "delivered", "dead"]
 """What the activity log filters by: a log status, or a delivery's."""
 LOG_STATUSES: tuple[State, ...] = ("queued", "written", "failed")
-Fingerprint = tuple[str, str, str | None]
-"""What makes two requests with one Idempotency-Key the same: (email, message, q)."""
+Fingerprint = tuple[str | tuple[str, ...] | None, ...]
+"""What makes two requests with one Idempotency-Key the same: (email, message, q), and the
+request's subject and channels when it gave either."""
 
 
 def key_value(fingerprint: Fingerprint, notification_id: str) -> str:
@@ -71,6 +72,9 @@ class NotificationStatus:
     attempts: int = 0
     error: str | None = None
     email: str = ""
+    channels: tuple[str, ...] | None = None
+    """The delivery channels its request named, when it named them and this process
+    accepted it (None: every channel, or not known here)."""
 
 
 class _Outcome:
@@ -97,18 +101,30 @@ class StatusStore:
     def __init__(self, limit: int, ttl: float, clock: Callable[[], float] = time.time) -> None:
         self._accepted: OrderedDict[str, float] = OrderedDict()
         self._emails: dict[str, str] = {}
+        self._channels: dict[str, tuple[str, ...]] = {}
+        """The channels of requests that named them (most do not: no entry)."""
         self._outcomes: dict[str, _Outcome] = {}
         self._limit, self._ttl, self._clock = limit, ttl, clock
 
-    def accepted(self, notification_id: str, at: float, email: str = "") -> None:
-        """``notification_id`` (to ``email``) was accepted at ``at``."""
+    def accepted(
+        self,
+        notification_id: str,
+        at: float,
+        email: str = "",
+        channels: tuple[str, ...] | None = None,
+    ) -> None:
+        """``notification_id`` (to ``email``, through ``channels`` when its request named
+        them) was accepted at ``at``."""
         accepted = self._accepted
         accepted[notification_id] = at
         self._emails[notification_id] = email
+        if channels is not None:
+            self._channels[notification_id] = channels
         if len(accepted) > self._limit:
             oldest = accepted.popitem(last=False)[0]
             self._outcomes.pop(oldest, None)
             self._emails.pop(oldest, None)
+            self._channels.pop(oldest, None)
 
     def get(self, notification_id: str) -> NotificationStatus | None:
         accepted_at = self._accepted.get(notification_id)
@@ -116,8 +132,11 @@ class StatusStore:
             return None
         outcome = self._outcomes.get(notification_id)
         email = self._emails.get(notification_id, "")
+        channels = self._channels.get(notification_id)
         if outcome is None:
-            return NotificationStatus(notification_id, "queued", accepted_at, email=email)
+            return NotificationStatus(
+                notification_id, "queued", accepted_at, email=email, channels=channels
+            )
         return NotificationStatus(
             notification_id,
             outcome.status,
@@ -126,6 +145,7 @@ class StatusStore:
             outcome.attempts,
             outcome.error,
             email,
+            channels,
         )
 
     def written(
@@ -167,13 +187,20 @@ class StatusStore:
             del accepted[oldest]
             self._outcomes.pop(oldest, None)
             self._emails.pop(oldest, None)
+            self._channels.pop(oldest, None)
 
 
 class Statuses(Protocol):
     """Where the service records what happens to the notifications it accepts: this
     process's ``StatusStore``, or the ledger every local process shares (which keeps one)."""
 
-    def accepted(self, notification_id: str, at: float, email: str = "") -> None: ...
+    def accepted(
+        self,
+        notification_id: str,
+        at: float,
+        email: str = "",
+        channels: tuple[str, ...] | None = None,
+    ) -> None: ...
 
     def withdrawn(self, notification_id: str, reason: str) -> None: ...
 

@@ -20,6 +20,7 @@ from service.outbox.base import (
     Attempt,
     Delivery,
     DeliveryState,
+    NotificationFields,
     Outbox,
     Outcome,
     notification_fields,
@@ -317,6 +318,34 @@ async def test_any_text_goes_in_and_comes_out_unchanged(make: OutboxFactory) -> 
     assert [d.since for d in claimed] == [row[-1] for row in rows]
 
 
+async def test_each_notification_goes_to_its_own_channels_with_its_own_subject(
+    make: OutboxFactory,
+) -> None:
+    """A line naming channels gets a row for each of them only (none for the others); one
+    without gets a row on every channel; a subject comes back with each delivery, a line
+    without one comes back with None (the configured subject). Lines with a NUL (SQLite's
+    other path) the same."""
+    lines = [
+        notification_line("all", "a@x.y", "m", None, 1.0),
+        notification_line("hook", "b@x.y", "m", None, 2.0, "Sübject \u2028", ["billing"]),
+        notification_line("mail", "c@x.y", "nul\x00", None, 3.0, None, ["email"]),
+        notification_line("both", "d@x.y", "nul\x00", "q", 4.0, "S", ["email", "billing"]),
+        notification_line("none", "e@x.y", "m", None, 5.0, "S", []),
+    ]
+    outbox = await make("a")
+    await outbox.add(lines, ["email", "billing", "ops"])
+    claimed = {
+        channel: [(d.id, d.subject) for d in await outbox.settle(channel, [], 10)]
+        for channel in ("email", "billing", "ops")
+    }
+    assert claimed == {
+        "email": [("all", None), ("mail", None), ("both", "S")],
+        "billing": [("all", None), ("hook", "Sübject \u2028"), ("both", "S")],
+        "ops": [("all", None)],
+    }
+    assert await outbox.states("none") == []
+
+
 async def test_any_error_text_is_recorded_unchanged(make: OutboxFactory) -> None:
     """Outcomes are recorded with their errors exactly as given, a receiver's NUL, quotes and
     non-ASCII included, and their next attempt as given."""
@@ -372,20 +401,37 @@ async def test_an_outbox_from_before_q_is_brought_up_to_date(tmp_path: Path) -> 
 @pytest.mark.parametrize(
     "fields",
     [
-        (1.5, "id-1", "a@example.com", "hi", None),
-        (1796144787.7447894, 'id "quoted" \\', "ä@bücher.de", "nul\x00 \u2028 🎉 \r\n", ""),
-        (1e-7, "n", "e@x.y", "", 'q "with" quotes'),
+        (1.5, "id-1", "a@example.com", "hi", None, None, None),
+        (
+            1796144787.7447894,
+            'id "quoted" \\',
+            "ä@bücher.de",
+            "nul\x00 \u2028 🎉 \r\n",
+            "",
+            None,
+            None,
+        ),
+        (1e-7, "n", "e@x.y", "", 'q "with" quotes', "Sübject \u2028", None),
+        (2.0, "s", "e@x.y", "m", None, None, ("email", "billing")),
+        (2.0, "s", "e@x.y", "m", None, None, ()),
     ],
 )
 def test_a_notification_line_is_one_ascii_line_that_reads_back(
-    fields: tuple[float, str, str, str, str | None],
+    fields: NotificationFields,
 ) -> None:
-    accepted_at, notification_id, email, message, q = fields
-    line = notification_line(notification_id, email, message, q, accepted_at)
+    accepted_at, notification_id, email, message, q, subject, channels = fields
+    line = notification_line(notification_id, email, message, q, accepted_at, subject, channels)
     assert line.isascii()
     assert line.endswith("\n")
     assert "\n" not in line[:-1]
     assert notification_fields(line) == fields
+
+
+def test_a_line_of_an_earlier_version_reads_as_every_channel_and_the_default_subject() -> None:
+    """Lines spooled before requests could shape their notifications have five fields."""
+    line = '[1.5,"id-1","a@example.com","hi",null]\n'
+    assert notification_line("id-1", "a@example.com", "hi", None, 1.5) == line
+    assert notification_fields(line) == (1.5, "id-1", "a@example.com", "hi", None, None, None)
 
 
 async def test_an_operators_retry_gives_a_dead_letter_a_new_max_age(tmp_path: Path) -> None:

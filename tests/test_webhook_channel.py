@@ -39,7 +39,7 @@ SECRET_B = "whsec_" + base64.b64encode(KEY_B).decode()
 
 
 def test_the_signature_is_the_reference_librarys() -> None:
-    body = payload("id-1", "ada@example.com", "héllo\n", None, 1_700_000_000.25).encode()
+    body = payload("id-1", "ada@example.com", "héllo\n", None, 1_700_000_000.25, "S").encode()
     timestamp = 1_700_000_123
     moment = datetime.fromtimestamp(timestamp, tz=UTC)
     ours = signature([KEY_A, KEY_B], "id-1", timestamp, body)
@@ -48,9 +48,9 @@ def test_the_signature_is_the_reference_librarys() -> None:
 
 
 def test_the_payload_is_the_documented_json() -> None:
-    assert payload("n1", "a@example.com", "m", "q1", 0.5) == (
+    assert payload("n1", "a@example.com", "m", "q1", 0.5, "Sübject") == (
         '{"type":"notification","id":"n1","time":"1970-01-01T00:00:00.500Z",'
-        '"email":"a@example.com","message":"m","q":"q1"}'
+        '"email":"a@example.com","message":"m","q":"q1","subject":"Sübject"}'
     )
 
 
@@ -218,7 +218,7 @@ async def test_the_intake_makes_one_row_per_channel_and_reads_old_spools(tmp_pat
             ("n3", "c@example.com", "older", "q3", 3.0),
         ]
         bodies = {
-            d.id: json.loads(payload(d.id, d.recipient, d.message, d.q, d.accepted_at))
+            d.id: json.loads(payload(d.id, d.recipient, d.message, d.q, d.accepted_at, "S"))
             for d in claimed
         }
         assert bodies["n1"]["q"] == "q1"
@@ -229,6 +229,7 @@ async def test_the_intake_makes_one_row_per_channel_and_reads_old_spools(tmp_pat
             "email": "b@example.com",
             "message": "old",
             "q": None,
+            "subject": "S",
         }
         [email, *_] = await outbox.settle("email", [], 3)
         assert (email.recipient, email.message) == ("a@example.com", "hi")

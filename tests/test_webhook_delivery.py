@@ -119,6 +119,7 @@ async def test_each_notification_is_delivered_once_per_url_signed(tmp_path: Path
             "email": f"u{number}@example.com",
             "message": f"héllo {number}\n",
             "q": f"query {number}" if number % 2 else None,
+            "subject": "Notification",
         }
         assert body["time"].endswith("Z")
         assert request.signature.startswith("v1,")

@@ -95,7 +95,7 @@ async def send_notification(
     q: Annotated[str | None, Depends(read_query)],
     request: Request,
 ) -> Response:
-    await body_reader.message(request)
+    await body_reader.read(request)
     idempotency_key(request.headers)
     notification_id = new_id()
     headers = {

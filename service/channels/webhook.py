@@ -3,7 +3,9 @@
 The request follows the Standard Webhooks specification (https://www.standardwebhooks.com/),
 so a receiver verifies it with that spec's libraries:
 
-- the body is the JSON ``{"type": "notification", "id", "time", "email", "message", "q"}``,
+- the body is the JSON
+  ``{"type": "notification", "id", "time", "email", "message", "q", "subject"}`` (``subject``:
+  the request's, or ``NOTIFY_EMAIL_SUBJECT``),
   built when sent from what the outbox holds, which never changes (``time`` is when the
   notification was accepted), so every retry sends the same bytes;
 - ``webhook-id`` is the notification's id (the same on every retry: receivers drop repeats by
@@ -89,7 +91,12 @@ _COMPACT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def payload(
-    notification_id: str, email: str, message: str, q: str | None, accepted_at: float
+    notification_id: str,
+    email: str,
+    message: str,
+    q: str | None,
+    accepted_at: float,
+    subject: str,
 ) -> str:
     """The body of a notification's webhook: compact JSON, UTF-8."""
     body = {
@@ -99,6 +106,7 @@ def payload(
         "email": email,
         "message": message,
         "q": q,
+        "subject": subject,
     }
     return _COMPACT_JSON.encode(body)
 
@@ -143,8 +151,11 @@ class WebhookChannel(Channel):
         timeout: float,
         min_connections: int = 1,
         name: str | None = None,
+        subject: str = "Notification",
     ) -> None:
         self.url = url
+        self.subject = subject
+        """The payload's ``subject`` when the request gave none (``NOTIFY_EMAIL_SUBJECT``)."""
         self.name = name or channel_name(url)
         self.target = shown_url(url)
         self.attempt_timeout = timeout
@@ -173,7 +184,12 @@ class WebhookChannel(Channel):
     async def send(self, delivery: Delivery) -> None:
         """POST the delivery's payload, signed; see the module docstring for the outcomes."""
         body = payload(
-            delivery.id, delivery.recipient, delivery.message, delivery.q, delivery.accepted_at
+            delivery.id,
+            delivery.recipient,
+            delivery.message,
+            delivery.q,
+            delivery.accepted_at,
+            delivery.subject or self.subject,
         ).encode()
         timestamp = int(time.time())
         headers = {
@@ -247,6 +263,7 @@ def from_settings(settings: Settings) -> list[Channel]:
             timeout=settings.webhook_timeout,
             min_connections=settings.webhook_connections_min,
             name=name,
+            subject=settings.email_subject,
         )
         for name, url in settings.webhook_targets
     ]

@@ -386,9 +386,15 @@ class SqliteLedger:
 
     # -- what the service records (``Statuses``) ----------------------------------------------
 
-    def accepted(self, notification_id: str, at: float, email: str = "") -> None:
+    def accepted(
+        self,
+        notification_id: str,
+        at: float,
+        email: str = "",
+        channels: tuple[str, ...] | None = None,
+    ) -> None:
         """Once per request: a plain call, three appends."""
-        self._local.accepted(notification_id, at, email)
+        self._local.accepted(notification_id, at, email, channels)
         ids = self._ids
         ids.append(notification_id)
         self._emails.append(email)

@@ -19,6 +19,7 @@ __all__ = [
     "Outbox",
     "Outcome",
     "Pause",
+    "for_channel",
     "history_of",
     "notification_fields",
     "notification_line",
@@ -28,26 +29,56 @@ DeliveryStatus = Literal["queued", "retrying", "delivered", "dead"]
 _ENCODER = json.JSONEncoder()
 """``json.dumps``'s defaults (ASCII, one line), its encoder made once."""
 
-NotificationFields = tuple[float, str, str, str, str | None]
-"""``(accepted_at, notification id, email, message, q)``: what every channel's delivery of one
-notification is made of (``q``, the request's ``?q=``, is in the webhooks' payload)."""
+NotificationFields = tuple[float, str, str, str, str | None, str | None, tuple[str, ...] | None]
+"""``(accepted_at, notification id, email, message, q, subject, channels)``: what every
+channel's delivery of one notification is made of (``q``, the request's ``?q=``, is in the
+webhooks' payload; ``subject`` None is the configured one; ``channels`` None is every
+configured channel)."""
 
 
 def notification_line(
-    notification_id: str, email: str, message: str, q: str | None, accepted_at: float
+    notification_id: str,
+    email: str,
+    message: str,
+    q: str | None,
+    accepted_at: float,
+    subject: str | None = None,
+    channels: Sequence[str] | None = None,
 ) -> str:
     """How a notification goes into the outbox: ``[accepted_at, id, email, message, q]`` as
-    ASCII JSON, on one line (the intake's record line, spooled as it is). Each string is
-    encoded on its own (0.6 µs; encoding the list makes an encoder each time: 1.6 µs)."""
+    ASCII JSON, on one line (the intake's record line, spooled as it is), followed by
+    ``subject, channels`` when the request gave either. Each string is encoded on its own
+    (0.6 µs; encoding the list makes an encoder each time: 1.6 µs)."""
     text = _ENCODER.encode
     query = "null" if q is None else text(q)
-    return f"[{accepted_at!r},{text(notification_id)},{text(email)},{text(message)},{query}]\n"
+    head = f"[{accepted_at!r},{text(notification_id)},{text(email)},{text(message)},{query}"
+    if subject is None and channels is None:
+        return head + "]\n"
+    shaped = "null" if subject is None else text(subject)
+    named = "null" if channels is None else text(list(channels))
+    return f"{head},{shaped},{named}]\n"
 
 
 def notification_fields(line: str) -> NotificationFields:
-    """The fields of a ``notification_line``."""
-    accepted_at, notification_id, email, message, q = json.loads(line)
-    return float(accepted_at), notification_id, email, message, q
+    """The fields of a ``notification_line`` (one of an earlier version, without ``subject``
+    and ``channels``, too)."""
+    accepted_at, notification_id, email, message, q, *shaped = json.loads(line)
+    subject, channels = shaped if shaped else (None, None)
+    return (
+        float(accepted_at),
+        notification_id,
+        email,
+        message,
+        q,
+        subject,
+        None if channels is None else tuple(channels),
+    )
+
+
+def for_channel(fields: NotificationFields, channel: str) -> bool:
+    """Whether the notification of ``fields`` goes to ``channel``."""
+    channels = fields[6]
+    return channels is None or channel in channels
 
 
 @dataclass(frozen=True, slots=True)

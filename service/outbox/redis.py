@@ -39,6 +39,7 @@ from service.outbox.base import (
     DeliveryStatus,
     Outcome,
     Pause,
+    for_channel,
     history_of,
     notification_fields,
 )
@@ -52,13 +53,14 @@ __all__ = ["RedisOutbox"]
 _ADD = """
 local p, now = ARGV[1], ARGV[2]
 local added = 0
-for i = 3, #ARGV, 6 do
+for i = 3, #ARGV, 7 do
     local id, ch = ARGV[i], ARGV[i + 1]
     local key = p .. ':dl:' .. id .. ':' .. ch
     if redis.call('EXISTS', key) == 0 then
         redis.call('HSET', key, 'id', id, 'channel', ch, 'recipient', ARGV[i + 2],
             'message', ARGV[i + 3], 'q', ARGV[i + 4], 'status', 'queued', 'attempts', 0,
             'accepted_at', ARGV[i + 5], 'next_attempt_at', now)
+        if ARGV[i + 6] ~= '' then redis.call('HSET', key, 'subject', ARGV[i + 6]) end
         redis.call('ZADD', p .. ':due:' .. ch, now, id)
         redis.call('SADD', p .. ':ch:' .. id, ch)
         redis.call('SADD', p .. ':channels', ch)
@@ -110,8 +112,8 @@ if limit > 0 then
         redis.call('ZADD', due, lease_until, id)
         redis.call('HSET', key, 'lease_owner', owner, 'lease_until', lease_until)
         local f = redis.call('HMGET', key, 'recipient', 'message', 'q', 'accepted_at',
-            'retried_at', 'attempts')
-        table.insert(out, {id, f[1], f[2], f[3] or 'null', f[4], f[5] or f[4], f[6]})
+            'retried_at', 'attempts', 'subject')
+        table.insert(out, {id, f[1], f[2], f[3] or 'null', f[4], f[5] or f[4], f[6], f[7] or ''})
     end
 end
 return out
@@ -232,9 +234,12 @@ class RedisOutbox:
     async def add(self, lines: Sequence[str], channels: Sequence[str]) -> None:
         flat: list[Any] = []
         for line in lines:
-            accepted_at, notification_id, email, message, q = notification_fields(line)
+            fields = notification_fields(line)
+            accepted_at, notification_id, email, message, q, subject, _ = fields
             for channel in channels:
-                flat += [notification_id, channel, email, message, json.dumps(q), accepted_at]
+                if for_channel(fields, channel):
+                    flat += [notification_id, channel, email, message, json.dumps(q)]
+                    flat += [accepted_at, subject or ""]
         if flat:
             await self._call(self._add, time.time(), *flat)
 
@@ -261,8 +266,18 @@ class RedisOutbox:
                 accepted_at=float(_text(accepted_at)),
                 since=float(_text(since)),
                 attempts=int(_text(attempts)),
+                subject=_text(subject) or None,
             )
-            for notification_id, recipient, message, q, accepted_at, since, attempts in rows
+            for (
+                notification_id,
+                recipient,
+                message,
+                q,
+                accepted_at,
+                since,
+                attempts,
+                subject,
+            ) in rows
         ]
         return sorted(claimed, key=lambda delivery: delivery.accepted_at)
 

@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     lease_owner TEXT,
     lease_until REAL,
     history TEXT,
+    subject TEXT,
     PRIMARY KEY (id, channel)
 );
 -- Partial: only what is pending, in the order it is due, so a claim reads the first rows of
@@ -82,7 +83,7 @@ CREATE INDEX IF NOT EXISTS deliveries_delivered ON deliveries (delivered_at)
 _PENDING = "('queued', 'retrying')"
 _INSERT = (
     "INSERT OR IGNORE INTO deliveries"
-    " (id, channel, recipient, message, q, status, accepted_at, next_attempt_at)"
+    " (id, channel, recipient, message, q, subject, status, accepted_at, next_attempt_at)"
 )
 """A new delivery (a repeated one is kept as it was)."""
 
@@ -144,18 +145,23 @@ class SqliteOutbox:
             plain = [line for line in lines if "\\u0000" not in line]
             with_nul = [notification_fields(line) for line in lines if "\\u0000" in line]
             with db:
+                # A notification's row for each channel it goes to: every channel, or those
+                # its request named (element 6 of its line).
                 db.execute(
                     f"{_INSERT} SELECT n.value ->> 1, c.value, n.value ->> 2, n.value ->> 3,"
-                    " n.value ->> 4, 'queued', n.value ->> 0, ?"
-                    " FROM json_each(?) AS n, json_each(?) AS c",
+                    " n.value ->> 4, n.value ->> 5, 'queued', n.value ->> 0, ?"
+                    " FROM json_each(?) AS n, json_each(?) AS c"
+                    " WHERE n.value ->> 6 IS NULL"
+                    " OR c.value IN (SELECT value FROM json_each(n.value -> 6))",
                     (now, "[" + ",".join(plain) + "]", json.dumps(channels)),
                 )
                 db.executemany(
-                    f"{_INSERT} VALUES (?, ?, ?, ?, ?, 'queued', ?, ?)",
+                    f"{_INSERT} VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
                     [
-                        (notification_id, channel, email, message, q, accepted_at, now)
-                        for accepted_at, notification_id, email, message, q in with_nul
+                        (id_, channel, email, message, q, subject, accepted_at, now)
+                        for accepted_at, id_, email, message, q, subject, named in with_nul
                         for channel in channels
+                        if named is None or channel in named
                     ],
                 )
 
@@ -198,7 +204,7 @@ class SqliteOutbox:
                     " AND (lease_until IS NULL OR lease_until < ?)"
                     " ORDER BY next_attempt_at LIMIT ?)"
                     " RETURNING id, channel, recipient, message, q, accepted_at,"
-                    " COALESCE(retried_at, accepted_at), attempts",
+                    " COALESCE(retried_at, accepted_at), attempts, subject",
                     (self._owner, now + self._lease, channel, now, now, claim),
                 ).fetchall()
             return sorted((Delivery(*row) for row in rows), key=lambda row: row.accepted_at)
@@ -443,11 +449,11 @@ def _record(db: sqlite3.Connection, outcomes: Sequence[tuple[object, ...]]) -> N
 
 
 def _add_missing_columns(db: sqlite3.Connection) -> None:
-    """Bring an outbox written before ``q`` and ``retried_at``, or before ``history``, up to
-    date. Its webhook deliveries held their whole payload as their message: it becomes the
-    message and ``q`` again (the payload is now built when sent)."""
+    """Bring an outbox written before ``q`` and ``retried_at``, before ``history``, or before
+    ``subject``, up to date. Its webhook deliveries held their whole payload as their
+    message: it becomes the message and ``q`` again (the payload is now built when sent)."""
     columns = {str(row[1]) for row in db.execute("PRAGMA table_info(deliveries)")}
-    if {"q", "history"} <= columns:
+    if {"q", "history", "subject"} <= columns:
         return
     db.execute("BEGIN IMMEDIATE")  # one transaction: another process may open it too
     try:
@@ -461,6 +467,8 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
             )
         if "history" not in columns:  # the attempts' history (issue 24)
             db.execute("ALTER TABLE deliveries ADD COLUMN history TEXT")
+        if "subject" not in columns:  # a request's own subject (issue 25)
+            db.execute("ALTER TABLE deliveries ADD COLUMN subject TEXT")
     except BaseException:
         db.execute("ROLLBACK")
         raise

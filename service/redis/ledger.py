@@ -229,10 +229,16 @@ class RedisLedger:
 
     # -- what the API records (``Statuses``) -------------------------------------------------
 
-    def accepted(self, notification_id: str, at: float, email: str = "") -> None:
+    def accepted(
+        self,
+        notification_id: str,
+        at: float,
+        email: str = "",
+        channels: tuple[str, ...] | None = None,
+    ) -> None:
         """Once per request: kept here until its batch is published (``queued``)."""
         if self._local is not None:
-            self._local.accepted(notification_id, at, email)
+            self._local.accepted(notification_id, at, email, channels)
         self._emails[notification_id] = email
 
     def withdrawn(self, notification_id: str, reason: str) -> None:

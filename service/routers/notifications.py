@@ -3,6 +3,7 @@
 # No ``from __future__ import annotations``: FastAPI evaluates these annotations, and one
 # refers to a value of ``build_router`` (the query dependency, bound to the limits).
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -23,6 +24,7 @@ from config import Settings
 from service.deps import BodyReader, idempotency_key, query_logger, token_checker
 from service.emails import Email
 from service.metrics import TemplatedRoute
+from service.records import escape
 from service.runtime import Current
 from service.schemas import (
     ACKNOWLEDGEMENT,
@@ -30,13 +32,15 @@ from service.schemas import (
     ActivityOut,
     EnabledOut,
     ErrorBody,
+    NotificationBody,
     NotificationStatusOut,
     RetriedOut,
 )
 from service.services import QueryLine
-from service.status import ActivityQuery, ActivityStatus, BadCursor
+from service.services.notifications import Channels
+from service.status import ActivityQuery, ActivityStatus, BadCursor, Fingerprint
 
-__all__ = ["build_router", "register_convertors"]
+__all__ = ["build_router", "register_convertors", "shaped"]
 
 _ACK_HEADERS = {
     "Location": {"description": "`/notifications/{id}`", "schema": {"type": "string"}},
@@ -128,22 +132,40 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
         if allowed_domains and not _domain_allowed(email, allowed_domains):
             raise _recipient_not_allowed(email, allowed_domains)
         service = current.notifications
-        message = await body_reader.message(request)
+        body = await body_reader.read(request)
+        message = body.message
         key = idempotency_key(request.headers)
         q = None if query is None else query.q
+        subject = channels = None
+        fingerprint: Fingerprint = (email, message, q)
+        if body.shaped:
+            subject, channels = shaped(body, service.channels)
+            fingerprint += (body.subject, channels)
         # SinkUnavailable -> 503 and IdempotencyConflict -> 422, raised before any task runs.
         if key is None:
-            notification_id = service.accept(email, query)
+            notification_id = service.accept(email, query, channels)
         else:
-            accepted = await service.accept_keyed(query, key=key, fingerprint=(email, message, q))
+            accepted = await service.accept_keyed(
+                email, query, key=key, fingerprint=fingerprint, channels=channels
+            )
             notification_id = accepted.id
             if not accepted.new:  # a replay: the same answer, and no line written again
                 return _acknowledge(notification_id, background_tasks)
         if in_background:  # (q: the webhooks' payload carries it)
-            background_tasks.add_task(service.notify, email, message, notification_id, q)
+            background_tasks.add_task(
+                service.notify,
+                email,
+                message,
+                notification_id,
+                q,
+                subject=subject,
+                channels=channels,
+            )
         else:
             try:
-                await service.notify_written(email, message, q, notification_id)
+                await service.notify_written(
+                    email, message, q, notification_id, subject=subject, channels=channels
+                )
             except Exception:
                 await service.forget(key, notification_id)
                 raise
@@ -265,6 +287,34 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
         return EnabledOut(enabled=await current.health.enable(channel))
 
     return router
+
+
+def shaped(body: NotificationBody, configured: Sequence[str]) -> tuple[str | None, Channels]:
+    """The body's subject, one line (escaped as the log escapes a value, when it is not
+    printable), and the delivery channels it names among ``configured`` (None: all of them;
+    ``()``: the log only); 422 naming each unknown channel."""
+    subject = body.subject
+    if subject is not None and not subject.isprintable():
+        subject = escape(subject)
+    if body.channels is None:
+        return subject, None
+    known = {"log", *configured}
+    listed = ", ".join(["log", *configured])
+    unknown = [
+        {
+            "type": "unknown_channel",
+            "loc": ("body", "channels", index),
+            "msg": f"no channel {name!r} here; the channels are: {listed}",
+            "input": name,
+        }
+        for index, name in enumerate(body.channels)
+        if name not in known
+    ]
+    if unknown:
+        raise RequestValidationError(unknown)
+    named = set(body.channels)
+    channels = tuple(name for name in configured if name in named)
+    return subject, None if len(channels) == len(configured) else channels
 
 
 def _invalid_query(name: str, value: object, message: str) -> RequestValidationError:

@@ -21,9 +21,12 @@ from service.status import (
     Statuses,
 )
 
-__all__ = ["Acceptance", "NotificationService", "QueryLine"]
+__all__ = ["Acceptance", "Channels", "NotificationService", "QueryLine"]
 
 Renderer = Callable[[Record], str]
+Channels = tuple[str, ...] | None
+"""The delivery channels a notification goes to: None, every configured one; ``()``, none
+(the log only)."""
 
 
 class Acceptance(NamedTuple):
@@ -76,9 +79,11 @@ class NotificationService:
         self._notifications = notifications
         self._queries = queries
         outbox_lines = () if deliveries is None else (deliveries,)
-        self._wanted = {  # what a request reserves, all or none, by whether it has ?q=
-            False: (notifications, *outbox_lines),
-            True: (notifications, queries, *outbox_lines),
+        self._wanted = {  # what a request reserves, all or none: by ?q= and its deliveries
+            (False, False): (notifications,),
+            (True, False): (notifications, queries),
+            (False, True): (notifications, *outbox_lines),
+            (True, True): (notifications, queries, *outbox_lines),
         }
         self._statuses = statuses
         self._ledger = ledger
@@ -87,16 +92,22 @@ class NotificationService:
         self._ack_timeout = ack_timeout
         self._deadlines = Deadlines(ack_timeout)
 
-    def accept(self, email: str, query: QueryLine | None) -> str:
+    def accept(self, email: str, query: QueryLine | None, channels: Channels = None) -> str:
         """Admit the lines of a request to ``email`` without an Idempotency-Key and give it a
-        new id, or raise ``SinkUnavailable`` (nothing held). A plain call: nothing here
-        waits."""
+        new id, or raise ``SinkUnavailable`` (nothing held). ``channels``: the delivery
+        channels it goes to (None: all of them). A plain call: nothing here waits."""
         notification_id = new_id()
-        self._admit(notification_id, email, query)
+        self._admit(notification_id, email, query, channels)
         return notification_id
 
     async def accept_keyed(
-        self, query: QueryLine | None, *, key: str, fingerprint: Fingerprint
+        self,
+        email: str,
+        query: QueryLine | None,
+        *,
+        key: str,
+        fingerprint: Fingerprint,
+        channels: Channels = None,
     ) -> Acceptance:
         """``accept`` for a request with an Idempotency-Key, claimed in the ledger first.
 
@@ -109,7 +120,7 @@ class NotificationService:
         if known is not None:
             return Acceptance(known, new=False)
         try:
-            self._admit(notification_id, fingerprint[0], query)
+            self._admit(notification_id, email, query, channels)
         except SinkUnavailable:
             await self._ledger.forget(key, notification_id)
             raise
@@ -150,18 +161,25 @@ class NotificationService:
         notification_id: str,
         q: str | None = None,
         *,
+        subject: str | None = None,
+        channels: Channels = None,
         written: Wait = None,
         queued: Wait = None,
     ) -> None:
-        """Log ``notification for {email}: {message}`` (admitted by ``accept``); with email or
-        webhooks on, the deliveries (``q`` is in the webhooks' payload) go into the outbox.
-        ``written`` and ``queued``, when given, are resolved once the line is in the log and
-        the deliveries in the outbox (``NOTIFY_ACK=write``)."""
+        """Log ``notification for {email}: {message}`` (admitted by ``accept``); with delivery
+        channels on, the deliveries (``q`` is in the webhooks' payload) go into the outbox:
+        to every channel, or to ``channels`` (none: the log only), with ``subject`` or the
+        configured one. ``written`` and ``queued``, when given, are resolved once the line is
+        in the log and the deliveries in the outbox (``NOTIFY_ACK=write``)."""
         line = self._render_notification(email, message, notification_id)
         self._notifications.submit(notification_id, "notification", line, written)
-        if self._deliveries is not None:  # email or webhooks on: into the outbox too
-            pending = notification_line(notification_id, email, message, q, time.time())
+        if self._deliveries is not None and channels != ():  # into the outbox too
+            pending = notification_line(
+                notification_id, email, message, q, time.time(), subject, channels
+            )
             self._deliveries.submit(notification_id, "notification", pending, queued)
+        elif queued is not None:
+            queued.set_result(None)
 
     async def log_query(self, query: QueryLine, done: Wait = None) -> None:
         """Log ``found query: {q}``, if its request was accepted (``accept`` admitted it)."""
@@ -170,7 +188,14 @@ class NotificationService:
             self._queries.submit(record.id, "query", self._render(record), done)
 
     async def notify_written(
-        self, email: str, message: str, q: str | None, notification_id: str
+        self,
+        email: str,
+        message: str,
+        q: str | None,
+        notification_id: str,
+        *,
+        subject: str | None = None,
+        channels: Channels = None,
     ) -> None:
         """Hand over the request's lines (admitted by ``accept``) and wait until written: the
         query line (if any), then the notification. Raises ``SinkUnavailable`` when the write
@@ -185,10 +210,20 @@ class NotificationService:
         written: asyncio.Future[None] = loop.create_future()
         waits.append(written)
         # With email or webhooks on, the 200 waits for the outbox's commit too.
-        queued = None if self._deliveries is None else loop.create_future()
+        delivered = self._deliveries is not None and channels != ()
+        queued = loop.create_future() if delivered else None
         if queued is not None:
             waits.append(queued)
-        await self.notify(email, message, notification_id, q, written=written, queued=queued)
+        await self.notify(
+            email,
+            message,
+            notification_id,
+            q,
+            subject=subject,
+            channels=channels,
+            written=written,
+            queued=queued,
+        )
         self._deadlines.add(waits)  # cancels them (the writer then leaves their lines out)
         try:
             await wait_all(waits)
@@ -205,18 +240,21 @@ class NotificationService:
             self._statuses.withdrawn(notification_id, reason)
             raise SinkUnavailable(reason) from None
 
-    def _admit(self, notification_id: str, email: str, query: QueryLine | None) -> None:
+    def _admit(
+        self, notification_id: str, email: str, query: QueryLine | None, channels: Channels
+    ) -> None:
         """Reserve the request's lines (all or none) and record it as queued."""
-        if query is None and self._deliveries is None:
+        delivered = self._deliveries is not None and channels != ()
+        if query is None and not delivered:
             self._notifications.admit()  # the usual request: one line
         else:
-            self._admit_all(query)
-        self._statuses.accepted(notification_id, time.time(), email)
+            self._admit_all(query, delivered)
+        self._statuses.accepted(notification_id, time.time(), email, channels)
         self._on_accept()
 
-    def _admit_all(self, query: QueryLine | None) -> None:
+    def _admit_all(self, query: QueryLine | None, delivered: bool) -> None:
         """Reserve the log line, the query line and the delivery: all of them, or none."""
-        wanted = self._wanted[query is not None]
+        wanted = self._wanted[query is not None, delivered]
         admitted = 0
         try:
             for lines in wanted:

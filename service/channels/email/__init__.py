@@ -49,7 +49,7 @@ class EmailChannel(Channel):
                 delivery.recipient,
                 delivery.message,
                 sender=self._sender,
-                subject=self._subject,
+                subject=delivery.subject or self._subject,
                 date=datetime.fromtimestamp(delivery.accepted_at, tz=UTC),
             )
         except ValueError as exc:
