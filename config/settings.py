@@ -87,6 +87,13 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=16 * 1024, ge=1, description="Largest accepted request body (larger gets 413)."
     )
+    max_recipients: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Most recipients in one `POST /notifications` (its body may be 320 bytes "
+        "larger than max_body_bytes for each).",
+    )
     api_tokens: SecretStr = Field(
         default=SecretStr(""),
         description="Comma-separated bearer tokens that may POST; empty means open.",

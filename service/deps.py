@@ -142,32 +142,51 @@ class BodyReader:
     Errors are ``RequestValidationError``s located in ``body`` as FastAPI's would be, and
     clearer where FastAPI's are not: a JSON body sent without a JSON ``Content-Type`` is named
     as such, and undecodable bytes are a 422 ``json_invalid`` rather than a 400.
+
+    ``model`` (``NotificationBody`` or a subclass) with ``fields`` added is what the body is
+    validated as; with ``required`` a request without one is a 422.
     """
 
-    def __init__(self, max_length: int, max_bytes: int) -> None:
+    def __init__(
+        self,
+        max_length: int,
+        max_bytes: int,
+        *,
+        model: type[NotificationBody] = NotificationBody,
+        required: bool = False,
+        **fields: Any,
+    ) -> None:
         self._max_bytes = max_bytes
-        model = create_model(
-            "NotificationBody",
-            __base__=NotificationBody,
+        self._required = required
+        validated = create_model(
+            model.__name__,
+            __base__=model,
+            __doc__=model.__doc__,
             message=(str, Field(DEFAULT_MESSAGE, max_length=max_length, description="The text.")),
+            **fields,
         )
-        optional: Any = model | None
-        self._adapter: TypeAdapter[NotificationBody | None] = TypeAdapter(optional)
+        body: Any = validated if required else validated | None
+        self._adapter: TypeAdapter[NotificationBody | None] = TypeAdapter(body)
         self.openapi: dict[str, Any] = {
             "requestBody": {
-                "required": False,
-                "content": {"application/json": {"schema": model.model_json_schema()}},
+                "required": required,
+                "content": {"application/json": {"schema": validated.model_json_schema()}},
             }
         }
 
     async def read(self, request: Request) -> NotificationBody:
-        """The request's body: the default one when it sent none."""
-        if not _sends_body(request.headers):
-            return DEFAULT_BODY
-        raw = await self._read_limited(request)
-        if not raw:
-            return DEFAULT_BODY
-        content_type = request.headers.get("content-type", "")
+        """The request's body: the default one when it sent none (422 when ``required``)."""
+        raw = await self._read_limited(request) if _sends_body(request.headers) else b""
+        body = None if not raw else self._validated(raw, request.headers.get("content-type", ""))
+        if body is not None:
+            return body
+        if self._required:
+            raise RequestValidationError(
+                [{"type": "missing", "loc": ("body",), "msg": "A JSON body is required"}]
+            )
+        return DEFAULT_BODY
+
+    def _validated(self, raw: bytes, content_type: str) -> NotificationBody | None:
         if not _is_json(content_type):
             raise RequestValidationError(
                 [
@@ -180,14 +199,13 @@ class BodyReader:
                 ]
             )
         try:
-            body = self._adapter.validate_json(raw)
+            return self._adapter.validate_json(raw)
         except ValidationError as exc:
             errors = exc.errors(include_url=False)
             for error in errors:
                 error["loc"] = ("body", *error["loc"])
                 error["input"] = _json_safe(error["input"])
             raise RequestValidationError(errors) from None
-        return DEFAULT_BODY if body is None else body
 
     async def _read_limited(self, request: Request) -> bytes:
         """The body, or 413 as soon as it is known to pass ``max_bytes`` (before parsing)."""

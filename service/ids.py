@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["new_id"]
+__all__ = ["new_id", "series"]
 
 _IDS_PER_DRAW = 256
 _VARIANT_DIGITS = "89ab"  # 10xx: the RFC 9562 variant, keeping two random bits
@@ -39,3 +39,15 @@ class _RandomPool:
 new_id = _RandomPool().new_id
 """A new random UUID (version 4), as its canonical 36-character string (one call, no
 intermediate ``take16``: this runs on every request)."""
+
+
+_LOW = 16**12
+
+
+def series(first: str, count: int) -> list[str]:
+    """``count`` ids from ``first`` (an id of ``new_id``), ``first`` itself the first: the
+    same ``first`` gives the same ids (a request of many recipients replayed with its
+    Idempotency-Key answers with the ids it got). Each adds its index to the last 48 bits of
+    ``first``: version and variant stay, and the rest stays random."""
+    head, low = first[:24], int(first[24:], 16)
+    return [first] + [f"{head}{(low + index) % _LOW:012x}" for index in range(1, count)]

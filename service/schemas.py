@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from service.emails import Email
 from service.outbox.base import Attempt, DeliveryState
 from service.records import rfc3339
 from service.status import NotificationStatus
@@ -15,6 +16,7 @@ __all__ = [
     "ACKNOWLEDGEMENT",
     "DEFAULT_BODY",
     "DEFAULT_MESSAGE",
+    "MANY_ACCEPTED",
     "MAX_SUBJECT_LENGTH",
     "Acknowledgement",
     "ActivityOut",
@@ -24,6 +26,8 @@ __all__ = [
     "EnabledOut",
     "ErrorBody",
     "Health",
+    "ManyAccepted",
+    "ManyNotificationsBody",
     "NotificationBody",
     "NotificationStatusOut",
     "Readiness",
@@ -78,6 +82,47 @@ class NotificationBody(BaseModel):
 
 DEFAULT_BODY = NotificationBody()
 """The body of a request that sent none."""
+
+
+class ManyNotificationsBody(NotificationBody):
+    """The JSON body of ``POST /notifications``: one notification to each of ``to``."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "to": ["ada@example.com", "grace@example.com"],
+                    "message": "The build is green again",
+                    "subject": "CI",
+                    "channels": ["email"],
+                }
+            ]
+        },
+    )
+
+    to: list[Email] = Field(
+        min_length=1,
+        description="The recipients (at most NOTIFY_MAX_RECIPIENTS). An address given twice "
+        "gets one notification (`duplicates` in the answer says which entries repeated).",
+    )
+
+
+class ManyAccepted(BaseModel):
+    """``POST /notifications``: every recipient accepted."""
+
+    message: str = Field(examples=["Notifications sent in the background"])
+    ids: list[str] = Field(
+        description="One per entry of `to`, in order: the notification's id "
+        "(`GET /notifications/{id}`); a repeated address has its first entry's."
+    )
+    duplicates: list[int] = Field(
+        description="Indexes of the entries of `to` that repeat an earlier address (after "
+        "normalization): kept once."
+    )
+
+
+MANY_ACCEPTED = "Notifications sent in the background"
 
 
 class Acknowledgement(BaseModel):

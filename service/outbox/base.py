@@ -21,8 +21,11 @@ __all__ = [
     "Pause",
     "for_channel",
     "history_of",
+    "is_group",
     "notification_fields",
+    "notification_group",
     "notification_line",
+    "notification_rows",
 ]
 
 DeliveryStatus = Literal["queued", "retrying", "delivered", "dead"]
@@ -73,6 +76,24 @@ def notification_fields(line: str) -> NotificationFields:
         subject,
         None if channels is None else tuple(channels),
     )
+
+
+def notification_group(lines: Sequence[str]) -> str:
+    """Notifications that enter the outbox together, in one transaction (one request's
+    recipients): their ``notification_line``s as one line, a JSON array of them."""
+    return "[" + ",".join(line[:-1] for line in lines) + "]\n"
+
+
+def is_group(line: str) -> bool:
+    """Whether ``line`` is a ``notification_group``."""
+    return line.startswith("[[")
+
+
+def notification_rows(line: str) -> list[NotificationFields]:
+    """The fields of each notification of ``line``: a ``notification_line`` or a group."""
+    if not is_group(line):
+        return [notification_fields(line)]
+    return [notification_fields(json.dumps(member)) for member in json.loads(line)]
 
 
 def for_channel(fields: NotificationFields, channel: str) -> bool:

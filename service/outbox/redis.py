@@ -41,7 +41,7 @@ from service.outbox.base import (
     Pause,
     for_channel,
     history_of,
-    notification_fields,
+    notification_rows,
 )
 from service.redis.errors import describe_redis_error, public_redis_error
 from service.sinks.core import TargetError
@@ -233,8 +233,7 @@ class RedisOutbox:
 
     async def add(self, lines: Sequence[str], channels: Sequence[str]) -> None:
         flat: list[Any] = []
-        for line in lines:
-            fields = notification_fields(line)
+        for fields in (row for line in lines for row in notification_rows(line)):
             accepted_at, notification_id, email, message, q, subject, _ = fields
             for channel in channels:
                 if for_channel(fields, channel):

@@ -30,7 +30,8 @@ from service.outbox.base import (
     Outcome,
     Pause,
     history_of,
-    notification_fields,
+    is_group,
+    notification_rows,
 )
 from service.sinks.core import TargetError
 from service.sinks.fs import holder_gone, process_token
@@ -142,8 +143,12 @@ class SqliteOutbox:
             # channels: one statement, during which this thread does not hold Python's GIL (a
             # row at a time, it would take it back for every row while the event loop wants
             # it). SQLite's text ends at a NUL, so a line holding one goes in as parameters.
-            plain = [line for line in lines if "\\u0000" not in line]
-            with_nul = [notification_fields(line) for line in lines if "\\u0000" in line]
+            plain = [
+                line[1:-2] if is_group(line) else line for line in lines if "\\u0000" not in line
+            ]
+            with_nul = [
+                row for line in lines if "\\u0000" in line for row in notification_rows(line)
+            ]
             with db:
                 # A notification's row for each channel it goes to: every channel, or those
                 # its request named (element 6 of its line).

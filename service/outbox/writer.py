@@ -4,7 +4,10 @@ deadline and the spool are the core's, as for the log).
 
 A notification travels through the core as one record whose line is its notification line
 (``base.notification_line``: ``[accepted_at, id, email, message, q]`` as ASCII JSON, one
-line), so it spools and replays like any other record, and reaches the outbox as it is. The
+line, with ``subject, channels`` when its request gave them), so it spools and replays like
+any other record, and reaches the outbox as it is. The notifications of one request of many
+recipients travel as one record too (``base.notification_group``), so they enter the outbox
+in one transaction. The
 outbox makes it a row per delivery channel (``email``, one per webhook URL), all of a batch's
 rows in one transaction, so a notification enters every channel, or none. (The SQLite outbox
 has SQLite unpack the lines: no line is decoded and encoded again on the way.)
@@ -94,8 +97,10 @@ class OutboxIntake:
         self._limit = limit
         self._depth = depth
 
-    def admit(self) -> None:
-        if self._depth() + self._sink.held >= self._limit:
+    def admit(self, notifications: int = 1) -> None:
+        """Reserve room for a line of ``notifications`` notifications (a group, from one
+        request of many recipients, counts as many), or raise ``SinkUnavailable``."""
+        if self._depth() + self._sink.held + notifications > self._limit:
             raise SinkFull(f"the outbox is full ({self._limit} deliveries pending)")
         self._sink.admit()
 

@@ -18,6 +18,7 @@ from fastapi import (
     Response,
 )
 from fastapi.exceptions import RequestValidationError
+from pydantic import Field
 from starlette.convertors import Convertor, register_url_convertor
 
 from config import Settings
@@ -28,10 +29,13 @@ from service.records import escape
 from service.runtime import Current
 from service.schemas import (
     ACKNOWLEDGEMENT,
+    MANY_ACCEPTED,
     Acknowledgement,
     ActivityOut,
     EnabledOut,
     ErrorBody,
+    ManyAccepted,
+    ManyNotificationsBody,
     NotificationBody,
     NotificationStatusOut,
     RetriedOut,
@@ -65,11 +69,9 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-def _post_options(settings: Settings, body_reader: BodyReader) -> dict[str, Any]:
-    """How ``POST /send-notification/{email}`` is declared: its documentation and its token
-    guard (only when tokens are configured)."""
-    tokens = settings.tokens
-    key_parameter = {
+def _key_parameter() -> dict[str, Any]:
+    """The ``Idempotency-Key`` header, as the POSTs' OpenAPI declares it."""
+    return {
         "name": "Idempotency-Key",
         "in": "header",
         "required": False,
@@ -77,10 +79,16 @@ def _post_options(settings: Settings, body_reader: BodyReader) -> dict[str, Any]
         "request gives the same answer and writes no second line.",
         "schema": {"type": "string", "minLength": 1, "maxLength": 255},
     }
+
+
+def _post_options(settings: Settings, body_reader: BodyReader) -> dict[str, Any]:
+    """How ``POST /send-notification/{email}`` is declared: its documentation and its token
+    guard (only when tokens are configured)."""
+    tokens = settings.tokens
     return {
         "response_model": None,
         "dependencies": [Depends(token_checker(tokens))] if tokens else [],
-        "openapi_extra": {**body_reader.openapi, "parameters": [key_parameter]},
+        "openapi_extra": {**body_reader.openapi, "parameters": [_key_parameter()]},
         "responses": {
             200: {
                 "model": Acknowledgement,
@@ -193,6 +201,67 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
         return NotificationStatusOut.of(status, deliveries, service.channels)
 
     guarded = [Depends(token_checker(settings.tokens))] if settings.tokens else []
+
+    many_reader = BodyReader(
+        settings.max_message_length,
+        settings.max_body_bytes + 320 * settings.max_recipients,
+        model=ManyNotificationsBody,
+        required=True,
+        to=(
+            list[Email],
+            Field(
+                min_length=1,
+                max_length=settings.max_recipients,
+                description=ManyNotificationsBody.model_fields["to"].description,
+            ),
+        ),
+    )
+
+    @router.post(
+        "/notifications",
+        response_model=ManyAccepted,
+        dependencies=guarded,
+        openapi_extra={**many_reader.openapi, "parameters": [_key_parameter()]},
+        responses={
+            200: {"description": "Every recipient accepted: logged and delivered next."},
+            **_errors(*([401] if settings.tokens else []), 413, 503),
+        },
+        summary="Notify many recipients at once: all accepted, or none",
+    )
+    async def send_notifications(
+        request: Request, background_tasks: BackgroundTasks
+    ) -> ManyAccepted:
+        body = await many_reader.read(request)
+        assert isinstance(body, ManyNotificationsBody)  # what many_reader validates
+        if allowed_domains:
+            _check_domains(body.to, allowed_domains)
+        service = current.notifications
+        emails, positions, duplicates = _unique(body.to)
+        subject, channels = shaped(body, service.channels)
+        key = idempotency_key(request.headers)
+        # SinkUnavailable -> 503 and IdempotencyConflict -> 422, before anything is handed over.
+        if key is None:
+            ids = service.accept_many(emails, channels)
+        else:
+            fingerprint: Fingerprint = ("to", tuple(emails), body.message, body.subject, channels)
+            ids, new = await service.accept_many_keyed(
+                emails, key=key, fingerprint=fingerprint, channels=channels
+            )
+            if not new:  # a replay: the same answer, nothing written again
+                return _many_accepted(ids, positions, duplicates)
+        if in_background:
+            background_tasks.add_task(
+                service.notify_many, ids, emails, body.message, subject=subject, channels=channels
+            )
+        else:
+            try:
+                await service.notify_many_written(
+                    ids, emails, body.message, subject=subject, channels=channels
+                )
+            except Exception:
+                await service.forget(key, ids[0])
+                raise
+        return _many_accepted(ids, positions, duplicates)
 
     @router.get(
         "/notifications",
@@ -343,15 +412,52 @@ def _domain_allowed(email: str, allowed: frozenset[str]) -> bool:
 
 
 def _recipient_not_allowed(email: str, allowed: frozenset[str]) -> RequestValidationError:
-    return RequestValidationError(
-        [
-            {
-                "type": "recipient_domain",
-                "loc": ("path", "email"),
-                "msg": "email may go only to these domains: " + ", ".join(sorted(allowed)),
-                "input": email,
-            }
-        ]
+    return RequestValidationError([_domain_error(("path", "email"), email, allowed)])
+
+
+def _domain_error(
+    location: tuple[str | int, ...], email: str, allowed: frozenset[str]
+) -> dict[str, Any]:
+    return {
+        "type": "recipient_domain",
+        "loc": location,
+        "msg": "email may go only to these domains: " + ", ".join(sorted(allowed)),
+        "input": email,
+    }
+
+
+def _check_domains(emails: Sequence[str], allowed: frozenset[str]) -> None:
+    """422 naming each of ``emails`` whose domain is not one of ``allowed``."""
+    refused = [
+        _domain_error(("body", "to", index), email, allowed)
+        for index, email in enumerate(emails)
+        if not _domain_allowed(email, allowed)
+    ]
+    if refused:
+        raise RequestValidationError(refused)
+
+
+def _unique(emails: Sequence[str]) -> tuple[list[str], list[int], list[int]]:
+    """``emails`` each once, in order of first appearance; for each entry of ``emails`` the
+    index of its address in that list; the indexes of the entries that repeat one."""
+    first: dict[str, int] = {}
+    positions: list[int] = []
+    duplicates: list[int] = []
+    for index, email in enumerate(emails):
+        position = first.get(email)
+        if position is None:
+            position = first[email] = len(first)
+        else:
+            duplicates.append(index)
+        positions.append(position)
+    return list(first), positions, duplicates
+
+
+def _many_accepted(
+    ids: Sequence[str], positions: Sequence[int], duplicates: list[int]
+) -> ManyAccepted:
+    return ManyAccepted(
+        message=MANY_ACCEPTED, ids=[ids[position] for position in positions], duplicates=duplicates
     )
 
 

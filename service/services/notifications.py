@@ -7,8 +7,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from service.ids import new_id
-from service.outbox.base import DeliveryState, Outbox, notification_line
+from service.ids import new_id, series
+from service.outbox.base import DeliveryState, Outbox, notification_group, notification_line
+from service.outbox.writer import OutboxIntake
 from service.records import Record, notification_renderer, render_text
 from service.services.deadlines import Deadlines, wait_all
 from service.sinks.base import Lines, SinkUnavailable, Wait
@@ -65,7 +66,7 @@ class NotificationService:
         render: Renderer = render_text,
         ack_timeout: float = 5.0,
         on_accept: Callable[[], object] = lambda: None,
-        deliveries: Lines | None = None,
+        deliveries: OutboxIntake | None = None,
         outbox: Outbox | None = None,
         channels: Sequence[str] = (),
         on_retry: Callable[[], None] | None = None,
@@ -125,6 +126,85 @@ class NotificationService:
             await self._ledger.forget(key, notification_id)
             raise
         return Acceptance(notification_id, new=True)
+
+    def accept_many(self, emails: Sequence[str], channels: Channels = None) -> list[str]:
+        """Admit a notification to each of ``emails`` (a request of many recipients), all or
+        none, and give them new ids, in order; ``SinkUnavailable`` if not (nothing held)."""
+        ids = series(new_id(), len(emails))
+        self._admit_many(ids, emails, channels)
+        return ids
+
+    async def accept_many_keyed(
+        self,
+        emails: Sequence[str],
+        *,
+        key: str,
+        fingerprint: Fingerprint,
+        channels: Channels = None,
+    ) -> tuple[list[str], bool]:
+        """``accept_many`` for a request with an Idempotency-Key (see ``accept_keyed``): the
+        ids, and whether they are new (False: a replay, nothing admitted, the first ids)."""
+        first = new_id()
+        known = await self._ledger.claim(key, fingerprint, first)
+        if known is not None:
+            return series(known, len(emails)), False
+        ids = series(first, len(emails))
+        try:
+            self._admit_many(ids, emails, channels)
+        except SinkUnavailable:
+            await self._ledger.forget(key, first)
+            raise
+        return ids, True
+
+    async def notify_many(
+        self,
+        ids: Sequence[str],
+        emails: Sequence[str],
+        message: str,
+        *,
+        subject: str | None = None,
+        channels: Channels = None,
+        written: Sequence[Wait] = (),
+        queued: Wait = None,
+    ) -> None:
+        """``notify`` for each of ``emails`` (admitted by ``accept_many``): a log line each,
+        and their deliveries into the outbox as one record, so in one transaction."""
+        render, submit = self._render_notification, self._notifications.submit
+        waits = written or [None] * len(ids)
+        for notification_id, email, done in zip(ids, emails, waits, strict=True):
+            submit(notification_id, "notification", render(email, message, notification_id), done)
+        if self._deliveries is not None and channels != ():
+            now = time.time()
+            group = notification_group(
+                [
+                    notification_line(notification_id, email, message, None, now, subject, channels)
+                    for notification_id, email in zip(ids, emails, strict=True)
+                ]
+            )
+            self._deliveries.submit(ids[0], "notification", group, queued)
+        elif queued is not None:
+            queued.set_result(None)
+
+    async def notify_many_written(
+        self,
+        ids: Sequence[str],
+        emails: Sequence[str],
+        message: str,
+        *,
+        subject: str | None = None,
+        channels: Channels = None,
+    ) -> None:
+        """``notify_many``, waiting until every line is written and the deliveries are in the
+        outbox (``NOTIFY_ACK=write``); ``SinkUnavailable`` (all withdrawn) as ``notify_written``."""
+        loop = asyncio.get_running_loop()
+        written: list[asyncio.Future[None]] = [loop.create_future() for _ in ids]
+        delivered = self._deliveries is not None and channels != ()
+        queued = loop.create_future() if delivered else None
+        waits = [*written, *([queued] if queued is not None else [])]
+        await self.notify_many(
+            ids, emails, message, subject=subject, channels=channels, written=written, queued=queued
+        )
+        await self._wait_written(waits, ids)
 
     async def forget(self, key: str | None, notification_id: str) -> None:
         """Let a key be used again (its request was not acknowledged after all)."""
@@ -224,6 +304,13 @@ class NotificationService:
             written=written,
             queued=queued,
         )
+        await self._wait_written(waits, [notification_id])
+
+    async def _wait_written(
+        self, waits: list[asyncio.Future[None]], notification_ids: Sequence[str]
+    ) -> None:
+        """Wait for ``waits``, or raise ``SinkUnavailable`` after ``ack_timeout``, the
+        notifications withdrawn."""
         self._deadlines.add(waits)  # cancels them (the writer then leaves their lines out)
         try:
             await wait_all(waits)
@@ -237,7 +324,8 @@ class NotificationService:
                 f"the log did not confirm the write within {self._ack_timeout:g} s; the lines "
                 "are withdrawn and will not be written, unless their write had already begun"
             )
-            self._statuses.withdrawn(notification_id, reason)
+            for notification_id in notification_ids:
+                self._statuses.withdrawn(notification_id, reason)
             raise SinkUnavailable(reason) from None
 
     def _admit(
@@ -251,6 +339,26 @@ class NotificationService:
             self._admit_all(query, delivered)
         self._statuses.accepted(notification_id, time.time(), email, channels)
         self._on_accept()
+
+    def _admit_many(self, ids: Sequence[str], emails: Sequence[str], channels: Channels) -> None:
+        """Reserve a log line for each of ``ids`` and their deliveries (all or none), and
+        record each as queued."""
+        notifications, deliveries = self._notifications, self._deliveries
+        admitted = 0
+        try:
+            for _ in ids:
+                notifications.admit()
+                admitted += 1
+            if deliveries is not None and channels != ():
+                deliveries.admit(len(ids))
+        except SinkUnavailable:
+            for _ in range(admitted):
+                notifications.release()
+            raise
+        now, accepted, on_accept = time.time(), self._statuses.accepted, self._on_accept
+        for notification_id, email in zip(ids, emails, strict=True):
+            accepted(notification_id, now, email, channels)
+            on_accept()
 
     def _admit_all(self, query: QueryLine | None, delivered: bool) -> None:
         """Reserve the log line, the query line and the delivery: all of them, or none."""
