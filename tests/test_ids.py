@@ -6,7 +6,7 @@ import os
 import uuid
 from collections import Counter
 
-from service.ids import new_id
+from service.ids import new_id, series
 
 
 def test_ids_are_canonical_uuid4_strings() -> None:
@@ -50,3 +50,18 @@ def test_a_forked_process_does_not_repeat_the_parents_ids() -> None:
     assert {child[i : i + 36] for i in range(0, 360, 36)}.isdisjoint(
         {parent[i : i + 36] for i in range(0, 360, 36)}
     )
+
+
+def test_a_series_is_valid_distinct_uuid4s_the_same_from_the_same_first() -> None:
+    """The ids of one request's recipients: UUID4s (version and variant kept), all distinct,
+    the first given first, and the same series again from it (an Idempotency-Key replay);
+    also where the low 48 bits wrap around."""
+    for first in [new_id(), "12345678-1234-4234-8234-fffffffffff0"]:
+        ids = series(first, 1000)
+        assert ids[0] == first
+        assert len(set(ids)) == 1000
+        assert series(first, 1000) == ids
+        for value in ids:
+            parsed = uuid.UUID(value)
+            assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+            assert str(parsed) == value
