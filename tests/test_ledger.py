@@ -18,6 +18,7 @@ from asgi_lifespan import LifespanManager
 
 from service.ledger.sqlite import SqliteLedger
 from service.main import create_app
+from service.retry import Backoff
 from service.runtime import StartupError
 from service.status import ActivityQuery, NotificationStatus, StatusStore
 from tests.conftest import make_settings, read_lines, running
@@ -284,6 +285,41 @@ async def test_the_channels_a_request_named_are_read_back_by_another_process(
         plain: "queued",
         named: "written",
     }
+
+
+async def test_channels_kept_through_a_failing_ledger_are_written_once_it_recovers(
+    tmp_path: Path,
+) -> None:
+    """While the file refuses the batch (its table moved aside by hand), the rows are kept
+    with their channels, those accepted meanwhile too; once it takes them again another
+    process reads each with its channels."""
+    path = tmp_path / "ledger"
+    first = _ledger(path, retry=Backoff(initial=0.01, maximum=0.05))
+    second = _ledger(path)
+    before, during = "00000000-0000-4000-8000-000000000001", "00000000-0000-4000-8000-000000000002"
+    await first.open()
+    await second.open()
+    outside = sqlite3.connect(path, isolation_level=None)
+    try:
+        outside.execute("ALTER TABLE notifications RENAME TO aside")
+        first.accepted(before, time.time(), "b@example.com", ())
+        await eventually(lambda: first.health().error is not None, message="the batch refused")
+        first.accepted(during, time.time(), "d@example.com", ("email",))
+        outside.execute("ALTER TABLE aside RENAME TO notifications")
+
+        async def both() -> list[tuple[str, ...] | None]:
+            found = [await second.status(before), await second.status(during)]
+            assert None not in found, found
+            return [status.channels for status in found if status is not None]
+
+        channels = await eventually(both, message="both rows in the file")
+        recovered = first.health().error
+    finally:
+        outside.close()
+        await first.close()
+        await second.close()
+    assert channels == [(), ("email",)]
+    assert recovered is None
 
 
 _SCHEMA_BEFORE_CHANNELS = """
