@@ -8,6 +8,7 @@ import asyncio
 import json
 import sqlite3
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,9 @@ from asgi_lifespan import LifespanManager
 
 from service.ledger.sqlite import SqliteLedger
 from service.main import create_app
+from service.retry import Backoff
 from service.runtime import StartupError
-from service.status import StatusStore
+from service.status import ActivityQuery, NotificationStatus, StatusStore
 from tests.conftest import make_settings, read_lines, running
 from tests.support.collector import tracked_growth
 from tests.support.server import (
@@ -217,6 +219,189 @@ async def test_waiting_statuses_leave_no_object_for_the_garbage_collector(tmp_pa
     with sqlite3.connect(tmp_path / "ledger") as db:
         (stored,) = db.execute("SELECT count(*) FROM notifications").fetchone()
     assert stored == count
+
+
+def _ledger(path: Path, **overrides: Any) -> SqliteLedger:
+    """A ledger on ``path`` as one process of the machine has it (its own ``StatusStore``)."""
+    values: dict[str, Any] = {
+        "local": StatusStore(limit=100, ttl=3600.0),
+        "status_ttl": 3600.0,
+        "idempotency_ttl": 3600.0,
+        "max_entries": 100,
+        "linger": 0.01,
+        **overrides,
+    }
+    return SqliteLedger(path, **values)
+
+
+async def test_the_channels_a_request_named_are_read_back_by_another_process(
+    tmp_path: Path,
+) -> None:
+    """Channels accepted by one process's ledger (``()``: the log only; ``("email",)``) are
+    what another reads from the file, in ``status`` and in ``activity``; a request that named
+    none reads None. Its outcome, in the same batch or a later one, keeps them."""
+    path = tmp_path / "ledger"
+    first, second = _ledger(path), _ledger(path)
+    log_only, mailed, plain, named = (f"00000000-0000-4000-8000-00000000000{i}" for i in range(4))
+    now = time.time()
+    await first.open()
+    await second.open()
+    try:
+        first.accepted(log_only, now, "l@example.com", ())
+        first.accepted(mailed, now, "m@example.com", ("email",))
+        first.accepted(plain, now, "p@example.com")
+        first.accepted(named, now, "n@example.com", ("webhook-1", "email"))
+        first.written([log_only], 1)  # before the batch is taken: inserted as written
+
+        async def read() -> dict[str, tuple[str, ...] | None]:
+            found = {}
+            for notification_id in (log_only, mailed, plain, named):
+                status = await second.status(notification_id)
+                assert status is not None, notification_id
+                found[notification_id] = status.channels
+            return found
+
+        channels = await eventually(read, message="the batch in the file")
+        first.written([mailed, named], 2)  # a later batch: an update of the rows
+
+        async def written() -> bool:
+            status = await second.status(named)
+            return status is not None and status.status == "written"
+
+        await eventually(written, message="the later outcome in the file")
+        after = await read()
+        entries, _ = await second.activity(ActivityQuery())
+    finally:
+        await first.close()
+        await second.close()
+    expected = {log_only: (), mailed: ("email",), plain: None, named: ("webhook-1", "email")}
+    assert channels == after == expected
+    assert {
+        entry.id: entry.status.channels for entry in entries if entry.status is not None
+    } == expected
+    assert {entry.id: entry.status.status for entry in entries if entry.status} == {
+        log_only: "written",
+        mailed: "written",
+        plain: "queued",
+        named: "written",
+    }
+
+
+async def test_channels_kept_through_a_failing_ledger_are_written_once_it_recovers(
+    tmp_path: Path,
+) -> None:
+    """While the file refuses the batch (its table moved aside by hand), the rows are kept
+    with their channels, those accepted meanwhile too; once it takes them again another
+    process reads each with its channels."""
+    path = tmp_path / "ledger"
+    first = _ledger(path, retry=Backoff(initial=0.01, maximum=0.05))
+    second = _ledger(path)
+    before, during = "00000000-0000-4000-8000-000000000001", "00000000-0000-4000-8000-000000000002"
+    await first.open()
+    await second.open()
+    outside = sqlite3.connect(path, isolation_level=None)
+    try:
+        outside.execute("ALTER TABLE notifications RENAME TO aside")
+        first.accepted(before, time.time(), "b@example.com", ())
+        await eventually(lambda: first.health().error is not None, message="the batch refused")
+        first.accepted(during, time.time(), "d@example.com", ("email",))
+        outside.execute("ALTER TABLE aside RENAME TO notifications")
+
+        async def both() -> list[tuple[str, ...] | None]:
+            found = [await second.status(before), await second.status(during)]
+            assert None not in found, found
+            return [status.channels for status in found if status is not None]
+
+        channels = await eventually(both, message="both rows in the file")
+        recovered = first.health().error
+    finally:
+        outside.close()
+        await first.close()
+        await second.close()
+    assert channels == [(), ("email",)]
+    assert recovered is None
+
+
+_SCHEMA_BEFORE_CHANNELS = """
+CREATE TABLE notifications (
+    seq INTEGER PRIMARY KEY,
+    key INTEGER NOT NULL,
+    id TEXT NOT NULL,
+    email_key INTEGER NOT NULL,
+    email TEXT NOT NULL,
+    accepted_at REAL NOT NULL,
+    status TEXT NOT NULL,
+    written_at REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT
+);
+CREATE INDEX notifications_key ON notifications (key);
+CREATE INDEX notifications_email ON notifications (email_key);
+CREATE TABLE idempotency_keys (
+    seq INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,
+    value TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+"""
+
+
+async def test_a_ledger_of_an_earlier_version_gains_the_channels_column(tmp_path: Path) -> None:
+    """A file written before ``channels`` opens: its rows read as before (None: every
+    channel) and new rows keep the channels their requests named."""
+    path = tmp_path / "ledger"
+    old = "00000000-0000-4000-8000-000000000001"
+    new = "00000000-0000-4000-8000-000000000002"
+    now = time.time()
+    with sqlite3.connect(path) as db:
+        db.executescript(_SCHEMA_BEFORE_CHANNELS)
+        db.execute(
+            "INSERT INTO notifications (key, id, email_key, email, accepted_at, status)"
+            " VALUES (?, ?, ?, ?, ?, 'queued')",
+            (zlib.crc32(old.encode()), old, zlib.crc32(b"o@example.com"), "o@example.com", now),
+        )
+    db.close()
+    first, second = _ledger(path), _ledger(path)
+    await first.open()
+    await second.open()
+    try:
+        first.accepted(new, now, "n@example.com", ())
+
+        async def stored() -> NotificationStatus:
+            status = await second.status(new)
+            assert status is not None
+            return status
+
+        status = await eventually(stored, message="the new row in the file")
+        earlier = await second.status(old)
+    finally:
+        await first.close()
+        await second.close()
+    assert status.channels == ()
+    assert earlier is not None
+    assert (earlier.email, earlier.status, earlier.channels) == ("o@example.com", "queued", None)
+
+
+async def test_another_process_lists_only_the_log_for_a_notification_to_the_log_only(
+    tmp_path: Path,
+) -> None:
+    """With email on, a notification whose request named only the log is answered by the
+    other process (which did not accept it) with the log alone, in ``GET /notifications/{id}``
+    and in the activity log: not with an email "queued" forever. One that named none lists
+    email too."""
+    settings = make_settings(tmp_path, smtp_url="smtp://127.0.0.1:9", smtp_from="me@example.com")
+    async with running(settings) as first, running(settings) as second:
+        log_only = await first.post(
+            "/send-notification/l@example.com", json={"message": "x", "channels": ["log"]}
+        )
+        plain = await first.post("/send-notification/p@example.com", json={"message": "y"})
+        assert log_only.status_code == plain.status_code == 200, log_only.text
+        there = await status_of(second, log_only.headers["location"], "written")
+        everywhere = await status_of(second, plain.headers["location"], "written")
+        listed = (await second.get("/notifications", params={"email": "l@example.com"})).json()
+    assert sorted(there["channels"]) == ["log"]
+    assert sorted(everywhere["channels"]) == ["email", "log"]
+    assert [sorted(item["channels"]) for item in listed["items"]] == [["log"]]
 
 
 # -- real uvicorn processes -------------------------------------------------------------------

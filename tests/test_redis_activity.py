@@ -1,8 +1,10 @@
 """The activity log on the Redis backend, through the real app and a real Redis (no worker:
-the statuses stay ``queued``, the deliveries wait in the Redis outbox)."""
+the statuses stay ``queued``, the deliveries wait in the Redis outbox); and the statuses two
+API processes' ledgers share, with what a worker's ledger records."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,9 @@ import redis.asyncio as aioredis
 from config import Settings
 from service.outbox.base import Outcome
 from service.outbox.redis import RedisOutbox
+from service.redis.ledger import RedisLedger
+from service.status import ActivityQuery, StatusStore
+from service.wire import WireRecord
 from tests.conftest import make_settings, running
 from tests.support.waiting import eventually
 from tests.test_activity import listed_ids, listing, post
@@ -130,3 +135,89 @@ async def test_expired_entries_leave_the_index_pinned_ones_stay(
         [still] = (await listing(client, email="pending@example.com"))["items"]
     assert still["id"] == pending
     assert still["channels"]["email"]["status"] == "queued"
+
+
+async def test_the_channels_a_request_named_are_read_back_by_another_process(
+    redis_url: str,
+) -> None:
+    """Channels one API process accepted (``()``: the log only; ``("email",)``) are what
+    another reads from Redis once the batch is published, in ``status`` and in ``activity``,
+    and still after a worker recorded the lines written or failed; a request that named none
+    reads None."""
+    log_only, mailed, plain, unaddressed = (f"id-{name}" for name in ("l", "m", "p", "u"))
+    now = time.time()
+    records: list[WireRecord] = [
+        (notification_id, "notification", f"notification {notification_id}\n", now)
+        for notification_id in (log_only, mailed, plain, unaddressed)
+    ]
+    async with aioredis.Redis.from_url(redis_url) as redis:
+
+        def ledger(local: StatusStore | None) -> RedisLedger:
+            return RedisLedger(redis, STREAM, status_ttl=60, idempotency_ttl=60, local=local)
+
+        first = ledger(StatusStore(limit=100, ttl=60.0))
+        second = ledger(StatusStore(limit=100, ttl=60.0))
+        worker = ledger(None)
+        first.accepted(log_only, now, "l@example.com", ())
+        first.accepted(mailed, now, "m@example.com", ("email",))
+        first.accepted(plain, now, "p@example.com")
+        first.accepted(unaddressed, now, "", ())  # no email: the channels still lead the value
+        assert await second.status(log_only) is None
+        await first.queued(records)  # as the API's publisher does, before it publishes
+
+        async def read(ledger: RedisLedger) -> dict[str, tuple[str | None, object]]:
+            found: dict[str, tuple[str | None, object]] = {}
+            for notification_id, *_ in records:
+                status = await ledger.status(notification_id)
+                assert status is not None, notification_id
+                found[notification_id] = (status.status, status.channels)
+            return found
+
+        queued = await read(second)
+        entries, _ = await second.activity(ActivityQuery())
+        await worker.written(records[:3], time.time(), attempts=1)
+        await worker.failed(records[3:], "EIO", attempts=1)
+        recorded = await read(second)
+    channels = {log_only: (), mailed: ("email",), plain: None, unaddressed: ()}
+    assert queued == {key: ("queued", value) for key, value in channels.items()}
+    assert {entry.id: entry.status.channels for entry in entries if entry.status} == {
+        log_only: (),
+        mailed: ("email",),
+        plain: None,
+    }
+    assert recorded == {
+        log_only: ("written", ()),
+        mailed: ("written", ("email",)),
+        plain: ("written", None),
+        unaddressed: ("failed", ()),
+    }
+
+
+async def test_another_api_process_lists_only_the_log_for_a_notification_to_the_log_only(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """With email on, the API process that did not accept a log-only notification answers
+    ``GET /notifications/{id}`` and the activity log with the log alone; one that named no
+    channels lists email too."""
+    settings = redis_backend(
+        tmp_path, redis_url, smtp_url="smtp://127.0.0.1:9", smtp_from="me@example.com"
+    )
+    async with running(settings) as first, running(settings) as second:
+        log_only = await first.post(
+            "/send-notification/l@example.com", json={"message": "x", "channels": ["log"]}
+        )
+        plain = await first.post("/send-notification/p@example.com", json={"message": "y"})
+        assert log_only.status_code == plain.status_code == 200, log_only.text
+
+        async def answered(location: str) -> dict[str, Any]:
+            response = await second.get(location)
+            assert response.status_code == 200, response.text
+            body: dict[str, Any] = response.json()
+            return body
+
+        there = await eventually(lambda: answered(log_only.headers["location"]))
+        everywhere = await eventually(lambda: answered(plain.headers["location"]))
+        listed = await listing(second, email="l@example.com")
+    assert sorted(there["channels"]) == ["log"]
+    assert sorted(everywhere["channels"]) == ["email", "log"]
+    assert [sorted(item["channels"]) for item in listed["items"]] == [["log"]]

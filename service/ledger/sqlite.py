@@ -7,23 +7,26 @@ learn of new deliveries, and the ledger's commits (every 100 ms under load) woul
 nothing. Its tables:
 
 - ``notifications``: one row per accepted notification: its id, email and acceptance time,
-  and its log status (``queued``, ``written`` or ``failed``, with ``written_at``, attempts and
-  the error). ``seq`` is the order rows came in: expiry drops rows from its front, past
+  its log status (``queued``, ``written`` or ``failed``, with ``written_at``, attempts and
+  the error), and ``channels``: NULL when its request named none (it goes to every
+  configured channel: most), else the JSON array of the delivery channels it goes to (``[]``:
+  the log only). ``seq`` is the order rows came in: expiry drops rows from its front, past
   ``NOTIFY_STATUS_TTL``, and beyond the newest ``NOTIFY_STATUS_MAX_ENTRIES``.
 - ``idempotency_keys``: a key and what it holds, ``<SHA-256 of the request> <id>`` (as in
   Redis), until ``expires_at`` (``NOTIFY_IDEMPOTENCY_TTL``); bounded the same way.
 
-**Writes are batched, off the event loop.** A request only appends its id, email and time
-to three lists (plain values: nothing the garbage collector tracks; no I/O), and the log's
-writer tells each batch's outcome (``written``, ``failed``) as it does the ``StatusStore``.
-One task takes what gathered, after lingering ``linger`` seconds for more, and hands it to
-the ledger's own thread, which writes it in one transaction. The rows cross as one JSON text
-that SQLite unpacks (``json_each``), as the outbox's do, so the thread does not take Python's
-GIL back once per row while the event loop wants it. A notification whose line was written
-before its row went in (most: the log lingers 5 ms, the ledger 100) is inserted as ``written``
-at once: one insert, not an insert and an update. The linger is long (100 ms) because a row
-is dear: its two indexes put it on two random pages, each written to the WAL at the commit, and
-with ``--workers N`` each process's transaction first reads again the pages another changed;
+**Writes are batched, off the event loop.** A request only appends its id, email and time to
+three lists (plain values: nothing the garbage collector tracks; no I/O) and, only when it
+named its channels, puts them in a dict by id; the log's writer tells each batch's outcome
+(``written``, ``failed``) as it does the ``StatusStore``. One task takes what gathered,
+after lingering ``linger`` seconds for more, and hands it to the ledger's own thread, which
+writes it in one transaction. The rows cross as one JSON text that SQLite unpacks
+(``json_each``), as the outbox's do, so the thread does not take Python's GIL back once per
+row while the event loop wants it. A notification whose line was written before its row went
+in (most: the log lingers 5 ms, the ledger 100) is inserted as ``written`` at once: one
+insert, not an insert and an update. The linger is long (100 ms) because a row is dear: its
+two indexes put it on two random pages, each written to the WAL at the commit, and with
+``--workers N`` each process's transaction first reads again the pages another changed;
 larger batches share pages and transactions (``uvicorn --workers 2``: ~4,300 -> ~5,100
 requests a second against 5,600 without the ledger when it lingered 25 ms, ad hoc).
 
@@ -51,7 +54,7 @@ import logging
 import sqlite3
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -91,7 +94,8 @@ CREATE TABLE IF NOT EXISTS notifications (
     status TEXT NOT NULL,
     written_at REAL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    error TEXT
+    error TEXT,
+    channels TEXT
 );
 CREATE INDEX IF NOT EXISTS notifications_key ON notifications (key);
 -- (email_key, seq): a recipient's notifications, newest first, without a sort.
@@ -106,12 +110,14 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 
 _INSERT = (
     "INSERT INTO notifications"
-    " (key, id, email_key, email, accepted_at, status, written_at, attempts, error)"
+    " (key, id, email_key, email, accepted_at, status, written_at, attempts, error, channels)"
     " SELECT n.value ->> 0, n.value ->> 1, n.value ->> 2, n.value ->> 3, n.value ->> 4,"
-    " n.value ->> 5, n.value ->> 6, n.value ->> 7, n.value ->> 8 FROM json_each(?) AS n"
+    " n.value ->> 5, n.value ->> 6, n.value ->> 7, n.value ->> 8, n.value ->> 9"
+    " FROM json_each(?) AS n"
 )
 """The batch's new rows, ``[key, id, email_key, email, accepted_at, status, written_at,
-attempts, error]`` each, in one JSON text."""
+attempts, error]`` each, and ``channels`` (a JSON array) tenth when the request named them;
+in one JSON text. A row without a tenth has NULL channels (``->>`` of a missing element)."""
 
 _THESE = "key IN (SELECT value FROM json_each(?)) AND id IN (SELECT value FROM json_each(?))"
 _WRITTEN = (
@@ -158,10 +164,15 @@ class _Change:
 
 
 def _batch(
-    ids: Sequence[str], emails: Sequence[str], times: Sequence[float], changes: Sequence[_Change]
+    ids: Sequence[str],
+    emails: Sequence[str],
+    times: Sequence[float],
+    changes: Sequence[_Change],
+    named: Mapping[str, tuple[str, ...]] | None = None,
 ) -> tuple[str, list[tuple[_Change, list[str]]]]:
     """The batch's new rows as ``_INSERT``'s JSON text, each with its latest outcome in this
-    batch; and the outcomes of rows already in the file (earlier batches), to update."""
+    batch (and its channels, for those in ``named``: the requests that named them); and the
+    outcomes of rows already in the file (earlier batches), to update."""
     latest: dict[str, _Change] = {}
     new = set(ids) if changes else set()
     earlier: list[tuple[_Change, list[str]]] = []
@@ -179,14 +190,30 @@ def _batch(
             earlier.append((change, rest))
     # Ids are the service's own (``service.ids.new_id``: hex and dashes), safe in JSON as
     # they are; an email is encoded (quotes, non-ASCII).
-    rows = ",".join(
-        [
-            f'[{_crc(notification_id)},"{notification_id}",{_crc(email)},{_ENCODE(email)},{at!r}'
-            + (_QUEUED_TAIL if (last := latest.get(notification_id)) is None else last.tail)
-            for notification_id, email, at in zip(ids, emails, times, strict=True)
-        ]
-    )
+    if not named:  # the usual batch: no request in it named its channels
+        rows = ",".join(
+            [
+                f'[{_crc(notification_id)},"{notification_id}",{_crc(email)},{_ENCODE(email)},'
+                f"{at!r}"
+                + (_QUEUED_TAIL if (last := latest.get(notification_id)) is None else last.tail)
+                for notification_id, email, at in zip(ids, emails, times, strict=True)
+            ]
+        )
+    else:
+        rows = ",".join(
+            [
+                f'[{_crc(notification_id)},"{notification_id}",{_crc(email)},{_ENCODE(email)},'
+                f"{at!r}" + _tail(latest.get(notification_id), named.get(notification_id))
+                for notification_id, email, at in zip(ids, emails, times, strict=True)
+            ]
+        )
     return f"[{rows}]", earlier
+
+
+def _tail(change: _Change | None, channels: tuple[str, ...] | None) -> str:
+    """A new row's JSON after its time: its outcome, then its channels when named."""
+    tail = _QUEUED_TAIL if change is None else change.tail
+    return tail if channels is None else f"{tail[:-1]},{_ENCODE(channels)}]"
 
 
 def _write(
@@ -196,10 +223,11 @@ def _write(
     times: Sequence[float],
     changes: Sequence[_Change],
     expiry: _Expiry | None,
+    named: Mapping[str, tuple[str, ...]] | None = None,
 ) -> int | None:
     """One batch, in one transaction (on the ledger's thread); with ``expiry``, the new
     ``low`` (see ``_expire``)."""
-    rows, earlier = _batch(ids, emails, times, changes)
+    rows, earlier = _batch(ids, emails, times, changes, named)
     with db:
         if ids:
             db.execute(_INSERT, (rows,))
@@ -258,6 +286,23 @@ def _expire(db: sqlite3.Connection, expiry: _Expiry) -> int:
     return int(cut)
 
 
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Bring a file written before ``channels`` up to date: its rows keep NULL there (every
+    channel, as their requests could not name any)."""
+    columns = {str(row[1]) for row in db.execute("PRAGMA table_info(notifications)")}
+    if "channels" in columns:
+        return
+    db.execute("BEGIN IMMEDIATE")  # one transaction: another process may open it too
+    try:
+        columns = {str(row[1]) for row in db.execute("PRAGMA table_info(notifications)")}
+        if "channels" not in columns:  # the channels a request named (issue 25)
+            db.execute("ALTER TABLE notifications ADD COLUMN channels TEXT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
 def _claim(
     db: sqlite3.Connection, key: str, claimed: str, now: float, expires: float
 ) -> str | None:
@@ -314,6 +359,8 @@ class SqliteLedger:
         self._emails: list[str] = []
         self._times: list[float] = []
         """The rows not yet handed to the thread, as parallel lists of plain values."""
+        self._named: dict[str, tuple[str, ...]] = {}
+        """The channels of those rows whose requests named them (most did not: no entry)."""
         self._changes: list[_Change] = []
         """The log outcomes not yet handed to the thread, in the order they came."""
         self._wake = asyncio.Event()
@@ -393,12 +440,15 @@ class SqliteLedger:
         email: str = "",
         channels: tuple[str, ...] | None = None,
     ) -> None:
-        """Once per request: a plain call, three appends."""
+        """Once per request: a plain call, three appends (and an entry in ``_named`` when the
+        request named its channels)."""
         self._local.accepted(notification_id, at, email, channels)
         ids = self._ids
         ids.append(notification_id)
         self._emails.append(email)
         self._times.append(at)
+        if channels is not None:
+            self._named[notification_id] = channels
         if len(ids) == 1:  # the first of a batch: the task may be waiting for it
             self._wake.set()
 
@@ -565,6 +615,7 @@ class SqliteLedger:
         """Hand what gathered to the thread, in one transaction; on failure it is kept (the
         oldest rows dropped past the bound, as expiry would drop them)."""
         ids, emails, times, changes = self._ids, self._emails, self._times, self._changes
+        named = self._named or None  # None: no request of the batch named its channels
         now = time.monotonic()
         expiry = None
         if now >= self._expire_at:
@@ -577,15 +628,25 @@ class SqliteLedger:
         if not ids and not changes and expiry is None:
             return
         self._ids, self._emails, self._times, self._changes = [], [], [], []
+        if named is not None:
+            self._named = {}
         try:
-            low = await self._on_writer(lambda db: _write(db, ids, emails, times, changes, expiry))
+            low = await self._on_writer(
+                lambda db: _write(db, ids, emails, times, changes, expiry, named)
+            )
             if low is not None:
                 self._low = low
         except BaseException:
             self._ids[:0], self._emails[:0], self._times[:0] = ids, emails, times
             self._changes[:0] = changes
+            if named is not None:
+                named.update(self._named)
+                self._named = named
             excess = len(self._ids) - self._limit
             if excess > 0:
+                if self._named:
+                    for dropped in self._ids[:excess]:
+                        self._named.pop(dropped, None)
                 del self._ids[:excess], self._emails[:excess], self._times[:excess]
             if expiry is not None:
                 self._expire_at = 0.0
@@ -606,6 +667,7 @@ class SqliteLedger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = self._connect()
         db.executescript(_SCHEMA)
+        _add_missing_columns(db)
         db.isolation_level = "DEFERRED"  # `with db:` commits a batch as one transaction
         self._write_db = db
 
@@ -635,12 +697,12 @@ class SqliteLedger:
         return await asyncio.get_running_loop().run_in_executor(executor, run)
 
 
-_STATUS_COLUMNS = "id, status, accepted_at, written_at, attempts, error, email"
+_STATUS_COLUMNS = "id, status, accepted_at, written_at, attempts, error, email, channels"
 
 
 def _status(row: Sequence[object]) -> NotificationStatus:
     """A status from a row of ``_STATUS_COLUMNS``."""
-    notification_id, state, accepted_at, written_at, attempts, error, email = row
+    notification_id, state, accepted_at, written_at, attempts, error, email, channels = row
     return NotificationStatus(
         str(notification_id),
         state,  # type: ignore[arg-type]
@@ -649,6 +711,7 @@ def _status(row: Sequence[object]) -> NotificationStatus:
         int(attempts),  # type: ignore[call-overload]
         None if error is None else str(error),
         str(email),
+        None if channels is None else tuple(json.loads(str(channels))),
     )
 
 

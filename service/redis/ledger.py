@@ -4,9 +4,12 @@ process and worker.
 Keys, all under the stream's name as prefix:
 
 - ``{stream}:status:{id}``: the status of one line as JSON, for ``NOTIFY_STATUS_TTL`` seconds.
-  The API sets ``queued`` (only if absent) just before it publishes a batch; the worker sets
-  ``written`` after the write, or ``failed``. A worker also reads them to skip lines already
-  written when a batch is delivered again (this is the deduplication the README describes).
+  The API sets ``queued`` (only if absent) just before it publishes a batch, with the email
+  and, when the request named them, the delivery ``channels`` (a list; absent: every
+  configured channel, the usual case); the worker sets ``written`` after the write, or
+  ``failed``, keeping what the API recorded before ``status``. A worker also reads them to
+  skip lines already written when a batch is delivered again (this is the deduplication the
+  README describes).
 - ``{stream}:key:{Idempotency-Key}``: ``<sha256 of the request> <id>``, set with ``SET NX`` (one
   atomic step, so two processes cannot both claim a key), for ``NOTIFY_IDEMPOTENCY_TTL``.
 """
@@ -56,8 +59,8 @@ _CLAIM_TRIES = 3
 # "" replaces.
 _SET_STATUSES = """
 -- The API's status begins {"email": "...", and a worker's does not: a worker's keeps the
--- email the API recorded (the first ', "status": ' ends it: a quote inside the email's JSON
--- string is escaped).
+-- email (and the channels, which follow it) the API recorded (the first ', "status": ' ends
+-- them: a quote inside a JSON string is escaped).
 local function with_email(current, value)
     if current and string.sub(current, 1, 10) == '{"email": ' then
         local cut = string.find(current, ', "status": ', 1, true)
@@ -188,6 +191,16 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _status(notification_id: str, raw: bytes | str) -> NotificationStatus:
+    """A status from its JSON in Redis (one without ``channels``: its request named none, or
+    an earlier version set it)."""
+    fields = json.loads(raw)
+    channels = fields.pop("channels", None)
+    return NotificationStatus(
+        id=notification_id, channels=None if channels is None else tuple(channels), **fields
+    )
+
+
 class RedisLedger:
     """A ``Ledger`` in Redis, plus what workers record about each line.
 
@@ -217,6 +230,8 @@ class RedisLedger:
         """The Redis outbox, when email or webhooks are on: the activity log's deliveries."""
         self._emails: dict[str, str] = {}
         """The email of each notification accepted here and not yet published."""
+        self._channels: dict[str, tuple[str, ...]] = {}
+        """The channels of those whose requests named them (most did not: no entry)."""
         self._expire_at = 0.0
         self._sweep_at = 0.0
         self._low = "-inf"
@@ -240,9 +255,13 @@ class RedisLedger:
         if self._local is not None:
             self._local.accepted(notification_id, at, email, channels)
         self._emails[notification_id] = email
+        if channels is not None:
+            self._channels[notification_id] = channels
 
     def withdrawn(self, notification_id: str, reason: str) -> None:
         self._emails.pop(notification_id, None)  # not published, unless its write had begun
+        if self._channels:
+            self._channels.pop(notification_id, None)
         if self._local is not None:
             self._local.withdrawn(notification_id, reason)
 
@@ -278,7 +297,7 @@ class RedisLedger:
         with _unavailable_on_error():
             raw = await self._redis.get(self._status_key(notification_id))
         if raw is not None:
-            return NotificationStatus(id=notification_id, **json.loads(raw))
+            return _status(notification_id, raw)
         return self._local.get(notification_id) if self._local is not None else None
 
     async def activity(self, query: ActivityQuery) -> tuple[list[ActivityEntry], str | None]:
@@ -337,11 +356,7 @@ class RedisLedger:
         deliveries = await self._outbox.states_of(ids) if self._outbox is not None else {}
         found: list[ActivityEntry | None] = []
         for notification_id, value in zip(ids, raw, strict=True):
-            status = (
-                None
-                if value is None
-                else NotificationStatus(id=notification_id, **json.loads(value))
-            )
+            status = None if value is None else _status(notification_id, value)
             states = deliveries.get(notification_id, [])
             found.append(
                 None
@@ -356,9 +371,16 @@ class RedisLedger:
         """``records`` are about to be published (a status already there is kept), and go
         into the activity log (``_INDEX``), whose expired entries go once a second
         (``_EXPIRE``). Redis errors propagate as they are: the publisher reports them."""
-        emails = self._emails
+        emails, named = self._emails, self._channels
         known = [(record, emails.pop(record[0], "")) for record in records]
-        await self._set_all(records, "queued", keep=True, emails=[email for _, email in known])
+        channels = [named.pop(record[0], None) for record in records] if named else []
+        await self._set_all(
+            records,
+            "queued",
+            keep=True,
+            emails=[email for _, email in known],
+            channels=channels,
+        )
         indexed: list[str | float] = []
         for (record_id, kind, _, accepted_at), email in known:
             if email and kind == "notification":
@@ -414,17 +436,22 @@ class RedisLedger:
         attempts: int = 0,
         error: str | None = None,
         emails: Sequence[str] = (),
+        channels: Sequence[tuple[str, ...] | None] = (),
     ) -> None:
         """Set the status of every record in one command; ``keep``: only where none is set.
-        A ``failed`` never replaces a ``written``: the line is in the log. ``emails`` (the
-        API's, when known) come first in the value, where a worker's update keeps them."""
+        A ``failed`` never replaces a ``written``: the line is in the log. ``emails`` and
+        ``channels`` (the API's, when known; None: not named) come first in the value, where
+        a worker's update keeps them."""
         mode = "NX" if keep else "UNLESS_WRITTEN" if state == "failed" else ""
         keys: list[str] = []
         values: list[str] = []
         for index, (record_id, _, _, accepted_at) in enumerate(records):
             keys.append(self._status_key(record_id))
             email = emails[index] if index < len(emails) else ""
-            status: dict[str, object] = {"email": email} if email else {}
+            named = channels[index] if index < len(channels) else None
+            status: dict[str, object] = {"email": email} if email or named is not None else {}
+            if named is not None:
+                status["channels"] = named
             status |= {
                 "status": state,
                 "accepted_at": accepted_at,
