@@ -73,8 +73,8 @@ class NotificationStatus:
     error: str | None = None
     email: str = ""
     channels: tuple[str, ...] | None = None
-    """The delivery channels its request named, when it named them and this process
-    accepted it (None: every channel, or not known here)."""
+    """The delivery channels its request named (``()``: the log only), kept by the ledgers
+    with the status; None: its request named none, so every channel."""
 
 
 class _Outcome:
