@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -33,6 +33,7 @@ __all__ = [
     "Readiness",
     "RetriedOut",
     "SinkState",
+    "ValidationErrors",
 ]
 
 DEFAULT_MESSAGE = "some notification"
@@ -139,6 +140,21 @@ class ErrorBody(BaseModel):
     """An error that is not a validation error."""
 
     detail: str
+
+
+class ValidationProblem(BaseModel):
+    """One problem of a refused request, as FastAPI reports validation errors."""
+
+    type: str
+    loc: list[str | int] = Field(description="Where: `body`, then the field and index.")
+    msg: str
+    input: Any = None
+
+
+class ValidationErrors(BaseModel):
+    """A 422: every problem found."""
+
+    detail: list[ValidationProblem]
 
 
 class NotificationStatusOut(BaseModel):

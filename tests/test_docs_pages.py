@@ -40,3 +40,19 @@ async def test_the_api_docs_render_without_internet(
         shutil.copyfile(tmp_path / "page.png", shot)
     assert rendered in dom
     assert "send-notification" in dom
+
+
+@pytest.mark.parametrize(
+    "page", ["/redoc", "/docs#/notifications/send_notifications_notifications_post"]
+)
+async def test_the_docs_show_the_shaping_fields_and_many_recipients_with_an_example(
+    tmp_path: Path, page: str
+) -> None:
+    """``POST /notifications`` as a reader sees it (ReDoc; Swagger UI with the operation
+    opened): its fields, ``subject`` and ``channels`` among them, the answer's
+    ``duplicates``, and the example body."""
+    async with uvicorn_server(tmp_path) as server:
+        dom = await dump_dom(server.url + page, tmp_path / "profile")
+    for shown in ["subject", "channels", "duplicates", "The build is green again"]:
+        assert shown in dom, shown
+    assert "grace@example.com" in dom

@@ -39,6 +39,7 @@ from service.schemas import (
     NotificationBody,
     NotificationStatusOut,
     RetriedOut,
+    ValidationErrors,
 )
 from service.services import QueryLine
 from service.services.notifications import Channels
@@ -57,6 +58,12 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         401: ("A token is configured and this request has none, or a wrong one.", ErrorBody),
         404: ("No notification with this id (unknown, or expired).", ErrorBody),
         413: ("The body is larger than the configured limit.", ErrorBody),
+        422: (
+            'Not accepted, nothing kept: each problem in `detail`, located (`["body", '
+            '"to", 3]`: the fourth recipient); or the Idempotency-Key was used with another '
+            "request.",
+            ValidationErrors,
+        ),
         503: (
             "The log (or Redis, with the Redis backend) cannot serve this now; retry after "
             "`Retry-After`.",
@@ -224,7 +231,7 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
         openapi_extra={**many_reader.openapi, "parameters": [_key_parameter()]},
         responses={
             200: {"description": "Every recipient accepted: logged and delivered next."},
-            **_errors(*([401] if settings.tokens else []), 413, 503),
+            **_errors(*([401] if settings.tokens else []), 413, 422, 503),
         },
         summary="Notify many recipients at once: all accepted, or none",
     )
