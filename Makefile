@@ -95,6 +95,7 @@ bench: $(STAMP) redis-server
 	$(BIN)/python -m bench --servers bare,same-signature,guide,service,service-ack-write,redis
 	$(BIN)/python -m bench.writer
 	$(BIN)/python -m bench.activity
+	$(BIN)/python -m bench.many
 	$(BIN)/python -m bench.email
 	$(BIN)/python -m bench.webhooks
 	$(BIN)/python -m bench.recovery

@@ -184,6 +184,8 @@ async def _round(
             written += result["acknowledged_total"]
             result["all_written_after_s"] = await _until_written(log, written)
             results[phase] = result
+        results["log_lines"] = await asyncio.to_thread(_lines, log)
+        results["acknowledged"] = written
         return results
     finally:
         server.terminate()
