@@ -118,9 +118,10 @@ async def test_reader_names_problems_fastapi_leaves_vague(
     assert lines == []
 
 
-#: README.md: "The body: none, `null`, `{}` or `{"message": "<text>"}`, as JSON
-#: (`application/json` or `…+json`)"; "`422` … for any other body (another type or field, not
-#: JSON, no JSON `Content-Type`) … or a `message` … too long".
+#: README.md: "The body: none, `null`, or a JSON object (`application/json` or `…+json`), each
+#: field optional: `message` (default `some notification`), …"; "`422` … for any other body
+#: (another type or field, not JSON, no JSON `Content-Type`) … a value too long" (`subject`
+#: and `channels`: tests/test_shaping.py).
 README_ACCEPTED: list[tuple[bytes, dict[str, str], str]] = [
     (b"", {}, DEFAULT_MESSAGE),
     (b"null", JSON, DEFAULT_MESSAGE),
