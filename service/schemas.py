@@ -173,8 +173,9 @@ class NotificationStatusOut(BaseModel):
     error: str | None
     channels: dict[str, ChannelStatusOut] = Field(
         default_factory=dict,
-        description="Each delivery channel's state: ``email`` when email is on, "
-        "``webhook-<8 hex>`` for each webhook URL (see /readyz for which is which).",
+        description="The state on each channel it goes to, by the channel's name: ``log``, "
+        "``email``, a webhook URL's name (else ``webhook-<8 hex>``), an Apprise URL's name "
+        "(/readyz lists them).",
     )
 
     @classmethod

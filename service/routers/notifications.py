@@ -289,7 +289,7 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
         ] = None,
         channel: Annotated[
             str | None,
-            Query(max_length=64, description="`log`, `email` or a `webhook-…` channel."),
+            Query(max_length=64, description="A channel's name: `log`, `email`, a webhook's…"),
         ] = None,
         since: Annotated[
             datetime | None,
