@@ -23,7 +23,7 @@ from asgi_lifespan import LifespanManager
 from config import Settings
 from config.settings import SettingsError, load_settings
 from service.channels.apprise import FAILURES_TO_PAUSE, AppriseChannel, from_settings
-from service.channels.base import Channel, ChannelDown, Delivery, Retry
+from service.channels.base import Channel, ChannelDown, Dead, Delivery, Retry
 from service.channels.registry import build_channels
 from service.main import create_app
 from service.runtime import StartupError
@@ -259,6 +259,22 @@ async def test_failures_retry_then_pause_the_channel_and_a_delivery_resets() -> 
         200,
         503,
     ]
+
+
+@pytest.mark.slow
+async def test_an_empty_message_is_dead_without_a_send() -> None:
+    """A blank message, which Apprise always refuses: dead at once, nothing sent, and it does
+    not count towards pausing the channel."""
+    with webhook_receiver() as hooks:
+        async with channel_to(hooks) as channel:
+            for _ in range(FAILURES_TO_PAUSE):
+                with pytest.raises(Dead) as caught:
+                    await channel.send(_delivery(" \n"))
+            assert str(caught.value) == "Apprise: an empty message cannot be sent"
+            hooks.receiver.answer("/hook", Answer(500))
+            with pytest.raises(Retry):
+                await channel.send(_delivery())
+    assert len(hooks.receiver.received) == 1
 
 
 @pytest.mark.slow

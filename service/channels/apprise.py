@@ -30,7 +30,8 @@ What a send comes to (``service.channels.base``), from Apprise's documented resu
   unknown; the same delivery is sent again later, at least once).
 
 Apprise never says *gone* or *never*: nothing is dead at once, only too old
-(``NOTIFY_DELIVERY_MAX_AGE``).
+(``NOTIFY_DELIVERY_MAX_AGE``), but for an empty (or blank) message, which Apprise always
+refuses: ``Dead`` without a send.
 
 **No secret is shown.** The error is the channel's own words ("Apprise: the Slack send
 failed"), never Apprise's messages (they name targets, and at DEBUG whole URLs); Apprise's
@@ -57,7 +58,7 @@ from apprise import (
 )
 
 from config import Settings
-from service.channels.base import Channel, ChannelDown, Delivery, Retry, Undelivered
+from service.channels.base import Channel, ChannelDown, Dead, Delivery, Retry, Undelivered
 from service.logs import hide_library_logs
 
 __all__ = [
@@ -171,6 +172,8 @@ class AppriseChannel(Channel):
     async def send(self, delivery: Delivery) -> None:
         """Send the delivery through Apprise on one of the channel's threads; see the module
         docstring for the outcomes."""
+        if not delivery.message.strip():  # Apprise refuses it, every time: not worth a retry
+            raise Dead("Apprise: an empty message cannot be sent")
         title = delivery.subject or self._subject
         loop = asyncio.get_running_loop()
         timeout = self.attempt_timeout
