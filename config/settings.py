@@ -317,6 +317,35 @@ class Settings(BaseSettings):
         description="The floor (and start) of each webhook URL's concurrency (at most "
         "webhook_connections).",
     )
+    apprise_urls: SecretStr | None = Field(
+        default=None,
+        description="Apprise URLs each notification is also sent to, each named, "
+        "comma-separated: ops=slack://..., alerts=ntfy://... (a comma inside a URL stays "
+        "in it unless a name= follows). The name (required) is the channel's: lowercase "
+        "letters, digits, - and _. Unset: no Apprise. Hidden in errors, logs, metrics and "
+        "/readyz (the URLs hold tokens).",
+    )
+    apprise_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds one Apprise send may take, all included (Apprise's own pacing "
+        "of a service too); past it the channel pauses and is probed.",
+    )
+    apprise_connections: int = Field(
+        default=4,
+        ge=1,
+        le=100,
+        description="Most sends in flight per Apprise URL, each on a thread of the channel's "
+        "own: the ceiling of its concurrency, which starts at apprise_connections_min and "
+        "adapts as a webhook URL's does.",
+    )
+    apprise_connections_min: int = Field(
+        default=1,
+        ge=1,
+        le=100,
+        description="The floor (and start) of each Apprise URL's concurrency (at most "
+        "apprise_connections).",
+    )
 
     @field_validator("webhook_url")
     @classmethod
@@ -330,7 +359,7 @@ class Settings(BaseSettings):
             for number, (name, url) in enumerate(listed, 1):
                 problem = _webhook_url_problem(url)
                 if problem is None and name is not None:
-                    problem = _webhook_name_problem(name)
+                    problem = _name_problem(name)
                 if problem is not None:
                     raise ValueError(f"URL {number} of {len(listed)} {problem}")
             if len({url for _, url in listed}) != len(listed):
@@ -354,6 +383,36 @@ class Settings(BaseSettings):
                         f"secret {number} of {len(listed)} is not whsec_ followed by base64"
                     )
         return secrets
+
+    @field_validator("apprise_urls")
+    @classmethod
+    def _apprise_urls_have_their_shape(cls, urls: SecretStr | None) -> SecretStr | None:
+        """Each entry ``name=scheme://...``, each name's shape, no repeats; the message never
+        repeats a URL. Whether Apprise understands each URL is the channel's to say, when it
+        is built (``service.channels.apprise``)."""
+        if urls is not None:
+            listed = _apprise_entries(urls.get_secret_value())
+            if not listed:
+                raise ValueError("names no URL")
+            for number, (name, url) in enumerate(listed, 1):
+                problem = _name_problem(name) if name is not None else _APPRISE_UNNAMED
+                if problem is None and not _APPRISE_URL.match(url):
+                    problem = f"({name}) is not an Apprise URL (scheme://...)"
+                if problem is not None:
+                    raise ValueError(f"entry {number} of {len(listed)} {problem}")
+            for number, (name, url) in enumerate(listed, 1):
+                for earlier, (other, other_url) in enumerate(listed[: number - 1], 1):
+                    if other == name:
+                        raise ValueError(
+                            f"entry {number} of {len(listed)} ({name}) has the name of "
+                            f"entry {earlier}"
+                        )
+                    if other_url == url:
+                        raise ValueError(
+                            f"entry {number} of {len(listed)} ({name}) is the URL of "
+                            f"entry {earlier}"
+                        )
+        return urls
 
     @field_validator("smtp_url")
     @classmethod
@@ -395,6 +454,18 @@ class Settings(BaseSettings):
             raise ValueError("NOTIFY_WEBHOOK_SECRET must be set when NOTIFY_WEBHOOK_URL is")
         return self
 
+    @model_validator(mode="after")
+    def _apprise_names_are_free(self) -> Self:
+        """An Apprise URL's name is no webhook URL's: channels' names are unique."""
+        webhooks = {name for name, _ in self.webhook_targets if name is not None}
+        for number, (name, _) in enumerate(self.apprise_targets, 1):
+            if name in webhooks:
+                raise ValueError(
+                    f"NOTIFY_APPRISE_URLS entry {number} ({name}) has the name of a "
+                    "NOTIFY_WEBHOOK_URL"
+                )
+        return self
+
     @property
     def webhook_urls(self) -> tuple[str, ...]:
         """The webhook URLs, in the order given (none: webhooks are off)."""
@@ -406,6 +477,18 @@ class Settings(BaseSettings):
         if self.webhook_url is None:
             return ()
         return tuple(_webhook_entry(entry) for entry in _split(self.webhook_url.get_secret_value()))
+
+    @property
+    def apprise_targets(self) -> tuple[tuple[str, str], ...]:
+        """Each Apprise URL with its name (``ops=slack://...``), in the order given (none:
+        Apprise is off)."""
+        if self.apprise_urls is None:
+            return ()
+        return tuple(
+            (name, url)
+            for name, url in _apprise_entries(self.apprise_urls.get_secret_value())
+            if name is not None
+        )
 
     @property
     def webhook_keys(self) -> tuple[bytes, ...]:
@@ -541,13 +624,26 @@ def _webhook_entry(entry: str) -> tuple[str | None, str]:
     return named.group(1).strip(), named.group(2).strip()
 
 
-def _webhook_name_problem(name: str) -> str | None:
-    """What is wrong with a webhook URL's name; None if nothing."""
+def _name_problem(name: str) -> str | None:
+    """What is wrong with a channel's name (a webhook or Apprise URL's); None if nothing."""
     if not _WEBHOOK_NAME.fullmatch(name):
         return "has a name that is not 1-32 lowercase letters, digits, - or _, from a letter"
     if name in _RESERVED_NAMES or name.startswith("webhook-"):
         return "has a name kept for another channel (email, log, webhook-...)"
     return None
+
+
+_APPRISE_SEPARATOR = re.compile(r",(?=\s*[^\s,=/:?&@#]+\s*=)")
+"""A comma that starts the next ``NOTIFY_APPRISE_URLS`` entry: one followed by ``name=``.
+Apprise URLs use commas themselves (``?to=a@example.com,b@example.com``); those stay."""
+_APPRISE_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,31}://")
+_APPRISE_UNNAMED = "has no name: write it as name=scheme://..."
+
+
+def _apprise_entries(urls: str) -> list[tuple[str | None, str]]:
+    """``(name, url)`` of each ``NOTIFY_APPRISE_URLS`` entry (None: the entry has no name)."""
+    entries = (entry.strip(", \t\n") for entry in _APPRISE_SEPARATOR.split(urls))
+    return [_webhook_entry(entry) for entry in entries if entry]
 
 
 def _webhook_url_problem(url: str) -> str | None:

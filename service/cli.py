@@ -1,13 +1,13 @@
 """``python -m service`` and the ``notify-service`` command: options, the settings they read,
 then uvicorn, and beside it the delivery process. ``--help`` prints both and starts nothing.
 
-With the local backend and email or webhooks on, the API's processes only add deliveries to
-the outbox (``NOTIFY_DELIVERY=external`` in their environment) and one delivery process
-(``python -m service.deliver``) sends them, so that no send competes with the event loop that
-answers HTTP. ``DeliverySupervisor`` starts it, restarts it when it dies (a killed process's
-leases are given back when the next one opens the outbox: nothing is lost, at most the sends
-in flight are repeated), stops it once the API has stopped, and with ``--reload`` restarts it
-when the code changes, as uvicorn restarts the API.
+With the local backend and a channel on (email, webhooks, Apprise), the API's processes only
+add deliveries to the outbox (``NOTIFY_DELIVERY=external`` in their environment) and one
+delivery process (``python -m service.deliver``) sends them, so that no send competes with the
+event loop that answers HTTP. ``DeliverySupervisor`` starts it, restarts it when it dies (a
+killed process's leases are given back when the next one opens the outbox: nothing is lost, at
+most the sends in flight are repeated), stops it once the API has stopped, and with
+``--reload`` restarts it when the code changes, as uvicorn restarts the API.
 
 Whenever it runs more than one process (a delivery process, ``--workers N``), they share one
 ``PROMETHEUS_MULTIPROC_DIR``, so that the API's ``/metrics`` shows them all: the operator's,
@@ -38,6 +38,7 @@ import uvicorn
 from watchfiles import PythonFilter, watch
 
 from config import Settings, environment_name, settings_help, settings_or_exit
+from service.channels.registry import CHANNELS
 from service.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -55,7 +56,8 @@ def parser() -> argparse.ArgumentParser:
     commands = argparse.ArgumentParser(
         prog="notify-service",
         description="Serve the notification API with uvicorn. Options override the settings "
-        "of the same name. With the local backend and email or webhooks on, one delivery "
+        "of the same name. With the local backend and a channel on (email, webhooks, Apprise), "
+        "one delivery "
         "process (notify-deliver) runs beside the API, restarted if it dies and stopped after "
         "it: the API only adds deliveries to the outbox (NOTIFY_DELIVERY=external).",
         epilog=settings_help(),
@@ -293,7 +295,7 @@ def _exit_reason(returncode: int) -> str:
 
 def _delivers(settings: Settings) -> bool:
     """Whether a delivery process is needed: the local backend, with a channel configured."""
-    return settings.backend == "local" and (settings.email_on or bool(settings.webhook_urls))
+    return settings.backend == "local" and any(configured(settings) for _, configured in CHANNELS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -168,7 +168,8 @@ class DeliveryProcess:
         self.channels: list[Channel] = build_delivery_channels(settings)
         if not self.channels:
             raise StartupError(
-                "cannot start: nothing to deliver: set NOTIFY_SMTP_URL or NOTIFY_WEBHOOK_URL"
+                "cannot start: nothing to deliver: set NOTIFY_SMTP_URL, NOTIFY_WEBHOOK_URL or "
+                "NOTIFY_APPRISE_URLS"
             )
         self.metrics = metrics
         self.outbox = sqlite_outbox(settings, self.channels)

@@ -7,7 +7,7 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-__all__ = ["configure_logging"]
+__all__ = ["configure_logging", "hide_library_logs"]
 
 
 class _UvicornStyle(logging.Formatter):
@@ -43,13 +43,12 @@ def configure_logging(level: str, *, json_lines: bool = False) -> None:
 
     uvicorn configures only its own loggers, so under uvicorn the service adds a stderr
     handler whose lines align with uvicorn's (or are JSON); where the root logger has
-    handlers (an embedding app, pytest) records propagate to them instead. httpx (webhooks)
-    says only its warnings.
+    handlers (an embedding app, pytest) records propagate to them instead. The libraries that
+    log URLs say nothing, or only their warnings (``hide_library_logs``).
     """
     log = logging.getLogger("service")
     log.setLevel("DEBUG" if level == "trace" else level.upper())
-    # httpx logs each request's full URL at INFO: a webhook URL's query may hold a token.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    hide_library_logs()
     formatter = _JsonLines() if json_lines else _UvicornStyle()
     for handler in log.handlers:  # ours, from an earlier call in this process
         handler.setFormatter(formatter)
@@ -57,3 +56,24 @@ def configure_logging(level: str, *, json_lines: bool = False) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(formatter)
         log.addHandler(handler)
+
+
+def hide_library_logs() -> None:
+    """Keep the lines of the libraries that log the URLs they send to out of every output:
+    their URLs hold tokens (a webhook URL's query, an Apprise URL's whole path).
+
+    - httpx (webhooks) logs each request's full URL at INFO: only its warnings pass.
+    - Apprise logs through its ``apprise`` logger, its plugins' URLs and payloads at DEBUG and
+      reasons naming targets at WARNING: none of it propagates (Apprise's own per-call log
+      capture still sees it). The channel says why a send failed in its own words.
+    - urllib3 (under Apprise's requests) logs each request line, path included, at DEBUG, and
+      a URL with some warnings: only its errors pass.
+
+    Idempotent; called by ``configure_logging`` and by the Apprise channel when it is built.
+    """
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
+    apprise = logging.getLogger("apprise")
+    apprise.propagate = False
+    if not apprise.handlers:  # nothing to handle a record: Python's last resort would print it
+        apprise.addHandler(logging.NullHandler())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -49,6 +50,32 @@ def read_lines(path: Path) -> list[str]:
     text = path.read_text(encoding="utf-8")
     assert text == "" or text.endswith("\n"), "the log ends in the middle of a line"
     return text.splitlines()
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture
+def root_log() -> Iterator[list[str]]:
+    """Every line, DEBUG and up, that reaches the root logger's handlers during the test (with
+    its traceback): what a process's log output shows. Not ``caplog``: pytest also attaches it
+    to the loggers that do not propagate, such as Apprise's."""
+    handler, root = _Lines(), logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield handler.lines
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -100,7 +100,8 @@ def test_notify_deliver_help_says_what_it_does_and_starts_nothing(tmp_path: Path
 
 
 def test_notify_deliver_with_no_channel_says_so_in_one_line(tmp_path: Path) -> None:
-    """With neither email nor webhooks configured it exits 1 with one line, opening nothing."""
+    """With no channel configured (email, webhooks, Apprise) it exits 1 with one line, opening
+    nothing."""
     done = subprocess.run(
         [sys.executable, "-m", "service.deliver"],
         cwd=tmp_path,
@@ -112,7 +113,8 @@ def test_notify_deliver_with_no_channel_says_so_in_one_line(tmp_path: Path) -> N
     )
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
-        "error: cannot start: nothing to deliver: set NOTIFY_SMTP_URL or NOTIFY_WEBHOOK_URL"
+        "error: cannot start: nothing to deliver: set NOTIFY_SMTP_URL, NOTIFY_WEBHOOK_URL or "
+        "NOTIFY_APPRISE_URLS"
     ]
     assert list(tmp_path.iterdir()) == []
 

@@ -20,11 +20,12 @@ from service.channels.webhook import channel_name
 from tests.conftest import make_settings, read_lines, running
 from tests.support.server import http_client, post_notifications, running_worker, uvicorn_server
 from tests.support.takeover import worker_killed_mid_delivery
-from tests.support.waiting import eventually
 from tests.support.webhooks import (
     Answer,
-    Receiver,
     disabled_and_enabled_from_the_api,
+    readyz_channel,
+    until,
+    until_status,
     webhook_receiver,
 )
 
@@ -46,34 +47,6 @@ def webhook_settings(tmp_path: Path, *urls: str, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     return make_settings(tmp_path, **values)
-
-
-async def until(receiver: Receiver, condition: Any, within: float = 20.0) -> None:
-    """Wait (in a thread: the receiver records from its own) until the receiver saw it."""
-    assert await asyncio.to_thread(receiver.wait_for, condition, within), "not seen in time"
-
-
-async def until_status(
-    client: httpx.AsyncClient,
-    notification_id: str,
-    channel: str,
-    status: str,
-) -> dict[str, Any]:
-    async def reached() -> dict[str, Any]:
-        response = await client.get(f"/notifications/{notification_id}")
-        assert response.status_code == 200, response.text
-        state: dict[str, Any] = response.json()["channels"][channel]
-        assert state["status"] == status, f"{channel} stayed {state}"
-        return state
-
-    return await eventually(reached, interval=0.02, message=f"{channel} {status}")
-
-
-async def readyz_channel(client: httpx.AsyncClient, name: str) -> dict[str, Any]:
-    ready = await client.get("/readyz")
-    assert ready.status_code == 200, ready.text
-    [channel] = [c for c in ready.json()["channels"] if c["name"] == name]
-    return channel  # type: ignore[no-any-return]
 
 
 async def test_each_notification_is_delivered_once_per_url_signed(tmp_path: Path) -> None:

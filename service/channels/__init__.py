@@ -1,2 +1,2 @@
-"""Delivery channels: email, webhooks, ... each one module implementing ``base.Channel``;
-``registry.build_channels`` builds those the settings configure."""
+"""Delivery channels: email, webhooks, Apprise URLs, ... each one module implementing
+``base.Channel``; ``registry.build_channels`` builds those the settings configure."""

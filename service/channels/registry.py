@@ -2,9 +2,10 @@
 API process (local backend) and each Redis worker alike.
 
 Each line of ``CHANNELS`` is one kind of channel: the module that implements it, and whether
-the settings configure it. The module is imported only then (email and webhooks cost a
-process that uses neither their libraries' memory), and its ``from_settings(settings)`` gives
-its channels (one per webhook URL, say). Adding a channel: ``docs/architecture.md``.
+the settings configure it. The module is imported only then (a process that uses none of
+email, webhooks and Apprise does not pay for their libraries), and its
+``from_settings(settings)`` gives its channels (one per webhook or Apprise URL, say). Adding a
+channel: ``docs/architecture.md``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class _ChannelModule(Protocol):
 CHANNELS: Sequence[tuple[str, Callable[[Settings], bool]]] = (
     ("service.channels.email", lambda settings: settings.smtp_url is not None),
     ("service.channels.webhook", lambda settings: bool(settings.webhook_urls)),
+    ("service.channels.apprise", lambda settings: settings.apprise_urls is not None),
 )
 """(module, configured?) for each kind of channel, in the order their rows are added."""
 

@@ -2,7 +2,9 @@
 event loop, on a free loopback port.
 
 Every request is verified with the reference library ``standardwebhooks`` (not the service's
-code), once per secret the receiver knows, and recorded with the time it arrived. The receiver
+code), once per secret the receiver knows, and recorded with the time it arrived and its
+headers. A receiver that knows no secret takes every request unverified (what Apprise's
+``json://``, ``form://`` and ``ntfy://`` send). The receiver
 can be told what to answer, per path: a script of answers used in order (``script``), then a
 standing answer (``answer``, 200 unless told): any status, with ``Retry-After``, or ``hang``
 (hold the request until ``release``, past the client's timeout). ``hold_all`` holds every
@@ -23,6 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl
 
 import httpx
 import uvicorn
@@ -38,6 +41,9 @@ __all__ = [
     "Received",
     "Receiver",
     "disabled_and_enabled_from_the_api",
+    "readyz_channel",
+    "until",
+    "until_status",
     "webhook_receiver",
 ]
 
@@ -70,9 +76,19 @@ class Received:
     verified_with: tuple[int, ...]
     """Which of the receiver's secrets (by index) verified it with ``standardwebhooks``."""
     answered: int
+    headers: tuple[tuple[str, str], ...] = ()
+    """Every header, names lowercase, in order."""
 
     def json(self) -> Any:
         return json.loads(self.body)
+
+    def form(self) -> dict[str, str]:
+        """The body as an ``application/x-www-form-urlencoded`` form (one value a field)."""
+        return dict(parse_qsl(self.body.decode(), keep_blank_values=True, strict_parsing=True))
+
+    def header(self, name: str) -> str | None:
+        """The value of header ``name`` (any case), if sent."""
+        return dict(self.headers).get(name.lower())
 
 
 @dataclass
@@ -146,10 +162,11 @@ class Receiver:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        headers = {key.decode(): value.decode() for key, value in scope["headers"]}
+        raw_headers = tuple((key.decode(), value.decode()) for key, value in scope["headers"])
+        headers = dict(raw_headers)
         answer = self._next_answer(scope["path"])
         verified = self._verified(body, headers)
-        status = answer.status if verified else 400
+        status = answer.status if verified or not self.secrets else 400
         with self._changed:
             self.received.append(
                 Received(
@@ -162,6 +179,7 @@ class Receiver:
                     body=body,
                     verified_with=verified,
                     answered=status,
+                    headers=raw_headers,
                 )
             )
             self._changed.notify_all()
@@ -195,8 +213,8 @@ class ReceiverServer:
 
 @contextmanager
 def webhook_receiver(*secrets: str) -> Iterator[ReceiverServer]:
-    """A running receiver knowing ``secrets`` (``whsec_…``) on a free loopback port, stopped
-    (held requests released first) at the end of the block."""
+    """A running receiver knowing ``secrets`` (``whsec_…``; none: it verifies nothing) on a
+    free loopback port, stopped (held requests released first) at the end of the block."""
     receiver = Receiver(secrets=secrets)
     for _ in range(5):  # the port was free a moment ago; another process may take it
         port = free_port()
@@ -230,6 +248,34 @@ def webhook_receiver(*secrets: str) -> Iterator[ReceiverServer]:
         receiver.release()
         server.should_exit = True
         thread.join(_WAIT_S * 2)
+
+
+async def until(receiver: Receiver, condition: Any, within: float = 20.0) -> None:
+    """Wait (in a thread: the receiver records from its own) until the receiver saw it."""
+    assert await asyncio.to_thread(receiver.wait_for, condition, within), "not seen in time"
+
+
+async def until_status(
+    client: httpx.AsyncClient,
+    notification_id: str,
+    channel: str,
+    status: str,
+) -> dict[str, Any]:
+    async def reached() -> dict[str, Any]:
+        response = await client.get(f"/notifications/{notification_id}")
+        assert response.status_code == 200, response.text
+        state: dict[str, Any] = response.json()["channels"][channel]
+        assert state["status"] == status, f"{channel} stayed {state}"
+        return state
+
+    return await eventually(reached, interval=0.02, message=f"{channel} {status}")
+
+
+async def readyz_channel(client: httpx.AsyncClient, name: str) -> dict[str, Any]:
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    [channel] = [c for c in ready.json()["channels"] if c["name"] == name]
+    return channel  # type: ignore[no-any-return]
 
 
 async def disabled_and_enabled_from_the_api(
