@@ -52,7 +52,6 @@ from apprise import (
     Apprise,
     AppriseAsset,
     AppriseResultStatus,
-    NotificationManager,
     NotifyBase,
     NotifyFormat,
 )
@@ -104,12 +103,15 @@ def plugin(url: str, asset: AppriseAsset | None = None) -> NotifyBase:
     return found
 
 
-def _schemes(*, include_disabled: bool) -> list[str]:
-    """The schemes of Apprise's plugins (``NotificationManager.schemas``, untyped), with those
-    disabled on this machine (a library missing) or not."""
-    manager = NotificationManager()  # type: ignore[no-untyped-call]
-    schemes: list[str] = manager.schemas(include_disabled=include_disabled)  # type: ignore[no-untyped-call]
-    return schemes
+def _schemes(*, include_disabled: bool) -> set[str]:
+    """The schemes Apprise knows (its documented ``Apprise.details()``), with those disabled on
+    this machine (a library missing) or not."""
+    known: set[str] = set()
+    for entry in Apprise().details(show_disabled=include_disabled)["schemas"]:
+        if include_disabled or entry.get("enabled", True):
+            for key in ("protocols", "secure_protocols"):
+                known.update(scheme.lower() for scheme in entry.get(key) or ())
+    return known
 
 
 def service_name(service: NotifyBase) -> str:
