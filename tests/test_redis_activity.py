@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from config import Settings
 from service.outbox.base import Outcome
@@ -18,6 +19,7 @@ from service.redis.ledger import RedisLedger
 from service.status import ActivityQuery, StatusStore
 from service.wire import WireRecord
 from tests.conftest import make_settings, running
+from tests.support.redis import redis_server
 from tests.support.waiting import eventually
 from tests.test_activity import listed_ids, listing, post
 
@@ -221,3 +223,29 @@ async def test_another_api_process_lists_only_the_log_for_a_notification_to_the_
     assert sorted(there["channels"]) == ["log"]
     assert sorted(everywhere["channels"]) == ["email", "log"]
     assert [sorted(item["channels"]) for item in listed["items"]] == [["log"]]
+
+
+async def test_a_batch_queued_while_redis_is_down_keeps_its_email_and_channels(
+    tmp_path: Path,
+) -> None:
+    """The publisher retries a batch Redis refused: the retry records the email and channels
+    the request gave, not a status without them."""
+    now = time.time()
+    record: WireRecord = ("id-r", "notification", "notification id-r\n", now)
+    with redis_server(tmp_path / "redis") as server:
+        async with aioredis.Redis.from_url(server.url) as redis:
+            ledger = RedisLedger(
+                redis, STREAM, status_ttl=60, idempotency_ttl=60, local=StatusStore(100, 60.0)
+            )
+            reader = RedisLedger(redis, STREAM, status_ttl=60, idempotency_ttl=60, local=None)
+            ledger.accepted("id-r", now, "r@example.com", ("email",))
+            server.stop()
+            with pytest.raises(RedisError):
+                await ledger.queued([record])
+            server.start()
+            await ledger.queued([record])
+            status = await reader.status("id-r")
+            entries, _ = await reader.activity(ActivityQuery(email="r@example.com"))
+    assert status is not None
+    assert (status.email, status.channels) == ("r@example.com", ("email",))
+    assert [entry.id for entry in entries] == ["id-r"]

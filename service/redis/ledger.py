@@ -374,19 +374,28 @@ class RedisLedger:
         emails, named = self._emails, self._channels
         known = [(record, emails.pop(record[0], "")) for record in records]
         channels = [named.pop(record[0], None) for record in records] if named else []
-        await self._set_all(
-            records,
-            "queued",
-            keep=True,
-            emails=[email for _, email in known],
-            channels=channels,
-        )
         indexed: list[str | float] = []
         for (record_id, kind, _, accepted_at), email in known:
             if email and kind == "notification":
                 indexed += [record_id, email, accepted_at]
-        if indexed:
-            await self._index(args=[self._prefix, self._limit, *indexed])
+        try:
+            await self._set_all(
+                records,
+                "queued",
+                keep=True,
+                emails=[email for _, email in known],
+                channels=channels,
+            )
+            if indexed:
+                await self._index(args=[self._prefix, self._limit, *indexed])
+        except BaseException:  # the publisher retries the batch: keep what it will need
+            for (record_id, *_), email in known:
+                if email:
+                    emails.setdefault(record_id, email)
+            for (record_id, *_), named_channels in zip(records, channels, strict=False):
+                if named_channels is not None:
+                    named.setdefault(record_id, named_channels)
+            raise
         now = time.monotonic()
         if now >= self._expire_at:
             self._expire_at = now + EXPIRE_INTERVAL
