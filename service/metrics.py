@@ -387,10 +387,19 @@ class DeliveryMetrics:
         self._concurrency.labels(channel).set(window)
 
 
-def note_route(request: Request, template: str) -> None:
-    """Tell ``HttpMetrics`` the route template ``request`` matched (in ``request.state``,
-    Starlette's documented place for what a request carries along)."""
-    request.state.route = template
+_ROUTE = "notify_route"
+"""Where in a request's state the route notes its template for ``HttpMetrics``."""
+
+
+def note_route(scope: Scope, template: str) -> None:
+    """Tell ``HttpMetrics`` the route template the request of ``scope`` matched, in the
+    request's state: the ASGI scope's ``state`` dict (the ASGI spec's per-request copy of the
+    lifespan's state), which Starlette's documented ``request.state`` wraps. The dict itself
+    rather than ``request.state``: that would make a ``State`` object (and, in the middleware,
+    a ``Request``) for every request."""
+    state = scope.get("state")
+    if state is not None:
+        state[_ROUTE] = template
 
 
 class TemplatedRoute(APIRoute):
@@ -404,7 +413,7 @@ class TemplatedRoute(APIRoute):
         template = self.path_format
 
         async def handle_and_note(request: Request) -> Response:
-            note_route(request, template)
+            note_route(request.scope, template)
             return await handle(request)
 
         return handle_and_note
@@ -435,11 +444,13 @@ class HttpMetrics:
         # Set first: where the lifespan's state is one dict for every request (asgi-lifespan's
         # test harness; the ASGI spec and uvicorn give each request a copy), no earlier
         # request's route is left in it.
-        state = Request(scope).state
-        state.route = _UNMATCHED
+        state = scope.get("state")
+        if state is None:  # a server without lifespan state
+            state = scope["state"] = {}
+        state[_ROUTE] = _UNMATCHED
         try:
             await self.app(scope, receive, send_and_note_status)
         finally:
-            template = state.route
+            template = state[_ROUTE]
             elapsed = time.perf_counter() - started
             self.metrics.observe_http(template, scope["method"], status, elapsed)

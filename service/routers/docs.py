@@ -83,5 +83,5 @@ class _Noted:
         self.template = template
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        note_route(Request(scope), self.template)
+        note_route(scope, self.template)
         await self.app(scope, receive, send)
