@@ -5,7 +5,7 @@
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import (
     APIRouter,
@@ -45,7 +45,7 @@ from service.services import QueryLine
 from service.services.notifications import Channels
 from service.status import ActivityQuery, ActivityStatus, BadCursor, Fingerprint
 
-__all__ = ["build_router", "register_convertors", "shaped"]
+__all__ = ["build_router", "register_convertors"]
 
 _ACK_HEADERS = {
     "Location": {"description": "`/notifications/{id}`", "schema": {"type": "string"}},
@@ -152,14 +152,15 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
         key = idempotency_key(request.headers)
         q = None if query is None else query.q
         subject = channels = None
-        fingerprint: Fingerprint = (email, message, q)
         if body.shaped:
-            subject, channels = shaped(body, service.channels)
-            fingerprint += (body.subject, channels)
+            subject, channels = _shaped(body, service.channels)
         # SinkUnavailable -> 503 and IdempotencyConflict -> 422, raised before any task runs.
         if key is None:
             notification_id = service.accept(email, query, channels)
         else:
+            fingerprint: Fingerprint = (email, message, q)
+            if body.shaped:  # (the guide's requests keep the fingerprint they had)
+                fingerprint += (body.subject, channels)
             accepted = await service.accept_keyed(
                 email, query, key=key, fingerprint=fingerprint, channels=channels
             )
@@ -238,13 +239,12 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
     async def send_notifications(
         request: Request, background_tasks: BackgroundTasks
     ) -> ManyAccepted:
-        body = await many_reader.read(request)
-        assert isinstance(body, ManyNotificationsBody)  # what many_reader validates
+        body = cast(ManyNotificationsBody, await many_reader.read(request))
         if allowed_domains:
             _check_domains(body.to, allowed_domains)
         service = current.notifications
         emails, positions, duplicates = _unique(body.to)
-        subject, channels = shaped(body, service.channels)
+        subject, channels = _shaped(body, service.channels)
         key = idempotency_key(request.headers)
         # SinkUnavailable -> 503 and IdempotencyConflict -> 422, before anything is handed over.
         if key is None:
@@ -365,7 +365,7 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
     return router
 
 
-def shaped(body: NotificationBody, configured: Sequence[str]) -> tuple[str | None, Channels]:
+def _shaped(body: NotificationBody, configured: Sequence[str]) -> tuple[str | None, Channels]:
     """The body's subject, one line (escaped as the log escapes a value, when it is not
     printable), and the delivery channels it names among ``configured`` (None: all of them;
     ``()``: the log only); 422 naming each unknown channel."""
