@@ -182,8 +182,6 @@ class NotificationService:
                 ]
             )
             self._deliveries.submit(ids[0], "notification", group, queued)
-        elif queued is not None:
-            queued.set_result(None)
 
     async def notify_many_written(
         self,
@@ -258,8 +256,6 @@ class NotificationService:
                 notification_id, email, message, q, time.time(), subject, channels
             )
             self._deliveries.submit(notification_id, "notification", pending, queued)
-        elif queued is not None:
-            queued.set_result(None)
 
     async def log_query(self, query: QueryLine, done: Wait = None) -> None:
         """Log ``found query: {q}``, if its request was accepted (``accept`` admitted it)."""
