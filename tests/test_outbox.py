@@ -24,6 +24,7 @@ from service.outbox.base import (
     Outbox,
     Outcome,
     notification_fields,
+    notification_group,
     notification_line,
 )
 from service.outbox.dispatcher import Dispatcher, DispatchOptions
@@ -344,6 +345,29 @@ async def test_each_notification_goes_to_its_own_channels_with_its_own_subject(
         "ops": [("all", None)],
     }
     assert await outbox.states("none") == []
+
+
+async def test_a_backlog_of_many_recipient_requests_goes_in_whole(make: OutboxFactory) -> None:
+    """A batch as the intake hands one over after an outage: 25 requests of 1,000 recipients
+    each (Redis takes them in several script calls, each request's in one) and single
+    notifications between them: every delivery is there once, a retried batch adds none."""
+    lines: list[str] = []
+    for request in range(25):
+        lines.append(
+            notification_group(
+                [
+                    notification_line(f"r{request}-{n}", f"{n}@example.com", "m", None, 1.0)
+                    for n in range(1000)
+                ]
+            )
+        )
+        lines.append(notification_line(f"single-{request}", "s@example.com", "m", None, 1.0))
+    outbox = await make("a")
+    await outbox.add(lines, ["email"])
+    await outbox.add(lines[-10:], ["email"])  # a batch retried in part: nothing twice
+    claimed = await outbox.settle("email", [], 30_000)
+    ids = [delivery.id for delivery in claimed]
+    assert len(ids) == len(set(ids)) == 25 * 1001
 
 
 async def test_any_error_text_is_recorded_unchanged(make: OutboxFactory) -> None:
