@@ -385,9 +385,11 @@ class Runtime:
             ack_timeout=settings.ack_timeout,
         )
 
-    def _took_in(self) -> None:
-        """The intake added a batch to the outbox: work for the dispatchers, and a sign that
-        the API is taking requests."""
+    def _took_in(self, beyond: int) -> None:
+        """The intake added a batch to the outbox (with ``beyond`` notifications more than its
+        lines): work for the dispatchers, and a sign that the API is taking requests."""
+        if self._intake is not None:
+            self._intake.took_in(beyond)
         if self._load is not None:
             self._load.took_in()
         self._wake_dispatchers()

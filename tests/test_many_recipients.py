@@ -276,3 +276,44 @@ async def test_the_redis_backend_takes_many_recipients_too(tmp_path: Path, redis
 
         await eventually(written, interval=0.05, message="the last written")
     assert sorted(lines) == sorted(f"notification for {email}: hi" for email in _to(300))
+
+
+async def test_while_the_outbox_cannot_take_them_the_limit_counts_every_recipient(
+    tmp_path: Path,
+) -> None:
+    """The outbox locked by another connection (its intake's batch waits): requests of 1,000
+    recipients are on their way in, and each counts as 1,000 against NOTIFY_OUTBOX_MAX
+    (2,500): the third is refused. Once the lock goes, the two accepted ones are all there."""
+    with smtp_server() as server:
+        settings = make_settings(
+            tmp_path,
+            smtp_url=server.url(),
+            smtp_from=SENDER,
+            delivery="external",
+            outbox_max=2500,
+            retry_initial=0.02,
+            retry_max=0.1,
+        )
+        async with running(settings) as client:
+            await client.post("/send-notification/warm@example.com")  # the outbox exists
+            path = settings.effective_outbox_path()
+            await eventually(lambda: len(_outbox_rows(path)) == 1, message="the first row")
+            lock = sqlite3.connect(path, timeout=0, isolation_level=None)
+            try:
+                lock.execute("BEGIN EXCLUSIVE")
+                first = await client.post("/notifications", json={"to": _to(1000)})
+                second = await client.post(
+                    "/notifications", json={"to": [f"x{n}@example.com" for n in range(1000)]}
+                )
+                third = await client.post(
+                    "/notifications", json={"to": [f"y{n}@example.com" for n in range(1000)]}
+                )
+            finally:
+                lock.execute("ROLLBACK")
+                lock.close()
+            assert first.status_code == second.status_code == 200
+            assert third.status_code == 503, third.text
+            assert "the outbox is full" in third.json()["detail"]
+            await eventually(
+                lambda: len(_outbox_rows(path)) == 2001, timeout=30, message="all rows in"
+            )

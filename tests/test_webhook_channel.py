@@ -199,7 +199,7 @@ async def test_the_intake_makes_one_row_per_channel_and_reads_old_spools(tmp_pat
     await outbox.open()
     try:
         names = ["webhook-aaaaaaaa", "webhook-bbbbbbbb"]
-        writer = OutboxWriter(outbox, ["email", *names], added=lambda: None)
+        writer = OutboxWriter(outbox, ["email", *names], added=lambda beyond: None)
         lines = [
             notification_line("n1", "a@example.com", "hi", "q1", 1.0),
             '["b@example.com","old"]\n',

@@ -20,6 +20,8 @@ __all__ = [
     "Outcome",
     "Pause",
     "for_channel",
+    "group_members",
+    "group_size",
     "history_of",
     "is_group",
     "notification_fields",
@@ -80,8 +82,9 @@ def notification_fields(line: str) -> NotificationFields:
 
 def notification_group(lines: Sequence[str]) -> str:
     """Notifications that enter the outbox together, in one transaction (one request's
-    recipients): their ``notification_line``s as one line, a JSON array of them."""
-    return "[" + ",".join(line[:-1] for line in lines) + "]\n"
+    recipients): their ``notification_line``s as one line, a JSON array of them followed by
+    their number (what ``group_size`` reads without decoding them)."""
+    return "[" + ",".join(line[:-1] for line in lines) + f",{len(lines)}]\n"
 
 
 def is_group(line: str) -> bool:
@@ -89,11 +92,23 @@ def is_group(line: str) -> bool:
     return line.startswith("[[")
 
 
+def group_members(line: str) -> str:
+    """The notification lines of a group, as the JSON text between its brackets (without its
+    number)."""
+    return line[1 : line.rindex(",")]
+
+
+def group_size(line: str) -> int:
+    """How many notifications ``line`` holds: a group's number, else 1."""
+    return int(line[line.rindex(",") + 1 : -2]) if is_group(line) else 1
+
+
 def notification_rows(line: str) -> list[NotificationFields]:
     """The fields of each notification of ``line``: a ``notification_line`` or a group."""
     if not is_group(line):
         return [notification_fields(line)]
-    return [notification_fields(json.dumps(member)) for member in json.loads(line)]
+    members = json.loads(line)[:-1]
+    return [notification_fields(json.dumps(member)) for member in members]
 
 
 def for_channel(fields: NotificationFields, channel: str) -> bool:

@@ -29,6 +29,7 @@ from service.outbox.base import (
     DeliveryStatus,
     Outcome,
     Pause,
+    group_members,
     history_of,
     is_group,
     notification_rows,
@@ -144,7 +145,9 @@ class SqliteOutbox:
             # row at a time, it would take it back for every row while the event loop wants
             # it). SQLite's text ends at a NUL, so a line holding one goes in as parameters.
             plain = [
-                line[1:-2] if is_group(line) else line for line in lines if "\\u0000" not in line
+                group_members(line) if is_group(line) else line
+                for line in lines
+                if "\\u0000" not in line
             ]
             with_nul = [
                 row for line in lines if "\\u0000" in line for row in notification_rows(line)

@@ -19,7 +19,7 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from service.outbox.base import Outbox, notification_line
+from service.outbox.base import Outbox, group_size, is_group, notification_line
 from service.records import Kind
 from service.sinks.base import SinkFull, Wait
 from service.sinks.core import Batch, BatchOptions, BatchSink
@@ -45,7 +45,9 @@ class OutboxWriter:
 
     is_open = True
 
-    def __init__(self, outbox: Outbox, channels: Sequence[str], added: Callable[[], None]) -> None:
+    def __init__(
+        self, outbox: Outbox, channels: Sequence[str], added: Callable[[int], None]
+    ) -> None:
         self._outbox = outbox
         self._channels = tuple(channels)
         self._added = added
@@ -63,7 +65,7 @@ class OutboxWriter:
             )
         ]
         await self._outbox.add(lines, self._channels)  # TargetError if it cannot take them now
-        self._added()
+        self._added(sum(group_size(line) - 1 for line in lines if is_group(line)))
 
     async def check(self) -> bool:
         return False
@@ -80,7 +82,7 @@ def outbox_sink(
     channels: Sequence[str],
     options: BatchOptions,
     *,
-    added: Callable[[], None],
+    added: Callable[[int], None],
     spool: Path,
 ) -> BatchSink:
     """The sink that takes notifications into ``outbox``, a row per channel of ``channels``."""
@@ -90,19 +92,32 @@ def outbox_sink(
 
 class OutboxIntake:
     """The intake's ``Lines``, refusing (503) once the outbox holds ``limit`` pending
-    deliveries: those counted in the outbox (``depth``) and those on their way in."""
+    deliveries: those counted in the outbox (``depth``) and those on their way in: a line
+    each (the sink's ``held``), and the notifications of groups beyond their first
+    (``_beyond``, what ``took_in`` is told as their batches go in)."""
 
     def __init__(self, sink: BatchSink, limit: int, depth: Callable[[], int]) -> None:
         self._sink = sink
         self._limit = limit
         self._depth = depth
+        self._beyond = 0
+        """Notifications on their way in beyond one a line: an outbox that cannot take them
+        (Redis down) must not let requests of many recipients pile up past ``limit``."""
 
     def admit(self, notifications: int = 1) -> None:
         """Reserve room for a line of ``notifications`` notifications (a group, from one
         request of many recipients, counts as many), or raise ``SinkUnavailable``."""
-        if self._depth() + self._sink.held + notifications > self._limit:
+        sink = self._sink
+        if not sink.held:  # nothing on its way (a withdrawn group's count ends here)
+            self._beyond = 0
+        if self._depth() + sink.held + self._beyond + notifications > self._limit:
             raise SinkFull(f"the outbox is full ({self._limit} deliveries pending)")
-        self._sink.admit()
+        sink.admit()
+        self._beyond += notifications - 1
+
+    def took_in(self, beyond: int) -> None:
+        """A batch went into the outbox, with ``beyond`` notifications more than its lines."""
+        self._beyond = max(0, self._beyond - beyond)
 
     def release(self) -> None:
         self._sink.release()
