@@ -332,7 +332,7 @@ class Settings(BaseSettings):
         "of a service too); past it the channel pauses and is probed.",
     )
     apprise_connections: int = Field(
-        default=4,
+        default=32,
         ge=1,
         le=100,
         description="Most sends in flight per Apprise URL, each on a thread of the channel's "

@@ -71,7 +71,7 @@ def test_settings_read_named_urls_and_leave_a_urls_own_commas_in_it() -> None:
         ("mail", "mailto://u:p@h.example?to=a@example.com,b@example.com&cc=c@example.com"),
     )
     assert _settings().apprise_targets == ()
-    assert (_settings().apprise_connections, _settings().apprise_connections_min) == (4, 1)
+    assert (_settings().apprise_connections, _settings().apprise_connections_min) == (32, 1)
     assert _settings().apprise_timeout == 30.0
 
 
