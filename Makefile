@@ -98,6 +98,7 @@ bench: $(STAMP) redis-server
 	$(BIN)/python -m bench.many
 	$(BIN)/python -m bench.email
 	$(BIN)/python -m bench.webhooks
+	$(BIN)/python -m bench.apprise
 	$(BIN)/python -m bench.recovery
 	$(BIN)/python -m bench.distance
 
