@@ -4,29 +4,17 @@ figures are not asserted: they depend on the machine)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow  # two uvicorn servers, 400 sends through Apprise: seconds
+from tests.support.bench import quick_results
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # two uvicorn servers, 400 sends through Apprise: seconds
 
 
 def test_quick_apprise_benchmark_delivers_every_notification_both_ways(tmp_path: Path) -> None:
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench.apprise", "--quick", "--out", str(tmp_path)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stdout + completed.stderr
-    results = json.loads((tmp_path / "apprise.json").read_text())
+    results = quick_results("apprise", tmp_path)
     runs = results["delivery"]["runs"]
     assert sorted(run["way"] for run in runs) == ["guide", "service"]
     for run in runs:

@@ -4,17 +4,13 @@ and judge every goal (the figures are not asserted: they depend on the machine).
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bench.distance import FASTAPI_MAIL, PARTS, match_arrivals
 from bench.smtp_sink import Arrival
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.support.bench import quick_results
 
 
 def test_arrivals_are_matched_by_key_with_repeats_and_losses() -> None:
@@ -35,16 +31,7 @@ def test_arrivals_are_matched_by_key_with_repeats_and_losses() -> None:
 
 @pytest.mark.slow  # runs the benchmark's quick mode: servers, for about 40 s
 def test_quick_distance_benchmark_loses_nothing_and_judges_every_goal(tmp_path: Path) -> None:
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench.distance", "--quick", "--out", str(tmp_path)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=115,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stdout + completed.stderr
-    results = json.loads((tmp_path / "distance.json").read_text())
+    results = quick_results("distance", tmp_path, timeout=115)
     parts = results["parts"]
     assert list(parts) == [part for part in PARTS if part != "pace"]
     assert (

@@ -4,29 +4,17 @@ asserted: they depend on the machine)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow  # runs the email benchmark's quick mode: servers, for seconds
+from tests.support.bench import quick_results
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # runs the email benchmark's quick mode: servers, for seconds
 
 
 def test_quick_email_benchmark_delivers_everything_and_judges_every_goal(tmp_path: Path) -> None:
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench.email", "--quick", "--out", str(tmp_path)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stdout + completed.stderr
-    results = json.loads((tmp_path / "email.json").read_text())
+    results = quick_results("email", tmp_path)
     rows = results["api"]["rows"]
     assert rows.keys() == {"log-only", "email-fast", "email-slow"}
     assert all(row["exactly_once"] and row["non_200"] == 0 for row in rows.values())

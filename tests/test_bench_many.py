@@ -4,29 +4,17 @@ figures are not asserted: they depend on the machine)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow  # two uvicorn servers and 5,000 requests: seconds
+from tests.support.bench import quick_results
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # two uvicorn servers and 5,000 requests: seconds
 
 
 def test_quick_many_benchmark_logs_every_acknowledged_notification_once(tmp_path: Path) -> None:
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench.many", "--quick", "--out", str(tmp_path)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
-    assert completed.returncode in (0, 1), completed.stdout + completed.stderr
-    results = json.loads((tmp_path / "many.json").read_text())
+    results = quick_results("many", tmp_path, goal_may_fail=True)
     for config in ("log", "email"):
         [round_] = results[config]["rounds"]
         assert round_["many"]["statuses"] == {"200": 10}
