@@ -173,7 +173,8 @@ class NotificationService:
         waits = written or [None] * len(ids)
         for notification_id, email, done in zip(ids, emails, waits, strict=True):
             submit(notification_id, "notification", render(email, message, notification_id), done)
-        if self._deliveries is not None and channels != ():
+        intake = self._intake_for(channels)
+        if intake is not None:
             now = time.time()
             group = notification_group(
                 [
@@ -181,7 +182,7 @@ class NotificationService:
                     for notification_id, email in zip(ids, emails, strict=True)
                 ]
             )
-            self._deliveries.submit(ids[0], "notification", group, queued)
+            intake.submit(ids[0], "notification", group, queued)
 
     async def notify_many_written(
         self,
@@ -196,7 +197,7 @@ class NotificationService:
         outbox (``NOTIFY_ACK=write``); ``SinkUnavailable`` (all withdrawn) as ``notify_written``."""
         loop = asyncio.get_running_loop()
         written: list[asyncio.Future[None]] = [loop.create_future() for _ in ids]
-        delivered = self._deliveries is not None and channels != ()
+        delivered = self._intake_for(channels) is not None
         queued = loop.create_future() if delivered else None
         waits = [*written, *([queued] if queued is not None else [])]
         await self.notify_many(
@@ -251,11 +252,12 @@ class NotificationService:
         in the log and the deliveries in the outbox (``NOTIFY_ACK=write``)."""
         line = self._render_notification(email, message, notification_id)
         self._notifications.submit(notification_id, "notification", line, written)
-        if self._deliveries is not None and channels != ():  # into the outbox too
+        intake = self._intake_for(channels)
+        if intake is not None:  # into the outbox too
             pending = notification_line(
                 notification_id, email, message, q, time.time(), subject, channels
             )
-            self._deliveries.submit(notification_id, "notification", pending, queued)
+            intake.submit(notification_id, "notification", pending, queued)
 
     async def log_query(self, query: QueryLine, done: Wait = None) -> None:
         """Log ``found query: {q}``, if its request was accepted (``accept`` admitted it)."""
@@ -286,7 +288,7 @@ class NotificationService:
         written: asyncio.Future[None] = loop.create_future()
         waits.append(written)
         # With email or webhooks on, the 200 waits for the outbox's commit too.
-        delivered = self._deliveries is not None and channels != ()
+        delivered = self._intake_for(channels) is not None
         queued = loop.create_future() if delivered else None
         if queued is not None:
             waits.append(queued)
@@ -324,11 +326,16 @@ class NotificationService:
                 self._statuses.withdrawn(notification_id, reason)
             raise SinkUnavailable(reason) from None
 
+    def _intake_for(self, channels: Channels) -> OutboxIntake | None:
+        """Where a notification to ``channels`` goes into the outbox: None when no delivery
+        channel is on, or it names none (``()``: the log only)."""
+        return None if channels == () else self._deliveries
+
     def _admit(
         self, notification_id: str, email: str, query: QueryLine | None, channels: Channels
     ) -> None:
         """Reserve the request's lines (all or none) and record it as queued."""
-        delivered = self._deliveries is not None and channels != ()
+        delivered = self._intake_for(channels) is not None
         if query is None and not delivered:
             self._notifications.admit()  # the usual request: one line
         else:
@@ -339,14 +346,14 @@ class NotificationService:
     def _admit_many(self, ids: Sequence[str], emails: Sequence[str], channels: Channels) -> None:
         """Reserve a log line for each of ``ids`` and their deliveries (all or none), and
         record each as queued."""
-        notifications, deliveries = self._notifications, self._deliveries
+        notifications, intake = self._notifications, self._intake_for(channels)
         admitted = 0
         try:
             for _ in ids:
                 notifications.admit()
                 admitted += 1
-            if deliveries is not None and channels != ():
-                deliveries.admit(len(ids))
+            if intake is not None:
+                intake.admit(len(ids))
         except SinkUnavailable:
             for _ in range(admitted):
                 notifications.release()
