@@ -78,6 +78,12 @@ class Settings(BaseSettings):
         description="The service's own log lines as one JSON object each (else aligned "
         "with uvicorn's).",
     )
+    opentelemetry: bool = Field(
+        default=False,
+        description="FastAPI's native OpenTelemetry instrumentation: spans, metrics and logs "
+        "through the global providers (set up by your OpenTelemetry SDK, or by FastAPI with "
+        "FASTAPI_OTEL_AUTO_CONFIGURE=true). Off: the service's own /metrics only.",
+    )
     max_message_length: int = Field(
         default=1000, ge=1, description="Longest accepted `message`, in characters."
     )

@@ -11,51 +11,18 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import BackgroundTasks, Header, HTTPException, Query, Request
+from fastapi import Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import Field, TypeAdapter, ValidationError, create_model
 from starlette.datastructures import Headers
 
-from service.runtime import Current
 from service.schemas import DEFAULT_BODY, DEFAULT_MESSAGE, NotificationBody
-from service.services import QueryLine
 
 __all__ = [
     "BodyReader",
-    "QueryLogger",
     "idempotency_key",
-    "query_logger",
     "token_checker",
 ]
-
-QueryLogger = Callable[..., Awaitable[QueryLine | None]]
-
-
-def query_logger(current: Current, max_length: int, *, schedule: bool) -> QueryLogger:
-    """The guide's ``get_query``: log ``found query: {q}`` in a background task when given.
-
-    The task is the current run's ``NotificationService.log_query`` with the request's
-    ``QueryLine``; it writes only if the request was accepted as a new notification (an
-    idempotent replay, or a refused request, writes nothing). With ``schedule=False``
-    (``NOTIFY_ACK=write``) it only reads ``q``; the endpoint writes the query line itself,
-    before the notification and before answering.
-    """
-
-    async def log_query(
-        background_tasks: BackgroundTasks,
-        q: Annotated[
-            str | None,
-            Query(max_length=max_length, description="Logged as `found query: {q}`."),
-        ] = None,
-    ) -> QueryLine | None:
-        if q is None:
-            return None
-        query = QueryLine(q)
-        if schedule:
-            background_tasks.add_task(current.runtime.notifications.log_query, query)
-        return query
-
-    return log_query
 
 
 def token_checker(tokens: tuple[str, ...]) -> Callable[..., Awaitable[None]]:

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from fastapi.telemetry import TelemetryConfig
 from starlette.types import Message, Receive, Scope, Send
 
 from config import Settings, settings_or_exit, unknown_variables
@@ -24,7 +25,7 @@ from service.runtime import Current, Runtime, StartupError
 from service.sinks import SinkUnavailable
 from service.status import IdempotencyConflict
 
-__all__ = ["NotificationApp", "create_app"]
+__all__ = ["NotificationApp", "create_app", "telemetry"]
 
 logger = logging.getLogger("service")
 
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="FastAPI's Background Tasks notification endpoint, production-grade.",
         version="0.1.0",
         lifespan=lifespan,
+        telemetry=telemetry(settings),
         # The routers' routes, flat (FastAPI's documented `routes` parameter): FastAPI 0.165's
         # `include_router` keeps each router as a level that every request walks through
         # again (two route matches a request instead of one, measured in bench/).
@@ -85,6 +87,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(HttpMetrics, metrics=metrics)
     return app
+
+
+def telemetry(settings: Settings) -> TelemetryConfig:
+    """FastAPI's native OpenTelemetry, on or off as a whole (``NOTIFY_OPENTELEMETRY``).
+
+    Off by default: the service has its own metrics, and with it on FastAPI looks for
+    configured providers on every request, which costs 3 % of one when there are none
+    (``bench/README.md``).
+    """
+    on = settings.opentelemetry
+    return {"tracing": on, "metrics": on, "logs": on}
 
 
 async def _unavailable(request: Request, exc: Exception) -> Response:

@@ -2,11 +2,12 @@
 recording nothing. Comparing it with the service isolates what the background work costs.
 
 Same request: the service's validation and body reading (``Email``, ``BodyReader``,
-``idempotency_key``, the limits in ``Settings``) and a query dependency declared as the
-service's is. Same response: the endpoint answers as the service's does, Starlette's
+``idempotency_key``, the limits in ``Settings``) and the ``q`` query parameter declared as
+the service's is. Same response: the endpoint answers as the service's does, Starlette's
 ``Response`` of the guide's body (encoded once) with a fresh notification id in ``Location`` and
 ``X-Notification-Id`` and the request's (empty) ``BackgroundTasks`` as its background,
-from the service's app class behind its HTTP metrics middleware (metrics are on by default).
+from the service's app class behind its HTTP metrics middleware (metrics are on by default),
+with FastAPI's native telemetry as the service sets it (``NOTIFY_OPENTELEMETRY``).
 The route's declaration (its OpenAPI operation) is this module's own;
 ``tests/test_bench_apps.py`` checks that its parameters and request body are the service's and
 that it answers with the same status, body and headers.
@@ -18,13 +19,13 @@ token guard: the benchmark configures no tokens.
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Query, Request, Response
 
 from config import Settings
 from service.deps import BodyReader, idempotency_key
 from service.emails import Email
 from service.ids import new_id
-from service.main import NotificationApp
+from service.main import NotificationApp, telemetry
 from service.metrics import HttpMetrics, Metrics, TemplatedRoute
 from service.routers.notifications import register_convertors
 
@@ -65,17 +66,6 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def read_query(
-    background_tasks: BackgroundTasks,
-    q: Annotated[
-        str | None,
-        Query(max_length=settings.max_query_length, description="Logged as `found query: {q}`."),
-    ] = None,
-) -> str | None:
-    """The service's query dependency, minus the task it would schedule."""
-    return q
-
-
 ACKNOWLEDGEMENT_JSON = b'{"message":"Notification sent in the background"}'
 
 register_convertors()
@@ -92,8 +82,11 @@ router = APIRouter(tags=["notifications"], route_class=TemplatedRoute)
 async def send_notification(
     email: Email,
     background_tasks: BackgroundTasks,
-    q: Annotated[str | None, Depends(read_query)],
     request: Request,
+    q: Annotated[
+        str | None,
+        Query(max_length=settings.max_query_length, description="Logged as `found query: {q}`."),
+    ] = None,
 ) -> Response:
     await body_reader.read(request)
     idempotency_key(request.headers)
@@ -111,5 +104,5 @@ async def send_notification(
 
 
 # Routes passed flat, as the service's are.
-app = NotificationApp(title="same signature", routes=router.routes)
+app = NotificationApp(title="same signature", routes=router.routes, telemetry=telemetry(settings))
 app.add_middleware(HttpMetrics, metrics=Metrics())

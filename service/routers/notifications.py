@@ -1,7 +1,7 @@
 """``POST /send-notification/{email}`` (the guide's endpoint) and ``GET /notifications/{id}``."""
 
 # No ``from __future__ import annotations``: FastAPI evaluates these annotations, and one
-# refers to a value of ``build_router`` (the query dependency, bound to the limits).
+# refers to a value of ``build_router`` (the query parameter, bound to the limits).
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -22,7 +22,7 @@ from pydantic import Field
 from starlette.convertors import Convertor, register_url_convertor
 
 from config import Settings
-from service.deps import BodyReader, idempotency_key, query_logger, token_checker
+from service.deps import BodyReader, idempotency_key, token_checker
 from service.emails import Email
 from service.metrics import TemplatedRoute
 from service.records import escape
@@ -132,7 +132,9 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
     register_convertors()
     router = APIRouter(tags=["notifications"], route_class=TemplatedRoute)
     in_background = settings.ack == "background"
-    log_query = query_logger(current, settings.max_query_length, schedule=in_background)
+    query_parameter = Query(
+        max_length=settings.max_query_length, description="Logged as `found query: {q}`."
+    )
     body_reader = BodyReader(settings.max_message_length, settings.max_body_bytes)
     allowed_domains = settings.allowed_email_domains if settings.email_on else frozenset()
 
@@ -141,16 +143,20 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
     async def send_notification(
         email: Email,
         background_tasks: BackgroundTasks,
-        query: Annotated[QueryLine | None, Depends(log_query)],
         request: Request,
+        q: Annotated[str | None, query_parameter] = None,
     ) -> Response:
+        service = current.notifications
+        query = None
+        if q is not None:  # the guide's get_query; its line is the request's first task
+            query = QueryLine(q)
+            if in_background:  # (with ack=write, written below before the notification)
+                background_tasks.add_task(service.log_query, query)
         if allowed_domains and not _domain_allowed(email, allowed_domains):
             raise _recipient_not_allowed(email, allowed_domains)
-        service = current.notifications
         body = await body_reader.read(request)
         message = body.message
         key = idempotency_key(request.headers)
-        q = None if query is None else query.q
         subject = channels = None
         if body.shaped:
             subject, channels = _shaped(body, service.channels)
