@@ -4,13 +4,14 @@ sender that dies is never silent."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from service.main import create_app
+from service.main import GC_THRESHOLD, create_app
 from service.sinks.base import SinkUnavailable
 from service.sinks.core import Batch, BatchOptions, BatchSink
 from service.sinks.spool import RAW_LINES, Spool
@@ -72,6 +73,22 @@ def test_one_app_runs_its_lifespan_three_times(tmp_path: Path) -> None:
             f"found query: run{run}",
             f"notification for r{run}@example.com: some notification",
         )
+    ]
+
+
+def test_a_run_collects_cycles_less_often_and_gives_the_threshold_back(tmp_path: Path) -> None:
+    """While the app runs, a young collection every GC_THRESHOLD allocations (not Python's
+    700): requests waiting for their write (ack=write) survive fewer collections. After the
+    run, the process's own thresholds again."""
+    before = gc.get_threshold()
+    assert before[0] < GC_THRESHOLD  # Python's default (700) in the test process
+    app = create_app(make_settings(tmp_path, ack="write"))
+    with TestClient(app) as client:
+        assert client.post("/send-notification/gc@example.com").status_code == 200
+        assert gc.get_threshold() == (GC_THRESHOLD, *before[1:])
+    assert gc.get_threshold() == before
+    assert read_lines(tmp_path / "log.txt") == [
+        "notification for gc@example.com: some notification"
     ]
 
 
