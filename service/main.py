@@ -104,9 +104,9 @@ def fewer_collections() -> Iterator[None]:
     once; with the default threshold a young collection nearly always finds their objects
     alive and moves them to an older generation, whose collections then walk the whole heap
     (the app, its schemas, every module). That cost 83,000 instructions a request, 9 % of
-    the server's (10x the threshold: none left; bench/README.md). Memory is still freed as soon as it is
-    unused, by reference counting; only cycles wait longer. ``gc.set_threshold`` is Python's
-    documented knob; the other two thresholds are kept.
+    the server's (10x the threshold: none left; docs/architecture.md). Memory is still freed
+    as soon as it is unused, by reference counting; only cycles wait longer.
+    ``gc.set_threshold`` is Python's documented knob; the other two thresholds are kept.
     """
     before = gc.get_threshold()
     gc.set_threshold(max(before[0], GC_THRESHOLD), *before[1:])
