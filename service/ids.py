@@ -1,17 +1,23 @@
-"""Notification ids: random UUID4 strings, cheap enough for every request.
+"""Notification ids: UUIDv7 strings (RFC 9562), cheap enough for every request.
 
-``str(uuid.uuid4())`` makes one ``getrandom`` system call and a ``UUID`` object per id (about
-3 µs). Here the same random bits come from ``os.urandom`` 4 KiB at a time and are formatted
-directly: 122 random bits, the version and variant bits of RFC 9562, about 0.7 µs.
+A UUIDv7 begins with its creation time in milliseconds, so ids made one after another sort one
+after another: a database keyed by them (the outbox's ``(id, channel)``) adds each new one at
+the end of its index, on the page the last one went to, instead of on a random page (a random
+UUID4 key dirtied a page per row, each written to SQLite's WAL at every commit: 25 against 7 µs
+of the outbox thread's time a row, ad hoc). The other 74 bits are random, from ``os.urandom``
+drawn 2.5 KiB at a time and formatted directly (``str(uuid.uuid4())`` makes one ``getrandom``
+system call and a ``UUID`` object per id, about 3 µs; this is about 1 µs).
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 __all__ = ["new_id", "series"]
 
 _IDS_PER_DRAW = 256
+_RANDOM_BYTES = 10  # 80 bits drawn, 74 used: rand_a (12), 2 of the variant's digit, rand_b (60)
 _VARIANT_DIGITS = "89ab"  # 10xx: the RFC 9562 variant, keeping two random bits
 
 
@@ -26,19 +32,21 @@ class _RandomPool:
         self._bytes, self._offset = b"", 0
 
     def new_id(self) -> str:
-        """A new random UUID (version 4), as its canonical 36-character string."""
+        """A new UUIDv7: the time in milliseconds, then random bits, as its canonical
+        36-character string."""
         offset = self._offset
         if offset >= len(self._bytes):
-            self._bytes, offset = os.urandom(16 * _IDS_PER_DRAW), 0
-        self._offset = offset + 16
-        h = self._bytes[offset : offset + 16].hex()
-        variant = _VARIANT_DIGITS[int(h[16], 16) & 3]
-        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}"
+            self._bytes, offset = os.urandom(_RANDOM_BYTES * _IDS_PER_DRAW), 0
+        self._offset = offset + _RANDOM_BYTES
+        r = self._bytes[offset : offset + _RANDOM_BYTES].hex()
+        t = f"{time.time_ns() // 1_000_000:012x}"
+        variant = _VARIANT_DIGITS[int(r[3], 16) & 3]
+        return f"{t[:8]}-{t[8:]}-7{r[:3]}-{variant}{r[4:7]}-{r[7:19]}"
 
 
 new_id = _RandomPool().new_id
-"""A new random UUID (version 4), as its canonical 36-character string (one call, no
-intermediate ``take16``: this runs on every request)."""
+"""A new UUIDv7, as its canonical 36-character string (one call, no intermediate ``take``:
+this runs on every request)."""
 
 
 _LOW = 16**12
@@ -48,6 +56,6 @@ def series(first: str, count: int) -> list[str]:
     """``count`` ids from ``first`` (an id of ``new_id``), ``first`` itself the first: the
     same ``first`` gives the same ids (a request of many recipients replayed with its
     Idempotency-Key answers with the ids it got). Each adds its index to the last 48 bits of
-    ``first``: version and variant stay, and the rest stays random."""
+    ``first``: time, version and variant stay, and the rest stays random."""
     head, low = first[:24], int(first[24:], 16)
     return [first] + [f"{head}{(low + index) % _LOW:012x}" for index in range(1, count)]

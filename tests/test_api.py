@@ -41,7 +41,7 @@ async def test_each_notification_gets_an_id_and_a_location(tmp_path: Path) -> No
     assert first.json() == GUIDE_BODY
     ids = [response.headers["x-notification-id"] for response in (first, second)]
     assert ids[0] != ids[1]
-    assert uuid.UUID(ids[0]).version == 4
+    assert uuid.UUID(ids[0]).version == 7
     assert first.headers["location"] == f"/notifications/{ids[0]}"
 
 

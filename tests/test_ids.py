@@ -1,32 +1,60 @@
-"""Notification ids are valid, distinct UUID4s."""
+"""Notification ids are valid, distinct UUIDv7s: their creation time first, then random bits."""
 
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections import Counter
 
 from service.ids import new_id, series
 
+_TIME_DIGITS = 12  # unix_ts_ms: the first 48 bits
 
-def test_ids_are_canonical_uuid4_strings() -> None:
-    """Each id parses as a version-4, RFC variant UUID and is in canonical form."""
+
+def _milliseconds(text: str) -> int:
+    return int(text.replace("-", "")[:_TIME_DIGITS], 16)
+
+
+def test_ids_are_canonical_uuid7_strings() -> None:
+    """Each id parses as a version-7, RFC variant UUID and is in canonical form."""
     for _ in range(2000):  # crosses several refills of the random pool
         text = new_id()
         parsed = uuid.UUID(text)
-        assert parsed.version == 4
+        assert parsed.version == 7
         assert parsed.variant == uuid.RFC_4122
         assert str(parsed) == text
 
 
+def test_an_id_begins_with_the_millisecond_it_was_made() -> None:
+    """Its first 48 bits are the Unix time in milliseconds when it was made."""
+    before = time.time_ns() // 1_000_000
+    text = new_id()
+    after = time.time_ns() // 1_000_000
+    assert before <= _milliseconds(text) <= after
+
+
+def test_an_id_made_in_a_later_millisecond_sorts_after() -> None:
+    """Ids sort by the millisecond they were made in, as text too (what keeps a database
+    index keyed by them appending at its end)."""
+    first = new_id()
+    made = _milliseconds(first)
+    while time.time_ns() // 1_000_000 <= made:  # until the clock is in a later millisecond
+        pass
+    second = new_id()
+    assert _milliseconds(second) > made
+    assert second > first
+
+
 def test_ids_are_distinct_and_random_in_every_free_digit() -> None:
-    """100,000 ids are all different, and every free hex position takes all 16 values."""
+    """100,000 ids are all different, and every hex position after the time and version
+    takes all 16 values (the variant's, its four)."""
     ids = [new_id().replace("-", "") for _ in range(100_000)]
     assert len(set(ids)) == len(ids)
-    for position in range(32):
+    for position in range(_TIME_DIGITS, 32):
         digits = Counter(text[position] for text in ids)
         if position == 12:
-            assert set(digits) == {"4"}
+            assert set(digits) == {"7"}
         elif position == 16:
             assert set(digits) == set("89ab")
         else:
@@ -52,16 +80,22 @@ def test_a_forked_process_does_not_repeat_the_parents_ids() -> None:
     )
 
 
-def test_a_series_is_valid_distinct_uuid4s_the_same_from_the_same_first() -> None:
-    """The ids of one request's recipients: UUID4s (version and variant kept), all distinct,
-    the first given first, and the same series again from it (an Idempotency-Key replay);
-    also where the low 48 bits wrap around."""
-    for first in [new_id(), "12345678-1234-4234-8234-fffffffffff0"]:
+def test_a_series_is_valid_distinct_uuid7s_the_same_from_the_same_first() -> None:
+    """The ids of one request's recipients: UUIDv7s (time, version and variant kept), all
+    distinct, the first given first, and the same series again from it (an
+    Idempotency-Key replay); also where the low 48 bits wrap around. An id of an earlier
+    version (a UUID4 kept with its key) gives UUID4s as before."""
+    for first, version in [
+        (new_id(), 7),
+        ("01a2502e-ed3e-7234-8234-fffffffffff0", 7),
+        ("12345678-1234-4234-8234-fffffffffff0", 4),
+    ]:
         ids = series(first, 1000)
         assert ids[0] == first
         assert len(set(ids)) == 1000
         assert series(first, 1000) == ids
         for value in ids:
             parsed = uuid.UUID(value)
-            assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+            assert (parsed.version, parsed.variant) == (version, uuid.RFC_4122)
             assert str(parsed) == value
+            assert value[:24] == first[:24]
