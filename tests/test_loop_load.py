@@ -3,6 +3,7 @@ not busy once either stops."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -45,5 +46,25 @@ async def test_busy_needs_a_late_loop_and_notifications_coming_in() -> None:
         await eventually(until(lambda: load.busy, coming_in_while_held), interval=0)
         await eventually(until(lambda: not load.busy, _hold_the_loop), interval=0)
         assert load.lag == 0.0  # quiet: the measurement stopped
+    finally:
+        await load.aclose()
+
+
+async def test_busy_lasts_between_the_batches_of_a_burst() -> None:
+    """By default, "busy" does not lapse in a gap of 150 ms between the intake's batches
+    while the loop stays held (under a saturating burst they went in 60-150 ms apart, each
+    waiting for the outbox's thread): the dispatchers keep to their trickle."""
+    load = LoopLoad()
+    await load.start()
+    try:
+        load.took_in()
+        while not load.busy:
+            _hold_the_loop()
+            await asyncio.sleep(0)  # the measurement's timer, late, runs
+        last_batch = time.monotonic()
+        while time.monotonic() - last_batch < 0.15:
+            _hold_the_loop()
+            await asyncio.sleep(0)
+            assert load.busy
     finally:
         await load.aclose()
