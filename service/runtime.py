@@ -424,7 +424,9 @@ class Runtime:
         # The channels' connections close after their dispatchers (opened later) have stopped.
         self._steps += [(None, channel.aclose) for channel in channels]
         if self._stream is None and settings.delivery == "inline":
-            load = self._load = LoopLoad()
+            load = self._load = LoopLoad(
+                arriving=lambda: self._intake is not None and self._intake.arriving
+            )
             self._steps.append((load.start, load.aclose))
             self.dispatchers = dispatchers(
                 settings, outbox, channels, metrics.deliveries, api_busy=lambda: load.busy

@@ -50,11 +50,13 @@ async def test_busy_needs_a_late_loop_and_notifications_coming_in() -> None:
         await load.aclose()
 
 
-async def test_busy_lasts_between_the_batches_of_a_burst() -> None:
-    """By default, "busy" does not lapse in a gap of 150 ms between the intake's batches
-    while the loop stays held (under a saturating burst they went in 60-150 ms apart, each
-    waiting for the outbox's thread): the dispatchers keep to their trickle."""
-    load = LoopLoad()
+async def test_busy_lasts_while_notifications_are_on_their_way() -> None:
+    """While the intake holds notifications on their way (``arriving``), "busy" does not
+    lapse in a gap between batches longer than the window (under a saturating burst they
+    went in 60-150 ms apart, each waiting for the outbox's thread); once none are on their
+    way it lapses, the last batch being older than the window."""
+    on_their_way = True
+    load = LoopLoad(interval=0.01, lag_limit=0.005, window=0.1, arriving=lambda: on_their_way)
     await load.start()
     try:
         load.took_in()
@@ -62,9 +64,11 @@ async def test_busy_lasts_between_the_batches_of_a_burst() -> None:
             _hold_the_loop()
             await asyncio.sleep(0)  # the measurement's timer, late, runs
         last_batch = time.monotonic()
-        while time.monotonic() - last_batch < 0.15:
+        while time.monotonic() - last_batch < 0.15:  # no batch for longer than the window
             _hold_the_loop()
             await asyncio.sleep(0)
             assert load.busy
+        on_their_way = False  # and the last batch is older than the window
+        assert not load.busy
     finally:
         await load.aclose()

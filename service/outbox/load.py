@@ -17,18 +17,19 @@ stayed at 63 ms. A loop that only delivers is not "busy" by this measure, becaus
 notification came in lately: the catch-up after a burst uses every connection. The timer runs
 only while notifications come in: an idle service does not wake for it.
 
-"Come in" is the intake's batches going into the outbox, and a batch waits for the outbox's
-thread, which waits for Python's GIL: under a saturating burst they went in 60-150 ms apart
-(the loop 20-40 ms late). A window of 100 ms, as this had first, let "busy" lapse between
-them for up to a quarter of a burst, and the dispatchers sent on every connection meanwhile
-(up to 75 emails a second instead of 20, the API up to 30 % slower in those rounds); the
-window is a second.
+Notifications "come in" while the intake holds some on their way into the outbox
+(``arriving``), or a batch of them went in within ``window``. A batch waits for the outbox's
+thread, which waits for Python's GIL: under a saturating burst they went in 60-150 ms apart (the
+loop 20-40 ms late), and with the window alone "busy" lapsed between them for up to a quarter
+of a burst, the dispatchers sending on every connection meanwhile (up to 75 emails a second
+instead of 20, the API up to 30 % slower in those rounds).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from service.tasks import stop
 
@@ -36,12 +37,19 @@ __all__ = ["LoopLoad"]
 
 
 class LoopLoad:
-    """``busy``: the loop's smoothed lag is over ``lag_limit`` seconds and notifications came
-    in within the last ``window`` seconds (``took_in``)."""
+    """``busy``: the loop's smoothed lag is over ``lag_limit`` seconds and notifications are
+    coming in: ``arriving`` says some are on their way, or a batch went in within the last
+    ``window`` seconds (``took_in``)."""
 
     def __init__(
-        self, *, interval: float = 0.01, lag_limit: float = 0.005, window: float = 1.0
+        self,
+        *,
+        interval: float = 0.01,
+        lag_limit: float = 0.005,
+        window: float = 0.1,
+        arriving: Callable[[], bool] = lambda: False,
     ) -> None:
+        self._arriving = arriving
         self._interval = interval
         self._lag_limit = lag_limit
         self._window = window
@@ -72,7 +80,7 @@ class LoopLoad:
         await stop(task)
 
     def _recent(self) -> bool:
-        return time.monotonic() - self._took_in_at < self._window
+        return self._arriving() or time.monotonic() - self._took_in_at < self._window
 
     async def _measure(self) -> None:
         loop = asyncio.get_running_loop()

@@ -115,6 +115,11 @@ class OutboxIntake:
         sink.admit()
         self._beyond += notifications - 1
 
+    @property
+    def arriving(self) -> bool:
+        """Whether notifications are on their way into the outbox (admitted, not yet in)."""
+        return self._sink.held > 0
+
     def took_in(self, beyond: int) -> None:
         """A batch went into the outbox, with ``beyond`` notifications more than its lines."""
         self._beyond = max(0, self._beyond - beyond)
