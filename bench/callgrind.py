@@ -7,7 +7,10 @@ every thread of the server (the writer's too) and is the same on every run to wi
 It is slow (a server under valgrind runs ~50 times slower: about a minute per server) and needs
 ``valgrind`` (``apt-get install valgrind``; ``make bench-cg`` installs it when missing).
 
-The redis row counts its API process only, with a fresh ``redis-server`` beside it and no
+The service-email row is the service with email on and ``NOTIFY_DELIVERY=external`` (what
+taking each notification's delivery into the outbox costs, nothing sending beside it: under
+valgrind a dispatcher's time-paced sends would count many times over). The redis row counts
+its API process only, with a fresh ``redis-server`` beside it and no
 worker (the stream keeps the lines): what the queue backend costs the server that answers.
 """
 
@@ -28,7 +31,14 @@ from bench.process import HOST, running_server
 from bench.redis_stack import running_redis
 from bench.servers import ServerSpec, select_servers
 
-DEFAULT_SERVERS = ("bare", "same-signature", "service", "service-ack-write", "redis")
+DEFAULT_SERVERS = (
+    "bare",
+    "same-signature",
+    "service",
+    "service-ack-write",
+    "service-email",
+    "redis",
+)
 CONCURRENCY = 64
 READY_TIMEOUT_S = 180.0
 """Python, uvicorn and the app start under valgrind in 20-60 s here."""
@@ -97,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             counts[spec.name] = measure(spec, args.requests, args.warmup, Path(tmp))
             print(f"{spec.name:<18} {counts[spec.name]:>10,.0f} instructions/request", flush=True)
     pairs = [(name, base) for base in ("bare", "same-signature") for name in counts]
-    pairs += [("service-ack-write", "service"), ("redis", "service")]
+    pairs += [("service-ack-write", "service"), ("service-email", "service"), ("redis", "service")]
     for name, base in pairs:
         if name not in (base, "bare") and name in counts and base in counts:
             # Fewer instructions a request is more requests a second: base / name.

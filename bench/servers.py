@@ -52,6 +52,12 @@ REDIS_STREAM = "notifications"
 """The stream the redis row's API and worker share (the harness watches its length)."""
 
 _SERVICE_ENV = {"NOTIFY_LOG_PATH": f"{{run_dir}}/{LOG_FILE_NAME}"}
+_EMAIL_ENV = {
+    **_SERVICE_ENV,
+    "NOTIFY_SMTP_URL": "smtp://127.0.0.1:9",  # never connected to: nothing delivers
+    "NOTIFY_SMTP_FROM": "bench@example.com",
+    "NOTIFY_DELIVERY": "external",
+}
 _REDIS_ENV = {
     **_SERVICE_ENV,
     "NOTIFY_BACKEND": "redis",
@@ -70,6 +76,10 @@ SERVERS: tuple[ServerSpec, ...] = (
         env={**_SERVICE_ENV, "NOTIFY_ACK": "write"},
         default=False,
     ),
+    # Email on, delivered by nobody (NOTIFY_DELIVERY=external: the API only takes the
+    # deliveries into its outbox): what the intake costs the request path, with nothing
+    # sending beside it (python -m bench.email measures the API with delivery on).
+    ServerSpec("service-email", "service.main", env=_EMAIL_ENV, default=False),
     ServerSpec("redis", "service.main", env=_REDIS_ENV, default=False, redis=True),
     # --workers 2, side by side (not in make bench: the 2-core machine runs the load too)
     ServerSpec("bare-workers-2", "bench.apps.bare", writes_log=False, default=False, workers=2),
