@@ -162,9 +162,8 @@ class SqliteOutbox:
             unpacked = (now, "[" + ",".join(plain) + "]", json.dumps(channels))
             if not with_nul:
                 # One statement is one transaction by itself: in autocommit mode no BEGIN
-                # and COMMIT go around it, after each of which this thread would take the GIL
-                # back (the event loop's thread waiting meanwhile): two handoffs a batch,
-                # not six.
+                # and COMMIT go around it, two statements after each of which this thread
+                # would take the GIL back from the event loop's thread.
                 db.isolation_level = None
                 try:
                     db.execute(_ADD, unpacked)
