@@ -480,3 +480,27 @@ async def test_with_two_workers_every_location_answers_and_a_key_writes_once(
     lines = read_lines(tmp_path / "log.txt")
     assert lines.count("notification for ada@example.com: some notification") == 1
     assert len(lines) == 21
+
+
+async def test_new_rows_are_indexed_in_the_order_their_ids_were_made(tmp_path: Path) -> None:
+    """The ledger's id index takes a UUIDv7's time (not its CRC-32): notifications accepted in
+    later milliseconds get larger keys, so new rows go to the end of the index (one page a
+    batch, not a random page a row), and another process still finds each."""
+    settings = make_settings(tmp_path)
+    locations = []
+    async with running(settings) as first, running(settings) as second:
+        for _ in range(3):
+            made = time.time_ns() // 1_000_000
+            while time.time_ns() // 1_000_000 <= made:  # the next request in a later millisecond
+                pass
+            response = await first.post("/send-notification/ada@example.com")
+            locations.append(response.headers["location"])
+        for location in locations:
+            await status_of(second, location, "written")
+    with sqlite3.connect(settings.effective_ledger_path()) as db:
+        keys = [key for (key,) in db.execute("SELECT key FROM notifications ORDER BY seq")]
+    db.close()
+    assert len(keys) == 3
+    assert keys == sorted(keys)
+    assert len(set(keys)) == 3
+    assert min(keys) > 2**32  # not CRC-32s
