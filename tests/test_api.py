@@ -78,11 +78,20 @@ async def test_status_of_a_notification_whose_write_fails(tmp_path: Path) -> Non
 
 
 async def test_unknown_or_malformed_id_is_404(tmp_path: Path) -> None:
-    """An id nobody was given gets 404 with a message."""
+    """An id nobody was given gets 404 with a message: a UUID of either version, or a text
+    shaped like neither (a version digit 7 where a UUIDv7 has it, hex nowhere)."""
+    unknown = [
+        str(uuid.uuid4()),
+        "01a2502e-ed3e-7d3e-98dd-777e698ae518",
+        "zzzzzzzz-zzzz-7zzz-8zzz-zzzzzzzzzzzz",
+        "x" * 14 + "7",
+        "ada",
+    ]
     async with running(make_settings(tmp_path)) as client:
-        response = await client.get(f"/notifications/{uuid.uuid4()}")
-    assert response.status_code == 404
-    assert "unknown, or expired" in response.json()["detail"]
+        responses = [await client.get(f"/notifications/{text}") for text in unknown]
+    for response in responses:
+        assert response.status_code == 404, response.text
+        assert "unknown, or expired" in response.json()["detail"]
 
 
 async def test_statuses_expire(tmp_path: Path) -> None:

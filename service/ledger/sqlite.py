@@ -799,9 +799,12 @@ def _id_key(notification_id: str) -> int:
     ids since 2026-12-07), its first 60 bits (the millisecond it was made, then 12 random
     bits), so that new rows go to the end of the index, as they go to the end of the table;
     for an earlier id (a random UUID4), its CRC-32 (``_crc``), as it was stored. The two never
-    meet: a CRC-32 is below 2**32, the time key of any id made after 1970-01-02 above it."""
+    meet: a CRC-32 is below 2**32, the time key of any id made after 1970-01-02 above it. A
+    text asked for that is no UUID (``GET /notifications/{id}`` takes any) gets its CRC-32:
+    nothing is stored under it, and a lookup checks the id too."""
     if notification_id[14:15] == "7":
-        return int(notification_id[:8] + notification_id[9:13] + notification_id[15:18], 16)
+        with contextlib.suppress(ValueError):
+            return int(notification_id[:8] + notification_id[9:13] + notification_id[15:18], 16)
     return _crc(notification_id)
 
 
