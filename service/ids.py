@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 
-__all__ = ["new_id", "series"]
+__all__ = ["new_id", "series", "time_key"]
 
 _IDS_PER_DRAW = 256
 _RANDOM_BYTES = 10  # 80 bits drawn, 74 used: rand_a (12), 2 of the variant's digit, rand_b (60)
@@ -47,6 +47,18 @@ class _RandomPool:
 new_id = _RandomPool().new_id
 """A new UUIDv7, as its canonical 36-character string (one call, no intermediate ``take``:
 this runs on every request)."""
+
+
+def time_key(notification_id: str) -> int | None:
+    """The first 60 bits of a UUIDv7 (the millisecond it was made, then 12 random bits) as an
+    integer that grows with time, for an index that new ids go to the end of; None for any
+    other text (a UUID4 of an earlier version, or something that is no UUID)."""
+    if notification_id[14:15] != "7":
+        return None
+    try:
+        return int(notification_id[:8] + notification_id[9:13] + notification_id[15:18], 16)
+    except ValueError:
+        return None
 
 
 _LOW = 16**12

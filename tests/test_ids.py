@@ -7,7 +7,7 @@ import time
 import uuid
 from collections import Counter
 
-from service.ids import new_id, series
+from service.ids import new_id, series, time_key
 
 _TIME_DIGITS = 12  # unix_ts_ms: the first 48 bits
 
@@ -99,3 +99,20 @@ def test_a_series_is_valid_distinct_uuid7s_the_same_from_the_same_first() -> Non
             assert (parsed.version, parsed.variant) == (version, uuid.RFC_4122)
             assert str(parsed) == value
             assert value[:24] == first[:24]
+
+
+def test_the_time_key_of_a_uuid7_grows_with_time_and_is_none_for_other_texts() -> None:
+    """``time_key``: a UUIDv7's first 60 bits, larger for an id of a later millisecond; None
+    for a UUID4 and for texts that are no UUID, a 7 at the version's place or not."""
+    first = new_id()
+    made = _milliseconds(first)
+    while time.time_ns() // 1_000_000 <= made:
+        pass
+    second = new_id()
+    first_key, second_key = time_key(first), time_key(second)
+    assert first_key is not None
+    assert second_key is not None
+    assert first_key >> 12 == made
+    assert second_key > first_key
+    for other in [str(uuid.uuid4()), "zzzzzzzz-zzzz-7zzz-8zzz-zzzzzzzzzzzz", "x" * 14 + "7", ""]:
+        assert time_key(other) is None

@@ -59,6 +59,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+from service.ids import time_key
 from service.outbox.base import DeliveryState, Pause
 from service.outbox.sqlite import STATE_COLUMNS, delivery_state
 from service.records import Kind
@@ -796,16 +797,14 @@ def _crc(text: str) -> int:
 
 def _id_key(notification_id: str) -> int:
     """What ``notifications`` is indexed by for an id (``key``): for a UUIDv7 (the service's
-    ids since 2026-12-07), its first 60 bits (the millisecond it was made, then 12 random
+    ids since 2026-12-07), its ``time_key`` (the millisecond it was made, then 12 random
     bits), so that new rows go to the end of the index, as they go to the end of the table;
     for an earlier id (a random UUID4), its CRC-32 (``_crc``), as it was stored. The two never
     meet: a CRC-32 is below 2**32, the time key of any id made after 1970-01-02 above it. A
     text asked for that is no UUID (``GET /notifications/{id}`` takes any) gets its CRC-32:
     nothing is stored under it, and a lookup checks the id too."""
-    if notification_id[14:15] == "7":
-        with contextlib.suppress(ValueError):
-            return int(notification_id[:8] + notification_id[9:13] + notification_id[15:18], 16)
-    return _crc(notification_id)
+    key = time_key(notification_id)
+    return _crc(notification_id) if key is None else key
 
 
 def _notifications(ids: Sequence[str], kinds: Sequence[Kind]) -> list[str]:
