@@ -3,14 +3,11 @@
 Three measurements, each with fresh servers on loopback and an SMTP server (aiosmtpd, a thread
 of this process: ``bench.smtp_sink``) that records every message's arrival:
 
-1. **API**: req/s of the ``service`` server with email off (``log-only``: ``uvicorn
-   service.main:app``, as ``python -m bench`` runs it), and with ``NOTIFY_SMTP_URL`` pointing
-   to a server that answers at once (``email-fast``) and to one taking 200 ms a message
-   (``email-slow``), both served as ``notify-service`` serves them (the default: the API and
-   its delivery process, whose CPU is counted as the server's), and ``email-inline`` (the fast
-   server; plain uvicorn, the API delivering itself), in interleaved rounds through
-   ``bench.measure.run_once`` (closed-loop load generator process, log checked exactly once).
-   Ratios are taken round by round.
+1. **API**: req/s of the ``service`` server (``uvicorn service.main:app``, as ``python -m
+   bench`` runs it) with email off (``log-only``), with ``NOTIFY_SMTP_URL`` pointing to a
+   server that answers at once (``email-fast``) and to one taking 200 ms a message
+   (``email-slow``), in interleaved rounds through ``bench.measure.run_once`` (closed-loop
+   load generator process, log checked exactly once). Ratios are taken round by round.
 2. **Delivery**: N notifications posted through the closed-loop load generator, emails per
    second from its first request until the SMTP server has all N, for the service and for the
    guide's way (``bench.apps.guide_email``: a ``BackgroundTasks`` task sending with
@@ -44,7 +41,6 @@ from bench.cpu import MachineCpu
 from bench.email_report import (
     CEILING,
     EMAIL_FAST,
-    EMAIL_INLINE,
     EMAIL_SLOW,
     GUIDE,
     LOG_ONLY,
@@ -143,12 +139,11 @@ QUICK = EmailOptions(
 )
 
 
-def email_spec(name: str, sink: SmtpSink, *, notify_service: bool = False) -> ServerSpec:
-    """The ``service`` row with email on, sending to ``sink``: delivering itself, or with
-    ``notify_service`` served as ``notify-service`` serves it (its delivery process sends)."""
+def email_spec(name: str, sink: SmtpSink) -> ServerSpec:
+    """The ``service`` row with email on, sending to ``sink``."""
     service = _service_spec()
     env = {**service.env, "NOTIFY_SMTP_URL": sink.url, "NOTIFY_SMTP_FROM": SENDER}
-    return replace(service, name=name, env=env, default=False, notify_service=notify_service)
+    return replace(service, name=name, env=env, default=False)
 
 
 def _service_spec() -> ServerSpec:
@@ -255,16 +250,13 @@ def run_api_rows(
 
 
 def run_api(options: EmailOptions, work_dir: Path, say: Say) -> list[ApiRun]:
-    """Interleaved rounds of log-only, email-fast, email-slow (served as ``notify-service``
-    serves them, the default: the API and its delivery process) and email-inline (plain
-    ``uvicorn service.main:app``, the API delivering itself, to the fast server)."""
+    """Interleaved rounds of log-only, email-fast, email-slow."""
     load = options.api_load()
     with smtp_sink() as fast, smtp_sink(SLOW_DELAY_S) as slow:
         rows: list[tuple[str, ServerSpec, Sink | None]] = [
             (LOG_ONLY, log_only_spec(), None),
-            (EMAIL_FAST, email_spec(EMAIL_FAST, fast, notify_service=True), fast),
-            (EMAIL_SLOW, email_spec(EMAIL_SLOW, slow, notify_service=True), slow),
-            (EMAIL_INLINE, email_spec(EMAIL_INLINE, fast), fast),
+            (EMAIL_FAST, email_spec(EMAIL_FAST, fast), fast),
+            (EMAIL_SLOW, email_spec(EMAIL_SLOW, slow), slow),
         ]
         return run_api_rows(rows, load, work_dir, say)
 
@@ -277,8 +269,7 @@ def api_ratios(runs: Sequence[ApiRun], row: str) -> list[float]:
 
 
 def api_summary(
-    runs: Sequence[ApiRun],
-    names: Sequence[str] = (LOG_ONLY, EMAIL_FAST, EMAIL_SLOW, EMAIL_INLINE),
+    runs: Sequence[ApiRun], names: Sequence[str] = (LOG_ONLY, EMAIL_FAST, EMAIL_SLOW)
 ) -> dict[str, Any]:
     """Per row (in the order of ``names``): medians over its runs, and its ratios to
     log-only round by round."""
@@ -815,8 +806,7 @@ def run(options: EmailOptions, work_dir: Path, say: Say = print) -> tuple[dict[s
     if "api" in options.parts:
         say(
             f"API: {options.api_rounds} round(s) x {options.api_requests:,} requests over"
-            f" {options.concurrency} connections: {LOG_ONLY}, {EMAIL_FAST}, {EMAIL_SLOW},"
-            f" {EMAIL_INLINE}"
+            f" {options.concurrency} connections: {LOG_ONLY}, {EMAIL_FAST}, {EMAIL_SLOW}"
         )
         api_runs = run_api(options, work_dir, say)
         summary = api_summary(api_runs)

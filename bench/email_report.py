@@ -21,7 +21,6 @@ LATENCY_GOAL_S = 1.0
 LOG_ONLY = "log-only"
 EMAIL_FAST = "email-fast"
 EMAIL_SLOW = "email-slow"
-EMAIL_INLINE = "email-inline"
 SERVICE = "service"
 GUIDE = "guide"
 CEILING = "ceiling"

@@ -211,8 +211,6 @@ def run_once(spec: ServerSpec, round_index: int, options: Options, run_dir: Path
     tail = LogTail(run_dir / LOG_FILE_NAME)
     with running_stack(spec, run_dir, REPO_ROOT, READY_TIMEOUT_S) as stack:
         startup_s = stack.server.wait_ready(READY_TIMEOUT_S)
-        if spec.notify_service:
-            stack.server.track_group()  # its CPU includes the delivery process's
         phase = _run_loadgen(stack, tail, spec, options, run_dir)
         expected = phase.load.acked_emails if spec.writes_log else []
         complete_wall = phase.log_complete_wall

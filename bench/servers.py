@@ -30,10 +30,6 @@ class ServerSpec:
     """Whether each run also starts a redis-server and one worker, which writes ``log.txt``."""
     workers: int = 1
     """uvicorn's ``--workers``: processes sharing the port (and the service's files)."""
-    notify_service: bool = False
-    """Whether the server is started as a user runs ``notify-service`` (``python -m service``:
-    the API with ``NOTIFY_DELIVERY=external`` and, with a channel on, its delivery process)
-    instead of ``uvicorn {module}:app``; ``service.main`` rows only."""
 
     @property
     def app(self) -> str:

@@ -77,8 +77,7 @@ def running_stack(
     """Start the run's processes in ``run_dir``; all of them are killed when the block exits."""
     with ExitStack() as started:
         if not spec.redis:
-            alone = running_server(spec, run_dir, repo_root, notify_service=spec.notify_service)
-            yield Stack(started.enter_context(alone))
+            yield Stack(started.enter_context(running_server(spec, run_dir, repo_root)))
             return
         redis = started.enter_context(running_redis(run_dir, ready_timeout))
         worker = started.enter_context(

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow  # runs the email benchmark's quick mode: servers,
 def test_quick_email_benchmark_delivers_everything_and_judges_every_goal(tmp_path: Path) -> None:
     results = quick_results("email", tmp_path)
     rows = results["api"]["rows"]
-    assert rows.keys() == {"log-only", "email-fast", "email-slow", "email-inline"}
+    assert rows.keys() == {"log-only", "email-fast", "email-slow"}
     assert all(row["exactly_once"] and row["non_200"] == 0 for row in rows.values())
     for run in results["delivery"]["runs"]:
         assert run["delivered"] == run["acked"] == run["posted"], run
