@@ -136,18 +136,8 @@ _RESTART_DELAY = 0.5
 _RESTART_DELAY_MAX = 10.0
 _STEADY = 10.0
 _NICENESS = 10
-"""How much lower the delivery process's CPU priority is than the API's (``nice``) where
-Linux's ``SCHED_IDLE`` is not available: see ``DeliverySupervisor``."""
-
-
-def _yield_cpu(pid: int) -> None:
-    """Give process ``pid`` only the CPU time that nothing else wants: the ``SCHED_IDLE``
-    policy (Linux, ``sched(7)``), else a niceness ``_NICENESS`` above this process's."""
-    if hasattr(os, "SCHED_IDLE"):
-        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
-    else:
-        niceness = min(os.getpriority(os.PRIO_PROCESS, 0) + _NICENESS, 19)
-        os.setpriority(os.PRIO_PROCESS, pid, niceness)
+"""How much lower the delivery process's CPU priority is than the API's (``nice``): see
+``DeliverySupervisor``."""
 
 
 class DeliverySupervisor:
@@ -160,21 +150,16 @@ class DeliverySupervisor:
     ``--parent`` (this process's id), so that it stops by itself if ``notify-service`` is
     killed.
 
-    It takes only CPU time that nothing else wants (``SCHED_IDLE``; niceness 10 where that
-    policy does not exist): where the cores are few, a burst of requests gets the CPU first and
-    deliveries take what is left, as the API's own dispatchers step back during a burst
-    (``service/outbox/load.py``), and they use it all once the burst is over. A niced process
-    still preempts the API's event loop whenever it wakes (here 0.4-0.6 involuntary context
-    switches of that thread a request); an idle-class one does not. Measured on the shared
-    2-core VM (20,000 POSTs on 64 connections after 500, email on, an SMTP server answering at
-    once; the load generator on the same machine; 10 alternating rounds, medians of the
-    rounds' ratios to the service with email off): the API answered 0.83x beside a niced
-    delivery process, **0.95x** beside an idle-class one, 0.87x delivering itself. (Earlier,
-    4,000 POSTs on 32 connections: 2,760 and 2,490 requests a second beside a delivery process
-    at the same priority, 3,770 and 2,720 beside a niced one, 3,620 and 2,850 delivering
-    itself; every run delivered all 4,000 within 5-12 s of the burst's start.) On a machine
-    kept busy by other work the idle class still gets a sliver of CPU, so deliveries trickle
-    rather than stop, as the API's own step-back does.
+    It runs at a lower CPU priority (niceness 10): where the cores are few, a burst of
+    requests gets the CPU first and deliveries take what is left, as the API's own dispatchers
+    step back during a burst (``service/outbox/load.py``), and they use it all once the burst
+    is over. Measured on the shared 2-core VM (4,000 POSTs on 32 connections, email on, the load
+    generator and the SMTP server on the same machine, other work running: noisy), in two runs
+    of alternating rounds (3, then 5): the API answered medians of 2,760 and 2,490 requests a
+    second beside a delivery process at the same priority, 3,770 and 2,720 beside a niced one,
+    and 3,620 and 2,850 delivering itself. Delivering itself it sent 15-30 emails during the
+    burst; the delivery process sent 140-560 niced, 370-900 not; every run delivered all 4,000
+    within 5-12 s of the burst's start.
 
     Given ``reload`` (a directory: ``--reload``), a second thread watches its Python files as
     uvicorn's reloader watches them for the API (``watchfiles``, the library uvicorn uses),
@@ -259,7 +244,8 @@ class DeliverySupervisor:
                 self._command, env=self._env, stdin=subprocess.DEVNULL, process_group=0
             )
             with contextlib.suppress(OSError):  # already gone: the supervisor starts another
-                _yield_cpu(process.pid)
+                niceness = min(os.getpriority(os.PRIO_PROCESS, 0) + _NICENESS, 19)
+                os.setpriority(os.PRIO_PROCESS, process.pid, niceness)
             self._started_at = time.monotonic()
 
     def _supervise(self) -> None:

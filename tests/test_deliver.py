@@ -197,29 +197,6 @@ async def test_notify_service_delivers_from_its_delivery_process(tmp_path: Path)
 
 
 @pytest.mark.slow
-async def test_the_delivery_process_takes_only_cpu_time_nothing_else_wants(
-    tmp_path: Path,
-) -> None:
-    """notify-service puts its delivery process, and one started again after it died, in
-    Linux's idle scheduling class, so that on few cores a burst of requests never waits for a
-    send; the API's process keeps the normal class."""
-
-    def idle(pid: int) -> bool:
-        return os.sched_getscheduler(pid) == os.SCHED_IDLE
-
-    with smtp_server() as mail:
-        async with notify_service(tmp_path, delivery_settings(mail.url())) as server:
-            await eventually(lambda: len(delivery_pids(server)) == 1, message="started")
-            (first,) = delivery_pids(server)
-            await eventually(lambda: idle(first), message="the delivery process is idle-class")
-            assert os.sched_getscheduler(server.pid) == os.SCHED_OTHER
-            os.kill(first, signal.SIGKILL)
-            await eventually(lambda: len(delivery_pids(server)) == 2, message="restarted")
-            second = delivery_pids(server)[1]
-            await eventually(lambda: idle(second), message="the restarted one is idle-class")
-
-
-@pytest.mark.slow
 async def test_a_killed_delivery_process_is_restarted_and_loses_nothing(tmp_path: Path) -> None:
     """SIGKILL of the delivery process with sends in flight (the SMTP server holds them):
     notify-service starts another within seconds, which delivers every notification; a repeat
