@@ -135,7 +135,7 @@ _RESTART_DELAY = 0.5
 ``_RESTART_DELAY_MAX``) while each one dies within ``_STEADY`` seconds of its start."""
 _RESTART_DELAY_MAX = 10.0
 _STEADY = 10.0
-_NICENESS = 19
+_NICENESS = 10
 """How much lower the delivery process's CPU priority is than the API's (``nice``): see
 ``DeliverySupervisor``."""
 
@@ -150,24 +150,13 @@ class DeliverySupervisor:
     ``--parent`` (this process's id), so that it stops by itself if ``notify-service`` is
     killed.
 
-    It runs at the lowest CPU priority (niceness 19, from 10 before 2026-12-07): where the cores
-    are few, a burst of requests gets the CPU first and deliveries take what is left, as the
-    API's own dispatchers step back during a burst (``service/outbox/load.py``), and they use it
-    all once the burst is over. Beside one at niceness 10 the API's event loop was preempted
-    0.4-0.6 times a request (involuntary context switches of its thread; none without a
-    delivery process). In ad hoc runs of 8-10 alternating rounds (20,000 POSTs on 64
-    connections after 500, an SMTP server answering at once, the load generator on the same
-    2 cores), the API answered 0.83x, 0.73x and 0.81x its email-off rate beside a delivery
-    process at niceness 10, 0.84x and 0.90x at 19 (0.95x and 0.82x in Linux's idle class,
-    ``SCHED_IDLE``, tried and not kept: an idle-class process runs only when its core has
-    nothing else). Kept pace at 70 % of capacity (``python -m
-    bench.distance --parts pace --delivery process``, lean receiver): backlogs of 0.00 and 6.57
-    s of traffic at 10, 0.69 and 4.95 s at 19, 3.37 s idle-class: as noisy as that. Earlier,
-    on the shared 2-core VM (4,000 POSTs on 32 connections, email on, the load
+    It runs at a lower CPU priority (niceness 10): where the cores are few, a burst of
+    requests gets the CPU first and deliveries take what is left, as the API's own dispatchers
+    step back during a burst (``service/outbox/load.py``), and they use it all once the burst
+    is over. Measured on the shared 2-core VM (4,000 POSTs on 32 connections, email on, the load
     generator and the SMTP server on the same machine, other work running: noisy), in two runs
     of alternating rounds (3, then 5): the API answered medians of 2,760 and 2,490 requests a
-    second beside a delivery process at the same priority, 3,770 and 2,720 beside one at
-    niceness 10,
+    second beside a delivery process at the same priority, 3,770 and 2,720 beside a niced one,
     and 3,620 and 2,850 delivering itself. Delivering itself it sent 15-30 emails during the
     burst; the delivery process sent 140-560 niced, 370-900 not; every run delivered all 4,000
     within 5-12 s of the burst's start.
