@@ -197,6 +197,28 @@ async def test_notify_service_delivers_from_its_delivery_process(tmp_path: Path)
 
 
 @pytest.mark.slow
+async def test_the_delivery_process_runs_at_a_lower_cpu_priority(tmp_path: Path) -> None:
+    """notify-service runs its delivery process, and one started again after it died, 10
+    nice levels below itself, so that on few cores a burst of requests gets the CPU first;
+    the API's process keeps this one's priority."""
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+
+    def lowered(pid: int) -> bool:
+        return os.getpriority(os.PRIO_PROCESS, pid) == min(own + 10, 19)
+
+    with smtp_server() as mail:
+        async with notify_service(tmp_path, delivery_settings(mail.url())) as server:
+            await eventually(lambda: len(delivery_pids(server)) == 1, message="started")
+            (first,) = delivery_pids(server)
+            await eventually(lambda: lowered(first), message="the delivery process niced")
+            assert os.getpriority(os.PRIO_PROCESS, server.pid) == own
+            os.kill(first, signal.SIGKILL)
+            await eventually(lambda: len(delivery_pids(server)) == 2, message="restarted")
+            second = delivery_pids(server)[1]
+            await eventually(lambda: lowered(second), message="the restarted one niced")
+
+
+@pytest.mark.slow
 async def test_a_killed_delivery_process_is_restarted_and_loses_nothing(tmp_path: Path) -> None:
     """SIGKILL of the delivery process with sends in flight (the SMTP server holds them):
     notify-service starts another within seconds, which delivers every notification; a repeat
