@@ -200,7 +200,7 @@ async def test_notify_service_delivers_from_its_delivery_process(tmp_path: Path)
 async def test_the_delivery_process_runs_at_a_lower_cpu_priority(tmp_path: Path) -> None:
     """notify-service runs its delivery process, and one started again after it died, 10
     nice levels below itself, so that on few cores a burst of requests gets the CPU first;
-    the API's process keeps this one's priority."""
+    the API's process keeps the priority it was started with."""
     own = os.getpriority(os.PRIO_PROCESS, 0)
 
     def lowered(pid: int) -> bool:
