@@ -83,9 +83,10 @@ def client_tls(ca: trustme.CA) -> ssl.SSLContext:
     return context
 
 
-@pytest.fixture
-def smtp() -> Iterator[SmtpTestServer]:
-    with smtp_server() as server:
+@pytest.fixture(params=[False, True], ids=["one command at a time", "pipelining"])
+def smtp(request: pytest.FixtureRequest) -> Iterator[SmtpTestServer]:
+    """The server, with and without PIPELINING: every test of it holds both ways."""
+    with smtp_server(pipelining=request.param) as server:
         yield server
 
 

@@ -5,7 +5,8 @@ data, to hold the data until released, or to drop the connection once the data i
 
 TLS with a certificate made by ``trustme`` for 127.0.0.1: STARTTLS (``starttls=``) or TLS from
 the first byte (``implicit_tls=``); AUTH (LOGIN, PLAIN) with ``auth=(user, password)``, which
-aiosmtpd offers only over TLS.
+aiosmtpd offers only over TLS. ``pipelining=True`` offers PIPELINING (RFC 2920) in the EHLO
+reply: aiosmtpd reads commands one line at a time whether they come together or not.
 
 Nothing here sleeps: the tests wait for what the server saw (``wait_for``), with a deadline.
 """
@@ -57,7 +58,9 @@ class Recorder:
     """The server's handler: records, and answers as told (set the attributes before a send;
     the server's thread reads them)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, pipelining: bool = False) -> None:
+        self.pipelining = pipelining
+        """Offer PIPELINING in the EHLO reply."""
         self.rcpt_replies: dict[str, str] = {}
         """RCPT TO ``address`` gets this reply instead of 250 (e.g. ``550 5.1.1 unknown``)."""
         self.data_reply: str | None = None
@@ -122,6 +125,8 @@ class Recorder:
         with self._changed:
             self._connections.setdefault(server, len(self._connections) + 1)
             self._changed.notify_all()
+        if self.pipelining:  # before the last line ("250 HELP"), which ends the reply
+            responses.insert(len(responses) - 1, "250-PIPELINING")
         return responses
 
     async def handle_RCPT(
@@ -214,10 +219,11 @@ def smtp_server(
     implicit_tls: ssl.SSLContext | None = None,
     auth: tuple[str, str] | None = None,
     port: int | None = None,
+    pipelining: bool = False,
 ) -> Iterator[SmtpTestServer]:
     """A running SMTP server on a free loopback port (or on ``port``), stopped at the end of
     the block."""
-    recorder = Recorder()
+    recorder = Recorder(pipelining=pipelining)
     options: dict[str, Any] = {"enable_SMTPUTF8": smtputf8}
     if starttls is not None:
         options["tls_context"] = starttls

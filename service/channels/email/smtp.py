@@ -1,4 +1,4 @@
-"""The email channel's I/O: SMTP with ``aiosmtplib``, through a small pool of connections.
+"""The email channel's I/O: SMTP (``session``), through a small pool of connections.
 
 ``SmtpPool.send(mail)`` delivers one message (``message.Mail``) and returns ``Delivered``, or
 raises an ``SmtpFailure``, which is one of the channel outcomes (``service.channels.base``)
@@ -21,7 +21,8 @@ message (never one connection per message); at most ``connections`` sends are in
 others wait their turn in ``send``. A connection that is lost or broken is closed and a new one
 is opened by the next send. A reused connection that turns out to have been closed by the
 server while idle (lost before ``MAIL FROM`` was answered: nothing of the message was taken)
-is replaced at once, and the message sent on the new one.
+is replaced at once, and the message sent on the new one. With a server that offers
+PIPELINING, a message takes two round trips (``session``).
 
 TLS: ``smtps://`` is TLS from the first byte; ``smtp://`` upgrades with STARTTLS whenever the
 server offers it, and with ``require_tls`` refuses a server that does not. Credentials
@@ -37,17 +38,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 import time
 from dataclasses import dataclass
 from types import TracebackType
 from typing import ClassVar, Literal
 
-import aiosmtplib
-
 from config.settings import SmtpServer
 from service.channels.base import ChannelDown, Dead, Retry, Undelivered
 from service.channels.email.message import Mail
+from service.channels.email.session import (
+    ReplyError,
+    SmtpSession,
+    TransactionFailed,
+    path,
+)
 
 __all__ = [
     "Delivered",
@@ -156,7 +162,7 @@ class _Connection:
 
     __slots__ = ("client", "idle_since")
 
-    def __init__(self, client: aiosmtplib.SMTP) -> None:
+    def __init__(self, client: SmtpSession) -> None:
         self.client = client
         self.idle_since = time.monotonic()
 
@@ -180,6 +186,8 @@ class SmtpPool:
         self._open: set[_Connection] = set()
         self._in_flight = 0
         self._closed = False
+        self._tls_context = self.options.tls_context
+        self._local_hostname = self.options.local_hostname
 
     def __repr__(self) -> str:
         return f"<SmtpPool {self.server} connections={len(self._open)}>"
@@ -233,8 +241,9 @@ class SmtpPool:
     async def _answers(self, connection: _Connection) -> bool:
         """NOOP on ``connection``: True (and back to the pool) if answered, else closed."""
         try:
-            await connection.client.noop()
-        except (aiosmtplib.SMTPException, OSError):
+            async with asyncio.timeout(self.options.timeout):
+                await connection.client.noop()
+        except (ReplyError, OSError):
             self._discard(connection)
             return False
         except BaseException:
@@ -277,63 +286,52 @@ class SmtpPool:
         self._release(connection)
         return delivered
 
-    async def _transaction(self, client: aiosmtplib.SMTP, mail: Mail) -> Delivered:
-        if mail.smtputf8 and not client.supports_extension("smtputf8"):
+    async def _transaction(self, client: SmtpSession, mail: Mail) -> Delivered:
+        if mail.smtputf8 and not client.supports("smtputf8"):
             raise PermanentFailure(
                 f"{mail.recipient}: the local part is not ASCII and {self.description} does "
                 "not offer SMTPUTF8",
                 stage="mail",
             )
         data = mail.as_bytes()
-        encoding = "utf-8" if mail.smtputf8 else "ascii"
         options = []
+        if client.supports("size"):
+            options.append(f"SIZE={len(data)}")
         if mail.smtputf8:
             # RFC 6531: the headers are UTF-8 (the body is 7-bit quoted-printable).
             options.append("SMTPUTF8")
-            if client.supports_extension("8bitmime"):
+            if client.supports("8bitmime"):
                 options.append("BODY=8BITMIME")
-        if client.supports_extension("size"):
-            options.insert(0, f"SIZE={len(data)}")
-        stage: Stage = "mail"
-        # Each step's replies within the timeout: one deadline moved on at each step, rather
-        # than aiosmtplib's timer per reply (``timeout=None``), a tenth of a send's cost.
-        within = self.options.timeout
-        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(within) as deadline:
-                await client.mail(mail.sender, options=options, encoding=encoding, timeout=None)
-                stage = "rcpt"
-                deadline.reschedule(loop.time() + within)
-                # One recipient: its refusal is raised here (``sendmail`` would return a
-                # refusal of some recipients in a dict, and raise only when all are refused).
-                await client.rcpt(mail.recipient, encoding=encoding, timeout=None)
-                stage = "data"
-                deadline.reschedule(loop.time() + within)
-                response = await client.data(data, timeout=None)
-        except aiosmtplib.SMTPResponseException as exc:
-            await self._reset(client)
-            raise self._refused(exc, stage, mail) from None
-        except ValueError as exc:  # an address aiosmtplib will not put on a command line
-            await self._reset(client)
+            sender = path(mail.sender, utf8=mail.smtputf8)
+            recipient = path(mail.recipient, utf8=mail.smtputf8)
+        except ValueError as exc:  # an address that cannot go on a command line
             raise PermanentFailure(
-                f"{self.description}: cannot send to {mail.recipient}: {_one_line(str(exc))}",
-                stage=stage,
+                f"{self.description}: cannot send to {mail.recipient!r}: {exc}", stage="mail"
             ) from None
-        except (aiosmtplib.SMTPException, OSError) as exc:
+        try:
+            # One recipient: its refusal is this message's outcome.
+            reply = await client.transaction(
+                sender, recipient, options, data, step=self.options.timeout
+            )
+        except TransactionFailed as failed:
+            stage, cause = failed.stage, failed.cause
+            if isinstance(cause, ReplyError):
+                await self._reset(client)
+                raise self._refused(cause, stage, mail) from None
             client.close()
-            lost = "no reply in time" if isinstance(exc, TimeoutError) else "connection lost"
+            lost = "no reply in time" if isinstance(cause, TimeoutError) else "connection lost"
             if stage == "data":
                 raise UnknownOutcome(
-                    self._reason(f"{lost} after DATA, the outcome is unknown", exc), stage=stage
+                    self._reason(f"{lost} after DATA, the outcome is unknown", cause),
+                    stage=stage,
                 ) from None
-            if stage == "mail" and not isinstance(exc, TimeoutError):
-                raise _LostBeforeData(self._reason(lost, exc), stage=stage) from None
-            raise ServerUnavailable(self._reason(lost, exc), stage=stage) from None
-        return Delivered(response.code, _one_line(response.message))
+            if stage == "mail" and not isinstance(cause, TimeoutError):
+                raise _LostBeforeData(self._reason(lost, cause), stage=stage) from None
+            raise ServerUnavailable(self._reason(lost, cause), stage=stage) from None
+        return Delivered(reply.code, _one_line(reply.message))
 
-    def _refused(
-        self, exc: aiosmtplib.SMTPResponseException, stage: Stage, mail: Mail
-    ) -> SmtpFailure:
+    def _refused(self, exc: ReplyError, stage: Stage, mail: Mail) -> SmtpFailure:
         """The outcome of a reply that is not a success."""
         code = exc.code
         what = {"mail": "MAIL FROM", "rcpt": "RCPT TO", "data": "the message"}.get(stage, stage)
@@ -353,14 +351,15 @@ class SmtpPool:
             return UnknownOutcome(reason, code=code, stage=stage)
         return ServerUnavailable(reason, code=code, stage=stage)
 
-    async def _reset(self, client: aiosmtplib.SMTP) -> None:
+    async def _reset(self, client: SmtpSession) -> None:
         """RSET after a refusal, so the session can carry the next message; a session that
-        cannot be reset is closed."""
+        cannot be reset (within the timeout) is closed."""
         if not client.is_connected:
             return
         try:
-            await client.rset()
-        except (aiosmtplib.SMTPException, OSError):
+            async with asyncio.timeout(self.options.timeout):
+                await client.rset()
+        except (ReplyError, OSError):
             client.close()
 
     # -- connections ----------------------------------------------------------------------
@@ -368,56 +367,72 @@ class SmtpPool:
     async def _connect(self) -> _Connection:
         """A new connection: TCP (TLS for smtps), EHLO, STARTTLS, EHLO, AUTH, within
         ``options.timeout`` in all; ``ServerUnavailable`` if any step fails."""
-        server, options = self.server, self.options
-        client = aiosmtplib.SMTP(
-            hostname=server.host,
-            port=server.port,
-            use_tls=server.implicit_tls,
-            start_tls=False,
-            tls_context=options.tls_context,
-            local_hostname=options.local_hostname,
-            timeout=options.timeout,
-        )
+        server = self.server
+        client: SmtpSession | None = None
         try:
-            async with asyncio.timeout(options.timeout):
-                await client.connect()
+            async with asyncio.timeout(self.options.timeout):
+                tls = await self._tls() if server.implicit_tls else None
+                client = await SmtpSession.open(server.host, server.port, tls=tls)
                 await self._secure(client)
                 await self._authenticate(client)
         except ServerUnavailable:
-            client.close()
+            if client is not None:
+                client.close()
             raise
-        except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
-            # TimeoutError (asyncio.timeout's) is an OSError.
-            client.close()
+        except (ReplyError, OSError) as exc:
+            # TimeoutError (asyncio.timeout's) and ssl.SSLError are OSErrors.
+            if client is not None:
+                client.close()
             raise ServerUnavailable(self._reason("cannot connect", exc)) from None
         except BaseException:
-            client.close()
+            if client is not None:
+                client.close()
             raise
         connection = _Connection(client)
         self._open.add(connection)
         logger.debug("%s: connection opened (%d open)", self.description, len(self._open))
         return connection
 
-    async def _secure(self, client: aiosmtplib.SMTP) -> None:
+    async def _tls(self) -> ssl.SSLContext:
+        """``options.tls_context``, or the system's CAs with the host name checked (made once,
+        off the event loop: it reads the CA files)."""
+        if self._tls_context is None:
+            self._tls_context = await asyncio.to_thread(ssl.create_default_context)
+        return self._tls_context
+
+    async def _hostname(self) -> str:
+        """The name said with EHLO: ``options.local_hostname``, else this machine's fully
+        qualified name (looked up once, off the event loop), as ``localhost`` if it is not
+        a plain ASCII name."""
+        if self._local_hostname is None:
+            name = await asyncio.to_thread(socket.getfqdn)
+            plain = name.isascii() and name.isprintable() and " " not in name and name
+            self._local_hostname = name if plain else "localhost"
+        return self._local_hostname
+
+    async def _secure(self, client: SmtpSession) -> None:
+        name = await self._hostname()
         try:
-            await client.ehlo()
-        except aiosmtplib.SMTPHeloError:
-            await client.helo()  # an SMTP (not ESMTP) server: no STARTTLS, AUTH, SMTPUTF8
+            await client.ehlo(name)
+        except ReplyError as exc:
+            if exc.code < 500:
+                raise
+            await client.helo(name)  # an SMTP (not ESMTP) server: no STARTTLS, AUTH, SMTPUTF8
         if self.server.implicit_tls:
             return
-        if client.supports_extension("starttls"):
-            await client.starttls()
-            await client.ehlo()  # RFC 3207: forget what was said before TLS
+        if client.supports("starttls"):
+            await client.starttls(await self._tls())
+            await client.ehlo(name)  # RFC 3207: forget what was said before TLS
         elif self.options.require_tls:
             raise ServerUnavailable(
                 f"{self.description} does not offer STARTTLS, and TLS is required"
             )
 
-    async def _authenticate(self, client: aiosmtplib.SMTP) -> None:
+    async def _authenticate(self, client: SmtpSession) -> None:
         server = self.server
         if server.username is None:
             return
-        if client.get_transport_info("sslcontext") is None:
+        if not client.tls:
             raise ServerUnavailable(
                 f"{self.description} offers no TLS: the password is not sent in clear"
             )
@@ -426,7 +441,11 @@ class SmtpPool:
                 server.username,
                 server.password.get_secret_value() if server.password is not None else "",
             )
-        except aiosmtplib.SMTPResponseException as exc:
+        except ValueError as exc:
+            raise ServerUnavailable(
+                f"{self.description}: cannot authenticate as {server.username!r}: {exc}"
+            ) from None
+        except ReplyError as exc:
             raise ServerUnavailable(
                 self._redact(
                     f"{self.description}: authentication as {server.username!r} failed: "
@@ -463,8 +482,9 @@ class SmtpPool:
             logger.debug("%s: connection closed (%d open)", self.description, len(self._open))
 
     async def _quit(self, connection: _Connection) -> None:
-        with contextlib.suppress(aiosmtplib.SMTPException, OSError):
-            await connection.client.quit(timeout=min(self.options.timeout, 5.0))
+        with contextlib.suppress(ReplyError, OSError):
+            async with asyncio.timeout(min(self.options.timeout, 5.0)):
+                await connection.client.quit()
         self._discard(connection)
 
     # -- reasons --------------------------------------------------------------------------
@@ -472,10 +492,8 @@ class SmtpPool:
     def _reason(self, what: str, exc: BaseException) -> str:
         if isinstance(exc, TimeoutError):
             detail = f"timed out after {self.options.timeout:g} s"
-        elif isinstance(exc, aiosmtplib.SMTPResponseException):
+        elif isinstance(exc, ReplyError):
             detail = f"{exc.code} {exc.message}"
-        elif isinstance(exc, aiosmtplib.SMTPException):
-            detail = exc.message
         else:
             detail = str(exc) or type(exc).__name__
         return self._redact(f"{self.description}: {what}: {_one_line(detail)}")

@@ -1,0 +1,217 @@
+"""The SMTP client session (service/channels/email/session.py) where aiosmtpd cannot show it:
+against servers scripted here, line by line, on the test's own event loop (PIPELINING's
+round trips, a server that breaks the protocol, data slipped in before TLS); and the two pure
+functions that keep request input off the command lines and inside the data."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+
+from service.channels.email.session import data_block, path
+from service.channels.email.smtp import Delivered, PermanentFailure, ServerUnavailable
+from tests.support.server import HOST
+from tests.test_email_channel import SENDER, channel, mail
+
+
+class Conversation:
+    """The server's side of one connection: reads commands (kept in ``seen``), answers."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self.seen: list[str] = []
+
+    async def command(self) -> str:
+        line = (await self._reader.readline()).decode()
+        assert line.endswith("\r\n"), f"a command line ends with CRLF: {line!r}"
+        self.seen.append(line[:-2])
+        return line[:-2]
+
+    async def data(self) -> bytes:
+        """The message after 354, up to the line holding a lone dot (kept as ``<data>``)."""
+        lines = []
+        while (line := await self._reader.readline()) != b".\r\n":
+            assert line.endswith(b"\r\n"), f"a data line ends with CRLF: {line!r}"
+            lines.append(line)
+        self.seen.append("<data>")
+        return b"".join(lines) + b".\r\n"
+
+    async def say(self, *replies: str) -> None:
+        self._writer.write("".join(f"{reply}\r\n" for reply in replies).encode())
+        await self._writer.drain()
+
+    async def greet(self, *extensions: str) -> None:
+        """Greet, and answer EHLO offering ``extensions``."""
+        await self.say("220 scripted.test ESMTP")
+        assert (await self.command()).startswith("EHLO ")
+        offered = ["scripted.test", *extensions]
+        await self.say(*(f"250-{x}" for x in offered[:-1]), f"250 {offered[-1]}")
+
+
+Script = Callable[[Conversation], Awaitable[None]]
+
+
+@asynccontextmanager
+async def scripted(script: Script) -> AsyncIterator[tuple[str, list[Conversation]]]:
+    """A server on a free loopback port that runs ``script`` for each connection; its URL
+    and the conversations so far. A script's failed assertion is raised when the block ends
+    (the client meanwhile sees the connection closed)."""
+    conversations: list[Conversation] = []
+    tasks: list[asyncio.Future[None]] = []
+    failures: list[AssertionError] = []
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conversation = Conversation(reader, writer)
+        conversations.append(conversation)
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.append(task)
+        try:
+            await script(conversation)
+            while await reader.readline():  # the client's QUIT, then its close
+                await conversation.say("221 bye")
+        except AssertionError as failure:
+            failures.append(failure)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(accept, HOST, 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"smtp://{HOST}:{port}", conversations
+    finally:
+        server.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await server.wait_closed()
+    if failures:
+        raise failures[0]
+
+
+ENVELOPE = [f"MAIL FROM:<{SENDER}>", "RCPT TO:<ada@example.com>", "DATA"]
+
+
+async def test_with_pipelining_the_envelope_goes_without_waiting_for_replies() -> None:
+    """A server that offers PIPELINING and answers nothing until MAIL, RCPT and DATA have
+    all arrived gets the message: the client sent the three at once."""
+
+    async def script(talk: Conversation) -> None:
+        await talk.greet("PIPELINING")
+        envelope = [await talk.command() for _ in range(3)]  # no reply meanwhile
+        assert envelope == ENVELOPE
+        await talk.say("250 sender ok", "250 recipient ok", "354 go ahead")
+        await talk.data()
+        await talk.say("250 2.0.0 queued as 1")
+
+    async with scripted(script) as (url, talks), channel(url, timeout=5.0) as email:
+        assert await email.send(mail()) == Delivered(250, "2.0.0 queued as 1")
+    assert talks[0].seen[1:5] == [*ENVELOPE, "<data>"]
+
+
+async def test_without_pipelining_a_refused_sender_ends_the_envelope() -> None:
+    """To a server that does not offer PIPELINING the client sends one command at a time:
+    after MAIL FROM is refused it sends no RCPT TO and no DATA, only RSET."""
+
+    async def script(talk: Conversation) -> None:
+        await talk.greet("8BITMIME")
+        assert await talk.command() == ENVELOPE[0]
+        await talk.say("550 5.7.1 sender refused")
+        assert await talk.command() == "RSET"
+        await talk.say("250 reset")
+
+    async with scripted(script) as (url, talks), channel(url) as email:
+        with pytest.raises(PermanentFailure) as refused:
+            await email.send(mail())
+    assert (refused.value.code, refused.value.stage) == (550, "mail")
+    assert talks[0].seen[1:3] == [ENVELOPE[0], "RSET"]
+
+
+async def test_pipelined_replies_are_each_checked_and_the_session_goes_on() -> None:
+    """Pipelined, a refused recipient is the outcome even when the server then takes DATA:
+    the client ends that empty message with a lone dot, resets, and sends the next message
+    on the same connection."""
+
+    async def script(talk: Conversation) -> None:
+        await talk.greet("PIPELINING")
+        assert [await talk.command() for _ in range(3)] == ENVELOPE
+        await talk.say("250 sender ok", "550 5.1.1 no such user", "354 go ahead")
+        assert await talk.data() == b".\r\n"  # nothing of the message
+        await talk.say("554 5.5.1 no valid recipients")
+        assert await talk.command() == "RSET"
+        await talk.say("250 reset")
+        assert [await talk.command() for _ in range(3)] == ENVELOPE
+        await talk.say("250 sender ok", "250 recipient ok", "354 go ahead")
+        assert b"Subject: Notification" in await talk.data()
+        await talk.say("250 queued")
+
+    async with scripted(script) as (url, talks), channel(url) as email:
+        with pytest.raises(PermanentFailure) as refused:
+            await email.send(mail())
+        assert (refused.value.code, refused.value.stage) == (550, "rcpt")
+        assert "no such user" in str(refused.value)
+        assert await email.send(mail()) == Delivered(250, "queued")
+    assert len(talks) == 1
+
+
+async def test_bytes_before_the_tls_handshake_are_refused() -> None:
+    """A reply slipped in after STARTTLS's 220 (to be read as if it came over TLS) ends the
+    connection: the channel is unavailable, and no message goes."""
+
+    async def script(talk: Conversation) -> None:
+        await talk.greet("STARTTLS")
+        assert await talk.command() == "STARTTLS"
+        await talk.say("220 go ahead", "250-injected", "250 AUTH PLAIN")
+
+    async with scripted(script) as (url, talks), channel(url) as email:
+        with pytest.raises(ServerUnavailable, match="more after its STARTTLS reply"):
+            await email.send(mail())
+    assert not any(line.startswith("MAIL") for talk in talks for line in talk.seen)
+
+
+async def test_a_server_that_does_not_speak_smtp_is_unavailable() -> None:
+    """A greeting that is not an SMTP reply: the channel is unavailable, and says why."""
+
+    async def script(talk: Conversation) -> None:
+        await talk.say("HTTP/1.1 400 Bad Request")
+
+    async with scripted(script) as (url, _), channel(url) as email:
+        with pytest.raises(ServerUnavailable, match="not an SMTP reply"):
+            await email.send(mail())
+
+
+@pytest.mark.parametrize(
+    ("data", "sent"),
+    [
+        (b"a\r\nb\r\n", b"a\r\nb\r\n.\r\n"),
+        (b".one\r\n.\r\nx\r\n", b"..one\r\n..\r\nx\r\n.\r\n"),
+        (b"a\n.\nb", b"a\r\n..\r\nb\r\n.\r\n"),  # lone LFs cannot end the data early
+        (b"a\r.\rb\r\n", b"a\r\n..\r\nb\r\n.\r\n"),
+        (b"no break at the end", b"no break at the end\r\n.\r\n"),
+    ],
+)
+def test_the_data_is_crlf_dot_stuffed_and_ends_once(data: bytes, sent: bytes) -> None:
+    """Every line break goes as CRLF, a line that starts with a dot gets another, and the
+    only end of data is the one the client adds."""
+    assert data_block(data) == sent
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["a@b.c\r\nRCPT TO:<x@y.z>", "a@b.c>", "<a@b.c", "a b@c.d", "a@b.c\x00", "a\u2028@b.c", ""],
+)
+def test_an_address_that_could_change_a_command_is_refused(address: str) -> None:
+    with pytest.raises(ValueError, match="not an address"):
+        path(address, utf8=True)
+
+
+def test_a_non_ascii_address_needs_smtputf8() -> None:
+    assert path("jörg@example.com", utf8=True) == "jörg@example.com".encode()
+    with pytest.raises(ValueError, match="not an ASCII address"):
+        path("jörg@example.com", utf8=False)
