@@ -153,6 +153,15 @@ async def test_a_stale_idle_connection_is_replaced_without_an_error(
     assert [r.connection for r in smtp.recorder.messages] == [1, 2]
 
 
+async def test_a_connection_idle_too_long_is_not_reused(smtp: SmtpTestServer) -> None:
+    """A connection idle for longer than ``idle_timeout`` is closed, not used again."""
+    async with channel(smtp.url(), idle_timeout=1e-9) as email:
+        await email.send(mail(number=1))
+        await email.send(mail(number=2))
+        assert email.connections == 1
+    assert [r.connection for r in smtp.recorder.messages] == [1, 2]
+
+
 @pytest.mark.slow
 async def test_check_replaces_a_stale_idle_connection(smtp: SmtpTestServer) -> None:
     async with channel(smtp.url()) as email:

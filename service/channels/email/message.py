@@ -29,7 +29,7 @@ import binascii
 import functools
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from email import policy
 from email.headerregistry import Address, BaseHeader
 from email.message import EmailMessage
@@ -129,7 +129,7 @@ def build_mail(
             constant.from_,
             _address_line(mail_policy, "To", recipient),
             constant.subject,
-            _date_line(format_datetime(date), smtputf8),
+            _date_line(date.replace(microsecond=0), date.utcoffset(), smtputf8),
             _own_line(mail_policy, "Message-ID", f"<{notification_id}@{constant.domain}>"),
             _own_line(mail_policy, "X-Notification-Id", notification_id),
         )
@@ -248,9 +248,11 @@ def _check_one_address(header: BaseHeader, expected: str) -> None:
 
 
 @functools.lru_cache(maxsize=256)
-def _date_line(date: str, smtputf8: bool) -> bytes:
-    """The ``Date`` line: messages accepted within the same second share it."""
-    return _fold(_POLICIES[smtputf8], "Date", date)[1]
+def _date_line(date: datetime, offset: timedelta | None, smtputf8: bool) -> bytes:
+    """The ``Date`` line of ``date`` (to the second): messages accepted within the same second
+    share it. ``offset`` (``date``'s) is in the key because an equal time in another zone
+    compares equal but is written with its own offset."""
+    return _fold(_POLICIES[smtputf8], "Date", format_datetime(date))[1]
 
 
 def _transfer_encoding(text: str) -> str:

@@ -316,8 +316,9 @@ class SmtpSession:
     ) -> Reply:
         """Send one message: ``MAIL FROM:<sender>`` with ``options``, ``RCPT TO:<recipient>``,
         ``DATA`` and ``data`` (as ``data_block`` makes it); each step's replies within
-        ``step`` seconds. Pipelined when the server offers it. Returns the reply to the data;
-        raises ``TransactionFailed`` with the step that failed."""
+        ``step`` seconds. Pipelined when the server offers it: then the three commands are
+        one step. Returns the reply to the data; raises ``TransactionFailed`` with the step
+        that failed."""
         mail = b"MAIL FROM:<" + sender + b">"
         if options:
             mail += b" " + " ".join(options).encode("ascii")
@@ -333,8 +334,8 @@ class SmtpSession:
                 if pipelining:
                     self._transport.write(b"".join(commands))
                 for command, code, stage in zip(commands, wanted, stages, strict=True):
-                    deadline.reschedule(loop.time() + step)
-                    if not pipelining:
+                    if not pipelining:  # (pipelined, the three replies are one step)
+                        deadline.reschedule(loop.time() + step)
                         self._transport.write(command)
                     reply = await self._replies.reply()
                     if _accepted(reply, code):

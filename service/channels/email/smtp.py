@@ -455,17 +455,22 @@ class SmtpPool:
             ) from None
 
     def _take_idle(self) -> _Connection | None:
-        """The most recently used idle connection; those the server closed, or idle too
-        long, are closed on the way."""
-        now, limit = time.monotonic(), self.options.idle_timeout
-        usable = []
-        for connection in self._idle:
-            if connection.client.is_connected and now - connection.idle_since < limit:
-                usable.append(connection)
-            else:
-                self._discard(connection)
-        self._idle = usable
-        return usable.pop() if usable else None
+        """The most recently used idle connection that is still open; on the way, those idle
+        too long (the oldest, first in the list) and those the server closed are closed."""
+        idle, limit = self._idle, self.options.idle_timeout
+        now = time.monotonic()
+        stale = 0
+        while stale < len(idle) and now - idle[stale].idle_since >= limit:
+            stale += 1
+        for connection in idle[:stale]:
+            self._discard(connection)
+        del idle[:stale]
+        while idle:
+            connection = idle.pop()
+            if connection.client.is_connected:
+                return connection
+            self._discard(connection)
+        return None
 
     def _release(self, connection: _Connection) -> None:
         """Back to the pool if usable, else closed (a new one replaces it on demand)."""
