@@ -6,10 +6,13 @@ functions that keep request input off the command lines and inside the data."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import pytest
+import trustme
 
 from service.channels.email.session import data_block, path
 from service.channels.email.smtp import Delivered, PermanentFailure, ServerUnavailable
@@ -56,10 +59,13 @@ Script = Callable[[Conversation], Awaitable[None]]
 
 
 @asynccontextmanager
-async def scripted(script: Script) -> AsyncIterator[tuple[str, list[Conversation]]]:
-    """A server on a free loopback port that runs ``script`` for each connection; its URL
-    and the conversations so far. A script's failed assertion is raised when the block ends
-    (the client meanwhile sees the connection closed)."""
+async def scripted(
+    script: Script, *, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[tuple[str, list[Conversation]]]:
+    """A server on a free loopback port that runs ``script`` for each connection (TLS from
+    the first byte with ``tls``); its URL and the conversations so far. A script's failed
+    assertion is raised when the block ends (the client meanwhile sees the connection
+    closed)."""
     conversations: list[Conversation] = []
     tasks: list[asyncio.Future[None]] = []
     failures: list[AssertionError] = []
@@ -81,10 +87,10 @@ async def scripted(script: Script) -> AsyncIterator[tuple[str, list[Conversation
         finally:
             writer.close()
 
-    server = await asyncio.start_server(accept, HOST, 0)
+    server = await asyncio.start_server(accept, HOST, 0, ssl=tls)
     port = server.sockets[0].getsockname()[1]
     try:
-        yield f"smtp://{HOST}:{port}", conversations
+        yield f"{'smtp' if tls is None else 'smtps'}://{HOST}:{port}", conversations
     finally:
         server.close()
         for task in tasks:
@@ -158,6 +164,34 @@ async def test_pipelined_replies_are_each_checked_and_the_session_goes_on() -> N
         assert "no such user" in str(refused.value)
         assert await email.send(mail()) == Delivered(250, "queued")
     assert len(talks) == 1
+
+
+async def test_auth_login_offered_the_old_way_is_used() -> None:
+    """A server that offers only ``AUTH=LOGIN`` (the form before RFC 4954) gets the user and
+    the password, each base64 on its own line, over TLS."""
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(HOST).configure_cert(server_tls)
+    client_tls = ssl.create_default_context()
+    ca.configure_trust(client_tls)
+
+    async def script(talk: Conversation) -> None:
+        await talk.greet("AUTH=LOGIN", "PIPELINING")
+        assert await talk.command() == "AUTH LOGIN"
+        await talk.say("334 VXNlcm5hbWU6")
+        assert base64.b64decode(await talk.command()) == b"mailer"
+        await talk.say("334 UGFzc3dvcmQ6")
+        assert base64.b64decode(await talk.command()) == b"pa ss"
+        await talk.say("235 2.7.0 authenticated")
+        assert [await talk.command() for _ in range(3)] == ENVELOPE
+        await talk.say("250 sender ok", "250 recipient ok", "354 go ahead")
+        await talk.data()
+        await talk.say("250 queued")
+
+    async with scripted(script, tls=server_tls) as (url, _):
+        authenticated = url.replace("://", "://mailer:pa%20ss@")
+        async with channel(authenticated, tls_context=client_tls) as email:
+            assert await email.send(mail()) == Delivered(250, "queued")
 
 
 async def test_bytes_before_the_tls_handshake_are_refused() -> None:

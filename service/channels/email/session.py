@@ -252,11 +252,16 @@ class SmtpSession:
     async def ehlo(self, name: str) -> None:
         """``EHLO name``: what it offers goes to ``extensions``."""
         reply = await self._ask(b"EHLO " + name.encode("ascii") + b"\r\n", 250)
-        offered = {}
+        offered: dict[str, str] = {}
         for line in reply.message.split("\n")[1:]:
             keyword, _, parameters = line.strip().partition(" ")
+            keyword = keyword.lower()
+            if keyword.startswith("auth="):  # the form before RFC 4954 ("AUTH=LOGIN")
+                keyword, parameters = "auth", f"{keyword[5:]} {parameters}"
+            if keyword == "auth" and "auth" in offered:
+                parameters = f"{offered['auth']} {parameters}"
             if keyword:
-                offered[keyword.lower()] = parameters
+                offered[keyword] = parameters.strip()
         self.extensions = offered
 
     async def helo(self, name: str) -> None:
