@@ -325,6 +325,22 @@ async def test_a_non_ascii_local_part_fails_permanently_without_smtputf8() -> No
         assert [r.rcpt_tos for r in server.recorder.messages] == [("ada@example.com",)]
 
 
+async def test_an_envelope_address_that_would_add_a_command_is_refused(
+    smtp: SmtpTestServer,
+) -> None:
+    """A recipient (or sender) holding a line break never reaches the server's command line:
+    the message is refused for good, and the connection carries the next one."""
+    good = mail()
+    forged = Mail(
+        good.notification_id, SENDER, "ada@example.com>\r\nRCPT TO:<eve@x.test", good.data
+    )
+    async with channel(smtp.url()) as email:
+        with pytest.raises(PermanentFailure, match="not an address for an SMTP command"):
+            await email.send(forged)
+        assert isinstance(await email.send(good), Delivered)
+    assert [r.rcpt_tos for r in smtp.recorder.messages] == [("ada@example.com",)]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "message",

@@ -307,7 +307,7 @@ class SmtpPool:
             recipient = path(mail.recipient, utf8=mail.smtputf8)
         except ValueError as exc:  # an address that cannot go on a command line
             raise PermanentFailure(
-                f"{self.description}: cannot send to {mail.recipient!r}: {exc}", stage="mail"
+                f"{self.description}: cannot send: {exc}", stage="mail"
             ) from None
         try:
             # One recipient: its refusal is this message's outcome.
