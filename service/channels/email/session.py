@@ -136,6 +136,8 @@ class _Replies(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self.lost: str | None = None
         """Why no more replies will come (the connection is closed), or None."""
+        self._raise: type[ConnectionError] = ConnectionResetError
+        """What ``reply`` raises once ``lost``: ``ProtocolError`` if the server broke it."""
 
     @property
     def pending(self) -> bool:
@@ -178,6 +180,7 @@ class _Replies(asyncio.Protocol):
 
     def _fail(self, why: str) -> None:
         self.lost = f"the server broke the protocol: {why}"
+        self._raise = ProtocolError
         if self.transport is not None:
             self.transport.abort()
 
@@ -196,9 +199,7 @@ class _Replies(asyncio.Protocol):
         can come."""
         while not self._replies:
             if self.lost is not None:
-                if self.lost.startswith("the server broke"):
-                    raise ProtocolError(self.lost)
-                raise ConnectionResetError(self.lost)
+                raise self._raise(self.lost)
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
