@@ -300,8 +300,11 @@ def exited(pid: int) -> bool:
 async def test_a_delivery_process_whose_notify_service_is_killed_stops(tmp_path: Path) -> None:
     """SIGKILL of notify-service alone: its delivery process, in a process group of its own,
     sees its parent gone and stops by itself (drained: its last line says so)."""
+    # A killed notify-service cannot remove the private metrics directory it would make:
+    # this one is the test's.
+    metrics = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
     with smtp_server() as mail:
-        async with notify_service(tmp_path, delivery_settings(mail.url())) as server:
+        async with notify_service(tmp_path, delivery_settings(mail.url(), **metrics)) as server:
             (deliverer,) = delivery_pids(server)
             server.send_signal(signal.SIGKILL)
             assert await server.wait_exit() == -signal.SIGKILL
