@@ -779,7 +779,11 @@ def parse_options(argv: Sequence[str] | None = None) -> DistanceOptions:
         help=f"measured notifications per webhook run ({defaults.webhooks:,})",
     )
     parser.add_argument("--webhook-warmup", type=int, help=f"({defaults.webhook_warmup})")
-    parser.add_argument("--rounds", type=int, help=f"interleaved rounds ({defaults.rounds})")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help=f"interleaved rounds of the delivery parts ({defaults.rounds}); pace runs once",
+    )
     parser.add_argument("--concurrency", type=int, help=f"connections ({defaults.concurrency})")
     parser.add_argument(
         "--smtp-delay",
