@@ -27,6 +27,7 @@ class Conversation:
         self._reader = reader
         self._writer = writer
         self.seen: list[str] = []
+        self.hung_up = False
 
     async def command(self) -> str:
         line = (await self._reader.readline()).decode()
@@ -42,6 +43,11 @@ class Conversation:
             lines.append(line)
         self.seen.append("<data>")
         return b"".join(lines) + b".\r\n"
+
+    def hang_up(self) -> None:
+        """Close the connection from the server's side (the script then ends)."""
+        self.hung_up = True
+        self._writer.close()
 
     async def say(self, *replies: str) -> None:
         self._writer.write("".join(f"{reply}\r\n" for reply in replies).encode())
@@ -78,7 +84,7 @@ async def scripted(
         tasks.append(task)
         try:
             await script(conversation)
-            while await reader.readline():  # the client's QUIT, then its close
+            while not conversation.hung_up and await reader.readline():  # QUIT, then close
                 await conversation.say("221 bye")
         except AssertionError as failure:
             failures.append(failure)
@@ -164,6 +170,23 @@ async def test_pipelined_replies_are_each_checked_and_the_session_goes_on() -> N
         assert "no such user" in str(refused.value)
         assert await email.send(mail()) == Delivered(250, "queued")
     assert len(talks) == 1
+
+
+async def test_a_pipelined_refusal_stays_the_outcome_when_the_server_then_hangs_up() -> None:
+    """Pipelined, a recipient refused for good is the outcome even if the server closes the
+    connection instead of answering DATA: the message is dead, not an unknown outcome sent
+    again."""
+
+    async def script(talk: Conversation) -> None:
+        await talk.greet("PIPELINING")
+        assert [await talk.command() for _ in range(3)] == ENVELOPE
+        await talk.say("250 sender ok", "550 5.1.1 no such user")
+        talk.hang_up()  # no reply to DATA
+
+    async with scripted(script) as (url, _), channel(url) as email:
+        with pytest.raises(PermanentFailure) as refused:
+            await email.send(mail())
+    assert (refused.value.code, refused.value.stage) == (550, "rcpt")
 
 
 async def test_auth_login_offered_the_old_way_is_used() -> None:

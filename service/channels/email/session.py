@@ -364,7 +364,9 @@ class SmtpSession:
                     raise ReplyError(reply)
                 return reply
         except (ReplyError, OSError) as exc:
-            raise TransactionFailed(stage, exc) from None
+            # A pipelined refusal is the outcome, whatever came after it (a lost connection).
+            outcome: tuple[Stage, ReplyError | OSError] = refused or (stage, exc)
+            raise TransactionFailed(*outcome) from None
 
     async def _ask(self, command: bytes, code: int) -> Reply:
         self._transport.write(command)

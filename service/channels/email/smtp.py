@@ -497,9 +497,7 @@ class SmtpPool:
     def _reason(self, what: str, exc: BaseException) -> str:
         if isinstance(exc, TimeoutError):
             detail = f"timed out after {self.options.timeout:g} s"
-        elif isinstance(exc, ReplyError):
-            detail = f"{exc.code} {exc.message}"
-        else:
+        else:  # (a ReplyError's text is its code and message)
             detail = str(exc) or type(exc).__name__
         return self._redact(f"{self.description}: {what}: {_one_line(detail)}")
 
