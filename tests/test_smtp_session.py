@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -18,6 +19,8 @@ from service.channels.email.session import data_block, path
 from service.channels.email.smtp import Delivered, PermanentFailure, ServerUnavailable
 from tests.support.server import HOST
 from tests.test_email_channel import SENDER, channel, mail
+
+PASSWORD = "hunter2secret"
 
 
 class Conversation:
@@ -43,6 +46,16 @@ class Conversation:
             lines.append(line)
         self.seen.append("<data>")
         return b"".join(lines) + b".\r\n"
+
+    async def ended(self) -> bytes:
+        """Wait until the client closes the connection (the script then ends); what it sent
+        meanwhile."""
+        sent = b""
+        with contextlib.suppress(ConnectionError):
+            while chunk := await self._reader.read(4096):
+                sent += chunk
+        self.hung_up = True
+        return sent
 
     def hang_up(self) -> None:
         """Close the connection from the server's side (the script then ends)."""
@@ -215,6 +228,116 @@ async def test_auth_login_offered_the_old_way_is_used() -> None:
         authenticated = url.replace("://", "://mailer:pa%20ss@")
         async with channel(authenticated, tls_context=client_tls) as email:
             assert await email.send(mail()) == Delivered(250, "queued")
+
+
+async def test_a_reply_to_no_command_ends_the_session() -> None:
+    """A reply that comes while the client asked nothing (a refusal, between two messages) is
+    not taken as the next command's: that session ends, and the next message goes on a new
+    connection, whole."""
+    dropped = asyncio.Event()
+    connections = 0
+
+    async def script(talk: Conversation) -> None:
+        nonlocal connections
+        connections += 1
+        await talk.greet("PIPELINING")
+        assert [await talk.command() for _ in range(3)] == ENVELOPE
+        await talk.say("250 sender ok", "250 recipient ok", "354 go ahead")
+        await talk.data()
+        await talk.say(f"250 queued {connections}")
+        if connections == 1:
+            await talk.say("550 5.7.1 a reply to nothing")
+            await talk.ended()
+            dropped.set()
+
+    async with scripted(script) as (url, talks), channel(url) as email:
+        assert await email.send(mail()) == Delivered(250, "queued 1")
+        await dropped.wait()
+        assert await email.send(mail()) == Delivered(250, "queued 2")
+    assert len(talks) == 2
+    assert talks[0].seen[-1] == "<data>"  # nothing was sent on it after the stray reply
+
+
+async def test_a_reply_of_endless_lines_is_refused() -> None:
+    """A server that goes on with one reply's lines ("220-...") is cut off, not held."""
+
+    async def script(talk: Conversation) -> None:
+        await talk.say(*["220-and more"] * 150, "220 ok")
+
+    async with scripted(script) as (url, _), channel(url) as email:
+        with pytest.raises(ServerUnavailable, match="a reply of more than 100 lines"):
+            await email.send(mail())
+
+
+async def test_a_timeout_after_a_pipelined_refusal_ends_the_session() -> None:
+    """Pipelined, a refused recipient is the outcome even when DATA's reply does not come in
+    time; that reply may still come, so the session is not reset and used again: the next
+    message goes on a new connection."""
+    connections = 0
+
+    async def script(talk: Conversation) -> None:
+        nonlocal connections
+        connections += 1
+        await talk.greet("PIPELINING")
+        assert [await talk.command() for _ in range(3)] == ENVELOPE
+        if connections == 1:
+            await talk.say("250 sender ok", "550 5.1.1 no such user")  # DATA: no reply
+            assert await talk.ended() == b""  # (no RSET)
+            return
+        await talk.say("250 sender ok", "250 recipient ok", "354 go ahead")
+        await talk.data()
+        await talk.say("250 queued")
+
+    async with scripted(script) as (url, talks), channel(url, timeout=0.5) as email:
+        with pytest.raises(PermanentFailure) as refused:
+            await email.send(mail())
+        assert (refused.value.code, refused.value.stage) == (550, "rcpt")
+        assert await email.send(mail()) == Delivered(250, "queued")
+    assert len(talks) == 2
+
+
+def _plain_token() -> str:
+    return base64.b64encode(f"\0mailer\0{PASSWORD}".encode()).decode()
+
+
+@pytest.mark.parametrize(
+    ("offered", "echo"),
+    [
+        ("PLAIN", lambda line: line),  # the command line, whole
+        ("PLAIN", lambda line: line[:24]),  # its first characters
+        ("LOGIN", lambda line: line),  # LOGIN's password line
+    ],
+)
+async def test_a_server_that_echoes_the_credentials_does_not_put_them_in_errors(
+    offered: str, echo: Callable[[str], str]
+) -> None:
+    """A server that quotes the AUTH command in its refusal: the channel's error keeps the
+    server's words but neither the password nor any part of the base64 it went in."""
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(HOST).configure_cert(server_tls)
+    client_tls = ssl.create_default_context()
+    ca.configure_trust(client_tls)
+
+    async def script(talk: Conversation) -> None:
+        await talk.greet(f"AUTH {offered}")
+        line = await talk.command()
+        if offered == "LOGIN":
+            await talk.say("334 VXNlcm5hbWU6")
+            await talk.command()
+            await talk.say("334 UGFzc3dvcmQ6")
+            line = await talk.command()
+        await talk.say(f"535 5.7.8 refused: {echo(line)}")
+
+    async with scripted(script, tls=server_tls) as (url, _):
+        authenticated = url.replace("://", f"://mailer:{PASSWORD}@")
+        async with channel(authenticated, tls_context=client_tls) as email:
+            with pytest.raises(ServerUnavailable) as refused:
+                await email.send(mail())
+    error = str(refused.value)
+    assert "535 5.7.8 refused: " in error
+    secrets = [PASSWORD, _plain_token(), base64.b64encode(PASSWORD.encode()).decode()]
+    assert not any(secret[:12] in error for secret in secrets), error
 
 
 async def test_bytes_before_the_tls_handshake_are_refused() -> None:

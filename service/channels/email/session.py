@@ -24,7 +24,12 @@ Safety, as the pool relies on it:
   ``CRLF.CRLF`` this code writes: the message cannot end itself early (SMTP smuggling);
 - bytes that arrive after the server's ``220`` to ``STARTTLS`` and before the TLS handshake are
   refused (``ProtocolError``), never read as if they came over TLS (CVE-2011-0411's class);
-- the password goes only in ``login``'s commands, and appears in no exception.
+- the password goes only in ``login``'s commands, and appears in no exception: neither as
+  it is nor as it went (base64), even when a server echoes the command in its reply;
+- a reply must answer a command: one that arrives when none is awaited (but ``421``) breaks the
+  session, so that a stray reply is never read as the next command's; and a reply of more than
+  ``_MAX_REPLY_LINES`` lines too: a server cannot make the client hold without bound what it
+  sends.
 
 Errors: a reply other than the one expected raises ``ReplyError`` (its ``code`` and
 ``message``); a lost connection ``ConnectionResetError``, a reply that is not SMTP
@@ -59,6 +64,9 @@ Stage = Literal["mail", "rcpt", "data"]
 
 _MAX_LINE = 4096
 """Longest reply line taken (RFC 5321 4.5.3.1.5 allows 512 octets)."""
+_MAX_REPLY_LINES = 100
+"""Most lines a reply may have (an EHLO reply has a line per extension: a dozen or two)."""
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/=]{8,}")
 _REPLY = re.compile(rb"[2-5][0-9][0-9](?:[ -]|\Z)")
 _NOT_IN_A_PATH = re.compile(r"[\x00-\x20\x7f<>]")
 _LONE_BREAK = re.compile(rb"\r\n|\r|\n")
@@ -134,6 +142,8 @@ class _Replies(asyncio.Protocol):
         self._lines: list[bytes] = []
         self._replies: collections.deque[Reply] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
+        self.awaited = 1
+        """Replies due to commands sent (first, the greeting's)."""
         self.lost: str | None = None
         """Why no more replies will come (the connection is closed), or None."""
         self._raise: type[ConnectionError] = ConnectionResetError
@@ -143,6 +153,11 @@ class _Replies(asyncio.Protocol):
     def pending(self) -> bool:
         """Bytes arrived that no reply read so far has taken."""
         return bool(self._buffer or self._lines or self._replies)
+
+    @property
+    def broken(self) -> bool:
+        """The server broke the protocol (``lost`` says how)."""
+        return self._raise is ProtocolError
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -168,10 +183,17 @@ class _Replies(asyncio.Protocol):
             return
         self._lines.append(line[4:])
         if line[3:4] == b"-":
+            if len(self._lines) >= _MAX_REPLY_LINES:
+                self._fail(f"a reply of more than {_MAX_REPLY_LINES} lines")
             return
         lines, self._lines = self._lines, []
         text = "\n".join(part.decode("utf-8", "replace") for part in lines)
         code = int(line[:3])
+        if self.awaited > 0:
+            self.awaited -= 1
+        elif code != 421:  # (421 may come at any time: RFC 5321 3.8)
+            self._fail(f"a reply to no command: {line[:60]!r}")
+            return
         self._replies.append(Reply(code, text))
         if code == 421:  # RFC 5321 3.8: the server is closing the session
             self.lost = "the server closed the session (421)"
@@ -274,7 +296,7 @@ class SmtpSession:
         """``STARTTLS``, then the TLS handshake on this connection; say ``EHLO`` again
         after it (RFC 3207: what was offered before TLS no longer holds)."""
         await self._ask(b"STARTTLS\r\n", 220)
-        if self._replies.pending:
+        if self._replies.pending or self._replies.broken:  # (broken: a whole reply more)
             self.close()
             raise ProtocolError("the server sent more after its STARTTLS reply, before TLS")
         loop = asyncio.get_running_loop()
@@ -293,16 +315,23 @@ class SmtpSession:
         ``ValueError`` if the server offers neither."""
         mechanisms = self.extensions.get("auth", "").upper().split()
         user, secret = username.encode(), password.encode()
-        if "PLAIN" in mechanisms:
-            token = base64.b64encode(b"\0" + user + b"\0" + secret)
-            await self._ask(b"AUTH PLAIN " + token + b"\r\n", 235)
-        elif "LOGIN" in mechanisms:
-            await self._ask(b"AUTH LOGIN\r\n", 334)
-            await self._ask(base64.b64encode(user) + b"\r\n", 334)
-            await self._ask(base64.b64encode(secret) + b"\r\n", 235)
-        else:
-            offered = " ".join(mechanisms) or "no AUTH at all"
-            raise ValueError(f"it offers {offered}, and this client only PLAIN and LOGIN")
+        token = base64.b64encode(b"\0" + user + b"\0" + secret)
+        encoded = base64.b64encode(secret)
+        try:
+            if "PLAIN" in mechanisms:
+                await self._ask(b"AUTH PLAIN " + token + b"\r\n", 235)
+            elif "LOGIN" in mechanisms:
+                await self._ask(b"AUTH LOGIN\r\n", 334)
+                await self._ask(base64.b64encode(user) + b"\r\n", 334)
+                await self._ask(encoded + b"\r\n", 235)
+            else:
+                offered = " ".join(mechanisms) or "no AUTH at all"
+                raise ValueError(f"it offers {offered}, and this client only PLAIN and LOGIN")
+        except ReplyError as refused:  # its text may echo what was sent
+            text = _without_secrets(refused.message, password, (token.decode(), encoded.decode()))
+            raise ReplyError(Reply(refused.code, text)) from None
+        except ProtocolError:  # (its text quotes the server's line)
+            raise ProtocolError("the server broke the protocol during AUTH") from None
 
     async def noop(self) -> None:
         await self._ask(b"NOOP\r\n", 250)
@@ -338,11 +367,11 @@ class SmtpSession:
         try:
             async with asyncio.timeout(step) as deadline:
                 if pipelining:
-                    self._transport.write(b"".join(commands))
+                    self._send(b"".join(commands), replies=3)
                 for command, code, stage in zip(commands, wanted, stages, strict=True):
                     if not pipelining:  # (pipelined, the three replies are one step)
                         deadline.reschedule(loop.time() + step)
-                        self._transport.write(command)
+                        self._send(command)
                     reply = await self._replies.reply()
                     if _accepted(reply, code):
                         continue
@@ -353,23 +382,32 @@ class SmtpSession:
                 if refused is not None:
                     if reply.code == 354:  # DATA taken after a refusal: end an empty message
                         deadline.reschedule(loop.time() + step)
-                        self._transport.write(b".\r\n")
+                        self._send(b".\r\n")
                         await self._replies.reply()
                     stage, error = refused
                     raise error
                 deadline.reschedule(loop.time() + step)
-                self._transport.write(data_block(data))
+                self._send(data_block(data))
                 reply = await self._replies.reply()
                 if not reply.ok:
                     raise ReplyError(reply)
                 return reply
         except (ReplyError, OSError) as exc:
-            # A pipelined refusal is the outcome, whatever came after it (a lost connection).
+            if refused is not None and isinstance(exc, OSError):
+                # A pipelined refusal is the outcome, whatever came after it (a lost
+                # connection, no reply in time); but a reply may still be due: the session
+                # is not used again.
+                self.close()
             outcome: tuple[Stage, ReplyError | OSError] = refused or (stage, exc)
             raise TransactionFailed(*outcome) from None
 
+    def _send(self, commands: bytes, replies: int = 1) -> None:
+        """Write ``commands``, which ``replies`` replies will answer."""
+        self._replies.awaited += replies
+        self._transport.write(commands)
+
     async def _ask(self, command: bytes, code: int) -> Reply:
-        self._transport.write(command)
+        self._send(command)
         return await self._expect(code)
 
     async def _expect(self, code: int) -> Reply:
@@ -377,6 +415,17 @@ class SmtpSession:
         if not _accepted(reply, code):
             raise ReplyError(reply)
         return reply
+
+
+def _without_secrets(text: str, password: str, encoded: tuple[str, ...]) -> str:
+    """``text`` without ``password``, and without any run of base64 in it that is part of one
+    of the ``encoded`` forms the password went in (a server may echo a command whole, or its
+    first characters)."""
+    if password:
+        text = text.replace(password, "**********")
+    return _BASE64_RUN.sub(
+        lambda run: "**********" if any(run[0] in form for form in encoded) else run[0], text
+    )
 
 
 def _accepted(reply: Reply, code: int) -> bool:
