@@ -105,6 +105,8 @@ def test_retry_after_reads_seconds_and_http_dates() -> None:
     assert retry_after(None) is None
     assert retry_after("soon") is None
     assert retry_after("-3") is None
+    assert retry_after("\u00b2") is None  # a digit to str.isdigit, not to HTTP
+    assert retry_after("9" * 400) is None  # no infinite wait
 
 
 def test_channel_names_are_stable_and_urls_shown_without_secrets() -> None:

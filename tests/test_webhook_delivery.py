@@ -156,6 +156,21 @@ async def test_a_429_retry_after_is_honoured(tmp_path: Path) -> None:
     assert second.at - first.at >= 1.0
 
 
+async def test_a_pause_honours_retry_after_only_up_to_the_longest_pause(tmp_path: Path) -> None:
+    """503 with Retry-After: 3600 pauses the channel for NOTIFY_CHANNEL_PAUSE_MAX (here
+    0.2 s), not an hour: the receiver, back at once, gets the delivery."""
+    with webhook_receiver(SECRET) as hooks:
+        hooks.receiver.script("/hook", Answer(503, retry_after="3600"))
+        name = channel_name(hooks.url())
+        settings = webhook_settings(tmp_path, hooks.url(), channel_pause_max=0.2)
+        async with running(settings) as client:
+            response = await client.post("/send-notification/later@example.com")
+            notification_id = response.headers["x-notification-id"]
+            await until_status(client, notification_id, name, "delivered")
+        first, second = hooks.receiver.received
+    assert (first.answered, second.answered) == (503, 200)
+
+
 async def test_a_410_disables_the_url_until_enabled(tmp_path: Path) -> None:
     """410: that delivery is dead, the URL disabled (readyz, metrics); what comes next for it
     is dead without a request, the other URL goes on; enabling (with the token) and a retry

@@ -126,8 +126,8 @@ def retry_after(value: str | None, now: float | None = None) -> float | None:
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if value.isascii() and value.isdigit():  # (``isdigit`` alone takes "²")
+        return float(value) if len(value) <= 12 else None  # (309 digits are inf)
     try:
         moment = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):

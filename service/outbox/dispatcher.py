@@ -457,7 +457,11 @@ class Dispatcher:
         Returns when (``time.time()``) the delivery may be tried again: the pause's end."""
         now = time.monotonic()
         if round_ == self._round:
-            pause = self._options.pause.delay(self._pauses, at_least=exc.after)
+            # A receiver's Retry-After is honoured up to the longest pause: one answer cannot
+            # keep the channel from its probes for longer (an hour, forever).
+            backoff = self._options.pause
+            after = None if exc.after is None else min(exc.after, backoff.maximum)
+            pause = backoff.delay(self._pauses, at_least=after)
             self._cut()
             self._round += 1
             self._pauses += 1
