@@ -102,6 +102,24 @@ async def test_a_dead_processes_lease_ends_and_another_takes_over(make: OutboxFa
     assert taken.id == held.id
 
 
+async def test_a_late_outcome_does_not_undo_what_the_next_holder_recorded(
+    make: OutboxFactory,
+) -> None:
+    """A holder whose lease ran out while it sent, and whose delivery another holder took
+    over and delivered, records its late outcome for nothing: the delivery stays delivered,
+    and is not claimed again."""
+    late = await make("late", lease=-1.0)  # its lease is over at once
+    await late.add(_lines("x"), ["email"])
+    [mine] = await late.settle("email", [], 1)
+    heir = await make("heir")
+    [theirs] = await heir.settle("email", [], 1)
+    await heir.settle("email", [Outcome(theirs, "delivered")])
+    await late.settle("email", [Outcome(mine, "retrying", "timed out", time.time())])
+    [state] = await heir.states("id-x")
+    assert (state.status, state.attempts) == ("delivered", 1)
+    assert await heir.settle("email", [], 1) == []
+
+
 async def test_each_attempt_is_kept_in_the_deliverys_history_the_last_ten(
     make: OutboxFactory,
 ) -> None:

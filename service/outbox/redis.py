@@ -80,11 +80,12 @@ _SETTLE = """
 local p, ch, now, ttl, lease_until, limit, owner =
     ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
 local due = p .. ':due:' .. ch
--- What ended: id, status, error, next attempt, when (5 values each).
+-- What ended: id, status, error, next attempt, when (5 values each); only what this holder
+-- still holds (a lease that ran out and another holder took is that holder's to record).
 for i = 8, #ARGV, 5 do
     local id, status, err, next_at, at = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
     local key = p .. ':dl:' .. id .. ':' .. ch
-    if redis.call('EXISTS', key) == 1 then
+    if redis.call('HGET', key, 'lease_owner') == owner then
         redis.call('HINCRBY', key, 'attempts', 1)
         redis.call('HDEL', key, 'lease_owner', 'lease_until')
         redis.call('HSET', key, 'status', status)

@@ -211,7 +211,7 @@ class SqliteOutbox:
         def settle(db: sqlite3.Connection) -> list[Delivery]:
             with db:
                 if outcomes:
-                    _record(db, outcomes)
+                    _record(db, outcomes, self._owner)
                 if claim <= 0:
                     return []
                 rows = db.execute(
@@ -435,8 +435,10 @@ _RECORD = (
 )
 
 
-def _record(db: sqlite3.Connection, outcomes: Sequence[tuple[object, ...]]) -> None:
-    """Record the outcomes (``status, error, next attempt, delivered at, id, channel, at``).
+def _record(db: sqlite3.Connection, outcomes: Sequence[tuple[object, ...]], owner: str) -> None:
+    """Record the outcomes (``status, error, next attempt, delivered at, id, channel, at``) of
+    deliveries ``owner`` still holds: one whose lease ran out and another process took over
+    is that process's to record (a late "retrying" must not undo its "delivered").
     They cross as one JSON text that SQLite unpacks: one statement, during which this thread
     does not take Python's GIL back once per outcome while the event loop wants it. An error
     holding a NUL (where SQLite's JSON text would end) goes in as parameters."""
@@ -451,17 +453,18 @@ def _record(db: sqlite3.Connection, outcomes: Sequence[tuple[object, ...]]) -> N
                 at="o.value ->> 6",
                 keep=HISTORY,
             )
-            + " FROM json_each(?) AS o"
-            " WHERE deliveries.id = o.value ->> 4 AND deliveries.channel = o.value ->> 5",
-            (text,),
+            + " FROM json_each(?1) AS o"
+            " WHERE deliveries.id = o.value ->> 4 AND deliveries.channel = o.value ->> 5"
+            " AND deliveries.lease_owner = ?2",
+            (text, owner),
         )
         return
     db.executemany(
         _RECORD.format(
             status="?1", error="?2", next_at="?3", delivered_at="?4", at="?7", keep=HISTORY
         )
-        + " WHERE id = ?5 AND channel = ?6",
-        outcomes,
+        + " WHERE id = ?5 AND channel = ?6 AND lease_owner = ?8",
+        [(*outcome, owner) for outcome in outcomes],
     )
 
 
