@@ -120,6 +120,18 @@ async def scripted(
         raise failures[0]
 
 
+@pytest.fixture(scope="module")
+def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server's TLS context (a certificate for the loopback address) and a client's that
+    trusts it."""
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(HOST).configure_cert(server_tls)
+    client_tls = ssl.create_default_context()
+    ca.configure_trust(client_tls)
+    return server_tls, client_tls
+
+
 ENVELOPE = [f"MAIL FROM:<{SENDER}>", "RCPT TO:<ada@example.com>", "DATA"]
 
 
@@ -202,14 +214,12 @@ async def test_a_pipelined_refusal_stays_the_outcome_when_the_server_then_hangs_
     assert (refused.value.code, refused.value.stage) == (550, "rcpt")
 
 
-async def test_auth_login_offered_the_old_way_is_used() -> None:
+async def test_auth_login_offered_the_old_way_is_used(
+    tls: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
     """A server that offers only ``AUTH=LOGIN`` (the form before RFC 4954) gets the user and
     the password, each base64 on its own line, over TLS."""
-    ca = trustme.CA()
-    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(HOST).configure_cert(server_tls)
-    client_tls = ssl.create_default_context()
-    ca.configure_trust(client_tls)
+    server_tls, client_tls = tls
 
     async def script(talk: Conversation) -> None:
         await talk.greet("AUTH=LOGIN", "PIPELINING")
@@ -309,15 +319,11 @@ def _plain_token() -> str:
     ],
 )
 async def test_a_server_that_echoes_the_credentials_does_not_put_them_in_errors(
-    offered: str, echo: Callable[[str], str]
+    offered: str, echo: Callable[[str], str], tls: tuple[ssl.SSLContext, ssl.SSLContext]
 ) -> None:
     """A server that quotes the AUTH command in its refusal: the channel's error keeps the
     server's words but neither the password nor any part of the base64 it went in."""
-    ca = trustme.CA()
-    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(HOST).configure_cert(server_tls)
-    client_tls = ssl.create_default_context()
-    ca.configure_trust(client_tls)
+    server_tls, client_tls = tls
 
     async def script(talk: Conversation) -> None:
         await talk.greet(f"AUTH {offered}")
