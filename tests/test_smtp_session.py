@@ -23,6 +23,9 @@ from tests.test_email_channel import SENDER, channel, mail
 PASSWORD = "hunter2secret"
 
 
+ENVELOPE = [f"MAIL FROM:<{SENDER}>", "RCPT TO:<ada@example.com>", "DATA"]
+
+
 class Conversation:
     """The server's side of one connection: reads commands (kept in ``seen``), answers."""
 
@@ -46,6 +49,15 @@ class Conversation:
             lines.append(line)
         self.seen.append("<data>")
         return b"".join(lines) + b".\r\n"
+
+    async def take_message(self, reply: str) -> bytes:
+        """Take one pipelined message: the whole envelope (asserted) before any reply, then
+        its acceptance and the data, answered with ``reply``; the data."""
+        assert [await self.command() for _ in range(3)] == ENVELOPE
+        await self.say("250 sender ok", "250 recipient ok", "354 go ahead")
+        data = await self.data()
+        await self.say(reply)
+        return data
 
     async def ended(self) -> bytes:
         """Wait until the client closes the connection (the script then ends); what it sent
@@ -132,9 +144,6 @@ def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
     return server_tls, client_tls
 
 
-ENVELOPE = [f"MAIL FROM:<{SENDER}>", "RCPT TO:<ada@example.com>", "DATA"]
-
-
 async def test_with_pipelining_the_envelope_goes_without_waiting_for_replies() -> None:
     """A server that offers PIPELINING and answers nothing until MAIL, RCPT and DATA have
     all arrived gets the message: the client sent the three at once."""
@@ -183,10 +192,7 @@ async def test_pipelined_replies_are_each_checked_and_the_session_goes_on() -> N
         await talk.say("554 5.5.1 no valid recipients")
         assert await talk.command() == "RSET"
         await talk.say("250 reset")
-        assert [await talk.command() for _ in range(3)] == ENVELOPE
-        await talk.say("250 sender ok", "250 recipient ok", "354 go ahead")
-        assert b"Subject: Notification" in await talk.data()
-        await talk.say("250 queued")
+        assert b"Subject: Notification" in await talk.take_message("250 queued")
 
     async with scripted(script) as (url, talks), channel(url) as email:
         with pytest.raises(PermanentFailure) as refused:
@@ -229,10 +235,7 @@ async def test_auth_login_offered_the_old_way_is_used(
         await talk.say("334 UGFzc3dvcmQ6")
         assert base64.b64decode(await talk.command()) == b"pa ss"
         await talk.say("235 2.7.0 authenticated")
-        assert [await talk.command() for _ in range(3)] == ENVELOPE
-        await talk.say("250 sender ok", "250 recipient ok", "354 go ahead")
-        await talk.data()
-        await talk.say("250 queued")
+        await talk.take_message("250 queued")
 
     async with scripted(script, tls=server_tls) as (url, _):
         authenticated = url.replace("://", "://mailer:pa%20ss@")
@@ -251,10 +254,7 @@ async def test_a_reply_to_no_command_ends_the_session() -> None:
         nonlocal connections
         connections += 1
         await talk.greet("PIPELINING")
-        assert [await talk.command() for _ in range(3)] == ENVELOPE
-        await talk.say("250 sender ok", "250 recipient ok", "354 go ahead")
-        await talk.data()
-        await talk.say(f"250 queued {connections}")
+        await talk.take_message(f"250 queued {connections}")
         if connections == 1:
             await talk.say("550 5.7.1 a reply to nothing")
             await talk.ended()
@@ -289,14 +289,12 @@ async def test_a_timeout_after_a_pipelined_refusal_ends_the_session() -> None:
         nonlocal connections
         connections += 1
         await talk.greet("PIPELINING")
-        assert [await talk.command() for _ in range(3)] == ENVELOPE
-        if connections == 1:
-            await talk.say("250 sender ok", "550 5.1.1 no such user")  # DATA: no reply
-            assert await talk.ended() == b""  # (no RSET)
+        if connections == 2:
+            await talk.take_message("250 queued")
             return
-        await talk.say("250 sender ok", "250 recipient ok", "354 go ahead")
-        await talk.data()
-        await talk.say("250 queued")
+        assert [await talk.command() for _ in range(3)] == ENVELOPE
+        await talk.say("250 sender ok", "550 5.1.1 no such user")  # DATA: no reply
+        assert await talk.ended() == b""  # (no RSET)
 
     async with scripted(script) as (url, talks), channel(url, timeout=0.5) as email:
         with pytest.raises(PermanentFailure) as refused:
