@@ -5,15 +5,17 @@ dead, disable and enable. Each test asserts the order of events, not how long th
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import pytest
 
 from service.channels.base import ChannelDown, Dead, Delivery, Gone, Retry
-from service.outbox.base import DeliveryState, notification_line
+from service.outbox.base import DeliveryState, Outcome, notification_line
 from service.outbox.dispatcher import Dispatcher, DispatchOptions
 from service.outbox.sqlite import SqliteOutbox
 from service.retry import Backoff
@@ -380,3 +382,199 @@ async def test_the_window_stops_growing_when_the_receiver_starts_queueing(
     ):
         await eventually(lambda: delivered == 300)
     assert 4 <= dispatcher.window <= 24
+
+
+async def test_a_paced_channel_claims_each_delivery_when_its_turn_comes(tmp_path: Path) -> None:
+    """Two processes deliver one channel at ``rate`` sends a second each. A delivery is
+    claimed when its turn comes and sent at once: none waits for its turn holding a lease that
+    runs out meanwhile (here 30 turns take 1.5 s, a lease 1 s), for the other process to take
+    it over and send it too."""
+    path = tmp_path / "outbox.db"
+    outboxes = [SqliteOutbox(path, owner=owner, lease_seconds=1.0) for owner in "ab"]
+    channels = [ScriptedChannel(NAME, _instant, concurrency=30) for _ in outboxes]
+    dispatchers = []
+    for outbox, channel in zip(outboxes, channels, strict=True):
+        channel.rate = 20.0
+        await outbox.open()
+        dispatchers.append(Dispatcher(outbox, channel, DispatchOptions(poll_interval=0.05)))
+    try:
+        await outboxes[0].add(_lines(60), [NAME])
+        for dispatcher in dispatchers:
+            await dispatcher.start()
+        states = await _until_states(
+            outboxes[0], 60, lambda s: all(x.status == "delivered" for x in s)
+        )
+    finally:
+        for dispatcher in dispatchers:
+            await dispatcher.aclose()
+        for outbox in outboxes:
+            await outbox.close()
+    sent = channels[0].attempts + channels[1].attempts
+    assert sorted(sent) == sorted(f"n{n}" for n in range(60))  # each once
+    assert {state.attempts for state in states} == {1}
+
+
+async def _instant(delivery: Delivery) -> None:
+    """A receiver that takes every delivery at once."""
+
+
+async def test_a_delivery_whose_lease_ran_out_while_it_was_sent_is_not_sent_again_alongside(
+    tmp_path: Path,
+) -> None:
+    """A send that outlasts its lease (the wall clock stepped forward): the dispatcher's next
+    claim gets that delivery back (nobody holds it, as far as the outbox can tell); it is not
+    sent a second time beside the first, whose outcome is recorded."""
+    release = asyncio.Event()
+
+    async def receiver(delivery: Delivery) -> None:
+        if delivery.id == "n0":
+            await release.wait()
+
+    channel = ScriptedChannel(NAME, receiver, concurrency=2)
+    outbox = SqliteOutbox(tmp_path / "outbox.db", lease_seconds=0.2)
+    await outbox.open()
+    dispatcher = Dispatcher(outbox, channel, DispatchOptions(poll_interval=0.05))
+    try:
+        await outbox.add(_lines(1), [NAME])
+        await dispatcher.start()
+        await _until(channel, lambda: channel.attempts == ["n0"])
+        lease = _lease_until(tmp_path / "outbox.db", "n0")
+        await eventually(lambda: time.time() > lease)  # the lease is over, the send is not
+        await outbox.add(_lines(2)[1:], [NAME])  # a turn claims: n0 is due again, then n1
+        dispatcher.wake()
+        await _until_states(outbox, 2, lambda s: s[1].status == "delivered")
+        release.set()
+        states = await _until_states(outbox, 2, lambda s: s[0].status == "delivered")
+    finally:
+        await dispatcher.aclose()
+        await outbox.close()
+    assert channel.attempts == ["n0", "n1"]
+    assert [state.attempts for state in states] == [1, 1]
+
+
+def _lease_until(path: Path, notification_id: str) -> float:
+    """When the lease of the notification's delivery ends (``time.time()``)."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        (until,) = db.execute(
+            "SELECT lease_until FROM deliveries WHERE id = ?", (notification_id,)
+        ).fetchone()
+    return float(until)
+
+
+class _GatedOutbox(SqliteOutbox):
+    """The real outbox, whose ``settle`` of outcomes starts at once but returns only once
+    ``gate`` opens: a shutdown can land while the outbox records them."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, lease_seconds=60)
+        self.entered = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def settle(
+        self, channel: str, finished: Sequence[Outcome], claim: int = 0
+    ) -> list[Delivery]:
+        call = asyncio.ensure_future(super().settle(channel, finished, claim))
+        if finished:
+            self.entered.set()
+            await self.gate.wait()
+        return await call
+
+
+async def test_a_shutdown_while_outcomes_are_being_recorded_records_them_once(
+    tmp_path: Path,
+) -> None:
+    """The dispatcher stops while the outbox records an outcome (its thread goes on whatever
+    happens to the call): the outcome is recorded once, not again by the shutdown. Here a
+    ``Retry`` due at once, which that same call claims again."""
+
+    async def receiver(delivery: Delivery) -> None:
+        raise Retry("try again", after=0.0)
+
+    channel = ScriptedChannel(NAME, receiver, concurrency=1)
+    outbox = _GatedOutbox(tmp_path / "outbox.db")
+    await outbox.open()
+    options = DispatchOptions(retry=Backoff(0.0, 0.0), poll_interval=0.05)
+    dispatcher = Dispatcher(outbox, channel, options)
+    try:
+        await outbox.add(_lines(1), [NAME])
+        await dispatcher.start()
+        await outbox.entered.wait()
+        [turns] = [task for task in asyncio.all_tasks() if task.get_name() == f"{NAME} dispatcher"]
+        closing = asyncio.create_task(dispatcher.aclose())
+        await eventually(turns.done)  # the dispatcher's loop is stopped, the outbox records
+        outbox.gate.set()
+        await closing
+        [state] = await outbox.states("n0")
+    finally:
+        await dispatcher.aclose()
+        await outbox.close()
+    assert channel.attempts == ["n0"]
+    assert state.attempts == 1
+    assert [attempt.outcome for attempt in state.history] == ["retrying"]
+
+
+async def test_sends_that_go_through_after_a_cut_do_not_widen_the_window_again(
+    tmp_path: Path,
+) -> None:
+    """A round of four sends at a window of four: one finds the channel down (the window
+    halves to two, the channel pauses), the other three go through just after: they were
+    sent before the cut and say nothing of the receiver now; the window stays at two while
+    the channel is paused."""
+    failing = False
+    release = asyncio.Event()
+    delivered: list[str] = []
+
+    async def receiver(delivery: Delivery) -> None:
+        if failing:
+            await release.wait()  # the round's four sends end together, the failure first
+            if delivery.id == "n20":
+                raise ChannelDown("421 too busy")
+        else:
+            await asyncio.sleep(0.001)  # sends overlap: the window grows
+        delivered.append(delivery.id)
+
+    channel = ScriptedChannel(NAME, receiver, concurrency=4, min_concurrency=1)
+    windows = _Windows()
+    outbox = SqliteOutbox(tmp_path / "outbox.db", lease_seconds=60)
+    await outbox.open()
+    options = DispatchOptions(pause=Backoff(3600.0, 3600.0), poll_interval=0.05)
+    dispatcher = Dispatcher(outbox, channel, options, listener=windows)
+    try:
+        await outbox.add(_lines(20), [NAME])
+        await dispatcher.start()
+        await eventually(lambda: len(delivered) == 20)
+        assert windows.windows == [1, 2, 3, 4]
+        failing = True
+        await outbox.add(_lines(30)[20:], [NAME])  # more than a round: they wait
+        dispatcher.wake()
+        await _until(channel, lambda: len(channel.attempts) == 24)
+        release.set()
+        await _until_states(outbox, 24, lambda s: sum(x.status == "delivered" for x in s) == 23)
+        assert dispatcher.window == 2
+    finally:
+        await dispatcher.aclose()
+        await outbox.close()
+    assert windows.windows == [1, 2, 3, 4, 2]
+
+
+async def test_a_channel_that_raises_cancelled_itself_is_a_bug_that_stalls_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ``CancelledError`` the dispatcher was not sent (the channel's own: a pooled
+    connection's task cancelled, say) is a bug like any other: logged, the delivery kept, the
+    channel paused and probed; its one connection is free again and everything is delivered."""
+    broken = True
+
+    async def receiver(delivery: Delivery) -> None:
+        nonlocal broken
+        if broken:
+            broken = False
+            raise asyncio.CancelledError
+
+    channel = ScriptedChannel(NAME, receiver, concurrency=1)
+    options = DispatchOptions(pause=Backoff(0.001, 0.002), poll_interval=0.05)
+    async with dispatching(tmp_path, channel, options, 3) as (outbox, _):
+        states = await _until_states(outbox, 3, lambda s: all(x.status == "delivered" for x in s))
+    assert [state.attempts for state in states] == [2, 1, 1]
+    assert "sending failed unexpectedly" in caplog.text
+    assert "CancelledError" in caplog.text

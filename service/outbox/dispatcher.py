@@ -54,6 +54,12 @@ While requests have the event loop saturated (``api_busy``, from ``load.LoopLoad
 dispatcher sends one message at a time, ``BUSY_RATE`` a second, and on every connection again
 once the burst is over.
 
+**A paced channel** (``channel.rate``, or ``BUSY_RATE`` then) claims one delivery when its turn
+comes and sends it at once: none waits for its turn under a lease that could run out (and
+another holder send it too). A claim that gives back a delivery this dispatcher is still
+sending (its lease ran out: the wall clock stepped forward) renews its lease and does not send
+it again.
+
 One log line marks the start of a failure episode and one its end (``service.retry.Episode``);
 ``error`` says whether the channel is failing (``/readyz`` names it without refusing requests:
 the outbox holds the deliveries).
@@ -144,6 +150,12 @@ class Dispatcher:
         """Outcomes not yet recorded: each still holds its connection."""
         self._held = 0
         """Connections held: claimed deliveries whose outcome is not yet recorded."""
+        self._holding: set[str] = set()
+        """The ids of those deliveries: a claim that returns one of them (its lease ran out
+        while it was sent: a clock that jumped) renewed its lease, and it is not sent twice."""
+        self._unsettled: tuple[asyncio.Future[list[Delivery]], list[Outcome]] | None = None
+        """A turn's call to the outbox that ``aclose`` cancelled, and the outcomes it records:
+        the outbox may still record them (its thread goes on), so ``aclose`` waits for it."""
         self._episode = Episode(
             logger,
             self.name,
@@ -254,6 +266,15 @@ class Dispatcher:
         another process) sends it."""
         task, self._task = self._task, None
         await stop(task)
+        if self._unsettled is not None:  # recorded once: by that call, or by the next
+            call, finished = self._unsettled
+            self._unsettled = None
+            try:
+                await call
+            except Exception:
+                self._finished[:0] = finished
+            else:
+                self._settled(finished)
         if self._sending:
             await asyncio.wait(self._sending, timeout=self._options.drain_timeout)
         for sending in self._sending:
@@ -272,15 +293,26 @@ class Dispatcher:
             if self._disabled is not None:
                 await self._while_disabled(self._disabled)
                 continue
-            paused = self._paused_until - time.monotonic()
+            now = time.monotonic()
+            paused = self._paused_until - now
             busy = self._api_busy is not None and self._api_busy()
             free = self._free(paused, busy)
+            wait = paused if paused > 0 else None
+            rate = self.channel.rate
+            if busy:
+                rate = min(rate or BUSY_RATE, BUSY_RATE)
+            if rate and free > 0:
+                # Paced: one delivery is claimed when its turn comes, not ahead of it, so it
+                # is sent at once, well within its lease (a lease that ran out while it waited
+                # would let another holder send it too).
+                free = 1 if self._next_send <= now else 0
+                wait = None if free else self._next_send - now
             round_, probe = self._round, self._pauses > 0  # as they were when claiming
             if not self._finished and free <= 0:
-                # Every connection busy, paused, or probing: wait for an outcome (or the
-                # pause's end).
+                # Every connection busy, paused, probing, or the rate's next turn to come:
+                # wait for an outcome (or the pause's end, or that turn).
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(paused if paused > 0 else None):
+                    async with asyncio.timeout(wait):
                         await self._wake.wait()
                 continue
             try:
@@ -289,16 +321,16 @@ class Dispatcher:
                 logger.exception("%s: cannot read the outbox; trying again", self.name)
                 await asyncio.sleep(self._options.poll_interval)
                 continue
+            if rate and claimed:
+                self._next_send = max(time.monotonic(), self._next_send) + 1.0 / rate
+            claimed = [delivery for delivery in claimed if delivery.id not in self._holding]
             self._held += len(claimed)
+            self._holding.update(delivery.id for delivery in claimed)
             if probe and claimed:
                 self._probing = True
             # Deliveries waited for a connection: what is delivered now may widen the window.
             self._backlog = not busy and not probe and 0 < free <= len(claimed)
-            rate = self.channel.rate
-            if busy:
-                rate = min(rate or BUSY_RATE, BUSY_RATE)
             for delivery in claimed:
-                await self._pace(rate)
                 task = asyncio.create_task(self._deliver(delivery, round_, probe))
                 self._sending.add(task)
                 task.add_done_callback(self._sending.discard)
@@ -318,15 +350,24 @@ class Dispatcher:
         """One turn: record the outcomes waiting, claim up to ``claim``; tell the listener
         what was recorded. On failure the outcomes wait for the next turn."""
         finished, self._finished = self._finished, []
+        call = asyncio.ensure_future(self._outbox.settle(self.name, finished, claim))
         try:
-            claimed = await self._outbox.settle(self.name, finished, claim)
-        except BaseException:
+            claimed = await asyncio.shield(call)
+        except asyncio.CancelledError:
+            self._unsettled = (call, finished)  # for ``aclose``: it may be recorded yet
+            raise
+        except Exception:
             self._finished[:0] = finished
             raise
+        self._settled(finished)
+        return claimed
+
+    def _settled(self, finished: list[Outcome]) -> None:
+        """``finished`` is recorded: their connections are free; tell the listener."""
         self._held -= len(finished)
         for outcome in finished:
+            self._holding.discard(outcome.delivery.id)
             self._tell(outcome)
-        return claimed
 
     async def _look_if_disabled(self) -> None:
         """Whether another process disabled the channel (``Outbox.disabled``): at most once
@@ -380,15 +421,6 @@ class Dispatcher:
             async with asyncio.timeout(timeout):
                 await self._wake.wait()
 
-    async def _pace(self, rate: float | None) -> None:
-        """Wait for this send's turn under ``rate`` (sends a second), if any."""
-        if not rate:
-            return
-        now = time.monotonic()
-        if self._next_send > now:
-            await asyncio.sleep(self._next_send - now)
-        self._next_send = max(now, self._next_send) + 1.0 / rate
-
     # -- one delivery ---------------------------------------------------------------------
 
     async def _deliver(self, delivery: Delivery, round_: int, probe: bool) -> None:
@@ -423,12 +455,18 @@ class Dispatcher:
             return self._retry_or_die(delivery, exc.reason, time.time() + delay)
         except ChannelDown as exc:
             return self._retry_or_die(delivery, exc.reason, await self._down(exc, round_))
-        except Exception as exc:  # a bug in the channel: loud, and the delivery is kept
+        except (Exception, asyncio.CancelledError) as exc:
+            # A bug in the channel (a CancelledError this task was not sent: the channel's
+            # own): loud, and the delivery is kept.
+            if isinstance(exc, asyncio.CancelledError) and _stopping():
+                raise
             logger.exception("%s: sending failed unexpectedly", self.name)
             down = ChannelDown(f"{type(exc).__name__}: {exc}")
             return self._retry_or_die(delivery, down.reason, await self._down(down, round_))
         self._answered(round_)
-        if self._backlog:
+        if self._backlog and round_ == self._round and not self._pauses:
+            # Only a send of the round under way, while the channel is not paused: one that
+            # went through after a cut says nothing of the receiver as it is now.
             self._grow(time.monotonic() - started)
         return Outcome(delivery, "delivered")
 
@@ -517,6 +555,13 @@ class Dispatcher:
             task.add_done_callback(_ignore_failure)
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
+
+
+def _stopping() -> bool:
+    """Whether the task running now is being cancelled (rather than handed a
+    ``CancelledError`` by what it awaited)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _ignore_failure(task: asyncio.Task[None]) -> None:
