@@ -145,10 +145,10 @@ class DeliverySupervisor:
 
     A thread waits on the process; when it ends without being asked to, it is started again
     after ``_RESTART_DELAY`` seconds (longer while it keeps failing at once, as with an outbox
-    it cannot open). It runs in its own process group, so a terminal's Ctrl-C reaches only
-    ``notify-service``, which stops the API first and this process after it; and with
-    ``--parent`` (this process's id), so that it stops by itself if ``notify-service`` is
-    killed.
+    it cannot open, or cannot be started at all). It runs in its own process group, so a
+    terminal's Ctrl-C reaches only ``notify-service``, which stops the API first and this
+    process after it; and with ``--parent`` (this process's id), so that it stops by itself
+    if ``notify-service`` is killed.
 
     It runs at a lower CPU priority (niceness 10): where the cores are few, a burst of
     requests gets the CPU first and deliveries take what is left, as the API's own dispatchers
@@ -236,23 +236,39 @@ class DeliverySupervisor:
             logger.info("%s changed: restarting the delivery process [%d]", changed, process.pid)
             self._terminate(process)
 
-    def _spawn(self) -> None:
+    def _spawn(self) -> bool:
+        """Start a delivery process (unless stopping); False if it cannot be started now (the
+        interpreter gone in an upgrade, no memory or processes left): logged, and
+        ``_supervise`` tries again."""
         with self._lock:
             if self._stopping.is_set():
-                return
-            process = self._process = subprocess.Popen(
-                self._command, env=self._env, stdin=subprocess.DEVNULL, process_group=0
-            )
+                return True
+            try:
+                process = subprocess.Popen(
+                    self._command, env=self._env, stdin=subprocess.DEVNULL, process_group=0
+                )
+            except OSError as exc:
+                self._process = None
+                logger.error("cannot start the delivery process: %s", exc)
+                return False
+            self._process = process
             with contextlib.suppress(OSError):  # already gone: the supervisor starts another
                 niceness = min(os.getpriority(os.PRIO_PROCESS, 0) + _NICENESS, 19)
                 os.setpriority(os.PRIO_PROCESS, process.pid, niceness)
             self._started_at = time.monotonic()
+            return True
 
     def _supervise(self) -> None:
         delay = _RESTART_DELAY / 2  # the first restart of a process that failed at once: 0.5 s
         while True:
             process = self._process
-            assert process is not None
+            if process is None:  # it could not be started (logged): again, later each time
+                delay = min(delay * 2, _RESTART_DELAY_MAX)
+                logger.warning("starting the delivery process again in %g s", delay)
+                if self._stopping.wait(delay):
+                    return
+                self._spawn()
+                continue
             returncode = process.wait()
             self._forget(process.pid)
             if self._stopping.is_set():

@@ -248,6 +248,44 @@ async def test_a_killed_delivery_process_is_restarted_and_loses_nothing(tmp_path
 
 
 @pytest.mark.slow
+async def test_a_delivery_process_that_cannot_be_started_is_started_once_it_can(
+    tmp_path: Path,
+) -> None:
+    """The delivery process dies and the interpreter is gone (an upgrade replacing it): the
+    restart fails, is logged, and is tried again (later each time) until it works; then the
+    new delivery process delivers what waited."""
+    interpreter = tmp_path / "venv"  # the test's environment under a name that can vanish
+    interpreter.symlink_to(Path(sys.prefix), target_is_directory=True)
+    python = str(interpreter / "bin" / Path(sys.executable).name)
+    emails = ["before@example.com", "after@example.com"]
+    with smtp_server() as mail:
+        async with (
+            notify_service(tmp_path, delivery_settings(mail.url()), python=python) as server,
+            http_client(server.url) as client,
+        ):
+            response = await client.post(f"/send-notification/{emails[0]}")
+            assert response.status_code == 200
+            await eventually(
+                lambda: (
+                    [row[1] for row in outbox_rows(tmp_path / "log.txt.outbox")] == ["delivered"]
+                ),
+                message="the first delivered, and so recorded",
+            )
+            interpreter.unlink()
+            (first,) = delivery_pids(server)
+            os.kill(first, signal.SIGKILL)
+            await server.wait_for_output("cannot start the delivery process")
+            response = await client.post(f"/send-notification/{emails[1]}")
+            assert response.status_code == 200  # the API goes on, the outbox holds it
+            await server.wait_for_output("starting the delivery process again in")
+            interpreter.symlink_to(Path(sys.prefix), target_is_directory=True)
+            await eventually(lambda: len(delivery_pids(server)) == 2, message="restarted")
+            await until(mail.recorder, lambda r: len(r.messages) == 2)
+    assert [m.rcpt_tos[0] for m in mail.recorder.messages] == emails
+    assert "No such file or directory" in server.output()
+
+
+@pytest.mark.slow
 async def test_sigterm_stops_api_and_delivery_and_the_rest_waits_in_the_outbox(
     tmp_path: Path,
 ) -> None:

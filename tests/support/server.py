@@ -102,9 +102,9 @@ def uvicorn_command(port: int) -> list[str]:
     ]
 
 
-def service_command() -> list[str]:
+def service_command(python: str = sys.executable) -> list[str]:
     """``python -m service``: host and port come from ``NOTIFY_HOST`` and ``NOTIFY_PORT``."""
-    return [sys.executable, "-m", "service"]
+    return [python, "-m", "service"]
 
 
 def http_client(url: str, *, timeout: float = 10.0, connections: int = 16) -> httpx.AsyncClient:
@@ -449,13 +449,14 @@ async def notify_service(
     *,
     output_name: str = "service-output.txt",
     options: Sequence[str] = (),
+    python: str = sys.executable,
 ) -> AsyncIterator[ServerProcess]:
-    """``python -m service`` (notify-service) with ``options`` in ``workdir`` on a free port,
-    once it answers and its delivery process has started."""
+    """``python -m service`` (notify-service, run by ``python``) with ``options`` in
+    ``workdir`` on a free port, once it answers and its delivery process has started."""
     port = free_port()
     env = service_env({"NOTIFY_HOST": HOST, "NOTIFY_PORT": str(port), **settings})
     async with running_server(
-        [*service_command(), *options],
+        [*service_command(python), *options],
         url=f"http://{HOST}:{port}",
         cwd=workdir,
         env=env,
