@@ -513,6 +513,47 @@ async def test_a_shutdown_while_outcomes_are_being_recorded_records_them_once(
     assert [attempt.outcome for attempt in state.history] == ["retrying"]
 
 
+async def test_what_a_turn_claims_as_the_channel_is_found_down_waits_for_the_probe(
+    tmp_path: Path,
+) -> None:
+    """A send finds the channel down while a turn's call to the outbox is under way: what
+    that call claimed is not sent into the failing receiver; it is given back, unattempted,
+    and waits for the probe."""
+    failing = asyncio.Event()
+
+    async def receiver(delivery: Delivery) -> None:
+        if delivery.id == "n0":
+            await failing.wait()
+            raise ChannelDown("connection refused")
+
+    channel = ScriptedChannel(NAME, receiver, concurrency=2)
+    outbox = _GatedOutbox(tmp_path / "outbox.db")
+    await outbox.open()
+    options = DispatchOptions(pause=Backoff(3600.0, 3600.0), poll_interval=0.05)
+    dispatcher = Dispatcher(outbox, channel, options)
+    try:
+        await outbox.add(_lines(3), [NAME])
+        await dispatcher.start()
+        await outbox.entered.wait()  # n1 delivered: its turn records it and claims n2
+        failing.set()
+        await eventually(lambda: dispatcher.error == "connection refused")
+        outbox.gate.set()
+        await eventually(lambda: _lease_owners(tmp_path / "outbox.db") == [])
+        [n2] = await outbox.states("n2")
+    finally:
+        await dispatcher.aclose()
+        await outbox.close()
+    assert channel.attempts == ["n0", "n1"]
+    assert (n2.status, n2.attempts) == ("retrying", 0)  # waiting for the pause to end
+
+
+def _lease_owners(path: Path) -> list[str]:
+    """The ids of the deliveries some holder holds now."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        rows = db.execute("SELECT id FROM deliveries WHERE lease_owner IS NOT NULL").fetchall()
+    return [str(notification_id) for (notification_id,) in rows]
+
+
 async def test_sends_that_go_through_after_a_cut_do_not_widen_the_window_again(
     tmp_path: Path,
 ) -> None:

@@ -120,6 +120,27 @@ async def test_a_late_outcome_does_not_undo_what_the_next_holder_recorded(
     assert await heir.settle("email", [], 1) == []
 
 
+async def test_a_released_delivery_is_due_again_for_any_holder_unattempted(
+    make: OutboxFactory,
+) -> None:
+    """A holder gives back what it claimed and did not send: another holder claims it at
+    once (not when the lease would have ended), with no attempt counted; a release of what
+    another holder holds changes nothing."""
+    one, two = await make("one"), await make("two")
+    await one.add(_lines("x", "y"), ["email"])
+    claimed = await one.settle("email", [], 2)
+    assert await two.settle("email", [], 2) == []
+    [x, y] = claimed
+    await two.release("email", [x])  # not two's to give back
+    assert await two.settle("email", [], 2) == []
+    await one.release("email", [x])
+    [taken] = await two.settle("email", [], 2)
+    assert taken.id == x.id
+    [state] = await two.states("id-x")
+    assert (state.status, state.attempts, state.history) == ("queued", 0, ())
+    await one.settle("email", [Outcome(y, "delivered")])  # the other lease is untouched
+
+
 async def test_each_attempt_is_kept_in_the_deliverys_history_the_last_ten(
     make: OutboxFactory,
 ) -> None:

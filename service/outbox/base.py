@@ -234,6 +234,10 @@ class Outbox(Protocol):
         in its delivery's history (the last ``HISTORY``), then lease up to ``claim`` due
         deliveries of ``channel`` to this holder, oldest first."""
 
+    async def release(self, channel: str, deliveries: Sequence[Delivery]) -> None:
+        """Give back the leases of ``deliveries`` of ``channel`` (claimed by this holder, not
+        attempted): due again at their time, for any holder, their attempts unchanged."""
+
     async def bury(self, channel: str, error: str) -> int: ...
 
     async def pause(self, channel: str, until: float, error: str) -> None:

@@ -58,7 +58,8 @@ once the burst is over.
 comes and sends it at once: none waits for its turn under a lease that could run out (and
 another holder send it too). A claim that gives back a delivery this dispatcher is still
 sending (its lease ran out: the wall clock stepped forward) renews its lease and does not send
-it again.
+it again. What a turn claimed while the channel was found down (a send failed during the
+turn's call) is given back unattempted (``Outbox.release``) and waits for the probe.
 
 One log line marks the start of a failure episode and one its end (``service.retry.Episode``);
 ``error`` says whether the channel is failing (``/readyz`` names it without refusing requests:
@@ -270,11 +271,13 @@ class Dispatcher:
             call, finished = self._unsettled
             self._unsettled = None
             try:
-                await call
+                claimed = await call
             except Exception:
                 self._finished[:0] = finished
             else:
                 self._settled(finished)
+                # For the next start, or another process (not what is still being sent).
+                await self._give_back([d for d in claimed if d.id not in self._holding])
         if self._sending:
             await asyncio.wait(self._sending, timeout=self._options.drain_timeout)
         for sending in self._sending:
@@ -324,6 +327,11 @@ class Dispatcher:
             if rate and claimed:
                 self._next_send = max(time.monotonic(), self._next_send) + 1.0 / rate
             claimed = [delivery for delivery in claimed if delivery.id not in self._holding]
+            if claimed and self._pauses and not probe:
+                # The channel was found down while this turn's call ran: what it claimed
+                # waits for the probe, unattempted, rather than go to a failing receiver.
+                await self._give_back(claimed)
+                continue
             self._held += len(claimed)
             self._holding.update(delivery.id for delivery in claimed)
             if probe and claimed:
@@ -368,6 +376,15 @@ class Dispatcher:
         for outcome in finished:
             self._holding.discard(outcome.delivery.id)
             self._tell(outcome)
+
+    async def _give_back(self, claimed: list[Delivery]) -> None:
+        """Release ``claimed`` (not sent): due again for any holder, not once the lease ends."""
+        if not claimed:
+            return
+        try:
+            await self._outbox.release(self.name, claimed)
+        except Exception:  # their leases end in time: they wait that long
+            logger.exception("%s: cannot give deliveries back to the outbox", self.name)
 
     async def _look_if_disabled(self) -> None:
         """Whether another process disabled the channel (``Outbox.disabled``): at most once

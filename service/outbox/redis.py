@@ -297,6 +297,12 @@ class RedisOutbox:
         ]
         return sorted(claimed, key=lambda delivery: delivery.accepted_at)
 
+    async def release(self, channel: str, deliveries: Sequence[Delivery]) -> None:
+        """Give back the leases of ``deliveries`` this holder holds, unattempted."""
+        flat = [value for delivery in deliveries for value in (delivery.id, channel)]
+        if flat:
+            await self._call(self._release, self._owner, *flat)
+
     async def bury(self, channel: str, error: str) -> int:
         return int(await self._call(self._bury, channel, error, time.time()))
 

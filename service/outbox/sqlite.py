@@ -228,6 +228,21 @@ class SqliteOutbox:
 
         return await self._with_db(settle)
 
+    async def release(self, channel: str, deliveries: Sequence[Delivery]) -> None:
+        """Give back the leases of ``deliveries`` this process holds, unattempted."""
+        ids = json.dumps([delivery.id for delivery in deliveries])
+
+        def release(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute(
+                    "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL"
+                    " WHERE channel = ? AND lease_owner = ?"
+                    " AND id IN (SELECT value FROM json_each(?))",
+                    (channel, self._owner, ids),
+                )
+
+        await self._with_db(release)
+
     async def bury(self, channel: str, error: str) -> int:
         """Make every pending delivery of ``channel`` that no process holds dead with
         ``error`` (the channel is disabled); how many there were."""
