@@ -236,13 +236,13 @@ class DeliverySupervisor:
             logger.info("%s changed: restarting the delivery process [%d]", changed, process.pid)
             self._terminate(process)
 
-    def _spawn(self) -> bool:
-        """Start a delivery process (unless stopping); False if it cannot be started now (the
-        interpreter gone in an upgrade, no memory or processes left): logged, and
-        ``_supervise`` tries again."""
+    def _spawn(self) -> None:
+        """Start a delivery process (unless stopping). One that cannot be started now (the
+        interpreter gone in an upgrade, no memory or processes left) leaves ``_process`` None:
+        logged, and ``_supervise`` tries again."""
         with self._lock:
             if self._stopping.is_set():
-                return True
+                return
             try:
                 process = subprocess.Popen(
                     self._command, env=self._env, stdin=subprocess.DEVNULL, process_group=0
@@ -250,13 +250,12 @@ class DeliverySupervisor:
             except OSError as exc:
                 self._process = None
                 logger.error("cannot start the delivery process: %s", exc)
-                return False
+                return
             self._process = process
             with contextlib.suppress(OSError):  # already gone: the supervisor starts another
                 niceness = min(os.getpriority(os.PRIO_PROCESS, 0) + _NICENESS, 19)
                 os.setpriority(os.PRIO_PROCESS, process.pid, niceness)
             self._started_at = time.monotonic()
-            return True
 
     def _supervise(self) -> None:
         delay = _RESTART_DELAY / 2  # the first restart of a process that failed at once: 0.5 s
