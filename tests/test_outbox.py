@@ -221,6 +221,22 @@ async def test_a_disabled_channel_buries_what_nobody_holds(make: OutboxFactory) 
     assert held.id == "id-held"
 
 
+async def test_what_a_late_holder_delivered_after_a_burial_is_not_listed_dead(
+    make: OutboxFactory,
+) -> None:
+    """A holder whose lease ran out while it sent, its channel disabled meanwhile (the
+    delivery buried): its late "delivered" is the truth, and the dead letters no longer list
+    the delivery."""
+    late = await make("late", lease=-1.0)  # its lease is over at once
+    await late.add(_lines("x"), ["webhook-1"])
+    [mine] = await late.settle("webhook-1", [], 1)
+    assert await late.bury("webhook-1", "disabled: 410 Gone") == 1
+    await late.settle("webhook-1", [Outcome(mine, "delivered")])
+    [state] = await late.states("id-x")
+    assert state.status == "delivered"
+    assert await late.listed("dead", limit=10, after=None) == []
+
+
 async def test_a_disabled_channel_is_recorded_for_every_holder_until_enabled(
     make: OutboxFactory,
 ) -> None:
@@ -287,6 +303,31 @@ async def test_delivered_ones_expire_from_redis(redis_url: str) -> None:
         [ok] = await outbox.settle("email", [], 1)
         await outbox.settle("email", [Outcome(ok, "delivered")])
         assert 0 < await redis.ttl("notifications:dl:id-ok:email") <= 60
+        assert 0 < await redis.ttl("notifications:ch:id-ok") <= 60  # its only channel
+
+
+@pytest.mark.slow
+async def test_a_delivered_channel_does_not_take_the_others_of_its_notification_with_it(
+    redis_url: str,
+) -> None:
+    """Email delivered, the webhook dead: once the delivered one has expired, the dead one is
+    still found (``states``) and retried by an operator; the notification's channels expire
+    only with the last of them delivered."""
+    async with aioredis.Redis.from_url(redis_url) as redis:
+        outbox = RedisOutbox(redis, "notifications", lease_seconds=60, ttl=60, owner="a")
+        await outbox.add(_lines("x"), ["email", "webhook"])
+        [email] = await outbox.settle("email", [], 1)
+        [hook] = await outbox.settle("webhook", [], 1)
+        await outbox.settle("webhook", [Outcome(hook, "dead", "400 Bad Request")])
+        await outbox.settle("email", [Outcome(email, "delivered")])
+        assert await redis.ttl("notifications:ch:id-x") == -1  # kept: the webhook is dead
+        await redis.delete("notifications:dl:id-x:email")  # as its TTL would, in an hour
+        [dead] = await outbox.states("id-x")
+        assert (dead.channel, dead.status) == ("webhook", "dead")
+        assert await outbox.retry_dead("id-x") == 1
+        [again] = await outbox.settle("webhook", [], 1)
+        await outbox.settle("webhook", [Outcome(again, "delivered")])
+        assert 0 < await redis.ttl("notifications:ch:id-x") <= 60  # the last one delivered
 
 
 async def test_redis_down_is_a_channel_error_without_the_address() -> None:

@@ -30,6 +30,7 @@ from tests.support.server import (
     worker_command,
 )
 from tests.support.waiting import eventually
+from tests.support.webhooks import webhook_receiver
 
 pytestmark = pytest.mark.slow  # redis-server, uvicorn and worker subprocesses
 
@@ -278,8 +279,10 @@ async def test_redis_down_gets_503_and_the_service_recovers_by_itself(tmp_path: 
             _assert_not_ready_for_redis(ready)
             # Clients learn that Redis is unavailable, not where it is; the log says where.
             address = redis.url.removeprefix("redis://").split("/")[0]
-            assert address not in refused.text
-            assert address not in ready.text
+            port = address.rsplit(":", 1)[1]  # redis-py also names it as ('127.0.0.1', port)
+            for text in (refused.text, ready.text):
+                assert address not in text
+                assert port not in text
             redis.start()
             await _until_ready(client)
             after = await client.post("/send-notification/after@example.com")
@@ -372,30 +375,40 @@ async def test_ack_write_503_while_redis_is_down_means_the_line_is_never_handed_
     ]
 
 
-async def test_api_and_worker_start_without_redis_and_serve_once_it_comes(tmp_path: Path) -> None:
-    """Redis not there at start: the API and a worker start anyway, the API refuses with 503
-    and is not ready; Redis started: both carry on by themselves and what the API accepts is
-    written."""
+@pytest.mark.parametrize("channel", [False, True], ids=["log-only", "webhook"])
+async def test_api_and_worker_start_without_redis_and_serve_once_it_comes(
+    tmp_path: Path, channel: bool
+) -> None:
+    """Redis not there at start: the API and a worker start anyway (with a delivery channel
+    too: the outbox's first count waits for Redis), the API refuses with 503 and is not ready;
+    Redis started: both carry on by themselves and what the API accepts is written (and
+    delivered)."""
     redis = RedisServer(tmp_path / "redis")  # a free port, nothing listening yet
-    try:
-        settings = _backend(redis.url)
-        async with (
-            uvicorn_server(tmp_path, settings) as api,
-            running_worker(tmp_path, settings) as worker,
-            http_client(api.url) as client,
-        ):
-            _assert_not_ready_for_redis(await client.get("/readyz"))
-            refused = await client.post("/send-notification/early@example.com")
-            assert refused.status_code == 503
-            assert "redis" in refused.json()["detail"]
-            redis.start()
-            await _until_ready(client)
-            accepted = await client.post("/send-notification/later@example.com")
-            assert accepted.status_code == 200
-            lines = await _wait_for_lines(tmp_path / "log.txt", 1)
-            assert "Traceback" not in worker.output()
-    finally:
-        redis.stop()
+    with webhook_receiver() as hooks:
+        try:
+            settings = _backend(redis.url)
+            if channel:
+                settings["NOTIFY_WEBHOOK_URL"] = hooks.url()
+                settings["NOTIFY_WEBHOOK_SECRET"] = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVg=="
+            async with (
+                uvicorn_server(tmp_path, settings) as api,
+                running_worker(tmp_path, settings) as worker,
+                http_client(api.url) as client,
+            ):
+                _assert_not_ready_for_redis(await client.get("/readyz"))
+                refused = await client.post("/send-notification/early@example.com")
+                assert refused.status_code == 503
+                assert "redis" in refused.json()["detail"]
+                redis.start()
+                await _until_ready(client)
+                accepted = await client.post("/send-notification/later@example.com")
+                assert accepted.status_code == 200
+                lines = await _wait_for_lines(tmp_path / "log.txt", 1)
+                if channel:
+                    await eventually(lambda: len(hooks.receiver.on("/hook")) == 1)
+                assert "Traceback" not in worker.output() + api.output()
+        finally:
+            redis.stop()
     assert lines == ["notification for later@example.com: some notification"]
 
 

@@ -270,6 +270,8 @@ async def test_an_entry_that_is_not_a_batch_is_dropped_not_delivered(
     await redis.xadd("notifications", {"not-records": "notification for x@example.com: forged\n"})
     await redis.xadd("notifications", {"records": "not JSON"})
     await redis.xadd("notifications", {"records": '{"not": "a list"}'})
+    await redis.xadd("notifications", {"records": "[" * 100_000})  # past Python's recursion
+    await redis.xadd("notifications", {b"data": b"[" * 100_000})
     await _publish(stream, redis, "real")
     (delivered,) = await _next(reader)
     assert _names(delivered) == ["notification for real@example.com: hi\n"]

@@ -81,7 +81,8 @@ class OutboxDepth:
             await self._outbox.forget_finished(time.time() - self._keep_delivered)
 
     async def start(self) -> None:
-        await self.count()
+        with contextlib.suppress(Exception):  # Redis not reachable yet: counted when it is
+            await self.count()
         self._task = asyncio.create_task(self._run(), name="outbox depth")
 
     async def aclose(self) -> None:

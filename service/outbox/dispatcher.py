@@ -80,6 +80,7 @@ from typing import Protocol
 from service.channels.base import Channel, ChannelDown, Dead, Gone, Retry
 from service.outbox.base import Delivery, Outbox, Outcome
 from service.retry import Backoff, Episode
+from service.sinks.core import TargetError
 from service.tasks import stop
 
 __all__ = ["BUSY_RATE", "DeliveryListener", "DispatchOptions", "Dispatcher"]
@@ -163,6 +164,13 @@ class Dispatcher:
             failing="cannot deliver: {error}; pausing, then probing",
             recovered="delivering again after {seconds:.1f} s",
         )
+        self._reading = Episode(
+            logger,
+            self.name,
+            failing="cannot read the outbox: {error}; trying again",
+            recovered="reading the outbox again after {seconds:.1f} s",
+        )
+        """The outbox unavailable (Redis down): one line when it starts, one when it ends."""
         self._round = 0
         """Counts the pauses: a send started in an earlier round cannot pause the channel
         again, nor end its episode."""
@@ -320,10 +328,11 @@ class Dispatcher:
                 continue
             try:
                 claimed = await self._settle(free)
-            except Exception:
-                logger.exception("%s: cannot read the outbox; trying again", self.name)
+            except Exception as exc:
+                self._unreadable(exc)
                 await asyncio.sleep(self._options.poll_interval)
                 continue
+            self._reading.recover()
             if rate and claimed:
                 self._next_send = max(time.monotonic(), self._next_send) + 1.0 / rate
             claimed = [delivery for delivery in claimed if delivery.id not in self._holding]
@@ -377,6 +386,14 @@ class Dispatcher:
             self._holding.discard(outcome.delivery.id)
             self._tell(outcome)
 
+    def _unreadable(self, exc: Exception) -> None:
+        """The outbox failed a turn: unavailable (``TargetError``: Redis down, SQLite locked or
+        full) is one log line per episode; anything else is a bug, logged with its traceback."""
+        if isinstance(exc, TargetError):
+            self._reading.fail(str(exc), detail=exc.detail)
+        else:
+            logger.exception("%s: cannot read the outbox; trying again", self.name)
+
     async def _give_back(self, claimed: list[Delivery]) -> None:
         """Release ``claimed`` (not sent): due again for any holder, not once the lease ends."""
         if not claimed:
@@ -417,8 +434,8 @@ class Dispatcher:
             if self._disabled is None:  # enabled meanwhile (``enable``, in this process)
                 return
             buried = await self._outbox.bury(self.name, f"disabled: {reason}")
-        except Exception:
-            logger.exception("%s: cannot read the outbox; trying again", self.name)
+        except Exception as exc:
+            self._unreadable(exc)
             await asyncio.sleep(self._options.poll_interval)
             return
         if buried and self._listener is not None:

@@ -105,9 +105,20 @@ for i = 8, #ARGV, 5 do
         if status == 'delivered' then
             redis.call('HSET', key, 'delivered_at', at)
             redis.call('EXPIRE', key, ttl)
-            redis.call('EXPIRE', p .. ':ch:' .. id, ttl)
-        elseif status == 'dead' then
+            -- The notification's channels expire with the last of them delivered: a delivery
+            -- of another channel still pending or dead stays findable (states, retry).
+            local members = p .. ':ch:' .. id
+            local all = true
+            for _, other in ipairs(redis.call('SMEMBERS', members)) do
+                local st = redis.call('HGET', p .. ':dl:' .. id .. ':' .. other, 'status')
+                if st and st ~= 'delivered' then all = false end
+            end
+            if all then redis.call('EXPIRE', members, ttl) end
+        end
+        if status == 'dead' then
             redis.call('ZADD', p .. ':dead', 0, id .. '\\t' .. ch)
+        else  -- buried (its channel disabled) while this holder sent it: not dead after all
+            redis.call('ZREM', p .. ':dead', id .. '\\t' .. ch)
         end
     end
 end

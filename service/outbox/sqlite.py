@@ -226,7 +226,10 @@ class SqliteOutbox:
                 ).fetchall()
             return sorted((Delivery(*row) for row in rows), key=lambda row: row.accepted_at)
 
-        return await self._with_db(settle)
+        try:
+            return await self._with_db(settle)
+        except sqlite3.Error as exc:  # a full disk, a locked database: the next turn again
+            raise TargetError(f"{type(exc).__name__}: {exc}") from None
 
     async def release(self, channel: str, deliveries: Sequence[Delivery]) -> None:
         """Give back the leases of ``deliveries`` this process holds, unattempted."""

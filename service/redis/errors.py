@@ -15,7 +15,15 @@ def describe_redis_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if type(exc).__name__ not in text else text
 
 
-_ADDRESS = re.compile(r"(?:[a-z]+://)?(?:[\w.-]+|\[[0-9a-fA-F:]+\]):\d+(?:/\d+)?")
+_ADDRESS = re.compile(
+    r"[a-z][a-z0-9+.-]*://\S+"  # a URL (redis://, rediss://, unix://)
+    r"|\(\s*'[^']*'(?:\s*,\s*\d+)+\s*\)"  # a socket address tuple: ('127.0.0.1', 6379)
+    r"|\[[0-9a-fA-F:.]+\](?::\d+)?"  # [::1]:6379
+    r"|(?:[0-9a-fA-F]{0,4}:){2,}[0-9a-fA-F]{0,4}(?::\d+)?"  # ::1:6379, fe80::1
+    r"|[\w.-]+:\d+(?:/\d+)?"  # host:port
+    r"|(?:/[\w.-]*[\w-])+"  # a unix socket's path
+)
+"""What may say where Redis lives, in the messages of redis-py and of the OS."""
 
 
 def public_redis_error(exc: BaseException) -> str:

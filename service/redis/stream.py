@@ -181,7 +181,7 @@ def _records(fields: dict[bytes, bytes]) -> list[Any] | None:
         return _records_of_taskiq_message(fields.get(b"data"))
     try:
         records = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past Python's stack
         return None
     return records if isinstance(records, list) else None
 
@@ -193,7 +193,7 @@ def _records_of_taskiq_message(raw: bytes | None) -> list[Any] | None:
         return None
     try:
         message = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past Python's stack
         return None
     args = message.get("args") if isinstance(message, dict) else None
     if not isinstance(args, list) or len(args) != 1 or not isinstance(args[0], list):
