@@ -667,6 +667,12 @@ def _webhook_url_problem(url: str) -> str | None:
         return "has port 0"
     if parts.fragment:
         return "has a #fragment"
+    import httpx  # here: the settings load without it until a webhook URL is given
+
+    try:
+        _ = httpx.URL(url).host  # what sending will do: IDNA, the characters a URL may hold
+    except (httpx.InvalidURL, UnicodeError):  # (the message repeats the URL: not shown)
+        return "cannot be sent to (an invalid host name or character)"
     return None
 
 

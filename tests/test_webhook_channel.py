@@ -3,20 +3,26 @@ meaning, Retry-After, how URLs are named and shown, and the settings."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
 
 import httpx
 import pytest
+import trustme
 from standardwebhooks.webhooks import Webhook
 
 from config import Settings
 from config.settings import SettingsError, load_settings
-from service.channels.base import ChannelDown, Dead, Gone, Retry
+from service.channels.base import ChannelDown, Dead, Delivery, Gone, Retry
 from service.channels.webhook import (
+    WebhookChannel,
     _judge,
     channel_name,
     payload,
@@ -31,6 +37,7 @@ from service.outbox.base import notification_line
 from service.outbox.sqlite import SqliteOutbox
 from service.outbox.writer import OutboxWriter
 from service.sinks.core import Batch
+from tests.support.webhooks import webhook_receiver
 
 KEY_A = b"0123456789abcdef0123456789abcdef"
 KEY_B = b"fedcba9876543210fedcba9876543210"
@@ -107,6 +114,8 @@ def test_retry_after_reads_seconds_and_http_dates() -> None:
     assert retry_after("-3") is None
     assert retry_after("\u00b2") is None  # a digit to str.isdigit, not to HTTP
     assert retry_after("9" * 400) is None  # no infinite wait
+    assert retry_after("01 Jan 99999999999999999999 00:00:00 GMT") is None  # no OverflowError
+    assert retry_after("1 Jan 2020 00:00:00 +99999999999999999999") is None
 
 
 def test_channel_names_are_stable_and_urls_shown_without_secrets() -> None:
@@ -166,6 +175,9 @@ async def test_a_webhook_url_may_be_named_and_its_channel_takes_the_name() -> No
             "gives two URLs the same name",
         ),
         ({"NOTIFY_WEBHOOK_URL": "http:///h"}, "names no host"),
+        ({"NOTIFY_WEBHOOK_URL": "http://xn--zz.invalid/h"}, "URL 1 of 1 cannot be sent to"),
+        ({"NOTIFY_WEBHOOK_URL": "http://ex\xadample.example/h"}, "cannot be sent to"),
+        ({"NOTIFY_WEBHOOK_URL": "http://a.example/h?x=\x7f"}, "cannot be sent to"),
         ({"NOTIFY_WEBHOOK_URL": "http://a.example/h,http://a.example/h"}, "the same URL twice"),
         ({"NOTIFY_WEBHOOK_URL": "http://a.example/h"}, "NOTIFY_WEBHOOK_SECRET must be set"),
         (
@@ -237,3 +249,104 @@ async def test_the_intake_makes_one_row_per_channel_and_reads_old_spools(tmp_pat
         assert (email.recipient, email.message) == ("a@example.com", "hi")
     finally:
         await outbox.close()
+
+
+@asynccontextmanager
+async def _scripted_receiver(
+    answer: bytes, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[str]:
+    """A receiver on loopback (over TLS with ``tls``) that reads a request's head, writes
+    ``answer`` and then says nothing more (the connection stays open): its URL."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        await reader.read()  # until the client closes
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=tls)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}/hook"
+    finally:
+        server.close()
+
+
+def _delivery(notification_id: str = "n1") -> Delivery:
+    return Delivery(notification_id, "webhook", "a@example.com", "hi", None, 1.0, 1.0, 0)
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"), [(b"200 OK", None), (b"410 Gone", Gone), (b"400 Bad Request", Dead)]
+)
+async def test_a_status_that_came_is_the_answer_even_if_its_body_stalls(
+    status: bytes, outcome: type[Exception] | None
+) -> None:
+    """The receiver sends its status and headers, then not the body it announced: the status
+    is the answer (a 200 delivered, not sent again; a 410 disables the URL), not "no
+    answer"."""
+    answer = b"HTTP/1.1 " + status + b"\r\ncontent-length: 100\r\n\r\npartial"
+    async with _scripted_receiver(answer) as url:
+        channel = WebhookChannel(url, [KEY_A], connections=1, timeout=0.5)
+        try:
+            if outcome is None:
+                await channel.send(_delivery())
+            else:
+                with pytest.raises(outcome):
+                    await channel.send(_delivery())
+        finally:
+            await channel.aclose()
+
+
+async def test_a_receivers_garbage_is_cut_short_in_the_error() -> None:
+    """A status line of 90 KB of garbage: the channel's error (the outbox's history, logs,
+    ``/readyz``) is one line of at most 200 characters."""
+    async with _scripted_receiver(b"HTTP/1.1 " + b"x" * 90_000 + b"\r\n\r\n") as url:
+        channel = WebhookChannel(url, [KEY_A], connections=1, timeout=5)
+        try:
+            with pytest.raises(ChannelDown) as down:
+                await channel.send(_delivery())
+        finally:
+            await channel.aclose()
+    assert len(down.value.reason) <= 200
+    assert "\n" not in down.value.reason
+
+
+async def test_every_connection_of_an_uneven_count_carries_a_request() -> None:
+    """Nine connections (two clients): nine requests at once are all at the receiver
+    together; none waits in a client's pool while the other has a connection free."""
+    with webhook_receiver() as hooks:
+        hooks.receiver.hold_all = True
+        channel = WebhookChannel(hooks.url(), [KEY_A], connections=9, timeout=30)
+        try:
+            sends = [asyncio.create_task(channel.send(_delivery(f"n{n}"))) for n in range(9)]
+            held = await asyncio.to_thread(hooks.receiver.wait_for, lambda r: r.held == 9)
+            hooks.receiver.release()
+            await asyncio.gather(*sends)
+        finally:
+            await channel.aclose()
+    assert held
+
+
+async def test_a_receiver_behind_a_private_ca_is_trusted_through_ssl_cert_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An https receiver whose certificate a private CA issued: trusted once OpenSSL's
+    ``SSL_CERT_FILE`` names that CA (as for email), and not without it."""
+    ca = trustme.CA()
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(tls)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    answer = b"HTTP/1.1 204 No Content\r\n\r\n"
+    async with _scripted_receiver(answer, tls) as url:
+        untrusted = WebhookChannel(url, [KEY_A], connections=1, timeout=5)
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+        trusted = WebhookChannel(url, [KEY_A], connections=1, timeout=5)
+        try:
+            with pytest.raises(ChannelDown, match="CERTIFICATE_VERIFY_FAILED"):
+                await untrusted.send(_delivery())
+            await trusted.send(_delivery())
+        finally:
+            await untrusted.aclose()
+            await trusted.aclose()

@@ -171,6 +171,24 @@ async def test_a_pause_honours_retry_after_only_up_to_the_longest_pause(tmp_path
     assert (first.answered, second.answered) == (503, 200)
 
 
+async def test_a_retry_honours_retry_after_only_up_to_the_longest_retry_delay(
+    tmp_path: Path,
+) -> None:
+    """500 with Retry-After: 90000 (past the delivery's max age of a day): the delivery is
+    not dead at once, nor put a day away: its next attempt comes after
+    NOTIFY_DELIVERY_RETRY_MAX (here 0.2 s), and delivers."""
+    with webhook_receiver(SECRET) as hooks:
+        hooks.receiver.script("/hook", Answer(500, retry_after="90000"))
+        name = channel_name(hooks.url())
+        settings = webhook_settings(tmp_path, hooks.url(), delivery_retry_max=0.2)
+        async with running(settings) as client:
+            response = await client.post("/send-notification/later@example.com")
+            notification_id = response.headers["x-notification-id"]
+            await until_status(client, notification_id, name, "delivered")
+        first, second = hooks.receiver.received
+    assert (first.answered, second.answered) == (500, 200)
+
+
 async def test_a_410_disables_the_url_until_enabled(tmp_path: Path) -> None:
     """410: that delivery is dead, the URL disabled (readyz, metrics); what comes next for it
     is dead without a request, the other URL goes on; enabling (with the token) and a retry

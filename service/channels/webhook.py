@@ -17,14 +17,16 @@ One outbox channel per URL, named as the operator named it (``billing=https://..
 ``webhook-<first 8 hex digits of the URL's SHA-256>``: stable across restarts and reorderings
 of ``NOTIFY_WEBHOOK_URL``, and free of the URL itself (which may hold a token) in statuses and
 metrics. Each URL has its own ``httpx.AsyncClient``s (of at most
-8 kept-alive connections each; ``NOTIFY_WEBHOOK_CONNECTIONS`` in all), no redirects followed, no
+8 kept-alive connections each, split evenly; ``NOTIFY_WEBHOOK_CONNECTIONS`` in all), no redirects followed, no
 proxy variables read. What each answer means (``service.channels.base``):
 
 - 2xx: delivered;
 - 408, 500, 501, 505… (a failure of this request): ``Retry``, this delivery backs off;
 - 429, 502, 503, 504, a timeout, a refused or lost connection (the receiver, not the payload):
   ``ChannelDown``, the URL's channel pauses and is probed;
-- ``Retry-After`` (seconds or an HTTP date) with any of these: waited at least that long;
+- ``Retry-After`` (seconds or an HTTP date) with any of these: waited at least that long, up
+  to ``NOTIFY_DELIVERY_RETRY_MAX`` for a delivery's retry, ``NOTIFY_CHANNEL_PAUSE_MAX`` for the
+  channel's pause;
 - 410 Gone: ``Gone``, the URL is disabled until enabled again;
 - 3xx (redirects are not followed) and the other 4xx: ``Dead``.
 
@@ -39,6 +41,7 @@ import base64
 import hashlib
 import hmac
 import json
+import ssl
 import time
 from collections.abc import Sequence
 from datetime import UTC
@@ -64,6 +67,8 @@ __all__ = [
 _MAX_ANSWER_BYTES = 64 * 1024
 """Read at most this much of an answer's body (it is not used); past it the connection closes."""
 _POOL_SIZE = 8
+_MAX_ERROR = 200
+"""Characters at most of a transport error's text (see ``_transport_error``)."""
 """Connections per ``httpx.AsyncClient`` of a URL (see ``WebhookChannel.__init__``)."""
 _PAUSE_CHANNEL = frozenset({429, 502, 503, 504})
 _RETRY_DELIVERY = frozenset({408})
@@ -130,12 +135,15 @@ def retry_after(value: str | None, now: float | None = None) -> float | None:
         return float(value) if len(value) <= 12 else None  # (309 digits are inf)
     try:
         moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):  # (a year of 20 digits)
         return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     current = time.time() if now is None else now
-    return max(0.0, moment.timestamp() - current)
+    try:
+        return max(0.0, moment.timestamp() - current)
+    except (OverflowError, ValueError):  # an offset past what a timestamp holds
+        return None
 
 
 class WebhookChannel(Channel):
@@ -165,15 +173,24 @@ class WebhookChannel(Channel):
         # Clients of at most _POOL_SIZE connections each: httpcore's pool hands a connection
         # to a request by looking through all of them, so one pool of 64 busy connections cost
         # the event loop a core at 80 requests a second (py-spy, a 200 ms receiver).
-        sizes = [_POOL_SIZE] * (connections // _POOL_SIZE)
-        if connections % _POOL_SIZE:
-            sizes.append(connections % _POOL_SIZE)
+        # The connections are split evenly (9: 5 and 4, not 8 and 1), and a request goes to
+        # the client with the most room: none waits in a pool for a connection while another
+        # client has one free (a wait that counted against its timeout, and whose cancelling
+        # could leave httpcore's pool stuck: encode/httpcore#1093).
+        count = -(-connections // _POOL_SIZE)
+        base, extra = divmod(connections, count)
+        sizes = [base + 1] * extra + [base] * (count - extra)
+        self._sizes = sizes
+        # The system's trust store, and OpenSSL's SSL_CERT_FILE / SSL_CERT_DIR (a private CA),
+        # as the email channel's: httpx's default (certifi) reads neither, with trust_env off.
+        trust = ssl.create_default_context()
         self._clients = [
             httpx.AsyncClient(
                 limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
                 timeout=httpx.Timeout(timeout),
                 follow_redirects=False,
-                trust_env=False,
+                trust_env=False,  # no proxy from the environment
+                verify=trust,
                 headers={"user-agent": "notify-service"},
             )
             for size in sizes
@@ -200,20 +217,27 @@ class WebhookChannel(Channel):
         }
         timeout = self.attempt_timeout
         using = self._using
-        index = min(range(len(using)), key=using.__getitem__)  # the least busy client
+        sizes = self._sizes
+        index = min(range(len(using)), key=lambda i: using[i] / sizes[i])  # the most room
         using[index] += 1
+        answer: httpx.Response | None = None
         try:
             async with asyncio.timeout(timeout):  # the whole attempt, not each read
                 async with self._clients[index].stream(
                     "POST", self.url, content=body, headers=headers
-                ) as answer:
-                    await _drain(answer)
+                ) as response:
+                    answer = response
+                    await _drain(response)
         except (TimeoutError, httpx.TimeoutException):
-            raise ChannelDown(f"no answer within {timeout:g} s") from None
+            if answer is None:
+                raise ChannelDown(f"no answer within {timeout:g} s") from None
         except httpx.TransportError as exc:  # refused, reset, DNS, TLS, a broken answer
-            raise ChannelDown(_transport_error(exc, self.url, self.target)) from None
+            if answer is None:
+                raise ChannelDown(_transport_error(exc, self.url, self.target)) from None
         finally:
             using[index] -= 1
+        # The status came: it is the answer, even if the body (unused) did not come whole
+        # (its connection is closed, not reused).
         _judge(answer)
 
     async def aclose(self) -> None:
@@ -230,8 +254,12 @@ async def _drain(answer: httpx.Response) -> None:
 
 
 def _transport_error(exc: Exception, url: str, shown: str) -> str:
+    """One line, at most ``_MAX_ERROR`` characters: the receiver may have written it (a
+    broken status line of 90 KB is quoted whole by h11), and it goes into every attempt's
+    history, the logs and ``/readyz``."""
     reason = str(exc).replace(url, shown) or "connection failed"
-    return f"{type(exc).__name__}: {reason}"
+    text = " ".join(f"{type(exc).__name__}: {reason}".split())
+    return text if len(text) <= _MAX_ERROR else text[: _MAX_ERROR - 1] + "…"
 
 
 def _judge(answer: httpx.Response) -> None:

@@ -23,7 +23,7 @@ What an attempt comes to (``service.channels.base``):
 - ``Dead``: dead at once, until an operator retries it;
 - ``Retry``: this delivery alone waits, with capped exponential backoff and jitter on its own
   attempts (at most ``NOTIFY_DELIVERY_RETRY_MAX``), and at least its ``after``
-  (``Retry-After``); after ``max_age`` since it was accepted it is dead;
+  (``Retry-After``, up to that maximum); after ``max_age`` since it was accepted it is dead;
 - ``ChannelDown``: the channel pauses (below); the delivery waits for the channel;
 - ``Gone``: the delivery is dead and the channel *disabled*: its pending deliveries, and those
   that arrive later, become dead without an attempt, until ``enable`` (an operator's call, or
@@ -485,7 +485,10 @@ class Dispatcher:
             return Outcome(delivery, "dead", exc.reason)
         except Retry as exc:
             self._answered(round_)
-            delay = options.retry.delay(delivery.attempts, at_least=exc.after)
+            # Retry-After is honoured up to the longest retry delay: one answer cannot put the
+            # next attempt an hour (or past the delivery's max age: dead at once) away.
+            after = None if exc.after is None else min(exc.after, options.retry.maximum)
+            delay = options.retry.delay(delivery.attempts, at_least=after)
             return self._retry_or_die(delivery, exc.reason, time.time() + delay)
         except ChannelDown as exc:
             return self._retry_or_die(delivery, exc.reason, await self._down(exc, round_))
