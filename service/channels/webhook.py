@@ -16,9 +16,9 @@ so a receiver verifies it with that spec's libraries:
 One outbox channel per URL, named as the operator named it (``billing=https://...``) or else
 ``webhook-<first 8 hex digits of the URL's SHA-256>``: stable across restarts and reorderings
 of ``NOTIFY_WEBHOOK_URL``, and free of the URL itself (which may hold a token) in statuses and
-metrics. Each URL has its own ``httpx.AsyncClient``s (of at most
-8 kept-alive connections each, split evenly; ``NOTIFY_WEBHOOK_CONNECTIONS`` in all), no redirects followed, no
-proxy variables read. What each answer means (``service.channels.base``):
+metrics. Each URL has its own ``httpx.AsyncClient``s (of at most 8 kept-alive connections
+each, split evenly; ``NOTIFY_WEBHOOK_CONNECTIONS`` in all), no redirects followed, no proxy
+variables read. What each answer means (``service.channels.base``):
 
 - 2xx: delivered;
 - 408, 500, 501, 505… (a failure of this request): ``Retry``, this delivery backs off;
