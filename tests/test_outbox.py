@@ -307,6 +307,21 @@ async def test_delivered_ones_expire_from_redis(redis_url: str) -> None:
 
 
 @pytest.mark.slow
+async def test_a_due_delivery_whose_record_is_gone_is_dropped_not_the_end_of_claims(
+    redis_url: str,
+) -> None:
+    """A delivery's hash gone from Redis (evicted, deleted by hand) while it is due: claims
+    drop it and go on with the others, instead of failing on it every turn."""
+    async with aioredis.Redis.from_url(redis_url) as redis:
+        outbox = RedisOutbox(redis, "notifications", lease_seconds=60, ttl=60, owner="a")
+        await outbox.add(_lines("gone", "kept"), ["email"])
+        await redis.delete("notifications:dl:id-gone:email")
+        claimed = await outbox.settle("email", [], 10)
+        assert [delivery.id for delivery in claimed] == ["id-kept"]
+        assert await redis.zscore("notifications:due:email", "id-gone") is None
+
+
+@pytest.mark.slow
 async def test_a_delivered_channel_does_not_take_the_others_of_its_notification_with_it(
     redis_url: str,
 ) -> None:

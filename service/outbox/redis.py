@@ -127,11 +127,18 @@ local out = {}
 if limit > 0 then
     for _, id in ipairs(redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, limit)) do
         local key = p .. ':dl:' .. id .. ':' .. ch
-        redis.call('ZADD', due, lease_until, id)
-        redis.call('HSET', key, 'lease_owner', owner, 'lease_until', lease_until)
-        local f = redis.call('HMGET', key, 'recipient', 'message', 'q', 'accepted_at',
-            'retried_at', 'attempts', 'subject')
-        table.insert(out, {id, f[1], f[2], f[3] or 'null', f[4], f[5] or f[4], f[6], f[7] or ''})
+        if redis.call('EXISTS', key) == 0 then
+            -- Its delivery is gone (evicted, deleted by hand): nothing to send, and it must
+            -- not make every later claim of the channel fail.
+            redis.call('ZREM', due, id)
+        else
+            redis.call('ZADD', due, lease_until, id)
+            redis.call('HSET', key, 'lease_owner', owner, 'lease_until', lease_until)
+            local f = redis.call('HMGET', key, 'recipient', 'message', 'q', 'accepted_at',
+                'retried_at', 'attempts', 'subject')
+            table.insert(out,
+                {id, f[1], f[2], f[3] or 'null', f[4], f[5] or f[4], f[6], f[7] or ''})
+        end
     end
 end
 return out
