@@ -350,3 +350,16 @@ async def test_a_receiver_behind_a_private_ca_is_trusted_through_ssl_cert_file(
         finally:
             await untrusted.aclose()
             await trusted.aclose()
+
+
+async def test_a_payload_that_is_not_valid_unicode_is_dead_not_a_channel_bug() -> None:
+    """A message holding a lone surrogate (no request can give one; a store edited by hand
+    could): that delivery is dead at once, nothing sent, instead of pausing the URL's channel
+    as a bug for every attempt until its max age."""
+    channel = WebhookChannel("http://127.0.0.1:9/hook", [KEY_A], connections=1, timeout=1)
+    broken = Delivery("n1", "webhook", "a@example.com", "hi \ud800", None, 1.0, 1.0, 0)
+    try:
+        with pytest.raises(Dead, match="not valid Unicode"):
+            await channel.send(broken)
+    finally:
+        await channel.aclose()

@@ -200,14 +200,17 @@ class WebhookChannel(Channel):
 
     async def send(self, delivery: Delivery) -> None:
         """POST the delivery's payload, signed; see the module docstring for the outcomes."""
-        body = payload(
-            delivery.id,
-            delivery.recipient,
-            delivery.message,
-            delivery.q,
-            delivery.accepted_at,
-            delivery.subject or self.subject,
-        ).encode()
+        try:
+            body = payload(
+                delivery.id,
+                delivery.recipient,
+                delivery.message,
+                delivery.q,
+                delivery.accepted_at,
+                delivery.subject or self.subject,
+            ).encode()
+        except UnicodeEncodeError:  # a lone surrogate (no request can give one): never sendable
+            raise Dead("the payload is not valid Unicode text") from None
         timestamp = int(time.time())
         headers = {
             "content-type": "application/json",
