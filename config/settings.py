@@ -21,6 +21,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
+    "ENCODED_WORD",
     "Settings",
     "SettingsError",
     "SmtpServer",
@@ -32,6 +33,10 @@ __all__ = [
 ]
 
 _ENV_PREFIX = "NOTIFY_"
+
+ENCODED_WORD = re.compile(r"=\?[^?\s]*\?[bBqQ]\?[^?\s]*\?=")
+"""An RFC 2047 encoded word (``=?utf-8?q?…?=``): in a Subject, mail readers (and Python's
+email package) decode it, so it could hide a line break that starts another header."""
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 AckMode = Literal["background", "write"]
@@ -446,6 +451,8 @@ class Settings(BaseSettings):
     def _subject_is_one_line(cls, subject: str) -> str:
         if not subject.isprintable():
             raise ValueError("the subject must be printable text on one line")
+        if ENCODED_WORD.search(subject):
+            raise ValueError("the subject must not hold an RFC 2047 encoded word (=?…?=)")
         return subject
 
     @model_validator(mode="after")

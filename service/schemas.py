@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from config.settings import ENCODED_WORD
 from service.emails import Email
 from service.outbox.base import Attempt, DeliveryState
 from service.records import rfc3339
@@ -65,7 +66,8 @@ class NotificationBody(BaseModel):
         max_length=MAX_SUBJECT_LENGTH,
         description="The email's Subject, the Apprise title and the webhook payload's "
         "`subject` (default: NOTIFY_EMAIL_SUBJECT). Line breaks and other unprintable "
-        "characters are escaped (`\\n`): it stays one line.",
+        "characters are escaped (`\\n`): it stays one line. No RFC 2047 encoded word "
+        "(`=?utf-8?q?…?=`).",
     )
     channels: list[Annotated[str, StringConstraints(min_length=1, max_length=64)]] | None = Field(
         default=None,
@@ -74,6 +76,18 @@ class NotificationBody(BaseModel):
         "URL's name; `GET /readyz` lists them); default: every configured channel. `log` "
         "alone: the log line only. The log line is always written.",
     )
+
+    @field_validator("subject")
+    @classmethod
+    def _no_encoded_word(cls, subject: str | None) -> str | None:
+        """422 for an RFC 2047 encoded word: mail readers would decode it (a line break in it
+        could start another header), so the subject would not be the text given."""
+        if subject is not None and ENCODED_WORD.search(subject):
+            raise ValueError(
+                "must not hold an RFC 2047 encoded word (=?charset?q?…?=): mail readers "
+                "would decode it"
+            )
+        return subject
 
     @property
     def shaped(self) -> bool:

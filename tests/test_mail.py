@@ -221,6 +221,8 @@ def test_a_long_or_non_ascii_subject_is_folded_and_encoded_not_split() -> None:
         ({"subject": "Notification\r\nBcc: x@evil"}, "subject"),
         ({"subject": "Notification\n"}, "subject"),
         ({"subject": "Notification\u2028"}, "subject"),
+        # An RFC 2047 word decodes to CR LF (no request can give one: the API refuses it)
+        ({"subject": "=?utf-8?q?Invoice=0D=0ABcc:_x@evil.example?="}, "not be one header"),
         ({"sender": "notify@example.com\r\nBcc: x@evil"}, "@-sign"),
         ({"sender": "jörg@example.com"}, "sender"),
         ({"date": datetime(2026, 11, 24, 8, 0)}, "timezone"),

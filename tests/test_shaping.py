@@ -170,6 +170,11 @@ async def test_a_request_naming_only_the_log_is_answered_with_ack_write(tmp_path
         ({"subject": ""}, ["body", "subject"], "at least 1 character"),
         ({"subject": 5}, ["body", "subject"], "valid string"),
         ({"subject": "x" * 201}, ["body", "subject"], "at most 200 characters"),
+        (
+            {"subject": "=?utf-8?q?Invoice=0D=0ABcc:_x@evil.example?="},
+            ["body", "subject"],
+            "RFC 2047 encoded word",
+        ),
     ],
 )
 async def test_a_bad_subject_or_channels_is_a_422_naming_it_and_nothing_is_accepted(

@@ -163,7 +163,15 @@ def _fold(mail_policy: _Policy, name: str, value: str) -> tuple[BaseHeader, byte
     """The header ``name: value`` as the policy parses it, and its line(s) as it writes them
     (what ``message[name] = value`` then ``as_bytes()`` do)."""
     header: BaseHeader = mail_policy.header_factory(name, value)
-    return header, mail_policy.fold_binary(name, header)
+    line = mail_policy.fold_binary(name, header)
+    if _NOT_ONE_HEADER.search(line[:-2]):  # (what the value decoded to: an encoded word)
+        raise ValueError(f"the {name} header would not be one header")
+    return header, line
+
+
+_NOT_ONE_HEADER = re.compile(rb"\r(?!\n[ \t])|(?<!\r)\n|\r\n(?![ \t])")
+"""A line break in a header's folded bytes that does not continue it (a fold is CRLF and
+a space or tab): the header factory decodes RFC 2047 words, which can hold CR LF."""
 
 
 def _own_line(mail_policy: _Policy, name: str, value: str) -> bytes:
