@@ -50,6 +50,11 @@ __all__ = [
 ]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+"""The methods HTTP defines (RFC 9110, PATCH): any other is counted as ``OTHER``, so that a
+client cannot add series to ``/metrics`` by inventing methods (h11 passes any token)."""
 _UNMATCHED = "<unmatched>"
 _REJECTED_BY_STATUS = {
     401: "unauthorized",
@@ -453,4 +458,7 @@ class HttpMetrics:
         finally:
             template = state[_ROUTE]
             elapsed = time.perf_counter() - started
-            self.metrics.observe_http(template, scope["method"], status, elapsed)
+            method = scope["method"]  # a label: only the methods HTTP defines, else OTHER
+            self.metrics.observe_http(
+                template, method if method in _METHODS else "OTHER", status, elapsed
+            )

@@ -106,6 +106,8 @@ async def test_since_and_status_filter(tmp_path: Path) -> None:
         ({"limit": 1001}, "limit", "1000"),
         ({"limit": 0}, "limit", "1"),
         ({"after": "not-a-cursor"}, "after", "next"),
+        ({"after": "9999999999999999999"}, "after", "next"),  # past SQLite's integers
+        ({"after": "\u00b2"}, "after", "next"),  # a digit to str.isdigit, not to int()
         ({"email": "not an address"}, "email", ""),
     ],
 )

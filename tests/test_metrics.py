@@ -137,7 +137,8 @@ async def test_every_request_is_counted_under_the_route_template_it_matched(
     tmp_path: Path,
 ) -> None:
     """Each route notes its template (a custom APIRoute class; the schema, the static files):
-    a refused request counts under its route, one no route took under ``<unmatched>``."""
+    a refused request counts under its route, one no route took under ``<unmatched>``; a
+    method HTTP does not define under ``OTHER``."""
     async with running(make_settings(tmp_path)) as client:
         assert (await client.post("/send-notification/not-an-email")).status_code == 422
         assert (await client.get("/openapi.json")).status_code == 200
@@ -145,7 +146,10 @@ async def test_every_request_is_counted_under_the_route_template_it_matched(
         assert (await client.get("/static-docs/swagger-ui.css")).status_code == 200
         assert (await client.get("/no/such/page")).status_code == 404
         assert (await client.delete("/healthz")).status_code == 405
+        for n in range(3):  # methods no HTTP defines (h11 passes any token): one series
+            assert (await client.request(f"X{n:05d}", "/healthz")).status_code == 405
         samples = await scrape(client)
+        assert "X00001" not in (await client.get("/metrics")).text
 
     def count(route: str, method: str, status: str) -> float:
         return value(
@@ -158,6 +162,7 @@ async def test_every_request_is_counted_under_the_route_template_it_matched(
     assert count("/static-docs/{path}", "GET", "200") == 1
     assert count("<unmatched>", "GET", "404") == 1
     assert count("<unmatched>", "DELETE", "405") == 1
+    assert count("<unmatched>", "OTHER", "405") == 3
 
 
 @pytest.mark.slow

@@ -720,7 +720,7 @@ def _cursor(after: str | None) -> int | None:
     """The ``seq`` an ``after`` stands for; ``BadCursor`` if it is none of ours."""
     if after is None:
         return None
-    if not after.isdigit() or len(after) > 19:
+    if not after.isascii() or not after.isdigit() or len(after) > 18:  # ("²"; past int64)
         raise BadCursor("not a 'next' of this listing")
     return int(after)
 
