@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -10,10 +12,11 @@ from typing import Any
 import httpx
 import pytest
 
-from service.sinks.core import BatchOptions
-from service.sinks.file import file_sink
+from service.sinks.core import BatchOptions, BatchSink
+from service.sinks.file import FileOptions, file_sink
 from tests.conftest import make_settings, read_lines, running
 from tests.support.collector import queue_lines
+from tests.support.fifo import read_available
 from tests.support.waiting import eventually
 
 
@@ -193,3 +196,60 @@ async def test_a_moved_log_is_reopened_and_nothing_is_lost(tmp_path: Path) -> No
     assert old + new == expected
     # The line that showed the new file, and every line sent after it, are in the new file.
     assert new[-21:] == expected[-21:]
+
+
+async def _acknowledged(sink: BatchSink, line: str) -> None:
+    """Submit ``line`` as a ``NOTIFY_ACK=write`` request would, and wait for its write."""
+    written = asyncio.get_running_loop().create_future()
+    sink.admit()
+    sink.submit(line, "notification", f"{line}\n", written)
+    await written
+
+
+async def test_with_fsync_batch_an_acknowledged_batch_was_fsynced_even_if_the_log_moved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``NOTIFY_FSYNC=batch``: a batch written to the log just before logrotate moved it (the
+    writer's check then closes that file) is acknowledged only once that file, where its
+    bytes are, was fsynced."""
+    synced: list[int] = []
+    fsync = os.fsync
+
+    def recording(fd: int) -> None:  # the real fsync, noting which file it synced
+        synced.append(os.fstat(fd).st_ino)
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    log = tmp_path / "log.txt"
+    options = BatchOptions(refuse_while_failing=True, check_interval=3600)
+    sink = file_sink(log, options, FileOptions(fsync="batch", check_interval=0.0))
+    await sink.start()
+    try:
+        await _acknowledged(sink, "first")
+        moved = tmp_path / "log.txt.1"
+        log.rename(moved)  # logrotate's create: move, then a new file
+        log.touch()
+        synced.clear()
+        await _acknowledged(sink, "second")
+        assert moved.read_text() == "first\nsecond\n"
+        assert moved.stat().st_ino in synced
+    finally:
+        await sink.aclose()
+
+
+async def test_with_fsync_batch_a_log_that_is_a_pipe_is_acknowledged(tmp_path: Path) -> None:
+    """``NOTIFY_FSYNC=batch`` and a log that is a FIFO (or a tty), which cannot be fsynced
+    (EINVAL): the batch is acknowledged once in the pipe, not retried for ever."""
+    fifo = tmp_path / "log.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        sink = file_sink(fifo, BatchOptions(refuse_while_failing=True), FileOptions(fsync="batch"))
+        await sink.start()
+        try:
+            await _acknowledged(sink, "line 1")
+        finally:
+            await sink.aclose()
+        assert read_available(reader) == b"line 1\n"
+    finally:
+        os.close(reader)

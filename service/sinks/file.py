@@ -72,6 +72,10 @@ class LogFile:
         self._handle: AppendFile | None = None
         self._size = 0
         self._fifo = False
+        self._regular = True
+        """The path is a regular file: only one can be fsynced (a FIFO, a tty: EINVAL)."""
+        self._unsynced: OSError | None = None
+        """Why a handle closed since the last batch could not be fsynced (``_close_handle``)."""
         self._last_fsync = time.monotonic()
         self._unverified: list[bytes] = []  # written since the last check
         self._verified_at = time.monotonic()
@@ -146,11 +150,7 @@ class LogFile:
             text = self._rewrite.decode(errors="replace")
             owed = [("", "notification", line, 0.0) for line in text.splitlines(keepends=True)]
             self._rewrite = b""
-        handle = self._handle
-        if handle is not None and self._options.fsync != "never":
-            with contextlib.suppress(OSError):
-                await asyncio.to_thread(os.fsync, handle.fileno())
-        await self._close_handle()
+        await self._close_handle()  # (fsynced as configured)
         return owed
 
     async def under_lock(self, work: Callable[[str, int], Awaitable[T]]) -> T:
@@ -254,13 +254,23 @@ class LogFile:
         handle = await open_append(self.path)
         opened = await asyncio.to_thread(os.fstat, handle.fileno())
         self._size, self._fifo = opened.st_size, stat.S_ISFIFO(opened.st_mode)
+        self._regular = stat.S_ISREG(opened.st_mode)
         return handle
 
     async def _close_handle(self) -> None:
+        """Close the handle, fsynced first unless ``fsync="never"``: what was written to a
+        file just moved away (rotated) or deleted is synced as a batch's bytes are, though the
+        batch's own fsync finds no handle (a failure fails that batch: ``_unsynced``)."""
         handle, self._handle = self._handle, None
-        if handle is not None:
-            with contextlib.suppress(OSError):
-                await handle.close()
+        if handle is None:
+            return
+        if self._options.fsync != "never" and self._regular:
+            try:
+                await asyncio.to_thread(os.fsync, handle.fileno())
+            except OSError as exc:
+                self._unsynced = exc
+        with contextlib.suppress(OSError):
+            await handle.close()
 
     async def _fsync_after_batch(self) -> None:
         """Fsync as configured. With ``fsync="batch"`` a failed fsync fails the batch: it is
@@ -271,12 +281,14 @@ class LogFile:
             fsync == "interval" and now - self._last_fsync >= self._options.fsync_interval
         ):
             handle = self._handle
-            if handle is not None:
+            failed, self._unsynced = self._unsynced, None
+            if handle is not None and self._regular:
                 try:
                     await asyncio.to_thread(os.fsync, handle.fileno())
                 except OSError as exc:
-                    if fsync == "batch":
-                        raise TargetError(f"fsync failed: {_reason(exc)}") from None
+                    failed = exc
+            if failed is not None and fsync == "batch":
+                raise TargetError(f"fsync failed: {_reason(failed)}") from None
             self._last_fsync = now
 
 
