@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import select
 import shutil
@@ -15,7 +16,7 @@ import pytest
 from service.sinks.fs import pid_alive, pipe_sized
 from tests.conftest import make_settings, read_lines, running
 from tests.support.fifo import full_fifo, read_available
-from tests.support.waiting import wait_until
+from tests.support.waiting import eventually, wait_until
 from tests.test_file_sink import wait_for_lines, wait_for_readiness
 
 
@@ -214,3 +215,33 @@ def test_a_zombie_is_not_alive(tmp_path: Path) -> None:
         running.wait()
         exited.wait()
     assert not pid_alive(exited.pid)
+
+
+async def test_a_cancelled_ack_write_request_frees_its_idempotency_key(tmp_path: Path) -> None:
+    """With ``ack=write``, a request cancelled while it waits for its write (uvicorn's
+    graceful-shutdown timeout does that) is not acknowledged: its Idempotency-Key is free
+    again, so a retry with it is a new request, written, and not a replay of nothing."""
+    with full_fifo(tmp_path / "log.fifo") as fifo:
+        settings = make_settings(
+            tmp_path, log_path=fifo.path, ack="write", ack_timeout=30, retry_max=0.05
+        )
+        key = {"Idempotency-Key": "the-one"}
+        async with running(settings) as client:
+            first = asyncio.create_task(
+                client.post("/send-notification/a@example.com", headers=key)
+            )
+
+            async def admitted() -> bool:
+                listed = await client.get("/notifications")
+                return bool(listed.json()["items"])
+
+            await eventually(admitted)
+            first.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await first
+            assert read_available(fifo.read_fd) == fifo.filler  # room in the pipe
+            await wait_for_readiness(client, 200)  # the writer takes lines again
+            retry = await client.post("/send-notification/a@example.com", headers=key)
+            assert retry.status_code == 200
+            written = read_available(fifo.read_fd)
+    assert written == b"notification for a@example.com: some notification\n"

@@ -2,6 +2,7 @@
 
 # No ``from __future__ import annotations``: FastAPI evaluates these annotations, and one
 # refers to a value of ``build_router`` (the query parameter, bound to the limits).
+import asyncio
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -188,8 +189,8 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
                 await service.notify_written(
                     email, message, q, notification_id, subject=subject, channels=channels
                 )
-            except Exception:
-                await service.forget(key, notification_id)
+            except BaseException:  # 503, or cancelled (a shutdown's timeout): not acknowledged
+                await asyncio.shield(service.forget(key, notification_id))
                 raise
         return _acknowledge(notification_id, background_tasks)
 
@@ -271,8 +272,8 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
                 await service.notify_many_written(
                     ids, emails, body.message, subject=subject, channels=channels
                 )
-            except Exception:
-                await service.forget(key, ids[0])
+            except BaseException:  # 503, or cancelled (a shutdown's timeout): not acknowledged
+                await asyncio.shield(service.forget(key, ids[0]))
                 raise
         return _many_accepted(ids, positions, duplicates)
 

@@ -317,6 +317,10 @@ class NotificationService:
             if task is not None and task.cancelling():  # this request was cancelled
                 for wait in waits:
                     wait.cancel()
+                for notification_id in notification_ids:
+                    self._statuses.withdrawn(
+                        notification_id, "the request was cancelled before its write was confirmed"
+                    )
                 raise
             reason = (
                 f"the log did not confirm the write within {self._ack_timeout:g} s; the lines "
