@@ -11,6 +11,8 @@ system call and a ``UUID`` object per id, about 3 µs; this is about 1 µs).
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import os
 import time
 
@@ -61,13 +63,20 @@ def time_key(notification_id: str) -> int | None:
         return None
 
 
-_LOW = 16**12
-
-
-def series(first: str, count: int) -> list[str]:
-    """``count`` ids from ``first`` (an id of ``new_id``), ``first`` itself the first: the
-    same ``first`` gives the same ids (a request of many recipients replayed with its
-    Idempotency-Key answers with the ids it got). Each adds its index to the last 48 bits of
-    ``first``: time, version and variant stay, and the rest stays random."""
-    head, low = first[:24], int(first[24:], 16)
-    return [first] + [f"{head}{(low + index) % _LOW:012x}" for index in range(1, count)]
+def series(seed: str, count: int) -> list[str]:
+    """The ids of one request's ``count`` recipients, from ``seed`` (an id of ``new_id``,
+    kept with the request's Idempotency-Key and given to no one): the same ``seed`` gives the
+    same ids (a replay answers with the ids it got). Each keeps ``seed``'s time, version and
+    variant and takes its last 48 bits from a hash of ``seed`` and its index, so that no
+    recipient can work out another's id from its own (and with it, from ``GET
+    /notifications/{id}``, the other's address); all distinct."""
+    head, ids, taken = seed[:24], [], set()
+    for index in range(count):
+        for attempt in itertools.count():  # a clash of 48 bits: the next hash, the same way
+            tail = hashlib.blake2b(f"{seed}/{index}/{attempt}".encode(), digest_size=6)
+            value = head + tail.hexdigest()
+            if value not in taken:
+                break
+        taken.add(value)
+        ids.append(value)
+    return ids

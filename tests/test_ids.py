@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 import uuid
@@ -82,18 +83,21 @@ def test_a_forked_process_does_not_repeat_the_parents_ids() -> None:
 
 def test_a_series_is_valid_distinct_uuid7s_the_same_from_the_same_first() -> None:
     """The ids of one request's recipients: UUIDv7s (time, version and variant kept), all
-    distinct, the first given first, and the same series again from it (an
-    Idempotency-Key replay); also where the low 48 bits wrap around. An id of an earlier
-    version (a UUID4 kept with its key) gives UUID4s as before."""
+    distinct, the same series again from the same seed (an Idempotency-Key replay). The seed
+    is none of them, and no id follows from another (a recipient, knowing its own id, cannot
+    find the others', and so their addresses): not the next or previous number. A seed of an
+    earlier version (a UUID4 kept with its key) gives UUID4s."""
     for first, version in [
         (new_id(), 7),
         ("01a2502e-ed3e-7234-8234-fffffffffff0", 7),
         ("12345678-1234-4234-8234-fffffffffff0", 4),
     ]:
         ids = series(first, 1000)
-        assert ids[0] == first
+        assert first not in ids
         assert len(set(ids)) == 1000
         assert series(first, 1000) == ids
+        lows = [int(value[24:], 16) for value in ids]
+        assert all(abs(a - b) != 1 for a, b in itertools.pairwise(lows))
         for value in ids:
             parsed = uuid.UUID(value)
             assert (parsed.version, parsed.variant) == (version, uuid.RFC_4122)

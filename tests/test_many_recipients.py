@@ -162,6 +162,25 @@ async def test_it_needs_the_token_when_tokens_are_set(tmp_path: Path) -> None:
     assert read_lines(settings.log_path) == ["notification for a@example.com: some notification"]
 
 
+async def test_a_recipients_id_does_not_lead_to_the_other_recipients(tmp_path: Path) -> None:
+    """Each recipient gets its own id (in its email's Message-ID, a webhook's id) and may look
+    it up, with no token; the ids next to it (one more, one less in its last bits) are not
+    the other recipients', whose addresses their statuses would show."""
+    settings = make_settings(tmp_path, api_tokens="s3cret")
+    body = {"to": ["alice@example.com", "bob@example.com", "carol@example.com"]}
+    async with running(settings) as client:
+        taken = await client.post(
+            "/notifications", json=body, headers={"Authorization": "Bearer s3cret"}
+        )
+        bob = taken.json()["ids"][1]
+        own = await client.get(f"/notifications/{bob}")
+        low = int(bob[24:], 16)
+        neighbours = [f"{bob[:24]}{low + step:012x}" for step in (-1, 1)]
+        looked_up = [(await client.get(f"/notifications/{id_}")).status_code for id_ in neighbours]
+    assert own.json()["email"] == "bob@example.com"
+    assert looked_up == [404, 404]
+
+
 async def test_an_idempotency_key_covers_the_whole_request(tmp_path: Path) -> None:
     """The same key and request: the same ids, nothing written twice, also when sent at
     once; a different list or message with the key: 422."""

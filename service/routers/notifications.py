@@ -255,10 +255,10 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
         key = idempotency_key(request.headers)
         # SinkUnavailable -> 503 and IdempotencyConflict -> 422, before anything is handed over.
         if key is None:
-            ids = service.accept_many(emails, channels)
+            ids, seed = service.accept_many(emails, channels), ""  # (no key to forget)
         else:
             fingerprint: Fingerprint = ("to", tuple(emails), body.message, body.subject, channels)
-            ids, new = await service.accept_many_keyed(
+            ids, new, seed = await service.accept_many_keyed(
                 emails, key=key, fingerprint=fingerprint, channels=channels
             )
             if not new:  # a replay: the same answer, nothing written again
@@ -273,7 +273,7 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
                     ids, emails, body.message, subject=subject, channels=channels
                 )
             except BaseException:  # 503, or cancelled (a shutdown's timeout): not acknowledged
-                await asyncio.shield(service.forget(key, ids[0]))
+                await asyncio.shield(service.forget(key, seed))
                 raise
         return _many_accepted(ids, positions, duplicates)
 

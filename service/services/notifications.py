@@ -22,7 +22,7 @@ from service.status import (
     Statuses,
 )
 
-__all__ = ["Acceptance", "Channels", "NotificationService", "QueryLine"]
+__all__ = ["Acceptance", "Channels", "ManyAcceptance", "NotificationService", "QueryLine"]
 
 Renderer = Callable[[Record], str]
 Channels = tuple[str, ...] | None
@@ -35,6 +35,15 @@ class Acceptance(NamedTuple):
 
     id: str
     new: bool
+
+
+class ManyAcceptance(NamedTuple):
+    """The ids of a request of many recipients; ``new`` is False for an idempotent replay;
+    ``seed`` is what the Idempotency-Key holds (the ids follow from it: ``ids.series``)."""
+
+    ids: list[str]
+    new: bool
+    seed: str
 
 
 class QueryLine:
@@ -141,20 +150,21 @@ class NotificationService:
         key: str,
         fingerprint: Fingerprint,
         channels: Channels = None,
-    ) -> tuple[list[str], bool]:
+    ) -> ManyAcceptance:
         """``accept_many`` for a request with an Idempotency-Key (see ``accept_keyed``): the
-        ids, and whether they are new (False: a replay, nothing admitted, the first ids)."""
-        first = new_id()
-        known = await self._ledger.claim(key, fingerprint, first)
+        ids, whether they are new (False: a replay, nothing admitted, the first ids), and the
+        seed kept with the key (``forget`` takes it)."""
+        seed = new_id()
+        known = await self._ledger.claim(key, fingerprint, seed)
         if known is not None:
-            return series(known, len(emails)), False
-        ids = series(first, len(emails))
+            return ManyAcceptance(series(known, len(emails)), False, known)
+        ids = series(seed, len(emails))
         try:
             self._admit_many(ids, emails, channels)
         except SinkUnavailable:
-            await self._ledger.forget(key, first)
+            await self._ledger.forget(key, seed)
             raise
-        return ids, True
+        return ManyAcceptance(ids, True, seed)
 
     async def notify_many(
         self,
