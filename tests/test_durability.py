@@ -90,6 +90,21 @@ async def test_lines_not_written_by_the_deadline_are_spooled_and_replayed(tmp_pa
     assert list(tmp_path.glob("spool*")) == []
 
 
+async def test_a_spool_whose_last_write_was_cut_short_replays_only_whole_lines(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A spool whose last append was cut short (the process killed in it, the disk full): the
+    next start replays its whole lines and drops the torn end, saying so, instead of writing
+    a line that was never accepted."""
+    spool = tmp_path / "spool"
+    spool.write_bytes(b"notification for a@example.com: whole\nnotification for b@example.com: who")
+    settings = make_settings(tmp_path, spool_path=spool)
+    async with running(settings):
+        pass
+    assert read_lines(settings.log_path) == ["notification for a@example.com: whole"]
+    assert "dropped an incomplete last record (35 bytes" in caplog.text
+
+
 async def test_a_log_path_turned_into_a_directory_waits_then_recovers(tmp_path: Path) -> None:
     """When the log path becomes a directory, lines wait (503 ready) and land once it is a file."""
     settings = make_settings(tmp_path, file_check_interval=0.05)

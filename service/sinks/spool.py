@@ -107,7 +107,14 @@ class Spool:
         for claimed in self._claimed:
             async with aiofiles.open(claimed, "rb") as spooled:
                 data = await spooled.read()
-            for raw in data.split(b"\n"):
+            complete, _, torn = data.rpartition(b"\n")
+            if torn:  # a write cut short (killed, disk full): never a whole record
+                logger.error(
+                    "spool %s: dropped an incomplete last record (%d bytes, no end of line)",
+                    claimed,
+                    len(torn),
+                )
+            for raw in complete.split(b"\n"):
                 if raw:
                     try:
                         records.append(self._codec.decode(raw.decode() + "\n"))
