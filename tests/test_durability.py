@@ -186,7 +186,8 @@ async def test_shutdown_does_not_recreate_a_removed_log_directory(
 
 
 async def test_a_503_in_write_mode_withdraws_the_line(tmp_path: Path) -> None:
-    """With ``ack=write``, a request answered 503 after the ack timeout is never written."""
+    """With ``ack=write``, a request answered 503 after the ack timeout is never written (nor
+    counted accepted)."""
     with full_fifo(tmp_path / "log.fifo") as fifo:
         settings = make_settings(
             tmp_path,
@@ -209,7 +210,11 @@ async def test_a_503_in_write_mode_withdraws_the_line(tmp_path: Path) -> None:
             kept = await client.post("/send-notification/kept@example.com")
             assert kept.status_code == 200
             written = read_available(fifo.read_fd)
+            metrics = (await client.get("/metrics")).text
     assert written == b"notification for kept@example.com: some notification\n"
+    # Accepted counts what was answered 200: the one kept, not the one answered 503.
+    assert "\nnotify_notifications_accepted_total 1.0\n" in metrics
+    assert 'notify_notifications_rejected_total{reason="unavailable"} 1.0' in metrics
 
 
 def test_a_zombie_is_not_alive(tmp_path: Path) -> None:

@@ -75,6 +75,8 @@ class NotificationService:
         render: Renderer = render_text,
         ack_timeout: float = 5.0,
         on_accept: Callable[[], object] = lambda: None,
+        # (told once per notification answered 200: after admission with ack=background, once
+        # written with ack=write, never for one answered 503)
         deliveries: OutboxIntake | None = None,
         outbox: Outbox | None = None,
         channels: Sequence[str] = (),
@@ -193,6 +195,9 @@ class NotificationService:
                 ]
             )
             intake.submit(ids[0], "notification", group, queued)
+        if not written:  # answered 200 already (ack=background); else once written
+            for _ in ids:
+                self._on_accept()
 
     async def notify_many_written(
         self,
@@ -214,6 +219,8 @@ class NotificationService:
             ids, emails, message, subject=subject, channels=channels, written=written, queued=queued
         )
         await self._wait_written(waits, ids)
+        for _ in ids:  # to be answered 200
+            self._on_accept()
 
     async def forget(self, key: str | None, notification_id: str) -> None:
         """Let a key be used again (its request was not acknowledged after all)."""
@@ -268,6 +275,8 @@ class NotificationService:
                 notification_id, email, message, q, time.time(), subject, channels
             )
             intake.submit(notification_id, "notification", pending, queued)
+        if written is None:  # answered 200 already (ack=background); else once written
+            self._on_accept()
 
     async def log_query(self, query: QueryLine, done: Wait = None) -> None:
         """Log ``found query: {q}``, if its request was accepted (``accept`` admitted it)."""
@@ -313,6 +322,7 @@ class NotificationService:
             queued=queued,
         )
         await self._wait_written(waits, [notification_id])
+        self._on_accept()  # to be answered 200
 
     async def _wait_written(
         self, waits: list[asyncio.Future[None]], notification_ids: Sequence[str]
@@ -355,7 +365,6 @@ class NotificationService:
         else:
             self._admit_all(query, delivered)
         self._statuses.accepted(notification_id, time.time(), email, channels)
-        self._on_accept()
 
     def _admit_many(self, ids: Sequence[str], emails: Sequence[str], channels: Channels) -> None:
         """Reserve a log line for each of ``ids`` and their deliveries (all or none), and
@@ -372,10 +381,9 @@ class NotificationService:
             for _ in range(admitted):
                 notifications.release()
             raise
-        now, accepted, on_accept = time.time(), self._statuses.accepted, self._on_accept
+        now, accepted = time.time(), self._statuses.accepted
         for notification_id, email in zip(ids, emails, strict=True):
             accepted(notification_id, now, email, channels)
-            on_accept()
 
     def _admit_all(self, query: QueryLine | None, delivered: bool) -> None:
         """Reserve the log line, the query line and the delivery: all of them, or none."""
