@@ -94,3 +94,17 @@ async def test_shutdown_stops_at_its_deadline_even_while_writes_succeed(tmp_path
     written, spooled = read_lines(log), read_lines(tmp_path / "log.txt.spool")
     assert spooled, "shutdown waited until every line was written"
     assert written + spooled == expected
+
+
+async def test_copies_sent_at_once_into_a_full_buffer_are_both_refused(tmp_path: Path) -> None:
+    """Two copies of a request (one Idempotency-Key) at once, the buffer full: the first is
+    refused (503) and its key forgotten; the copy is not a 200 replay of that refused one (an
+    id nobody knows), it is refused as well."""
+    settings = _on_dev_full(tmp_path, queue_size=1)
+    key = {"Idempotency-Key": "k-1"}
+    async with running(settings) as client:
+        assert (await client.post("/send-notification/a@example.com")).status_code == 200
+        answers = await asyncio.gather(
+            *(client.post("/send-notification/b@example.com", headers=key) for _ in range(2))
+        )
+    assert [answer.status_code for answer in answers] == [503, 503]

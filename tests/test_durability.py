@@ -265,3 +265,31 @@ async def test_a_cancelled_ack_write_request_frees_its_idempotency_key(tmp_path:
             assert retry.status_code == 200
             written = read_available(fifo.read_fd)
     assert written == b"notification for a@example.com: some notification\n"
+
+
+async def test_a_copy_sent_while_the_first_waits_for_its_write_is_not_a_200_first(
+    tmp_path: Path,
+) -> None:
+    """With ``ack=write``, a copy of a request (its Idempotency-Key) sent while the first waits
+    for its write waits for the first's answer: the first refused (503, withdrawn, its key
+    forgotten), the copy is a new request, refused as well while the log cannot take it; not
+    a 200 for a line never written."""
+    with full_fifo(tmp_path / "log.fifo") as fifo:
+        settings = make_settings(
+            tmp_path, log_path=fifo.path, ack="write", ack_timeout=0.5, retry_max=0.05
+        )
+        key = {"Idempotency-Key": "the-one"}
+        async with running(settings) as client:
+            first = asyncio.create_task(
+                client.post("/send-notification/a@example.com", headers=key)
+            )
+
+            async def admitted() -> bool:
+                listed = await client.get("/notifications")
+                return bool(listed.json()["items"])
+
+            await eventually(admitted)
+            copy = await client.post("/send-notification/a@example.com", headers=key)
+            assert (await first).status_code == 503
+        assert read_available(fifo.read_fd) == fifo.filler  # nothing of theirs written
+    assert copy.status_code == 503

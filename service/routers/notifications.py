@@ -169,7 +169,12 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
             if body.shaped:  # (the guide's requests keep the fingerprint they had)
                 fingerprint += (body.subject, channels)
             accepted = await service.accept_keyed(
-                email, query, key=key, fingerprint=fingerprint, channels=channels
+                email,
+                query,
+                key=key,
+                fingerprint=fingerprint,
+                channels=channels,
+                hold=not in_background,  # copies wait for the write, not only the admission
             )
             notification_id = accepted.id
             if not accepted.new:  # a replay: the same answer, and no line written again
@@ -192,6 +197,8 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
             except BaseException:  # 503, or cancelled (a shutdown's timeout): not acknowledged
                 await asyncio.shield(service.forget(key, notification_id))
                 raise
+            finally:
+                service.done_with(key)  # its copies go on: a replay, or (forgotten) new
         return _acknowledge(notification_id, background_tasks)
 
     @router.get(
@@ -259,7 +266,11 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
         else:
             fingerprint: Fingerprint = ("to", tuple(emails), body.message, body.subject, channels)
             ids, new, seed = await service.accept_many_keyed(
-                emails, key=key, fingerprint=fingerprint, channels=channels
+                emails,
+                key=key,
+                fingerprint=fingerprint,
+                channels=channels,
+                hold=not in_background,
             )
             if not new:  # a replay: the same answer, nothing written again
                 return _many_accepted(ids, positions, duplicates)
@@ -275,6 +286,8 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
             except BaseException:  # 503, or cancelled (a shutdown's timeout): not acknowledged
                 await asyncio.shield(service.forget(key, seed))
                 raise
+            finally:
+                service.done_with(key)
         return _many_accepted(ids, positions, duplicates)
 
     @router.get(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 from service.ids import new_id, series
@@ -103,6 +104,10 @@ class NotificationService:
         self._render_notification = notification_renderer(render)
         self._ack_timeout = ack_timeout
         self._deadlines = Deadlines(ack_timeout)
+        self._handling: dict[str, asyncio.Future[None]] = {}
+        """Idempotency-Keys whose first request this process is handling, until its answer is
+        known (admitted; with ``hold``, written or refused): a copy waits for it, then claims
+        (a replay of a 200, or, the first refused and its key forgotten, a new request)."""
 
     def accept(self, email: str, query: QueryLine | None, channels: Channels = None) -> str:
         """Admit the lines of a request to ``email`` without an Idempotency-Key and give it a
@@ -120,23 +125,62 @@ class NotificationService:
         key: str,
         fingerprint: Fingerprint,
         channels: Channels = None,
+        hold: bool = False,
     ) -> Acceptance:
         """``accept`` for a request with an Idempotency-Key, claimed in the ledger first.
 
         With ``key`` seen before for the same ``fingerprint`` nothing is admitted and the first
         id is returned; for another fingerprint ``IdempotencyConflict`` is raised. Raises
-        ``SinkUnavailable`` when a sink (or the ledger) cannot take the request.
+        ``SinkUnavailable`` when a sink (or the ledger) cannot take the request. A copy of a
+        request this process is still handling waits for its answer first; with ``hold``
+        (``NOTIFY_ACK=write``) a new request's copies wait until ``done_with(key)`` (its
+        write confirmed, or its key forgotten), so that none is a 200 before the first's.
         """
+        await self._copies_first(key)
         notification_id = new_id()
-        known = await self._ledger.claim(key, fingerprint, notification_id)
-        if known is not None:
-            return Acceptance(known, new=False)
-        try:
-            self._admit(notification_id, email, query, channels)
-        except SinkUnavailable:
-            await self._ledger.forget(key, notification_id)
-            raise
+        with self._handling_key(key, hold) as handled:
+            known = await self._ledger.claim(key, fingerprint, notification_id)
+            if known is not None:
+                return Acceptance(known, new=False)
+            try:
+                self._admit(notification_id, email, query, channels)
+            except SinkUnavailable:
+                await self._ledger.forget(key, notification_id)
+                raise
+            handled()
         return Acceptance(notification_id, new=True)
+
+    async def _copies_first(self, key: str) -> None:
+        """Wait while this process handles a request with ``key`` whose answer is not known."""
+        while (handling := self._handling.get(key)) is not None:
+            await asyncio.shield(handling)
+
+    @contextlib.contextmanager
+    def _handling_key(self, key: str, hold: bool) -> Iterator[Callable[[], None]]:
+        """Mark ``key`` handled here while the block runs (it must begin once
+        ``_copies_first`` returned); the block calls what it gets once the request is
+        admitted: then the mark stays if ``hold`` (``done_with`` drops it), else goes."""
+        handling = self._handling[key] = asyncio.get_running_loop().create_future()
+        held = False
+
+        def admitted() -> None:
+            nonlocal held
+            held = hold
+
+        try:
+            yield admitted
+        finally:
+            if not held:
+                self.done_with(key, handling)
+
+    def done_with(self, key: str | None, handling: asyncio.Future[None] | None = None) -> None:
+        """The answer to the request holding ``key`` is known: its copies go on."""
+        if key is None:
+            return
+        current = self._handling.get(key)
+        if current is not None and (handling is None or current is handling):
+            del self._handling[key]
+            current.set_result(None)
 
     def accept_many(self, emails: Sequence[str], channels: Channels = None) -> list[str]:
         """Admit a notification to each of ``emails`` (a request of many recipients), all or
@@ -152,20 +196,24 @@ class NotificationService:
         key: str,
         fingerprint: Fingerprint,
         channels: Channels = None,
+        hold: bool = False,
     ) -> ManyAcceptance:
         """``accept_many`` for a request with an Idempotency-Key (see ``accept_keyed``): the
         ids, whether they are new (False: a replay, nothing admitted, the first ids), and the
-        seed kept with the key (``forget`` takes it)."""
+        seed kept with the key (``forget`` takes it); copies and ``hold`` as there."""
+        await self._copies_first(key)
         seed = new_id()
-        known = await self._ledger.claim(key, fingerprint, seed)
-        if known is not None:
-            return ManyAcceptance(series(known, len(emails)), False, known)
-        ids = series(seed, len(emails))
-        try:
-            self._admit_many(ids, emails, channels)
-        except SinkUnavailable:
-            await self._ledger.forget(key, seed)
-            raise
+        with self._handling_key(key, hold) as handled:
+            known = await self._ledger.claim(key, fingerprint, seed)
+            if known is not None:
+                return ManyAcceptance(series(known, len(emails)), False, known)
+            ids = series(seed, len(emails))
+            try:
+                self._admit_many(ids, emails, channels)
+            except SinkUnavailable:
+                await self._ledger.forget(key, seed)
+                raise
+            handled()
         return ManyAcceptance(ids, True, seed)
 
     async def notify_many(
