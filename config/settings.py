@@ -446,6 +446,16 @@ class Settings(BaseSettings):
                 raise ValueError("the sender's local part must be ASCII")
         return sender
 
+    @field_validator("api_tokens")
+    @classmethod
+    def _tokens_are_ascii(cls, tokens: SecretStr) -> SecretStr:
+        """Each token printable ASCII without spaces, as a bearer token is (RFC 6750): a
+        token of other characters matched only when a client sent it in latin-1."""
+        for number, token in enumerate(_split(tokens.get_secret_value()), 1):
+            if not (token.isascii() and token.isprintable()) or " " in token:
+                raise ValueError(f"token {number} is not printable ASCII without spaces")
+        return tokens
+
     @field_validator("email_subject")
     @classmethod
     def _subject_is_one_line(cls, subject: str) -> str:

@@ -101,3 +101,19 @@ def test_readme_documents_every_setting() -> None:
         variable(name) for name in Settings.model_fields if f"| `{variable(name)}` |" not in readme
     ]
     assert missing == []
+
+
+@pytest.mark.parametrize("tokens", ["pässwörd", "ok-token,with space", "tab\there"])
+def test_an_api_token_that_is_not_a_bearer_token_is_refused_hidden(
+    monkeypatch: pytest.MonkeyPatch, tokens: str
+) -> None:
+    """A token of non-ASCII characters (it would match only if a client sent it in latin-1),
+    or with a space: a settings error naming which, without the tokens."""
+    monkeypatch.setenv("NOTIFY_API_TOKENS", tokens)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "not printable ASCII without spaces" in message
+    assert "NOTIFY_API_TOKENS" in message
+    for token in tokens.split(","):
+        assert token not in message
