@@ -58,9 +58,13 @@ def is_plain(address: str) -> bool:
 
 
 def normalize_email(address: str) -> str:
-    """Validate ``address`` as ``EmailStr`` does and return its normalized form."""
+    """Validate ``address`` as ``EmailStr`` does and return its normalized form. U+FFFD is
+    refused: it is what bytes that are not UTF-8 decode to (``%FF`` in the path), so two
+    different addresses sent would be one address here."""
     if is_plain(address):
         return address
+    if "\ufffd" in address:
+        raise ValueError("value is not a valid email address: it holds bytes that are not UTF-8")
     return validate_email(address)[1]
 
 

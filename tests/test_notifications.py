@@ -124,6 +124,19 @@ async def test_invalid_email_is_422_naming_the_field(
     assert "email" in error["msg"]
 
 
+async def test_an_address_of_bytes_that_are_not_utf8_is_422(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """``%FF`` in the address decodes to U+FFFD: two different addresses sent would be one
+    address here. 422 naming it, nothing written."""
+    response = await client.post("/send-notification/%FF@example.com")
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["path", "email"]
+    assert "not UTF-8" in error["msg"]
+    assert read_lines(settings.log_path) == []
+
+
 async def test_newline_in_email_is_rejected(client: httpx.AsyncClient) -> None:
     """A ``%0A`` in the address cannot forge a line: it is not a valid email."""
     response = await client.post("/send-notification/a%0Anotification for x@example.com")
