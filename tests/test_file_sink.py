@@ -12,8 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
-from service.sinks.core import BatchOptions, BatchSink
+from service.sinks.core import Batch, BatchOptions, BatchSink
 from service.sinks.file import FileOptions, file_sink
+from service.sinks.spool import JSON_RECORDS, Spool
+from service.wire import WireRecord
 from tests.conftest import make_settings, read_lines, running
 from tests.support.collector import queue_lines
 from tests.support.fifo import read_available
@@ -253,3 +255,58 @@ async def test_with_fsync_batch_a_log_that_is_a_pipe_is_acknowledged(tmp_path: P
         assert read_available(reader) == b"line 1\n"
     finally:
         os.close(reader)
+
+
+class _HungTarget:
+    """A target whose first delivery hangs until ``release`` (a disk that stopped
+    answering); what it delivers is kept in ``delivered``."""
+
+    name = "hung"
+    description = "a target that hangs"
+    is_open = True
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.sending = asyncio.Event()
+        self.delivered: list[str] = []
+
+    async def open(self) -> None:
+        """Nothing to open."""
+
+    async def send(self, batch: Batch) -> None:
+        self.sending.set()
+        await self.release.wait()
+        self.delivered += batch.lines
+
+    async def check(self) -> bool:
+        return False
+
+    def unsent(self, batch: Batch) -> list[WireRecord]:
+        return batch.records()
+
+    async def close(self) -> list[WireRecord]:
+        return []
+
+
+async def test_shutdown_spools_what_waits_behind_a_hung_write_without_waiting_for_it(
+    tmp_path: Path,
+) -> None:
+    """A write hangs past the shutdown deadline (a disk that stopped answering): the lines
+    queued behind it are in the spool (fsynced) while it still hangs, not once it returns, so
+    a SIGKILL after the grace period loses none of them; the batch in flight follows its write."""
+    target = _HungTarget()
+    spool = tmp_path / "spool"
+    options = BatchOptions(batch_size=10, drain_timeout=0.0)
+    sink = BatchSink(target, options, spool=Spool(spool, JSON_RECORDS))
+    await sink.start()
+    _, lines, _ = queue_lines(sink, 50)
+    await target.sending.wait()
+    closing = asyncio.create_task(sink.aclose())
+    try:
+        await eventually(lambda: spool.exists() and spool.read_text().count("\n") == 40)
+        assert not closing.done()  # the write still hangs
+    finally:
+        target.release.set()
+        await closing
+    assert target.delivered == lines[:10]
+    assert [record[2] for record in await Spool(spool, JSON_RECORDS).claim()] == lines[10:]

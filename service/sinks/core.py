@@ -319,6 +319,15 @@ class BatchSink:
             self._abandon.set()
             if not self._busy:
                 sender.cancel()  # waiting for lines: nothing is half-delivered
+            else:
+                # A delivery is under way past the deadline (it may hang: a disk that stopped
+                # answering): what waits behind it goes to the spool now, not once it returns
+                # (a SIGKILL after the grace period would lose it). Only the batch in flight,
+                # whose progress is unknown until it returns, waits for it.
+                behind = self._queue.take(len(self._queue)).live()
+                if behind:
+                    behind.fail("not delivered by the shutdown deadline; kept in the spool")
+                    await self._spool(behind.records())
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
         owed = await self.target.close()
