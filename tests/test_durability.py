@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from service.sinks.fs import pid_alive, pipe_sized
@@ -237,6 +238,24 @@ def test_a_zombie_is_not_alive(tmp_path: Path) -> None:
     assert not pid_alive(exited.pid)
 
 
+KEY = {"Idempotency-Key": "the-one"}
+
+
+async def _waiting_for_its_write(
+    client: httpx.AsyncClient, headers: dict[str, str]
+) -> asyncio.Task[httpx.Response]:
+    """``POST /send-notification/a@example.com`` with ``headers``, once admitted (it shows in
+    the activity log) and so waiting for its write (``ack=write``)."""
+    first = asyncio.create_task(client.post("/send-notification/a@example.com", headers=headers))
+
+    async def admitted() -> bool:
+        listed = await client.get("/notifications")
+        return bool(listed.json()["items"])
+
+    await eventually(admitted)
+    return first
+
+
 async def test_a_cancelled_ack_write_request_frees_its_idempotency_key(tmp_path: Path) -> None:
     """With ``ack=write``, a request cancelled while it waits for its write (uvicorn's
     graceful-shutdown timeout does that) is not acknowledged: its Idempotency-Key is free
@@ -245,23 +264,14 @@ async def test_a_cancelled_ack_write_request_frees_its_idempotency_key(tmp_path:
         settings = make_settings(
             tmp_path, log_path=fifo.path, ack="write", ack_timeout=30, retry_max=0.05
         )
-        key = {"Idempotency-Key": "the-one"}
         async with running(settings) as client:
-            first = asyncio.create_task(
-                client.post("/send-notification/a@example.com", headers=key)
-            )
-
-            async def admitted() -> bool:
-                listed = await client.get("/notifications")
-                return bool(listed.json()["items"])
-
-            await eventually(admitted)
+            first = await _waiting_for_its_write(client, KEY)
             first.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await first
             assert read_available(fifo.read_fd) == fifo.filler  # room in the pipe
             await wait_for_readiness(client, 200)  # the writer takes lines again
-            retry = await client.post("/send-notification/a@example.com", headers=key)
+            retry = await client.post("/send-notification/a@example.com", headers=KEY)
             assert retry.status_code == 200
             written = read_available(fifo.read_fd)
     assert written == b"notification for a@example.com: some notification\n"
@@ -278,18 +288,9 @@ async def test_a_copy_sent_while_the_first_waits_for_its_write_is_not_a_200_firs
         settings = make_settings(
             tmp_path, log_path=fifo.path, ack="write", ack_timeout=0.5, retry_max=0.05
         )
-        key = {"Idempotency-Key": "the-one"}
         async with running(settings) as client:
-            first = asyncio.create_task(
-                client.post("/send-notification/a@example.com", headers=key)
-            )
-
-            async def admitted() -> bool:
-                listed = await client.get("/notifications")
-                return bool(listed.json()["items"])
-
-            await eventually(admitted)
-            copy = await client.post("/send-notification/a@example.com", headers=key)
+            first = await _waiting_for_its_write(client, KEY)
+            copy = await client.post("/send-notification/a@example.com", headers=KEY)
             assert (await first).status_code == 503
         assert read_available(fifo.read_fd) == fifo.filler  # nothing of theirs written
     assert copy.status_code == 503
