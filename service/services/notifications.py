@@ -63,7 +63,9 @@ class NotificationService:
 
     The router calls ``accept`` while it handles the request, so a full or failing sink is
     refused before the 200; ``notify`` and ``log_query`` are what it schedules as background
-    tasks, and they only capture this long-lived object and plain values.
+    tasks, and they only capture this long-lived object and plain values. ``on_accept`` is told
+    once per notification answered 200: after admission with ``NOTIFY_ACK=background``, once
+    written with ``write``, never for one answered 503.
     """
 
     def __init__(
@@ -76,8 +78,6 @@ class NotificationService:
         render: Renderer = render_text,
         ack_timeout: float = 5.0,
         on_accept: Callable[[], object] = lambda: None,
-        # (told once per notification answered 200: after admission with ack=background, once
-        # written with ack=write, never for one answered 503)
         deliveries: OutboxIntake | None = None,
         outbox: Outbox | None = None,
         channels: Sequence[str] = (),
