@@ -169,6 +169,8 @@ class StatusStore:
         """Its request gave up waiting for the write (ack=write): it is not being written."""
         if notification_id in self._accepted:
             earlier = self._outcomes.get(notification_id)
+            if earlier is not None and earlier.status == "written":  # too late: it was
+                return
             attempts = earlier.attempts if earlier is not None else 0
             self._outcomes[notification_id] = _Outcome("failed", None, attempts, reason)
 

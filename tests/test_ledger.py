@@ -5,6 +5,7 @@ as ``--workers 2`` makes them), and through real uvicorn processes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
@@ -16,7 +17,7 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from service.ledger.sqlite import SqliteLedger
+from service.ledger.sqlite import _SCHEMA, SqliteLedger, _expire, _Expiry
 from service.main import create_app
 from service.retry import Backoff
 from service.runtime import StartupError
@@ -504,3 +505,38 @@ async def test_new_rows_are_indexed_in_the_order_their_ids_were_made(tmp_path: P
     assert keys == sorted(keys)
     assert len(set(keys)) == 3
     assert min(keys) > 2**32  # not CRC-32s
+
+
+def test_rows_numbered_from_1_again_after_the_file_emptied_are_kept(tmp_path: Path) -> None:
+    """Every status expired (a quiet spell longer than NOTIFY_STATUS_TTL): the table is
+    empty and SQLite numbers the next rows from 1 again, below where the last expiry stopped
+    looking (``low``). The next expiry keeps them (they are new) and drops only what is
+    expired (the old row numbered 0 here)."""
+    with contextlib.closing(sqlite3.connect(tmp_path / "ledger.db")) as db:
+        db.executescript(_SCHEMA)
+        now = time.time()
+        rows = [(seq, f"n{seq}@example.com", now) for seq in (1, 2, 3)]
+        db.executemany(
+            "INSERT INTO notifications (seq, key, id, email_key, email, accepted_at, status)"
+            " VALUES (?, 0, ?, 0, ?, ?, 'written')",
+            [
+                (seq, f"id-{seq}", email, at)
+                for seq, email, at in [(0, "old@example.com", 1.0), *rows]
+            ],
+        )
+        low = _expire(db, _Expiry(now - 60, now, 100, 1001, pinned=False))
+        kept = db.execute("SELECT seq FROM notifications ORDER BY seq").fetchall()
+    assert kept == [(1,), (2,), (3,)]
+    assert low <= 1
+
+
+def test_a_withdrawal_that_comes_after_the_write_changes_nothing() -> None:
+    """A request withdrawn (cancelled, timed out) once its line was written after all: the
+    accepting process shows it written, as the shared file and every other process do."""
+    statuses = StatusStore(limit=10, ttl=3600.0)
+    statuses.accepted("n1", time.time(), "a@example.com")
+    statuses.written(["n1"], 1)
+    statuses.withdrawn("n1", "the request was cancelled before its write was confirmed")
+    status = statuses.get("n1")
+    assert status is not None
+    assert (status.status, status.error) == ("written", None)

@@ -264,6 +264,11 @@ def _expire(db: sqlite3.Connection, expiry: _Expiry) -> int:
     goes, and the pinned rows from ``low`` on), and all but the newest ``limit`` of each.
     Returns the next ``low``."""
     horizon, now, limit, low, pinned = expiry
+    (top,) = db.execute("SELECT coalesce(max(seq), 0) FROM notifications").fetchone()
+    if low > top + 1:
+        # The table was emptied and SQLite numbers rows from 1 again: ``low`` is of the old
+        # numbering, and would make every new row look expired. Look from the start.
+        low = 0
     (cut,) = db.execute(
         "SELECT coalesce((SELECT seq FROM notifications WHERE seq >= ? AND accepted_at > ?"
         " ORDER BY seq LIMIT 1), (SELECT max(seq) + 1 FROM notifications), ?)",
