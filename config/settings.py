@@ -408,7 +408,7 @@ class Settings(BaseSettings):
             for number, (name, url) in enumerate(listed, 1):
                 problem = _name_problem(name) if name is not None else _APPRISE_UNNAMED
                 if problem is None and not _APPRISE_URL.match(url):
-                    problem = f"({name}) is not an Apprise URL (scheme://...)"
+                    problem = "is not an Apprise URL (scheme://...)"  # (no name: a password's?)
                 if problem is not None:
                     raise ValueError(f"entry {number} of {len(listed)} {problem}")
             for number, (name, url) in enumerate(listed, 1):
@@ -656,9 +656,11 @@ def _name_problem(name: str) -> str | None:
     return None
 
 
-_APPRISE_SEPARATOR = re.compile(r",(?=\s*[^\s,=/:?&@#]+\s*=)")
-"""A comma that starts the next ``NOTIFY_APPRISE_URLS`` entry: one followed by ``name=``.
-Apprise URLs use commas themselves (``?to=a@example.com,b@example.com``); those stay."""
+_APPRISE_SEPARATOR = re.compile(r",(?=\s*[^\s,=/:?&@#]+\s*=|\s*[A-Za-z][A-Za-z0-9+.-]{0,31}://)")
+"""A comma that starts the next ``NOTIFY_APPRISE_URLS`` entry: one followed by ``name=``, or
+by a URL's ``scheme://`` (an entry without a name: refused, not glued to the one before,
+whose receiver would get its credentials). Apprise URLs use commas themselves
+(``?to=a@example.com,b@example.com``); those stay."""
 _APPRISE_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,31}://")
 _APPRISE_UNNAMED = "has no name: write it as name=scheme://..."
 

@@ -79,6 +79,10 @@ def test_settings_read_named_urls_and_leave_a_urls_own_commas_in_it() -> None:
     ("variables", "expected"),
     [
         ({"NOTIFY_APPRISE_URLS": "json://h.example/s3cret-path"}, "entry 1 of 1 has no name"),
+        (  # an unnamed second URL is not glued to the first (its receiver would get it)
+            {"NOTIFY_APPRISE_URLS": "ops=json://h.example/a, json://u:s3cret@x.example/b"},
+            "entry 2 of 2 has no name",
+        ),
         (
             {"NOTIFY_APPRISE_URLS": "ops=json://h.example/s3cret-path, Ops2=json://x.example/"},
             "entry 2 of 2 has a name that is not",
@@ -93,7 +97,7 @@ def test_settings_read_named_urls_and_leave_a_urls_own_commas_in_it() -> None:
         ),
         (
             {"NOTIFY_APPRISE_URLS": "ops=s3cret-path-without-scheme"},
-            "entry 1 of 1 (ops) is not an Apprise URL (scheme://...)",
+            "entry 1 of 1 is not an Apprise URL (scheme://...)",
         ),
         (
             {"NOTIFY_APPRISE_URLS": "a=json://h.example/s3cret-path,a=json://y.example/s3cret"},
