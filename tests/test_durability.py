@@ -269,6 +269,14 @@ async def test_a_cancelled_ack_write_request_frees_its_idempotency_key(tmp_path:
             first.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await first
+
+            async def dropped() -> bool:  # the writer left the withdrawn line out
+                sinks = (await client.get("/readyz")).json()["sinks"]
+                return all(sink["queued"] == 0 for sink in sinks)
+
+            # (Room made before that could let a write already under way go through, as a
+            # withdrawal says: "unless their write had already begun".)
+            await eventually(dropped, message="the withdrawn line dropped by the writer")
             assert read_available(fifo.read_fd) == fifo.filler  # room in the pipe
             await wait_for_readiness(client, 200)  # the writer takes lines again
             retry = await client.post("/send-notification/a@example.com", headers=KEY)
