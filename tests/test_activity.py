@@ -61,22 +61,26 @@ async def test_a_recipients_notifications_newest_first_from_any_process(tmp_path
     assert body["next"] is None
 
 
-async def test_pages_follow_next_without_gaps_or_repeats(tmp_path: Path) -> None:
+@pytest.mark.parametrize("count", [7, 6])
+async def test_pages_follow_next_without_gaps_or_repeats(tmp_path: Path, count: int) -> None:
     """``limit`` and ``next`` walk every notification once, newest first; the last page's
-    ``next`` is null."""
+    ``next`` is null, also when that page is exactly ``limit`` long (no empty page after)."""
     async with running(make_settings(tmp_path)) as client:
-        posted = [await post(client, f"u{i}@example.com") for i in range(7)]
-        await listed_ids(client, 7)
+        posted = [await post(client, f"u{i}@example.com") for i in range(count)]
+        await listed_ids(client, count)
         seen: list[str] = []
+        pages = 0
         after = None
         while True:
             params = {"limit": 3} | ({"after": after} if after else {})
             page = await listing(client, **params)
             seen += [item["id"] for item in page["items"]]
+            pages += 1
             after = page["next"]
             if after is None:
                 break
     assert seen == posted[::-1]
+    assert pages == -(-count // 3)  # 7: three pages; 6: two, not a third empty one
 
 
 async def test_since_and_status_filter(tmp_path: Path) -> None:

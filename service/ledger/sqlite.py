@@ -554,7 +554,11 @@ class SqliteLedger:
         def read(db: sqlite3.Connection) -> tuple[list[ActivityEntry], str | None]:
             db.execute("BEGIN")
             try:
-                rows = db.execute(sql, (*params, query.limit)).fetchall()
+                # One row more than the page: whether there is a next page at all (a last
+                # page of exactly ``limit`` gets no ``next`` leading to an empty one).
+                rows = db.execute(sql, (*params, query.limit + 1)).fetchall()
+                more = len(rows) > query.limit
+                rows = rows[: query.limit]
                 found = {row[1]: _status(row[1:]) for row in rows}
                 deliveries = _deliveries(db, list(found), now) if self._outbox else {}
             finally:
@@ -563,7 +567,6 @@ class SqliteLedger:
                 ActivityEntry(notification_id, status, deliveries.get(notification_id, []))
                 for notification_id, status in found.items()
             ]
-            more = len(rows) == query.limit
             return entries, str(rows[-1][0]) if more else None
 
         try:
