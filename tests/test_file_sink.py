@@ -310,3 +310,41 @@ async def test_shutdown_spools_what_waits_behind_a_hung_write_without_waiting_fo
         await closing
     assert target.delivered == lines[:10]
     assert [record[2] for record in await Spool(spool, JSON_RECORDS).claim()] == lines[10:]
+
+
+async def test_a_fifo_made_again_by_its_reader_gets_no_line_twice(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The log is a FIFO whose reader (a collector) restarts and makes it again (rm, mkfifo):
+    the writer reopens the new one and goes on; the lines the old reader read are not written
+    again (a deleted regular file's last lines are, as nobody read them)."""
+    caplog.set_level(logging.INFO, logger="service.sinks")
+    fifo = tmp_path / "log.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    options = BatchOptions(check_interval=0.01)
+    sink = file_sink(fifo, options, FileOptions(check_interval=3600), spool_path=tmp_path / "s")
+    await sink.start()
+    try:
+        _, lines, _ = queue_lines(sink, 3)
+        received = b""
+
+        def read(expected: bytes) -> bool:
+            nonlocal received
+            received += read_available(reader)
+            return received == expected
+
+        await eventually(lambda: read("".join(lines).encode()))
+        os.close(reader)
+        fifo.unlink()
+        os.mkfifo(fifo)  # the collector's new FIFO
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        await eventually(lambda: f"{fifo} was " in caplog.text)  # noticed: replaced (deleted)
+        received = b""
+        sink.admit()
+        sink.submit("id-3", "notification", "line 3\n")
+        await eventually(lambda: b"line 3\n" in received or read(b"line 3\n"))
+    finally:
+        await sink.aclose()
+        os.close(reader)
+    assert received == b"line 3\n"

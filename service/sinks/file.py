@@ -230,7 +230,11 @@ class LogFile:
         if state == "same":
             return
         await self._close_handle()
-        if state == "unlinked":
+        if state == "unlinked" and self._fifo:
+            # A FIFO made again by its reader (a collector restarted): what went into the old
+            # one was read by its reader; writing it again would repeat it.
+            logger.info("%s was replaced: reopening it at its path", self.description)
+        elif state == "unlinked":
             self._rewrite = b"".join(unverified) + self._rewrite
             logger.warning(
                 "%s was deleted: writing it again at its path, with the last %d lines",
