@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from service.retry import Backoff
 from service.sinks.core import Batch, BatchOptions, BatchSink
 from service.sinks.file import FileOptions, file_sink
 from service.sinks.spool import JSON_RECORDS, Spool
@@ -348,3 +349,17 @@ async def test_a_fifo_made_again_by_its_reader_gets_no_line_twice(
         await sink.aclose()
         os.close(reader)
     assert received == b"line 3\n"
+
+
+async def test_shutdown_on_a_failing_disk_spools_the_lines_in_order(tmp_path: Path) -> None:
+    """The disk fails (``/dev/full``) and the writer waits between two attempts at its first
+    batch when shutdown comes: that batch, then the lines behind it, go to the spool in the
+    order they came (the next start writes them so)."""
+    spool = tmp_path / "spool"
+    options = BatchOptions(batch_size=3, drain_timeout=0.0, retry=Backoff(5.0, 5.0))
+    sink = file_sink(Path("/dev/full"), options, spool_path=spool)
+    await sink.start()
+    _, lines, _ = queue_lines(sink, 9)
+    await eventually(lambda: sink.health().error is not None)  # the first attempt failed
+    await sink.aclose()
+    assert spool.read_text() == "".join(lines)

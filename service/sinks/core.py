@@ -264,6 +264,7 @@ class BatchSink:
         self._closing = False  # set by aclose: linger no more
         self._lingering: asyncio.Future[None] | None = None
         self._busy = False  # the sender is delivering or checking: never cancel it then
+        self._sending = False  # within the target's ``send`` (not between retries)
         self._in_flight: Batch | None = None
         self._episode = Episode(
             logger,
@@ -319,11 +320,13 @@ class BatchSink:
             self._abandon.set()
             if not self._busy:
                 sender.cancel()  # waiting for lines: nothing is half-delivered
-            else:
+            elif self._sending:
                 # A delivery is under way past the deadline (it may hang: a disk that stopped
                 # answering): what waits behind it goes to the spool now, not once it returns
                 # (a SIGKILL after the grace period would lose it). Only the batch in flight,
-                # whose progress is unknown until it returns, waits for it.
+                # whose progress is unknown until it returns, waits for it (and is replayed
+                # after them). Between two attempts the sender stops at once (``_abandon``),
+                # and the batch is spooled first, in order, below.
                 behind = self._queue.take(len(self._queue)).live()
                 if behind:
                     behind.fail("not delivered by the shutdown deadline; kept in the spool")
@@ -474,7 +477,11 @@ class BatchSink:
         while batch:
             self._in_flight = batch  # what aclose spools if the deadline passes meanwhile
             try:
-                await self.target.send(batch)
+                self._sending = True
+                try:
+                    await self.target.send(batch)
+                finally:
+                    self._sending = False
             except TargetError as exc:
                 attempt += 1
                 self._probe_after = math.inf
