@@ -621,3 +621,31 @@ async def test_a_channel_that_raises_cancelled_itself_is_a_bug_that_stalls_nothi
     assert [state.attempts for state in states] == [2, 1, 1]
     assert "sending failed unexpectedly" in caplog.text
     assert "CancelledError" in caplog.text
+
+
+async def test_a_paced_channel_widens_its_window_only_when_deliveries_wait_for_it(
+    tmp_path: Path,
+) -> None:
+    """A paced channel claims one delivery per turn, so each claim fills what the turn may
+    claim: that says nothing of the window. Deliveries coming one at a time (none waiting for a
+    connection) leave the window near its floor, as they do unpaced."""
+    delivered: list[str] = []
+
+    async def receiver(delivery: Delivery) -> None:
+        delivered.append(delivery.id)
+
+    channel = ScriptedChannel(NAME, receiver, concurrency=8, min_concurrency=1)
+    channel.rate = 1000.0
+    outbox = SqliteOutbox(tmp_path / "outbox.db", lease_seconds=60)
+    await outbox.open()
+    dispatcher = Dispatcher(outbox, channel, DispatchOptions(poll_interval=0.05))
+    try:
+        await dispatcher.start()
+        for n, line in enumerate(_lines(10)):
+            await outbox.add([line], [NAME])
+            dispatcher.wake()
+            await eventually(lambda n=n: len(delivered) == n + 1)  # type: ignore[misc]
+    finally:
+        await dispatcher.aclose()
+        await outbox.close()
+    assert dispatcher.window <= 2

@@ -307,7 +307,7 @@ class Dispatcher:
             now = time.monotonic()
             paused = self._paused_until - now
             busy = self._api_busy is not None and self._api_busy()
-            free = self._free(paused, busy)
+            free = room = self._free(paused, busy)
             wait = paused if paused > 0 else None
             rate = self.channel.rate
             if busy:
@@ -334,7 +334,11 @@ class Dispatcher:
                 continue
             self._reading.recover()
             if rate and claimed:
-                self._next_send = max(time.monotonic(), self._next_send) + 1.0 / rate
+                # The next turn one interval after this one's, on the schedule (the turns'
+                # own time is not added to every interval), but no burst after an idle spell.
+                interval = 1.0 / rate
+                base = self._next_send if now - self._next_send < interval else now
+                self._next_send = base + interval
             claimed = [delivery for delivery in claimed if delivery.id not in self._holding]
             if claimed and self._pauses and not probe:
                 # The channel was found down while this turn's call ran: what it claimed
@@ -345,8 +349,9 @@ class Dispatcher:
             self._holding.update(delivery.id for delivery in claimed)
             if probe and claimed:
                 self._probing = True
-            # Deliveries waited for a connection: what is delivered now may widen the window.
-            self._backlog = not busy and not probe and 0 < free <= len(claimed)
+            # Deliveries waited for a connection (the window, not the rate, limited the
+            # claim): what is delivered now may widen the window.
+            self._backlog = not busy and not probe and 0 < room <= len(claimed)
             for delivery in claimed:
                 task = asyncio.create_task(self._deliver(delivery, round_, probe))
                 self._sending.add(task)
