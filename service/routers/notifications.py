@@ -2,7 +2,6 @@
 
 # No ``from __future__ import annotations``: FastAPI evaluates these annotations, and one
 # refers to a value of ``build_router`` (the query parameter, bound to the limits).
-import asyncio
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -195,10 +194,9 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
                     email, message, q, notification_id, subject=subject, channels=channels
                 )
             except BaseException:  # 503, or cancelled (a shutdown's timeout): not acknowledged
-                await asyncio.shield(service.forget(key, notification_id))
+                await service.forget(key, notification_id)  # (then its copies go on, as new)
                 raise
-            finally:
-                service.done_with(key)  # its copies go on: a replay, or (forgotten) new
+            service.done_with(key)  # written: its copies go on, as replays
         return _acknowledge(notification_id, background_tasks)
 
     @router.get(
@@ -284,10 +282,9 @@ def build_router(settings: Settings, current: Current) -> APIRouter:
                     ids, emails, body.message, subject=subject, channels=channels
                 )
             except BaseException:  # 503, or cancelled (a shutdown's timeout): not acknowledged
-                await asyncio.shield(service.forget(key, seed))
+                await service.forget(key, seed)  # (then its copies go on, as new)
                 raise
-            finally:
-                service.done_with(key)
+            service.done_with(key)  # written: its copies go on, as replays
         return _many_accepted(ids, positions, duplicates)
 
     @router.get(

@@ -138,16 +138,18 @@ class NotificationService:
         """
         await self._copies_first(key)
         notification_id = new_id()
-        with self._handling_key(key, hold) as handled:
+        with self._handling_key(key) as keep:
             known = await self._ledger.claim(key, fingerprint, notification_id)
             if known is not None:
                 return Acceptance(known, new=False)
             try:
                 self._admit(notification_id, email, query, channels)
             except SinkUnavailable:
-                await self._ledger.forget(key, notification_id)
+                keep()
+                await self.forget(key, notification_id)  # (then its copies go on)
                 raise
-            handled()
+            if hold:
+                keep()  # until ``done_with``: written, or refused and its key forgotten
         return Acceptance(notification_id, new=True)
 
     async def _copies_first(self, key: str) -> None:
@@ -156,21 +158,21 @@ class NotificationService:
             await asyncio.shield(handling)
 
     @contextlib.contextmanager
-    def _handling_key(self, key: str, hold: bool) -> Iterator[Callable[[], None]]:
+    def _handling_key(self, key: str) -> Iterator[Callable[[], None]]:
         """Mark ``key`` handled here while the block runs (it must begin once
-        ``_copies_first`` returned); the block calls what it gets once the request is
-        admitted: then the mark stays if ``hold`` (``done_with`` drops it), else goes."""
+        ``_copies_first`` returned), then drop the mark, unless the block called what it got:
+        then the mark stays until ``done_with`` (or ``forget``) drops it."""
         handling = self._handling[key] = asyncio.get_running_loop().create_future()
-        held = False
+        kept = False
 
-        def admitted() -> None:
-            nonlocal held
-            held = hold
+        def keep() -> None:
+            nonlocal kept
+            kept = True
 
         try:
-            yield admitted
+            yield keep
         finally:
-            if not held:
+            if not kept:
                 self.done_with(key, handling)
 
     def done_with(self, key: str | None, handling: asyncio.Future[None] | None = None) -> None:
@@ -203,7 +205,7 @@ class NotificationService:
         seed kept with the key (``forget`` takes it); copies and ``hold`` as there."""
         await self._copies_first(key)
         seed = new_id()
-        with self._handling_key(key, hold) as handled:
+        with self._handling_key(key) as keep:
             known = await self._ledger.claim(key, fingerprint, seed)
             if known is not None:
                 return ManyAcceptance(series(known, len(emails)), False, known)
@@ -211,9 +213,11 @@ class NotificationService:
             try:
                 self._admit_many(ids, emails, channels)
             except SinkUnavailable:
-                await self._ledger.forget(key, seed)
+                keep()
+                await self.forget(key, seed)  # (then its copies go on)
                 raise
-            handled()
+            if hold:
+                keep()
         return ManyAcceptance(ids, True, seed)
 
     async def notify_many(
@@ -271,9 +275,20 @@ class NotificationService:
             self._on_accept()
 
     async def forget(self, key: str | None, notification_id: str) -> None:
-        """Let a key be used again (its request was not acknowledged after all)."""
-        if key is not None:
-            await self._ledger.forget(key, notification_id)
+        """Let a key be used again (its request was not acknowledged after all), then let the
+        copies waiting for that request's answer go on (``done_with``): once the key is free,
+        even if this call is cancelled meanwhile (the forget goes on, shielded)."""
+        if key is None:
+            return
+        forgetting = asyncio.ensure_future(self._ledger.forget(key, notification_id))
+
+        def forgotten(task: asyncio.Future[None]) -> None:
+            if not task.cancelled():
+                task.exception()  # (a failure: the key then frees itself at its TTL)
+            self.done_with(key)
+
+        forgetting.add_done_callback(forgotten)
+        await asyncio.shield(forgetting)
 
     async def status(self, notification_id: str) -> NotificationStatus | None:
         return await self._ledger.status(notification_id)
