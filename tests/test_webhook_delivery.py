@@ -156,37 +156,32 @@ async def test_a_429_retry_after_is_honoured(tmp_path: Path) -> None:
     assert second.at - first.at >= 1.0
 
 
-async def test_a_pause_honours_retry_after_only_up_to_the_longest_pause(tmp_path: Path) -> None:
-    """503 with Retry-After: 3600 pauses the channel for NOTIFY_CHANNEL_PAUSE_MAX (here
-    0.2 s), not an hour: the receiver, back at once, gets the delivery."""
-    with webhook_receiver(SECRET) as hooks:
-        hooks.receiver.script("/hook", Answer(503, retry_after="3600"))
-        name = channel_name(hooks.url())
-        settings = webhook_settings(tmp_path, hooks.url(), channel_pause_max=0.2)
-        async with running(settings) as client:
-            response = await client.post("/send-notification/later@example.com")
-            notification_id = response.headers["x-notification-id"]
-            await until_status(client, notification_id, name, "delivered")
-        first, second = hooks.receiver.received
-    assert (first.answered, second.answered) == (503, 200)
-
-
-async def test_a_retry_honours_retry_after_only_up_to_the_longest_retry_delay(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    ("status", "retry_after", "longest"),
+    [
+        # The channel's pause: an hour asked, NOTIFY_CHANNEL_PAUSE_MAX given.
+        (503, "3600", {"channel_pause_max": 0.2}),
+        # One delivery's retry: past its max age of a day (dead at once, before), yet
+        # NOTIFY_DELIVERY_RETRY_MAX given.
+        (500, "90000", {"delivery_retry_max": 0.2}),
+    ],
+)
+async def test_retry_after_is_honoured_only_up_to_the_longest_wait(
+    tmp_path: Path, status: int, retry_after: str, longest: dict[str, float]
 ) -> None:
-    """500 with Retry-After: 90000 (past the delivery's max age of a day): the delivery is
-    not dead at once, nor put a day away: its next attempt comes after
-    NOTIFY_DELIVERY_RETRY_MAX (here 0.2 s), and delivers."""
+    """A Retry-After longer than the longest wait of its kind (the channel's pause, or one
+    delivery's retry delay; here 0.2 s) waits that longest only: the receiver, back at once,
+    gets the delivery."""
     with webhook_receiver(SECRET) as hooks:
-        hooks.receiver.script("/hook", Answer(500, retry_after="90000"))
+        hooks.receiver.script("/hook", Answer(status, retry_after=retry_after))
         name = channel_name(hooks.url())
-        settings = webhook_settings(tmp_path, hooks.url(), delivery_retry_max=0.2)
+        settings = webhook_settings(tmp_path, hooks.url(), **longest)
         async with running(settings) as client:
             response = await client.post("/send-notification/later@example.com")
             notification_id = response.headers["x-notification-id"]
             await until_status(client, notification_id, name, "delivered")
         first, second = hooks.receiver.received
-    assert (first.answered, second.answered) == (500, 200)
+    assert (first.answered, second.answered) == (status, 200)
 
 
 async def test_a_410_disables_the_url_until_enabled(tmp_path: Path) -> None:
